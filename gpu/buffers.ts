@@ -1,0 +1,99 @@
+// GPU buffers that know their shape and element type.
+
+export type Dtype = "f32" | "f16" | "u32";
+
+const BYTES: Record<Dtype, number> = { f32: 4, f16: 2, u32: 4 };
+
+export class GpuTensor {
+  constructor(
+    readonly buffer: GPUBuffer,
+    readonly shape: number[],
+    readonly dtype: Dtype,
+  ) {}
+
+  get elements(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  get bytes(): number {
+    return this.elements * BYTES[this.dtype];
+  }
+}
+
+export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/** Storage bindings must be a multiple of 4 bytes and non-empty. */
+function paddedSize(bytes: number): number {
+  return Math.max(4, Math.ceil(bytes / 4) * 4);
+}
+
+export function createTensor(
+  device: GPUDevice,
+  shape: number[],
+  dtype: Dtype,
+  label: string,
+  usage = STORAGE,
+): GpuTensor {
+  const elements = shape.reduce((a, b) => a * b, 1);
+  const buffer = device.createBuffer({ label, size: paddedSize(elements * BYTES[dtype]), usage });
+  return new GpuTensor(buffer, shape, dtype);
+}
+
+/** Converts f32 values to the storage type (f16 rounds to nearest even). */
+export function encode(data: Float32Array, dtype: "f32" | "f16"): ArrayBuffer {
+  if (dtype === "f32") return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+  return new Float16Array(data).buffer;
+}
+
+/**
+ * Uploads a host matrix [rows, cols] with each row zero-padded to `padTo` columns (matmul
+ * loads weight rows as vec4).
+ */
+export function uploadMatrix(
+  device: GPUDevice,
+  data: Float32Array,
+  rows: number,
+  cols: number,
+  dtype: "f32" | "f16",
+  label: string,
+  padTo = 1,
+): GpuTensor {
+  const stride = Math.ceil(cols / padTo) * padTo;
+  let src = data;
+  if (stride !== cols) {
+    src = new Float32Array(rows * stride);
+    for (let r = 0; r < rows; r++) src.set(data.subarray(r * cols, (r + 1) * cols), r * stride);
+  }
+  const t = createTensor(device, [rows, stride], dtype, label);
+  const bytes = encode(src, dtype);
+  device.queue.writeBuffer(t.buffer, 0, bytes, 0, Math.floor(bytes.byteLength / 4) * 4);
+  if (bytes.byteLength % 4) {
+    // Odd f16 count: write the last element padded to a full word.
+    const tail = new Uint8Array(4);
+    tail.set(new Uint8Array(bytes, bytes.byteLength - 2));
+    device.queue.writeBuffer(t.buffer, bytes.byteLength - 2, tail);
+  }
+  return t;
+}
+
+/** Copies a buffer range to the host (one ~11 ms round trip in Deno 2.9: call rarely). */
+export async function readBuffer(
+  device: GPUDevice,
+  src: GPUBuffer,
+  byteLength: number,
+  offset = 0,
+): Promise<ArrayBuffer> {
+  const size = Math.ceil(byteLength / 4) * 4;
+  const staging = device.createBuffer({
+    size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, offset, staging, 0, size);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const out = staging.getMappedRange().slice(0, byteLength);
+  staging.unmap();
+  staging.destroy();
+  return out;
+}

@@ -1,0 +1,89 @@
+// Compute pipelines, built once per variant and cached.
+//
+// The one variant mechanism: every kernel in wgsl/ is compiled with a generated header that
+// declares the storage types `W` (weights) and `KV` (cache) as f16 or f32 (and `enable f16;`
+// when either is f16), followed by wgsl/common.wgsl. Sizes, flags and masks are WGSL `override`
+// constants supplied as pipeline constants. No other text is ever spliced into a shader.
+
+export type ScalarType = "f16" | "f32";
+
+export interface KernelSpec {
+  /** File in wgsl/, e.g. "matmul.wgsl". */
+  file: string;
+  /** Entry point; defaults to "main". */
+  entry?: string;
+  /** Weight storage type (default f32). */
+  W?: ScalarType;
+  /** KV-cache storage type (default f32). */
+  KV?: ScalarType;
+  /** Values of the kernel's `override` constants; booleans become 0/1. */
+  constants?: Record<string, number | boolean>;
+}
+
+const WGSL_DIR = new URL("../wgsl/", import.meta.url);
+const sources = new Map<string, string>();
+const compileErrors = new Map<string, Promise<GPUError | null>>();
+
+function readKernel(file: string): string {
+  let src = sources.get(file);
+  if (src === undefined) {
+    src = Deno.readTextFileSync(new URL(file, WGSL_DIR));
+    sources.set(file, src);
+  }
+  return src;
+}
+
+/** The full source a spec compiles to (exported for tests and debugging). */
+export function kernelSource(spec: KernelSpec): string {
+  const w = spec.W ?? "f32";
+  const kv = spec.KV ?? "f32";
+  const header = (w === "f16" || kv === "f16" ? "enable f16;\n" : "") +
+    `alias W = ${w};\nalias KV = ${kv};\n`;
+  return header + readKernel("common.wgsl") + "\n" + readKernel(spec.file);
+}
+
+export class Pipelines {
+  #modules = new Map<string, GPUShaderModule>();
+  #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+
+  constructor(readonly device: GPUDevice) {}
+
+  /** Compiles (once) and returns the pipeline for a spec; rejects with the compiler's message. */
+  get(spec: KernelSpec): Promise<GPUComputePipeline> {
+    const constants: Record<string, number> = {};
+    for (const [k, v] of Object.entries(spec.constants ?? {}).sort(([a], [b]) => a < b ? -1 : 1)) {
+      constants[k] = typeof v === "boolean" ? (v ? 1 : 0) : v;
+    }
+    const moduleKey = `${spec.file}|${spec.W ?? "f32"}|${spec.KV ?? "f32"}`;
+    const key = `${moduleKey}|${spec.entry ?? "main"}|${JSON.stringify(constants)}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      let module = this.#modules.get(moduleKey);
+      if (!module) {
+        this.device.pushErrorScope("validation");
+        module = this.device.createShaderModule({ label: moduleKey, code: kernelSource(spec) });
+        this.#modules.set(moduleKey, module);
+        compileErrors.set(moduleKey, this.device.popErrorScope());
+      }
+      const compiled = compileErrors.get(moduleKey)!;
+      p = this.device.createComputePipelineAsync({
+        label: key,
+        layout: "auto",
+        compute: { module, entryPoint: spec.entry ?? "main", constants },
+      }).catch(async (e) => {
+        const err = await compiled;
+        throw new Error(
+          `kernel ${spec.file}:${spec.entry ?? "main"} failed to build: ${
+            err?.message ?? e.message
+          }`,
+        );
+      });
+      this.#pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  get size(): number {
+    return this.#pipelines.size;
+  }
+}

@@ -1,0 +1,142 @@
+// Plan -> ResolvedPlan: checks that a plan was made for the model being served and expands it into
+// per-layer retrieval / streaming KV head lists.
+
+import type { ModelConfig } from "../model/types.ts";
+import { loadPlanFile, parsePlan, type Plan, PlanError, PlanFileNotFoundError } from "./schema.ts";
+import type { LayerAttentionPlan, LayerKind, ResolvedPlan } from "./types.ts";
+
+export interface SinkRecentOptions {
+  /** Attention-sink tokens kept by streaming heads (default: the plan's, else 64). */
+  sink?: number;
+  /** Recent tokens kept by streaming heads (default: the plan's, else 256). */
+  recent?: number;
+}
+
+export type BuiltinPlanName = "full" | "streaming";
+
+function describeShape(layers: number, kvHeads: number, headDim: number): string {
+  return `${layers} layers x ${kvHeads} KV heads (head_dim ${headDim})`;
+}
+
+/** Throws a PlanError unless the plan's model fingerprint matches the model. */
+export function checkPlanFits(plan: Plan, config: ModelConfig, planName = "plan"): void {
+  const m = plan.model;
+  if (
+    m.num_layers !== config.nLayers || m.num_kv_heads !== config.nKvHeads ||
+    m.head_dim !== config.headDim
+  ) {
+    throw new PlanError(
+      `${planName} is for ${describeShape(m.num_layers, m.num_kv_heads, m.head_dim)} but the ` +
+        `model has ${describeShape(config.nLayers, config.nKvHeads, config.headDim)}`,
+    );
+  }
+  if (m.architecture !== config.architecture) {
+    throw new PlanError(
+      `${planName} is for ${m.architecture} but the model is ${config.architecture} ` +
+        `(both ${describeShape(m.num_layers, m.num_kv_heads, m.head_dim)})`,
+    );
+  }
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+function layerFromHeads(kinds: readonly ("retrieval" | "streaming")[]): LayerAttentionPlan {
+  const retrievalKvHeads: number[] = [];
+  const streamingKvHeads: number[] = [];
+  kinds.forEach((k, h) => (k === "retrieval" ? retrievalKvHeads : streamingKvHeads).push(h));
+  const kind: LayerKind = streamingKvHeads.length === 0
+    ? "retrieval"
+    : retrievalKvHeads.length === 0
+    ? "streaming"
+    : "mixed";
+  return { kind, retrievalKvHeads, streamingKvHeads };
+}
+
+/** Expands a validated plan for `config`; rejects a plan made for another model shape. */
+export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"): ResolvedPlan {
+  checkPlanFits(plan, config, planName);
+  const nLayers = config.nLayers;
+  const nKvHeads = config.nKvHeads;
+  let perLayer: ("retrieval" | "streaming")[][];
+  switch (plan.mode) {
+    case "full":
+      perLayer = range(nLayers).map(() => Array(nKvHeads).fill("retrieval"));
+      break;
+    case "streaming":
+      perLayer = range(nLayers).map(() => Array(nKvHeads).fill("streaming"));
+      break;
+    case "zigzag":
+      // The schema guarantees `layers` has num_layers entries for zigzag.
+      perLayer = plan.layers!.map((k) => Array(nKvHeads).fill(k));
+      break;
+    case "duo":
+      perLayer = plan.heads!;
+      break;
+  }
+  return {
+    mode: plan.mode,
+    sink: plan.sink,
+    recent: plan.recent,
+    layers: perLayer.map(layerFromHeads),
+  };
+}
+
+/** The all-retrieval ("full") or all-streaming plan for a model. */
+export function builtinPlan(
+  name: BuiltinPlanName,
+  config: ModelConfig,
+  opts: SinkRecentOptions = {},
+): Plan {
+  return parsePlan({
+    version: 1,
+    model: {
+      architecture: config.architecture,
+      num_layers: config.nLayers,
+      num_kv_heads: config.nKvHeads,
+      head_dim: config.headDim,
+    },
+    mode: name,
+    sink: opts.sink,
+    recent: opts.recent,
+    provenance: { method: "builtin", budget: name === "full" ? 1 : 0, source: "builtin" },
+  }, `builtin plan "${name}"`);
+}
+
+/**
+ * Resolves a `--plan` style argument: `full`, `streaming`, or a path to a plan JSON file.
+ * `opts.sink` / `opts.recent`, when given, override the plan's values.
+ */
+export async function loadPlanArg(
+  arg: string,
+  config: ModelConfig,
+  opts: SinkRecentOptions = {},
+): Promise<ResolvedPlan> {
+  let plan: Plan;
+  let name: string;
+  if (arg === "full" || arg === "streaming") {
+    plan = builtinPlan(arg, config, opts);
+    name = `builtin plan "${arg}"`;
+  } else {
+    try {
+      plan = await loadPlanFile(arg);
+    } catch (e) {
+      if (e instanceof PlanFileNotFoundError) {
+        throw new PlanError(
+          `plan file not found: ${arg} (expected "full", "streaming" or a path to a plan JSON file)`,
+        );
+      }
+      throw e;
+    }
+    name = `plan ${arg}`;
+    if (opts.sink !== undefined || opts.recent !== undefined) {
+      plan = parsePlan({
+        ...plan,
+        sink: opts.sink ?? plan.sink,
+        recent: opts.recent ?? plan.recent,
+      }, arg);
+    }
+  }
+  return resolvePlan(plan, config, name);
+}

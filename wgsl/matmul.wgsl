@@ -1,0 +1,135 @@
+// Linear layers: y[t, n] (+)= sum_k x[t, k] * w[n, k] (+ bias[n]).
+// x: f32 activations [rows, K]; w: weights [N, KP] in `W` precision, rows zero-padded to KP
+// (a multiple of 4) so they load as vec4; y: f32 [rows, N].
+// Two entry points: `gemv` for few rows (decode; memory bound, streams each weight row once for
+// all rows) and `gemm` for many rows (prefill; 64x64 register-tiled).
+
+override N: u32;            // output features
+override K: u32;            // input features (row stride of x)
+override KP: u32;           // padded input features (row stride of w), multiple of 4
+override ACCUMULATE: bool = false; // y += result (residual connection) instead of y = result
+override HAS_BIAS: bool = false;
+override LOGIT_ROWS: bool = false; // the row count is fwd.n_logit_rows instead of fwd.n_rows
+
+@group(0) @binding(0) var<uniform> fwd: Forward;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<W>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn row_count() -> u32 {
+  if (LOGIT_ROWS) { return fwd.n_logit_rows; }
+  return fwd.n_rows;
+}
+
+fn store(t: u32, n: u32, v: f32) {
+  var r = v;
+  if (HAS_BIAS) { r += bias[n]; }
+  let i = t * N + n;
+  if (ACCUMULATE) { r += y[i]; }
+  y[i] = r;
+}
+
+fn x4(t: u32, k: u32) -> vec4<f32> {
+  // K need not be a multiple of 4: the tail reads zeros, matching w's zero padding.
+  let b = t * K + k;
+  if (k + 3u < K) { return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]); }
+  var v = vec4<f32>(0.0);
+  for (var i = 0u; i < 4u; i++) { if (k + i < K) { v[i] = x[b + i]; } }
+  return v;
+}
+
+// ---- GEMV: one workgroup computes GEMV_COLS outputs for up to GEMV_MAX_ROWS rows ----
+const GEMV_THREADS = 64u;
+const GEMV_COLS = 4u;
+const GEMV_MAX_ROWS = 8u;
+var<workgroup> partial: array<f32, 2048>; // GEMV_THREADS * GEMV_COLS * GEMV_MAX_ROWS
+
+@compute @workgroup_size(64)
+fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n0 = (wg.y * nwg.x + wg.x) * GEMV_COLS;
+  let rows = min(row_count(), GEMV_MAX_ROWS);
+  var acc: array<f32, 32>; // [row][col]
+  for (var i = 0u; i < 32u; i++) { acc[i] = 0.0; }
+  let k4n = KP / 4u;
+  for (var k4 = tid; k4 < k4n; k4 += GEMV_THREADS) {
+    var wv: array<vec4<f32>, 4>;
+    for (var c = 0u; c < GEMV_COLS; c++) {
+      let n = min(n0 + c, N - 1u);
+      wv[c] = vec4<f32>(w[n * k4n + k4]);
+    }
+    for (var t = 0u; t < rows; t++) {
+      let xv = x4(t, k4 * 4u);
+      for (var c = 0u; c < GEMV_COLS; c++) { acc[t * GEMV_COLS + c] += dot(xv, wv[c]); }
+    }
+  }
+  for (var i = 0u; i < 32u; i++) { partial[i * GEMV_THREADS + tid] = acc[i]; }
+  workgroupBarrier();
+  for (var s = GEMV_THREADS / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) {
+      for (var i = 0u; i < rows * GEMV_COLS; i++) {
+        partial[i * GEMV_THREADS + tid] += partial[i * GEMV_THREADS + tid + s];
+      }
+    }
+    workgroupBarrier();
+  }
+  if (tid < rows * GEMV_COLS) {
+    let t = tid / GEMV_COLS;
+    let n = n0 + tid % GEMV_COLS;
+    if (n < N) { store(t, n, partial[tid * GEMV_THREADS]); }
+  }
+}
+
+// ---- GEMM: 64x64 output tile per workgroup, 16x16 threads, 4x4 outputs each ----
+const TILE = 64u;
+const TK = 16u;
+var<workgroup> xs: array<f32, 1024>; // [TK][TILE]: x tile transposed (k-major)
+var<workgroup> ws: array<f32, 1024>; // [TK][TILE]: w tile transposed (k-major)
+
+@compute @workgroup_size(16, 16)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+  let rows = row_count();
+  let n0 = wg.x * TILE;
+  let t0 = wg.y * TILE;
+  var acc: array<f32, 16>;
+  for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+  let k4n = KP / 4u;
+  for (var kb = 0u; kb < KP; kb += TK) {
+    // 256 threads load 64 rows x 16 k of x and of w: one vec4 each.
+    let r = tid / 4u;
+    let kq = (tid % 4u) * 4u;
+    let k = kb + kq;
+    var xv = vec4<f32>(0.0);
+    if (t0 + r < rows && k < K) { xv = x4(t0 + r, k); }
+    var wv = vec4<f32>(0.0);
+    if (n0 + r < N && k < KP) { wv = vec4<f32>(w[(n0 + r) * k4n + k / 4u]); }
+    for (var i = 0u; i < 4u; i++) {
+      xs[(kq + i) * TILE + r] = xv[i];
+      ws[(kq + i) * TILE + r] = wv[i];
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < TK; kk++) {
+      let a = vec4<f32>(xs[kk * TILE + lid.y * 4u], xs[kk * TILE + lid.y * 4u + 1u],
+                        xs[kk * TILE + lid.y * 4u + 2u], xs[kk * TILE + lid.y * 4u + 3u]);
+      let b = vec4<f32>(ws[kk * TILE + lid.x * 4u], ws[kk * TILE + lid.x * 4u + 1u],
+                        ws[kk * TILE + lid.x * 4u + 2u], ws[kk * TILE + lid.x * 4u + 3u]);
+      for (var i = 0u; i < 4u; i++) {
+        acc[i * 4u] += a[i] * b[0];
+        acc[i * 4u + 1u] += a[i] * b[1];
+        acc[i * 4u + 2u] += a[i] * b[2];
+        acc[i * 4u + 3u] += a[i] * b[3];
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let t = t0 + lid.y * 4u + i;
+    if (t >= rows) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + lid.x * 4u + j;
+      if (n < N) { store(t, n, acc[i * 4u + j]); }
+    }
+  }
+}
