@@ -41,7 +41,7 @@ export function createTensor(
 
 /** Converts f32 values to the storage type (f16 rounds to nearest even). */
 export function encode(data: Float32Array, dtype: "f32" | "f16"): ArrayBuffer {
-  if (dtype === "f32") return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+  if (dtype === "f32") return new Float32Array(data).buffer;
   return new Float16Array(data).buffer;
 }
 

@@ -57,7 +57,6 @@ interface Dispatch {
 
 type Mode = "prefill" | "decode";
 
-const ROW_BYTES = 16;
 const SAMPLING_BYTES = 32;
 const SPLIT_KEYS = 256; // keys per split-K workgroup in attention.wgsl
 const GEMV_MAX_ROWS = 8; // matmul.wgsl: rows a GEMV workgroup handles
@@ -536,12 +535,13 @@ export class ModelRunner {
   /**
    * Prefills `tokens` at positions [seq.tokens, seq.tokens + n) in chunks and samples the next
    * token from the last row. `readLogits` also returns that row's logits (tests).
+   * `sample: false` only fills the cache (part of a longer prompt): no readback, token -1.
    */
   prefill(
     seq: SeqCache,
     tokens: number[],
     sampling: SamplingParams,
-    opts: { chunk?: number; readLogits?: boolean } = {},
+    opts: { chunk?: number; readLogits?: boolean; sample?: boolean } = {},
   ): Promise<Sampled & { logits?: Float32Array }> {
     return this.#exclusive(async () => {
       if (tokens.length === 0) throw new RangeError("prefill needs at least one token");
@@ -551,7 +551,7 @@ export class ModelRunner {
       const prog = this.#programs.get("prefill")!;
       for (let c0 = 0; c0 < tokens.length; c0 += chunk) {
         const n = Math.min(chunk, tokens.length - c0);
-        const last = c0 + n === tokens.length;
+        const last = c0 + n === tokens.length && opts.sample !== false;
         const rows = new Uint32Array(n * 4);
         for (let i = 0; i < n; i++) rows.set([seq.slot, start + c0 + i, 0, n], i * 4);
         this.device.queue.writeBuffer(
@@ -574,6 +574,8 @@ export class ModelRunner {
         this.device.queue.submit([enc.finish()]);
         this.cache.commit(seq, start + c0 + n);
       }
+      // A prompt prefilled in parts: only its last part samples (and waits for the GPU).
+      if (opts.sample === false) return { token: -1, logprob: 0 };
       const [tok, lp] = await Promise.all([
         readBuffer(this.device, this.#sampled.buffer, 4),
         readBuffer(this.device, this.#logprobs.buffer, 4),
@@ -693,7 +695,7 @@ function validatePlan(c: ModelConfig, plan: ResolvedPlan): void {
   });
 }
 
-function concat(parts: Float32Array[]): Float32Array {
+function concat(parts: Float32Array[]): Float32Array<ArrayBuffer> {
   const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
   let o = 0;
   for (const p of parts) {
@@ -734,7 +736,7 @@ function permuteColumns(
 
 /** RoPE inverse frequencies per pair, with Llama-3 scaling applied (computed in f32 as
  * llama2.c and PyTorch do). */
-export function ropeInvFreq(c: ModelConfig): Float32Array {
+export function ropeInvFreq(c: ModelConfig): Float32Array<ArrayBuffer> {
   const half = c.headDim / 2;
   const out = new Float32Array(half);
   for (let i = 0; i < half; i++) {

@@ -75,6 +75,8 @@ async function findLlama2cTokenizer(dir: string, vocabSize: number): Promise<str
 export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const info = await statOrThrow(path, "model path");
   if (info.isDirectory) {
+    const checkpoint = await findLlama2cCheckpoint(path);
+    if (checkpoint) return await loadModel(checkpoint, opts);
     return await loadHfModel(path, opts);
   }
   const base = basename(path);
@@ -103,4 +105,16 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
     if (found) tokenizer = await Llama2cTokenizer.load(found, config.vocabSize);
   }
   return { source: path, config, weights, tokenizer };
+}
+
+/** A directory without config.json holding one llama2.c checkpoint (besides tokenizers). */
+async function findLlama2cCheckpoint(dir: string): Promise<string | null> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name === "config.json") return null;
+    if (e.isFile && e.name.endsWith(".bin") && !/^tok.*\.bin$|^tokenizer\.bin$/.test(e.name)) {
+      names.push(e.name);
+    }
+  }
+  return names.length === 1 ? `${dir.replace(/\/$/, "")}/${names[0]}` : null;
 }

@@ -227,11 +227,9 @@ export class Llama2cTokenizer implements Tokenizer {
       consider(prev[l]);
       consider(l);
     }
+    // Node 0 is never the right side of a merge, so the list always starts there.
     const out: number[] = [];
-    for (let i = 0; i < n && i >= 0; i = next[i]) {
-      out.push(tok[i]);
-      if (next[i] < 0) break;
-    }
+    if (n > 0) { for (let i = 0; i >= 0; i = next[i]) out.push(tok[i]); }
     return out;
   }
 
