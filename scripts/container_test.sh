@@ -16,8 +16,9 @@
 #     container exit 1 with one log line naming the variable and no stack trace.
 #
 # Environment (all optional): ZIGZAG_CT_MODEL (model dir, default ../shared/models/stories260K),
-# ZIGZAG_CT_CONTEXT (build context, default the repo), ZIGZAG_CT_IMAGE (tag), ZIGZAG_CT_KEEP=1
-# (keep the image), ZIGZAG_CT_DEBIAN_MIRROR (default: the host's apt mirror, else deb.debian.org).
+# ZIGZAG_CT_CONTEXT (build context, default the repo), ZIGZAG_CT_IMAGE (tag, default
+# localhost/zigzag:container-test; kept as the next run's cache), ZIGZAG_CT_DEBIAN_MIRROR (default:
+# the host's apt mirror, else deb.debian.org).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,7 +50,6 @@ CONTAINERS=()
 cleanup() {
   local rc=$?
   for c in "${CONTAINERS[@]}"; do podman rm -f -v "$c" >/dev/null 2>&1 || true; done
-  if [ "${ZIGZAG_CT_KEEP:-0}" != 1 ] && [ $rc = 0 ]; then podman rmi "$IMAGE" >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
   exit $rc
 }
@@ -170,9 +170,14 @@ if [ -s "$ca" ]; then
   chmod 0644 "$WORK/build-tmp/zigzag-build-ca.pem"
   build_opts+=(--volume "$WORK/build-tmp:/tmp" --build-arg DENO_CERT=/tmp/zigzag-build-ca.pem)
 fi
+old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 podman build --format docker --pull=never --build-arg "BASE=$BASE_IMAGE" -t "$IMAGE" "${build_opts[@]}" \
   -f "$ROOT/Dockerfile" "$CONTEXT" >"$WORK/build.log" 2>&1 ||
   { tail -40 "$WORK/build.log"; die "podman build failed"; }
+# The image stays (its layers are the next run's cache); the one it replaced goes, with its
+# layers that nothing else uses.
+new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then podman rmi "$old_id" >/dev/null 2>&1 || true; fi
 hc=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")
 [[ "$hc" == *health* ]] || die "image has no HEALTHCHECK (got $hc)"
 user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
@@ -193,7 +198,7 @@ URL=http://$hostport
 
 status=""
 for _ in $(seq 1 240); do
-  status=$(curl -s -o /dev/null -w '%{http_code}' "$URL/health" || true)
+  status=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "$URL/health" || true)
   [ "$status" = 200 ] && break
   if [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" != true ]; then
     podman logs "$NAME" | tail -20
@@ -209,7 +214,7 @@ uid=$(podman exec "$NAME" id -u)
 echo "server uid $uid"
 
 body=$(printf '{"prompt": "%s", "max_tokens": %d, "temperature": 0}' "$PROMPT" "$MAX_TOKENS")
-curl -sS -f -X POST -H 'content-type: application/json' -d "$body" "$URL/v1/generate" \
+curl -sS -f --max-time 300 -X POST -H 'content-type: application/json' -d "$body" "$URL/v1/generate" \
   >"$WORK/http.json" || { podman logs "$NAME" | tail -20; die "POST /v1/generate failed"; }
 step "HTTP generation done; CLI generation"
 (cd "$CONTEXT" && deno task -q generate --model "$MODEL_DIR" --prompt "$PROMPT" \
