@@ -72,12 +72,16 @@ async function main(): Promise<number> {
   });
   const tok = s.model.tokenizer;
   if (promptIds === undefined) {
-    if (!tok) throw new CliError("--prompt needs a tokenizer: pass --tokenizer PATH or use --prompt-ids");
+    if (!tok) {
+      throw new CliError("--prompt needs a tokenizer: pass --tokenizer PATH or use --prompt-ids");
+    }
     promptIds = tok.encode(prompt!);
   }
   const bad = promptIds.find((id) => id >= s.model.config.vocabSize);
   if (bad !== undefined) {
-    throw new CliError(`--prompt-ids: token ${bad} is outside the vocabulary (${s.model.config.vocabSize})`);
+    throw new CliError(
+      `--prompt-ids: token ${bad} is outside the vocabulary (${s.model.config.vocabSize})`,
+    );
   }
   if (promptIds.length === 0) throw new CliError("the prompt is empty");
   if (promptIds.length + maxTokens > s.runner.maxSeqLen) {

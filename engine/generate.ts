@@ -74,7 +74,13 @@ export async function generate(
       );
       over = take(out.tokens[0], out.logprobs[0]);
     }
-    return { ids, logprobs, finishReason, timeToFirstTokenMs: ttft, decodeMs: performance.now() - t1 };
+    return {
+      ids,
+      logprobs,
+      finishReason,
+      timeToFirstTokenMs: ttft,
+      decodeMs: performance.now() - t1,
+    };
   } finally {
     runner.cache.close(seq);
   }

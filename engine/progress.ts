@@ -28,7 +28,9 @@ export function progress(label: string, force = false): Progress {
     done(note = "") {
       if (!tty) return;
       const elapsed = ((performance.now() - start) / 1000).toFixed(1);
-      Deno.stderr.writeSync(enc.encode(`\r${label}: done in ${elapsed}s ${note}`.padEnd(100) + "\n"));
+      Deno.stderr.writeSync(
+        enc.encode(`\r${label}: done in ${elapsed}s ${note}`.padEnd(100) + "\n"),
+      );
     },
   };
 }

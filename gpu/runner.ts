@@ -117,6 +117,8 @@ export class ModelRunner {
   #logprobs!: GpuTensor;
 
   #programs = new Map<string, Dispatch[]>();
+  /** Prefill attention dispatches recorded per layer (counted while building the program). */
+  #attentionCalls: number[] = [];
   #busy: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -150,6 +152,11 @@ export class ModelRunner {
     }
     r.#programs.set("sample", await r.#buildSampling());
     return r;
+  }
+
+  /** Attention kernel calls (dispatch sequences) each layer issues: 1, or 2 for a duo layer. */
+  attentionCallsPerLayer(): number[] {
+    return [...this.#attentionCalls];
   }
 
   get precision(): Precision {
@@ -353,7 +360,13 @@ export class ModelRunner {
         ),
       );
       const parts = [cache.retrieval, cache.streaming].filter((p): p is CachePart => p !== null);
-      for (const part of parts) d.push(...await this.#attention(part, mode, group));
+      let calls = 0;
+      for (const part of parts) {
+        const a = await this.#attention(part, mode, group);
+        d.push(...a);
+        if (mode === "prefill") calls += a.length;
+      }
+      if (mode === "prefill") this.#attentionCalls[l] = calls;
       for (const part of parts) d.push(await this.#kvStore(part));
       d.push(
         ...await this.#matmul(this.#attn, w.wo, this.#x, c.dim, qDim, {

@@ -77,6 +77,12 @@ export class KernelHarness {
     return t;
   }
 
+  /** Makes `t` (created elsewhere, e.g. by uploadMatrix) released with the harness's own. */
+  adopt(t: GpuTensor): GpuTensor {
+    this.#owned.push(t.buffer);
+    return t;
+  }
+
   /** A buffer of `n` elements, every one `fill`. */
   filled(n: number, fill: number, dtype: "f32" | "f16" | "u32" = "f32", label = "t"): GpuTensor {
     const data = dtype === "u32" ? new Uint32Array(n).fill(fill) : new Float32Array(n).fill(fill);
