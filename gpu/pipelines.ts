@@ -48,6 +48,18 @@ export class Pipelines {
 
   constructor(readonly device: GPUDevice) {}
 
+  static #perDevice = new WeakMap<GPUDevice, Pipelines>();
+
+  /** The cache shared by every runner on a device (runners differ only in constants). */
+  static forDevice(device: GPUDevice): Pipelines {
+    let p = Pipelines.#perDevice.get(device);
+    if (!p) {
+      p = new Pipelines(device);
+      Pipelines.#perDevice.set(device, p);
+    }
+    return p;
+  }
+
   /** Compiles (once) and returns the pipeline for a spec; rejects with the compiler's message. */
   get(spec: KernelSpec): Promise<GPUComputePipeline> {
     const constants: Record<string, number> = {};

@@ -128,7 +128,7 @@ export class ModelRunner {
   ) {
     this.device = gpu.device;
     this.config = model.config;
-    this.pipelines = new Pipelines(gpu.device);
+    this.pipelines = Pipelines.forDevice(gpu.device);
     this.maxSeqLen = opts.maxSeqLen ?? model.config.maxSeqLen;
     if (opts.maxBatch > 64) throw new Error("--max-batch is at most 64");
     this.maxRows = Math.max(opts.prefillChunk, opts.maxBatch);
@@ -603,6 +603,75 @@ export class ModelRunner {
         );
       }
       return out;
+    });
+  }
+
+  /**
+   * Teacher-forced scoring (calibration, evaluation): prefills `tokens` like `prefill` and
+   * returns, for each index in `rows` (positions within `tokens`), the hidden state after the
+   * final norm and the logits predicting the next token.
+   */
+  evaluate(
+    seq: SeqCache,
+    tokens: number[],
+    rows: number[],
+    opts: { chunk?: number } = {},
+  ): Promise<{ hidden: Float32Array[]; logits: Float32Array[] }> {
+    return this.#exclusive(async () => {
+      const start = seq.tokens;
+      this.#reserve(seq, start + tokens.length);
+      const chunk = Math.min(opts.chunk ?? this.opts.prefillChunk, this.opts.prefillChunk);
+      const prog = this.#programs.get("prefill")!;
+      const head = this.#programs.get("sample")!.slice(0, -1); // final norm + LM head
+      const B = this.opts.maxBatch;
+      const V = this.config.vocabSize;
+      const D = this.config.dim;
+      const hidden = new Map<number, Float32Array>();
+      const logits = new Map<number, Float32Array>();
+      for (let c0 = 0; c0 < tokens.length; c0 += chunk) {
+        const n = Math.min(chunk, tokens.length - c0);
+        const rowsMeta = new Uint32Array(n * 4);
+        for (let i = 0; i < n; i++) rowsMeta.set([seq.slot, start + c0 + i, 0, n], i * 4);
+        this.device.queue.writeBuffer(
+          this.#tokens.buffer,
+          0,
+          new Uint32Array(tokens.slice(c0, c0 + n)),
+        );
+        this.device.queue.writeBuffer(this.#rows.buffer, 0, rowsMeta);
+        this.#writeForward(n, 0, 1);
+        const enc = this.device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        this.#record(pass, prog, n, 0, 1);
+        pass.end();
+        this.device.queue.submit([enc.finish()]);
+        this.cache.commit(seq, start + c0 + n);
+        const mine = rows.filter((r) => r >= c0 && r < c0 + n);
+        for (let g0 = 0; g0 < mine.length; g0 += B) {
+          const group = mine.slice(g0, g0 + B);
+          this.device.queue.writeBuffer(
+            this.#gather.buffer,
+            0,
+            new Uint32Array(group.map((r) => r - c0)),
+          );
+          this.#writeForward(n, group.length, 1);
+          const e2 = this.device.createCommandEncoder();
+          const p2 = e2.beginComputePass();
+          this.#record(p2, head, n, group.length, 1);
+          p2.end();
+          this.device.queue.submit([e2.finish()]);
+          const [h, l] = await Promise.all([
+            readBuffer(this.device, this.#xf.buffer, group.length * D * 4),
+            readBuffer(this.device, this.#logits.buffer, group.length * V * 4),
+          ]);
+          const hf = new Float32Array(h);
+          const lf = new Float32Array(l);
+          group.forEach((r, i) => {
+            hidden.set(r, hf.slice(i * D, (i + 1) * D));
+            logits.set(r, lf.slice(i * V, (i + 1) * V));
+          });
+        }
+      }
+      return { hidden: rows.map((r) => hidden.get(r)!), logits: rows.map((r) => logits.get(r)!) };
     });
   }
 

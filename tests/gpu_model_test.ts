@@ -210,3 +210,30 @@ Deno.test("batched decode equals each sequence decoded alone", gpuTest, async ()
   for (const s of seqs) runner.cache.close(s);
   runner.destroy();
 });
+
+Deno.test(
+  "evaluate returns final-norm hidden states and logits of chosen rows",
+  gpuTest,
+  async () => {
+    const config = tinyConfig({ nLayers: 2, maxSeqLen: 256 });
+    const weights = randomModel(config, 5);
+    const runner = await makeRunner(asModel(config, weights), "f32", plan(config, "full", 0, 1), {
+      chunk: 16,
+      maxBatch: 2,
+    });
+    const toks = Array.from({ length: 40 }, (_, i) => (i * 11 + 3) % config.vocabSize);
+    const rows = [0, 15, 16, 17, 39];
+    const seq = runner.cache.open()!;
+    const got = await runner.evaluate(seq, toks, rows);
+    runner.cache.close(seq);
+    const cpu = new CpuLlama(config, weights);
+    for (let i = 0; i < toks.length; i++) {
+      const logits = cpu.forward(toks[i], i);
+      const k = rows.indexOf(i);
+      if (k < 0) continue;
+      assert.ok(maxAbsDiff(got.logits[k], logits) <= 1e-3, `row ${i} logits`);
+      assert.ok(maxAbsDiff(got.hidden[k], cpu.hiddenAfterFinalNorm()) <= 1e-4, `row ${i} hidden`);
+    }
+    runner.destroy();
+  },
+);
