@@ -509,6 +509,15 @@ export class ModelRunner {
     this.device.queue.writeBuffer(this.#fwd, 0, new Uint32Array([rows, logitRows, 0, splits]));
   }
 
+  /** Token ids and row metadata of a prefill chunk: one sequence at positions pos0... */
+  #writeChunk(seq: SeqCache, tokens: number[], pos0: number): void {
+    const n = tokens.length;
+    const rows = new Uint32Array(n * 4);
+    for (let i = 0; i < n; i++) rows.set([seq.slot, pos0 + i, 0, n], i * 4);
+    this.device.queue.writeBuffer(this.#tokens.buffer, 0, new Uint32Array(tokens));
+    this.device.queue.writeBuffer(this.#rows.buffer, 0, rows);
+  }
+
   #writeSampling(params: SamplingParams[]): void {
     const buf = new ArrayBuffer(params.length * SAMPLING_BYTES);
     const f = new Float32Array(buf);
@@ -565,14 +574,7 @@ export class ModelRunner {
       for (let c0 = 0; c0 < tokens.length; c0 += chunk) {
         const n = Math.min(chunk, tokens.length - c0);
         const last = c0 + n === tokens.length && opts.sample !== false;
-        const rows = new Uint32Array(n * 4);
-        for (let i = 0; i < n; i++) rows.set([seq.slot, start + c0 + i, 0, n], i * 4);
-        this.device.queue.writeBuffer(
-          this.#tokens.buffer,
-          0,
-          new Uint32Array(tokens.slice(c0, c0 + n)),
-        );
-        this.device.queue.writeBuffer(this.#rows.buffer, 0, rows);
+        this.#writeChunk(seq, tokens.slice(c0, c0 + n), start + c0);
         this.#writeForward(n, last ? 1 : 0, 1);
         const enc = this.device.createCommandEncoder();
         const pass = enc.beginComputePass();
@@ -630,14 +632,7 @@ export class ModelRunner {
       const logits = new Map<number, Float32Array>();
       for (let c0 = 0; c0 < tokens.length; c0 += chunk) {
         const n = Math.min(chunk, tokens.length - c0);
-        const rowsMeta = new Uint32Array(n * 4);
-        for (let i = 0; i < n; i++) rowsMeta.set([seq.slot, start + c0 + i, 0, n], i * 4);
-        this.device.queue.writeBuffer(
-          this.#tokens.buffer,
-          0,
-          new Uint32Array(tokens.slice(c0, c0 + n)),
-        );
-        this.device.queue.writeBuffer(this.#rows.buffer, 0, rowsMeta);
+        this.#writeChunk(seq, tokens.slice(c0, c0 + n), start + c0);
         this.#writeForward(n, 0, 1);
         const enc = this.device.createCommandEncoder();
         const pass = enc.beginComputePass();

@@ -1,0 +1,278 @@
+// Kernel-level measurements: the bandwidth references (a streaming-read kernel and
+// copyBufferToBuffer), the readback floor, and GEMV / GEMM throughput of wgsl/matmul.wgsl.
+
+import { readBuffer } from "../gpu/buffers.ts";
+import type { Gpu, Precision } from "../gpu/device.ts";
+import { Pipelines } from "../gpu/pipelines.ts";
+import { mulberry32 } from "../model/random.ts";
+import { PassTimer, type Stat, stat } from "./stats.ts";
+
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+const MAX_WG = 65535;
+
+export interface Repeats {
+  /** Samples per measurement. */
+  samples: number;
+  /** Repetitions per submission for the wall-clock slope (lo, hi); hi for timestamps. */
+  lo: number;
+  hi: number;
+}
+
+export interface StreamVariant {
+  workgroups: number;
+  workgroup_size: number;
+  chunked: boolean;
+  ms: Stat;
+  gbps: Stat;
+}
+
+export interface StreamReadResult {
+  kernel: "wgsl/stream_read.wgsl";
+  bytes: number;
+  method: "timestamp" | "wall-slope";
+  /** The fastest variant (by median); its GB/s is the reference of every bandwidth ratio. */
+  best: StreamVariant;
+  variants: StreamVariant[];
+}
+
+export interface CopyResult {
+  bytes: number;
+  method: "wall-slope";
+  ms: Stat;
+  /** Bytes copied per second (each byte is read once and written once). */
+  gbps: Stat;
+}
+
+export interface MatmulResult {
+  kind: "gemv" | "gemm";
+  label: string;
+  /** Output features (weight rows) and input features (weight columns). */
+  n: number;
+  k: number;
+  rows: number;
+  dtype: Precision;
+  weight_bytes: number;
+  method: "timestamp" | "wall-slope";
+  ms: Stat;
+  /** Weight bytes per second (GEMV: the whole weight is streamed once per call). */
+  gbps: Stat;
+  gflops: Stat;
+}
+
+function gbpsOf(bytes: number, ms: Stat): Stat {
+  return stat(ms.samples.map((m) => (m > 0 ? bytes / (m * 1e6) : 0)));
+}
+
+/** Median ms of a 16-byte readback round trip (Deno polls, then sleeps ~10 ms). */
+export async function measureReadback(gpu: Gpu, samples: number): Promise<Stat> {
+  const buf = gpu.device.createBuffer({ size: 16, usage: USAGE });
+  await readBuffer(gpu.device, buf, 16);
+  const out: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t = performance.now();
+    await readBuffer(gpu.device, buf, 16);
+    out.push(performance.now() - t);
+  }
+  buf.destroy();
+  return stat(out);
+}
+
+/** Bytes for the reference buffers: as large as the adapter binds, at most `cap`. */
+export function referenceBytes(gpu: Gpu, cap: number): number {
+  const lim = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize, cap);
+  return Math.floor(lim / (1 << 20)) * (1 << 20);
+}
+
+export async function measureStreamRead(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  bytes: number,
+  rep: Repeats,
+  workgroupCounts = [256, 1024, 4096, 16384],
+): Promise<StreamReadResult> {
+  const dev = gpu.device;
+  const src = dev.createBuffer({ label: "stream src", size: bytes, usage: USAGE });
+  fillRandom(dev, src, bytes, 7);
+  const WG = 256;
+  const maxWg = Math.max(...workgroupCounts);
+  const sink = dev.createBuffer({ label: "stream sink", size: maxWg * WG * 4, usage: USAGE });
+  const variants: StreamVariant[] = [];
+  let method: "timestamp" | "wall-slope" = "wall-slope";
+  for (const chunked of [false, true]) {
+    for (const wgs of workgroupCounts) {
+      const n = Math.min(wgs, MAX_WG);
+      const pipe = await pipelines.get({
+        file: "stream_read.wgsl",
+        constants: { N_VEC4: bytes / 16, WG, CHUNKED: chunked },
+      });
+      const bg = dev.createBindGroup({
+        layout: pipe.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: src } },
+          { binding: 1, resource: { buffer: sink } },
+        ],
+      });
+      const r = await timer.measure((pass) => {
+        pass.setPipeline(pipe);
+        pass.setBindGroup(0, bg);
+        pass.dispatchWorkgroups(n);
+      }, rep);
+      method = r.method;
+      variants.push({
+        workgroups: n,
+        workgroup_size: WG,
+        chunked,
+        ms: r.ms,
+        gbps: gbpsOf(bytes, r.ms),
+      });
+    }
+  }
+  src.destroy();
+  sink.destroy();
+  const best = variants.reduce((a, b) => (b.gbps.median > a.gbps.median ? b : a));
+  return { kernel: "wgsl/stream_read.wgsl", bytes, method, best, variants };
+}
+
+/** copyBufferToBuffer of `bytes`, timed by the wall-clock slope (copies are outside passes). */
+export async function measureCopy(gpu: Gpu, bytes: number, rep: Repeats): Promise<CopyResult> {
+  const dev = gpu.device;
+  const src = dev.createBuffer({ label: "copy src", size: bytes, usage: USAGE });
+  const dst = dev.createBuffer({ label: "copy dst", size: bytes, usage: USAGE });
+  fillRandom(dev, src, bytes, 11);
+  const run = async (reps: number) => {
+    const enc = dev.createCommandEncoder();
+    for (let i = 0; i < reps; i++) enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+    const t = performance.now();
+    dev.queue.submit([enc.finish()]);
+    await readBuffer(dev, dst, 4);
+    return performance.now() - t;
+  };
+  await run(1);
+  await run(1);
+  const ms: number[] = [];
+  for (let s = 0; s < rep.samples; s++) {
+    const lo = await run(rep.lo);
+    const hi = await run(rep.hi);
+    ms.push(Math.max(1e-6, (hi - lo) / (rep.hi - rep.lo)));
+  }
+  src.destroy();
+  dst.destroy();
+  const m = stat(ms);
+  return { bytes, method: "wall-slope", ms: m, gbps: gbpsOf(bytes, m) };
+}
+
+/** Fills a buffer with uniform values in [-1, 1) (f32 words; also valid f16 pairs' bits). */
+function fillRandom(dev: GPUDevice, buf: GPUBuffer, bytes: number, seed: number): void {
+  const rand = mulberry32(seed);
+  const chunk = 1 << 22; // floats per write
+  const data = new Float32Array(Math.min(chunk, bytes / 4));
+  for (let off = 0; off < bytes; off += data.byteLength) {
+    const n = Math.min(data.length, (bytes - off) / 4);
+    for (let i = 0; i < n; i++) data[i] = 2 * rand() - 1;
+    dev.queue.writeBuffer(buf, off, data, 0, n);
+  }
+}
+
+function uploadWeights(dev: GPUDevice, n: number, kp: number, dtype: Precision, seed: number) {
+  const count = n * kp;
+  const bytes = count * (dtype === "f16" ? 2 : 4);
+  const buf = dev.createBuffer({ label: `w ${n}x${kp}`, size: bytes, usage: USAGE });
+  const rand = mulberry32(seed);
+  const chunk = 1 << 22;
+  for (let off = 0; off < count; off += chunk) {
+    const m = Math.min(chunk, count - off);
+    const f = new Float32Array(m);
+    const scale = 1 / Math.sqrt(kp);
+    for (let i = 0; i < m; i++) f[i] = (2 * rand() - 1) * scale;
+    const data = dtype === "f16" ? new Float16Array(f) : f;
+    dev.queue.writeBuffer(buf, off * data.BYTES_PER_ELEMENT, data);
+  }
+  return { buf, bytes };
+}
+
+/**
+ * GEMV (`rows` <= 8) or GEMM throughput of wgsl/matmul.wgsl for a weight [n, k], dispatched as
+ * gpu/runner.ts does. Throws when the weight does not fit one storage binding.
+ */
+export async function measureMatmul(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  o: { kind: "gemv" | "gemm"; label: string; n: number; k: number; rows: number; dtype: Precision },
+  rep: Repeats,
+): Promise<MatmulResult> {
+  const dev = gpu.device;
+  const kp = Math.ceil(o.k / 4) * 4;
+  const wBytes = o.n * kp * (o.dtype === "f16" ? 2 : 4);
+  if (wBytes > gpu.limits.maxStorageBufferBindingSize) {
+    throw new Error(
+      `${o.label}: a ${o.n}x${o.k} ${o.dtype} weight (${(wBytes / 2 ** 20).toFixed(0)} MiB) ` +
+        `exceeds the adapter's storage binding limit`,
+    );
+  }
+  const { buf: w } = uploadWeights(dev, o.n, kp, o.dtype, o.n * 31 + o.k);
+  const x = dev.createBuffer({ size: o.rows * o.k * 4, usage: USAGE });
+  const xd = new Float32Array(o.rows * o.k);
+  const rand = mulberry32(3);
+  for (let i = 0; i < xd.length; i++) xd[i] = 2 * rand() - 1;
+  dev.queue.writeBuffer(x, 0, xd);
+  const y = dev.createBuffer({ size: o.rows * o.n * 4, usage: USAGE });
+  const bias = dev.createBuffer({ size: 16, usage: USAGE });
+  const fwd = dev.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  dev.queue.writeBuffer(fwd, 0, new Uint32Array([o.rows, o.rows, 0, 1]));
+  const pipe = await pipelines.get({
+    file: "matmul.wgsl",
+    entry: o.kind,
+    W: o.dtype,
+    KV: o.dtype,
+    constants: {
+      N: o.n,
+      K: o.k,
+      KP: kp,
+      ACCUMULATE: false,
+      HAS_BIAS: false,
+      LOGIT_ROWS: false,
+    },
+  });
+  dev.pushErrorScope("validation");
+  const bg = dev.createBindGroup({
+    layout: pipe.getBindGroupLayout(0),
+    entries: [fwd, x, w, bias, y].map((b, i) => ({ binding: i, resource: { buffer: b } })),
+  });
+  const err = await dev.popErrorScope();
+  if (err) throw new Error(`${o.label}: ${err.message}`);
+  // Same sizes as gpu/runner.ts: GEMV 4 outputs per workgroup; GEMM 64x64 tiles.
+  let size: [number, number, number];
+  if (o.kind === "gemv") {
+    const wgs = Math.ceil(o.n / 4);
+    size = wgs <= MAX_WG ? [wgs, 1, 1] : [MAX_WG, Math.ceil(wgs / MAX_WG), 1];
+  } else {
+    size = [Math.ceil(o.n / 64), Math.ceil(o.rows / 64), 1];
+  }
+  const r = await timer.measure((pass) => {
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(...size);
+  }, rep);
+  for (const b of [w, x, y, bias, fwd]) b.destroy();
+  const flops = 2 * o.rows * o.n * o.k;
+  return {
+    kind: o.kind,
+    label: o.label,
+    n: o.n,
+    k: o.k,
+    rows: o.rows,
+    dtype: o.dtype,
+    weight_bytes: wBytes,
+    method: r.method,
+    ms: r.ms,
+    gbps: gbpsOf(wBytes, r.ms),
+    gflops: stat(r.ms.samples.map((m) => (m > 0 ? flops / (m * 1e6) : 0))),
+  };
+}
+
+export { Pipelines };

@@ -1,0 +1,135 @@
+// POST /v1/completions in OpenAI's shape (legacy completions), streaming included.
+//
+// One prompt per request (text or token ids; a one-element array of either is accepted). `logprobs`
+// is 0 or 1: the GPU sampler returns the sampled token's log-probability, not a top-k list, so
+// `top_logprobs` holds just the sampled token. Not supported (400 naming the field): n > 1,
+// best_of > 1, echo, suffix, penalties, logit_bias.
+
+import { Hono } from "hono";
+import { z } from "zod";
+import type { GenerationResult } from "../engine/scheduler.ts";
+import type { Tokenizer } from "../model/types.ts";
+import { parseBody } from "../server/body.ts";
+import type { ServerContext } from "../server/context.ts";
+import { badField } from "../server/errors.ts";
+import {
+  checkModel,
+  checkStopIds,
+  finishReason,
+  promptIds,
+  requestId,
+  resultOf,
+  samplingOf,
+  startJob,
+  streamJob,
+  tokenText,
+  usage,
+} from "../server/generation.ts";
+import { fields, samplingFields, tokenId } from "../server/schemas.ts";
+
+const ids = z.array(tokenId).min(1);
+
+export const CompletionRequest = z.object({
+  ...samplingFields,
+  prompt: z.union([z.string(), ids, z.array(z.string()), z.array(ids)], {
+    errorMap: () => ({
+      message: "expected a string, an array of token ids, or a one-element array of either",
+    }),
+  }),
+  stop: fields.stop,
+  logprobs: z.number().int().min(0).max(1, {
+    message: "must be 0 or 1: only the sampled token's logprob is available",
+  }).nullish(),
+  echo: z.boolean().nullish().refine((v) => !v, { message: "echo is not supported" }),
+  suffix: z.string().nullish().refine((v) => !v, { message: "suffix is not supported" }),
+  best_of: z.number().int().nullish().refine((v) => v == null || v === 1, {
+    message: "only best_of = 1 is supported",
+  }),
+});
+
+type Body = z.infer<typeof CompletionRequest>;
+
+/** The single prompt of a request. */
+function onePrompt(p: Body["prompt"]): string | number[] {
+  if (typeof p === "string") return p;
+  if (p.length > 0 && typeof p[0] === "number") return p as number[];
+  if (p.length !== 1) {
+    throw badField("prompt", `one prompt per request is supported, got ${p.length}`);
+  }
+  return p[0] as string | number[];
+}
+
+function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], offsets: number[], top: boolean) {
+  const tokens = ids.map((id) => tokenText(tok, id));
+  return {
+    tokens,
+    token_logprobs: lps,
+    top_logprobs: top ? tokens.map((t, i) => ({ [t]: lps[i] })) : null,
+    text_offset: offsets,
+  };
+}
+
+export function completionsRoute(ctx: ServerContext): Hono {
+  const app = new Hono();
+  app.post("/v1/completions", async (c) => {
+    const r = ctx.engine();
+    const body = await parseBody(c, CompletionRequest);
+    checkModel(ctx, body.model);
+    const prompt = promptIds(r, onePrompt(body.prompt), "prompt");
+    const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
+    const job = startJob(c, r, {
+      promptIds: prompt,
+      maxTokens: body.max_tokens ?? 16,
+      sampling: samplingOf(body, 1),
+      stopStrings: stop,
+      stopIds: checkStopIds(r, body.stop_token_ids, "stop_token_ids"),
+      ignoreEos: body.ignore_eos ?? false,
+    }, "prompt");
+    const id = requestId("cmpl");
+    const created = Math.floor(Date.now() / 1000);
+    const model = ctx.modelId;
+    const tok = r.session.model.tokenizer;
+    const wantLogprobs = body.logprobs != null;
+    const top = (body.logprobs ?? 0) > 0;
+    const head = { id, object: "text_completion", created, model };
+
+    if (body.stream) {
+      const includeUsage = body.stream_options?.include_usage ?? false;
+      return streamJob(c, job, {
+        chunk: (ch) => {
+          return [{
+            ...head,
+            choices: [{
+              index: 0,
+              text: ch.text,
+              logprobs: wantLogprobs ? logprobsOf(tok, ch.ids, ch.logprobs, ch.offsets, top) : null,
+              finish_reason: null,
+            }],
+            ...(includeUsage ? { usage: null } : {}),
+          }];
+        },
+        end: (res: GenerationResult) => [
+          {
+            ...head,
+            choices: [{ index: 0, text: "", logprobs: null, finish_reason: finishReason(res) }],
+            ...(includeUsage ? { usage: null } : {}),
+          },
+          ...(includeUsage ? [{ ...head, choices: [], usage: usage(res) }] : []),
+        ],
+      });
+    }
+    const res = await resultOf(job);
+    return c.json({
+      ...head,
+      choices: [{
+        index: 0,
+        text: res.text,
+        logprobs: wantLogprobs ? logprobsOf(tok, res.ids, res.logprobs, res.textOffsets, top) : null,
+        finish_reason: finishReason(res),
+        stop_reason: res.stopReason,
+      }],
+      usage: usage(res),
+    });
+  });
+  return app;
+}

@@ -1,0 +1,96 @@
+// POST /v1/generate: zigzag's own generation endpoint. Greedy by default (as the CLI), with the
+// timings and the request's KV-cache footprint in the answer.
+//
+// Request: {prompt: text | token ids, max_tokens = 16, temperature = 0, top_k, top_p, min_p, seed,
+//           stop: string | id | (string | id)[], ignore_eos, logprobs: bool, stream: bool}
+// Answer:  {id, model, text, token_ids, finish_reason, stop_reason, usage, time_to_first_token_ms,
+//           decode_tokens_per_s, queue_ms, e2e_ms, cache: {tokens, pages, retrieval_bytes,
+//           streaming_bytes, bytes, full_attention_bytes, ratio_to_full}, logprobs?}
+// Streamed: `data: {token_ids, text, logprobs?}` per readback, then the answer less text and
+//           token_ids, then `data: [DONE]`.
+
+import { Hono } from "hono";
+import { z } from "zod";
+import type { GenerationResult } from "../engine/scheduler.ts";
+import { parseBody } from "../server/body.ts";
+import type { ServerContext } from "../server/context.ts";
+import {
+  checkModel,
+  checkStopIds,
+  finishReason,
+  promptIds,
+  requestId,
+  resultOf,
+  samplingOf,
+  startJob,
+  streamJob,
+  usage,
+} from "../server/generation.ts";
+import { fields, samplingFields, tokenId } from "../server/schemas.ts";
+
+export const GenerateRequest = z.object({
+  ...samplingFields,
+  prompt: z.union([z.string(), z.array(tokenId).min(1)], {
+    errorMap: () => ({ message: "expected a string or a non-empty array of token ids" }),
+  }),
+  stop: z.union([z.string(), tokenId, z.array(z.union([z.string(), tokenId])).max(64)], {
+    errorMap: () => ({ message: "expected a string, a token id or an array of them" }),
+  }).nullish(),
+  logprobs: z.boolean().nullish(),
+  max_tokens: fields.maxTokens,
+});
+
+export function generateRoute(ctx: ServerContext): Hono {
+  const app = new Hono();
+  app.post("/v1/generate", async (c) => {
+    const r = ctx.engine();
+    const body = await parseBody(c, GenerateRequest);
+    checkModel(ctx, body.model);
+    const ids = promptIds(r, body.prompt, "prompt");
+    const stops = body.stop == null ? [] : Array.isArray(body.stop) ? body.stop : [body.stop];
+    const stopStrings = stops.filter((s): s is string => typeof s === "string");
+    const stopIds = checkStopIds(r, [
+      ...stops.filter((s): s is number => typeof s === "number"),
+      ...(body.stop_token_ids ?? []),
+    ], "stop");
+    const job = startJob(c, r, {
+      promptIds: ids,
+      maxTokens: body.max_tokens ?? 16,
+      sampling: samplingOf(body, 0),
+      stopIds,
+      stopStrings,
+      ignoreEos: body.ignore_eos ?? false,
+    }, "prompt");
+    const id = requestId("gen");
+    const summary = (res: GenerationResult) => ({
+      id,
+      model: ctx.modelId,
+      finish_reason: finishReason(res),
+      stop_reason: res.stopReason,
+      usage: usage(res),
+      time_to_first_token_ms: res.timeToFirstTokenMs,
+      decode_tokens_per_s: res.decodeTokensPerS,
+      queue_ms: res.queueMs,
+      e2e_ms: res.e2eMs,
+      cache: res.cache,
+    });
+    if (body.stream) {
+      return streamJob(c, job, {
+        chunk: (ch) => [{
+          token_ids: ch.ids,
+          text: ch.text,
+          ...(body.logprobs ? { logprobs: ch.logprobs } : {}),
+        }],
+        end: (res) => [summary(res)],
+      });
+    }
+    const res = await resultOf(job);
+    return c.json({
+      ...summary(res),
+      text: res.text,
+      token_ids: res.ids,
+      ...(body.logprobs ? { logprobs: res.logprobs } : {}),
+    });
+  });
+  return app;
+}

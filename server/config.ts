@@ -1,0 +1,205 @@
+// Server configuration from flags and environment variables (a flag wins over its variable).
+// Every error names where the bad value came from (`--max-batch` or `ZIGZAG_MAX_BATCH`), so a
+// container's one log line says what to fix.
+
+import { CliError, parseArgs } from "../cli/args.ts";
+import type { Precision } from "../gpu/device.ts";
+
+/** The README's default model (a Hugging Face repo id). */
+export const DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+export interface ServerConfig {
+  model: string;
+  tokenizer?: string;
+  plan?: string;
+  sink?: number;
+  recent?: number;
+  host: string;
+  port: number;
+  kvCacheMb?: number;
+  maxBatch: number;
+  maxQueue: number;
+  decodeSteps: number;
+  prefillChunk?: number;
+  maxModelLen?: number;
+  apiKey?: string;
+  precision?: Precision;
+  /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
+  chatTemplate?: string;
+  /** Name the API reports for the model (default: the model directory's or repo's name). */
+  servedModelName?: string;
+  /** Seconds running requests get to finish after SIGTERM. */
+  graceS: number;
+  /** Largest request body, MiB. */
+  maxBodyMb: number;
+  /** Where each setting came from, e.g. { model: "ZIGZAG_MODEL" }, for error messages. */
+  sources: Record<string, string>;
+}
+
+/** A configuration problem; `source` is the flag or variable, `value` what it held. */
+export class ConfigError extends Error {
+  constructor(readonly source: string, readonly value: string | undefined, message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+
+  /** The one line printed before exiting: `zigzag: ZIGZAG_MODEL=/models: no model found (...)`. */
+  get line(): string {
+    const what = this.value === undefined ? this.source : `${this.source}=${this.value}`;
+    return `zigzag: ${what}: ${this.message}`;
+  }
+}
+
+export const USAGE = `usage: deno task start [flags]   (or: deno serve -A main.ts)
+
+flags (environment variable in brackets; a flag wins):
+  --model PATH|REPO     llama2.c .bin / directory or Hugging Face directory or repo id
+                        [ZIGZAG_MODEL] (default ${DEFAULT_MODEL})
+  --tokenizer PATH      tokenizer, when it is not beside the model [ZIGZAG_TOKENIZER]
+  --plan full|streaming|FILE   attention plan [ZIGZAG_PLAN] (default full)
+  --sink N --recent N   override the plan's streaming window [ZIGZAG_SINK, ZIGZAG_RECENT]
+  --host HOST           [ZIGZAG_HOST] (default 127.0.0.1)
+  --port N              [PORT] (default 8000; 0 picks a free port)
+  --kv-cache-mb N       KV-cache budget in MiB [ZIGZAG_KV_CACHE_MB] (default 256)
+  --max-batch N         sequences decoded together, <= 64 [ZIGZAG_MAX_BATCH] (default 16)
+  --max-queue N         requests waiting for a batch slot; more get 429 [ZIGZAG_MAX_QUEUE]
+                        (default 256)
+  --decode-steps N      tokens per readback [ZIGZAG_DECODE_STEPS] (default 8)
+  --prefill-chunk N     prompt tokens per prefill forward [ZIGZAG_PREFILL_CHUNK] (default 128)
+  --max-model-len N     context served (default: the model's) [ZIGZAG_MAX_MODEL_LEN]
+  --api-key KEY         require "Authorization: Bearer KEY" on /v1/*, /tokenize, /detokenize
+                        [ZIGZAG_API_KEY]
+  --precision f16|f32   [ZIGZAG_PRECISION] (default f16 where the adapter has it)
+  --chat-template FILE  Jinja chat template instead of tokenizer_config.json's
+                        [ZIGZAG_CHAT_TEMPLATE]
+  --served-model-name NAME   model id in the API [ZIGZAG_SERVED_MODEL_NAME]
+  --grace-s N           seconds running requests get after SIGTERM [ZIGZAG_GRACE_S] (default 30)
+  --max-body-mb N       largest request body in MiB [ZIGZAG_MAX_BODY_MB] (default 16)`;
+
+interface NumSpec {
+  flag: string;
+  env: string;
+  integer?: boolean;
+  min?: number;
+  max?: number;
+}
+
+const VALUE_FLAGS = [
+  "model",
+  "tokenizer",
+  "plan",
+  "sink",
+  "recent",
+  "host",
+  "port",
+  "kv-cache-mb",
+  "max-batch",
+  "max-queue",
+  "decode-steps",
+  "prefill-chunk",
+  "max-model-len",
+  "api-key",
+  "precision",
+  "chat-template",
+  "served-model-name",
+  "grace-s",
+  "max-body-mb",
+] as const;
+
+export function parseServerConfig(
+  argv: readonly string[],
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): ServerConfig | "help" {
+  // `deno serve main.ts -- --flag` passes the `--` through.
+  const args = argv[0] === "--" ? argv.slice(1) : argv;
+  let a;
+  try {
+    a = parseArgs(args, { booleans: ["help"], values: VALUE_FLAGS });
+  } catch (e) {
+    if (e instanceof CliError) throw new ConfigError("flags", undefined, e.message);
+    throw e;
+  }
+  if (a.boolean("help")) return "help";
+  if (a.positionals.length > 0) {
+    throw new ConfigError("flags", undefined, `unexpected argument ${a.positionals[0]}`);
+  }
+  const sources: Record<string, string> = {};
+  const str = (flag: string, envName: string): string | undefined => {
+    const f = a.optionalString(flag);
+    if (f !== undefined) {
+      sources[flag] = `--${flag}`;
+      return f;
+    }
+    const v = env(envName);
+    if (v !== undefined && v !== "") {
+      sources[flag] = envName;
+      return v;
+    }
+    return undefined;
+  };
+  const num = (s: NumSpec): number | undefined => {
+    const raw = str(s.flag, s.env);
+    if (raw === undefined) return undefined;
+    const v = raw.trim() === "" ? NaN : Number(raw);
+    const src = sources[s.flag];
+    if (!Number.isFinite(v) || (s.integer && !Number.isInteger(v))) {
+      throw new ConfigError(src, raw, `must be ${s.integer ? "an integer" : "a number"}`);
+    }
+    if (s.min !== undefined && v < s.min) throw new ConfigError(src, raw, `must be >= ${s.min}`);
+    if (s.max !== undefined && v > s.max) throw new ConfigError(src, raw, `must be <= ${s.max}`);
+    return v;
+  };
+  const model = str("model", "ZIGZAG_MODEL") ?? DEFAULT_MODEL;
+  sources.model ??= "--model";
+  const precision = str("precision", "ZIGZAG_PRECISION");
+  if (precision !== undefined && precision !== "f16" && precision !== "f32") {
+    throw new ConfigError(sources.precision, precision, "must be f16 or f32");
+  }
+  const cfg: ServerConfig = {
+    model,
+    tokenizer: str("tokenizer", "ZIGZAG_TOKENIZER"),
+    plan: str("plan", "ZIGZAG_PLAN"),
+    sink: num({ flag: "sink", env: "ZIGZAG_SINK", integer: true, min: 0 }),
+    recent: num({ flag: "recent", env: "ZIGZAG_RECENT", integer: true, min: 1 }),
+    host: str("host", "ZIGZAG_HOST") ?? "127.0.0.1",
+    port: num({ flag: "port", env: "PORT", integer: true, min: 0, max: 65535 }) ?? 8000,
+    kvCacheMb: num({ flag: "kv-cache-mb", env: "ZIGZAG_KV_CACHE_MB", min: 0.001 }),
+    maxBatch: num({ flag: "max-batch", env: "ZIGZAG_MAX_BATCH", integer: true, min: 1, max: 64 }) ??
+      16,
+    maxQueue: num({ flag: "max-queue", env: "ZIGZAG_MAX_QUEUE", integer: true, min: 0 }) ?? 256,
+    decodeSteps:
+      num({ flag: "decode-steps", env: "ZIGZAG_DECODE_STEPS", integer: true, min: 1, max: 64 }) ??
+        8,
+    prefillChunk: num({
+      flag: "prefill-chunk",
+      env: "ZIGZAG_PREFILL_CHUNK",
+      integer: true,
+      min: 1,
+      max: 4096,
+    }),
+    maxModelLen: num({ flag: "max-model-len", env: "ZIGZAG_MAX_MODEL_LEN", integer: true, min: 2 }),
+    apiKey: str("api-key", "ZIGZAG_API_KEY"),
+    precision: precision as Precision | undefined,
+    chatTemplate: str("chat-template", "ZIGZAG_CHAT_TEMPLATE"),
+    servedModelName: str("served-model-name", "ZIGZAG_SERVED_MODEL_NAME"),
+    graceS: num({ flag: "grace-s", env: "ZIGZAG_GRACE_S", min: 0 }) ?? 30,
+    maxBodyMb: num({ flag: "max-body-mb", env: "ZIGZAG_MAX_BODY_MB", min: 0.001 }) ?? 16,
+    sources,
+  };
+  return cfg;
+}
+
+/** A config for tests and embedding: defaults for everything not given. */
+export function serverConfig(o: Partial<ServerConfig> & { model: string }): ServerConfig {
+  return {
+    host: "127.0.0.1",
+    port: 0,
+    maxBatch: 16,
+    maxQueue: 256,
+    decodeSteps: 8,
+    graceS: 30,
+    maxBodyMb: 16,
+    sources: {},
+    ...o,
+  };
+}

@@ -1,0 +1,72 @@
+// Field schemas shared by the generation routes (each route's own schema lives beside it).
+// `null` is accepted wherever a field is optional, as OpenAI's API does.
+
+import { z } from "zod";
+
+/** A value the API accepts but that must equal the only supported setting. */
+function onlyDefault<T extends z.ZodTypeAny>(schema: T, ok: (v: z.infer<T>) => boolean, why: string) {
+  return schema.nullish().refine((v) => v === undefined || v === null || ok(v), { message: why });
+}
+
+export const tokenId = z.number().int().min(0);
+
+export const fields = {
+  model: z.string().min(1).nullish(),
+  maxTokens: z.number().int().min(1).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  topP: z.number().gt(0).max(1).nullish(),
+  /** -1 or 0: no top-k. */
+  topK: z.number().int().min(-1).max(1 << 20).nullish(),
+  minP: z.number().min(0).max(1).nullish(),
+  seed: z.number().int().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullish(),
+  stop: z.union([z.string(), z.array(z.string()).max(16)], {
+    errorMap: () => ({ message: "expected a string or an array of at most 16 strings" }),
+  }).nullish(),
+  stopTokenIds: z.array(tokenId).max(64).nullish(),
+  stream: z.boolean().nullish(),
+  streamOptions: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  ignoreEos: z.boolean().nullish(),
+  n: onlyDefault(z.number().int(), (v) => v === 1, "only n = 1 is supported"),
+  presencePenalty: onlyDefault(
+    z.number().min(-2).max(2),
+    (v) => v === 0,
+    "penalties are not supported by the GPU sampler; use 0",
+  ),
+  frequencyPenalty: onlyDefault(
+    z.number().min(-2).max(2),
+    (v) => v === 0,
+    "penalties are not supported by the GPU sampler; use 0",
+  ),
+  repetitionPenalty: onlyDefault(
+    z.number().gt(0),
+    (v) => v === 1,
+    "penalties are not supported by the GPU sampler; use 1",
+  ),
+  logitBias: onlyDefault(
+    z.record(z.number()),
+    (v) => Object.keys(v).length === 0,
+    "logit_bias is not supported",
+  ),
+  user: z.string().nullish(),
+};
+
+/** The sampling fields every generation route takes, snake_case as in the API. */
+export const samplingFields = {
+  model: fields.model,
+  max_tokens: fields.maxTokens,
+  temperature: fields.temperature,
+  top_p: fields.topP,
+  top_k: fields.topK,
+  min_p: fields.minP,
+  seed: fields.seed,
+  stop_token_ids: fields.stopTokenIds,
+  ignore_eos: fields.ignoreEos,
+  stream: fields.stream,
+  stream_options: fields.streamOptions,
+  presence_penalty: fields.presencePenalty,
+  frequency_penalty: fields.frequencyPenalty,
+  repetition_penalty: fields.repetitionPenalty,
+  logit_bias: fields.logitBias,
+  n: fields.n,
+  user: fields.user,
+};
