@@ -34,9 +34,11 @@ RUN if ! id -u deno >/dev/null 2>&1; then \
  && mkdir -p /app /models /deno-dir \
  && chown deno:deno /app /deno-dir
 
+# WebGPU on Vulkan: the GPU driver's ICD when one is passed in, else Mesa's lavapipe (never GL).
 ENV DENO_DIR=/deno-dir/ \
     DENO_NO_UPDATE_CHECK=1 \
     DENO_NO_PROMPT=1 \
+    DENO_WEBGPU_BACKEND=vulkan \
     XDG_RUNTIME_DIR=/tmp
 
 WORKDIR /app

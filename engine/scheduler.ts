@@ -239,6 +239,13 @@ export class Scheduler {
     return this.#waiting.length;
   }
 
+  /** The running requests' cache use, oldest first. */
+  sequences(): { id: number; state: string; tokens: number; pages: number }[] {
+    return [...this.#prefilling, ...this.#decoding]
+      .sort((a, b) => a.id - b.id)
+      .map((j) => ({ id: j.id, state: j.state, tokens: j.seq!.tokens, pages: j.seq!.pages.length }));
+  }
+
   get accepting(): boolean {
     return this.#accepting;
   }

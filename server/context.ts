@@ -5,6 +5,7 @@ import { type ChatFormatter, chatFormatter } from "../engine/chat.ts";
 import { Scheduler } from "../engine/scheduler.ts";
 import { type Session, setup } from "../engine/setup.ts";
 import { GpuUnavailableError } from "../gpu/device.ts";
+import { GREEDY } from "../gpu/runner.ts";
 import { CacheExhaustedError } from "../gpu/kv_cache.ts";
 import { ModelFormatError } from "../model/types.ts";
 import { PlanError } from "../plans/schema.ts";
@@ -91,6 +92,7 @@ export class ServerContext {
     } catch (e) {
       throw explainLoadError(e, cfg, src);
     }
+    await warmUp(session);
     let chat: ChatFormatter | null = null;
     const tok = session.model.tokenizer;
     if (tok) {
@@ -131,6 +133,20 @@ export class ServerContext {
         `tokens per readback${chat ? `, chat template from ${chat.source}` : ""}`,
     );
     return this.ready;
+  }
+}
+
+/** One short prefill and decode, so the first request does not pay for shader compilation. */
+async function warmUp(s: Session): Promise<void> {
+  const r = s.runner;
+  const seq = r.cache.open();
+  if (!seq) return;
+  try {
+    const n = Math.min(9, r.maxSeqLen - 2);
+    const first = await r.prefill(seq, new Array(n).fill(Math.max(0, s.model.config.bosId)), GREEDY);
+    await r.decode([{ seq, token: first.token, sampling: GREEDY }], Math.min(2, r.opts.maxDecodeSteps));
+  } finally {
+    r.cache.close(seq);
   }
 }
 

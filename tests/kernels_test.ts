@@ -7,7 +7,8 @@
 // inputs an f16 kernel would differ by a further 2^-11 relative per stored operand (up to
 // 2^-11 * sum|x w| for a dot product, ~2^-11 * sqrt(K) * rms in practice), far too loose to see an
 // off-by-one index; comparing to the rounded inputs keeps f16 tests as sharp as f32 ones.
-//  - pure data movement (embed, kv_store, decode_step, rmsnorm's gather): exact;
+//  - pure data movement (embed, decode_step, kv_store in f32): exact; an f32 -> f16 store is
+//    within one f16 ULP (WGSL lets the conversion pick either neighbour);
 //  - dot products of n terms: |err| <= gamma_(n+c) * sum|terms|, gamma_m ~ m u (Higham's bound for
 //    any summation order, so tree reductions and FMAs are covered);
 //  - kernels with exp / cos / inverseSqrt: WGSL's accuracy of those builtins (see each test).
@@ -302,9 +303,10 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const x = rng.array(allRows * c.K);
       const w = rng.array(c.N * c.K);
       const bias = rng.array(c.N);
-      const y0 = c.accumulate ? rng.array(allRows * c.N) : new Float32Array(allRows * c.N).fill(
-        SENTINEL,
-      );
+      // Without ACCUMULATE y starts as the sentinel, so rows not computed must keep it.
+      const y0 = c.accumulate
+        ? rng.array(allRows * c.N)
+        : new Float32Array(allRows * c.N).fill(SENTINEL);
       const wt = h.adopt(uploadMatrix(h.device, w, c.N, c.K, p, "w", 4));
       assert.deepEqual(wt.shape, [c.N, KP]);
       const y = h.upload(y0);
@@ -1236,6 +1238,44 @@ Deno.test("sample.wgsl", gpuTest, async (t) => {
           chi2 / limit,
         );
       }
+    }
+  });
+});
+
+Deno.test("sample.wgsl: top_k and top_p with a -inf or huge negative logit", gpuTest, async (t) => {
+  // A masked logit (-inf, or a large negative stand-in such as -1e30) must not disable the
+  // filters. The bisections of sample.wgsl start from the smallest logit: with -inf every
+  // midpoint is -inf, and with -1e30 32 halvings leave a step of ~1e21, so all tokens stay kept.
+  await perPrecision(t, async (p) => {
+    const V = 16, n = 64;
+    const rng = new Rng(900);
+    const base = rng.array(V, -4, 4);
+    const order = [...base.keys()].sort((a, b) => base[b] - base[a]);
+    const masked = order[V - 1]; // the smallest logit becomes the masked one
+    const logits = new Float32Array(n * V);
+    for (let r = 0; r < n; r++) {
+      logits.set(base, r * V);
+      logits[r * V + masked] = r % 2 ? -Infinity : -1e30;
+    }
+    const { rows, gather } = tokenRowsAt(Array.from({ length: n }, (_, r) => 3 * r));
+    const pMax = 1 /
+      base.reduce((a, x, i) => i === masked ? a : a + Math.exp(x - base[order[0]]), 0);
+    for (
+      const [s, allowed] of [
+        [{ temperature: 2, topK: 2 }, order.slice(0, 2)],
+        [{ temperature: 1, topP: pMax / 2 }, [order[0]]],
+      ] as [Sampling, number[]][]
+    ) {
+      const params = Array.from({ length: n }, () => ({ ...s, seed: 5 }));
+      const got = await runSampler(p, V, logits, params, rows, gather);
+      const bad = [...got.tokens].map((tok, r) => [r, tok]).filter(([, tok]) =>
+        !allowed.includes(tok)
+      );
+      assert.deepEqual(
+        bad,
+        [],
+        `${JSON.stringify(s)}: [row, token] drawn outside ${allowed} (odd rows -inf, even -1e30)`,
+      );
     }
   });
 });

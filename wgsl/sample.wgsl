@@ -112,10 +112,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   var token = greedy;
   if (sp.temperature > 0.0) {
     let inv_t = 1.0 / sp.temperature;
+    // Tokens more than 104 T below the max have weight exp(-104) = 0 in f32 anyway; starting
+    // the searches there keeps bisection meaningful when some logits are -inf or huge negative.
+    var cut = max(gmin, gmax - 104.0 * sp.temperature);
     // Lower bound of kept logits from top_k: the k-th largest value, by bisection on counts.
-    var cut = gmin;
     if (sp.top_k > 0u && sp.top_k < VOCAB) {
-      var a = gmin; // count(>= a) >= k
+      var a = cut; // count(>= a) >= k, or every token of nonzero weight
       var b = gmax; // count(>= b) may be < k
       for (var it = 0u; it < 32u; it++) {
         let mid = 0.5 * (a + b);

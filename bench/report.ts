@@ -1,0 +1,628 @@
+// The bench's JSON schema, the ratios and targets derived from its measurements, and the
+// Markdown and SVG renderings (shared by bench/bench.ts and bench/readme.ts).
+//
+// Every ratio names the two measured numbers it divides by their path in the JSON
+// (`num_ref`, `den_ref`, e.g. `cells[3].decode[0].ms_per_token.median`) and carries their values:
+// value === num / den, num === at(result, num_ref), den === at(result, den_ref).
+
+import type { CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
+import type { Fit } from "./kv.ts";
+import type { Cell } from "./model_bench.ts";
+import type { BenchPlanName, PlanSummary } from "./plans.ts";
+import type { Stat } from "./stats.ts";
+import { lineChart, type Series } from "./svg.ts";
+
+export const SCHEMA = "zigzag-bench/1";
+
+export interface Ratio {
+  id: string;
+  label: string;
+  value: number;
+  num: number;
+  den: number;
+  num_ref: string;
+  den_ref: string;
+}
+
+export interface Target {
+  id: string;
+  label: string;
+  /** The ratio (or derived figure) compared with the target; null when not measured. */
+  ratio_id: string | null;
+  value: number | null;
+  op: "<=" | ">=";
+  target: number;
+  met: boolean | null;
+  /** How far from the target: value - target for <=, target - value for >= (> 0: missed). */
+  gap: number | null;
+  /** Speed-up (or improvement factor) still needed: value / target for <=, target / value for >=;
+   * <= 1 when met. */
+  factor_needed: number | null;
+  note?: string;
+}
+
+export interface GemvAggregate {
+  matrices: MatmulResult[];
+  /** Sum of weight bytes over sum of median times. */
+  bytes: number;
+  ms: number;
+  gbps: number;
+}
+
+export interface BenchResult {
+  schema: typeof SCHEMA;
+  created: string;
+  command: string[];
+  versions: { deno: string; v8: string; typescript: string };
+  adapter: {
+    name: string;
+    backend: string;
+    shader_f16: boolean;
+    timestamp_query: boolean;
+    max_storage_binding_bytes: number;
+    max_buffer_bytes: number;
+  };
+  host: { os: string; arch: string; cpus: number };
+  options: Record<string, unknown>;
+  notes: string[];
+  method: Record<string, string>;
+  model: {
+    preset: string;
+    config: Record<string, unknown>;
+    params: number;
+    weight_bytes: number;
+  };
+  plans: Partial<Record<BenchPlanName, PlanSummary>>;
+  reference: {
+    readback_ms: Stat;
+    stream_read: StreamReadResult;
+    copy: CopyResult;
+  };
+  decode_gemv: GemvAggregate | null;
+  kernels: MatmulResult[] | null;
+  cells: Cell[];
+  fits: (Fit & { plan: BenchPlanName })[];
+  issue3: {
+    llama3_8b_32k: {
+      plan_source: string;
+      tokens: number;
+      kv_dtype: string;
+      zigzag_bytes: number;
+      full_bytes: number;
+      duo_bytes: number;
+      closed_form_zigzag_bytes: number;
+      ratio_to_full: number;
+    };
+    streaming_prefill: {
+      contexts: number[];
+      ms: number[];
+      /** ln(t_max / t_min) / ln(n_max / n_min): 1 = linear, 2 = quadratic. */
+      exponent: number | null;
+      full_exponent: number | null;
+    } | null;
+  };
+  ratios: Ratio[];
+  targets: Target[];
+  elapsed_s: number;
+}
+
+/** Resolves `a.b[2].c` in an object. */
+export function at(root: unknown, path: string): unknown {
+  let cur: unknown = root;
+  for (const part of path.match(/[^.[\]]+/g) ?? []) {
+    if (cur === null || cur === undefined) return undefined;
+    cur = (cur as Record<string, unknown>)[/^\d+$/.test(part) ? Number(part) : part];
+  }
+  return cur;
+}
+
+export function makeRatio(
+  root: unknown,
+  id: string,
+  label: string,
+  numRef: string,
+  denRef: string,
+): Ratio | null {
+  const num = at(root, numRef);
+  const den = at(root, denRef);
+  if (typeof num !== "number" || typeof den !== "number" || den === 0) return null;
+  return { id, label, value: num / den, num, den, num_ref: numRef, den_ref: denRef };
+}
+
+export function makeTarget(
+  id: string,
+  label: string,
+  op: "<=" | ">=",
+  target: number,
+  value: number | null,
+  ratioId: string | null,
+  note?: string,
+): Target {
+  if (value === null || !isFinite(value)) {
+    return {
+      id,
+      label,
+      ratio_id: ratioId,
+      value: null,
+      op,
+      target,
+      met: null,
+      gap: null,
+      factor_needed: null,
+      note,
+    };
+  }
+  const met = op === "<=" ? value <= target : value >= target;
+  const gap = op === "<=" ? value - target : target - value;
+  const factor = op === "<=" ? value / target : value > 0 ? target / value : Infinity;
+  return {
+    id,
+    label,
+    ratio_id: ratioId,
+    value,
+    op,
+    target,
+    met,
+    gap,
+    factor_needed: factor,
+    note,
+  };
+}
+
+const PLAN_ORDER: BenchPlanName[] = ["full", "duo", "zigzag", "streaming"];
+const PLAN_COLORS: Record<BenchPlanName, string> = {
+  full: "#444444",
+  duo: "#1f77b4",
+  zigzag: "#d62728",
+  streaming: "#2ca02c",
+};
+
+function cellIndex(r: BenchResult, plan: string, ctx: number): number {
+  return r.cells.findIndex((c) => c.plan === plan && c.context === ctx);
+}
+
+/** The ratios zigzag/full and zigzag/duo (and the bandwidth ratios) of a result. */
+export function buildRatios(r: BenchResult): Ratio[] {
+  const out: Ratio[] = [];
+  const push = (x: Ratio | null) => x && out.push(x);
+  const ctxs = [...new Set(r.cells.map((c) => c.context))].sort((a, b) => a - b);
+  for (const ctx of ctxs) {
+    const z = cellIndex(r, "zigzag", ctx);
+    if (z < 0) continue;
+    for (const other of ["full", "duo"] as const) {
+      const o = cellIndex(r, other, ctx);
+      if (o < 0) continue;
+      const zc = r.cells[z];
+      if (zc.prefill_ms && r.cells[o].prefill_ms) {
+        push(makeRatio(
+          r,
+          `prefill.zigzag/${other}@${ctx}`,
+          `prefill time zigzag/${other} at ${ctx}`,
+          `cells[${z}].prefill_ms.median`,
+          `cells[${o}].prefill_ms.median`,
+        ));
+      }
+      zc.decode.forEach((d, i) => {
+        const j = r.cells[o].decode.findIndex((e) => e.batch === d.batch);
+        if (j < 0) return;
+        push(makeRatio(
+          r,
+          `decode.b${d.batch}.zigzag/${other}@${ctx}`,
+          `decode ms/token zigzag/${other}, batch ${d.batch}, at ${ctx}`,
+          `cells[${z}].decode[${i}].ms_per_token.median`,
+          `cells[${o}].decode[${j}].ms_per_token.median`,
+        ));
+      });
+      push(makeRatio(
+        r,
+        `kv.zigzag/${other}@${ctx}`,
+        `KV bytes zigzag/${other} at ${ctx}`,
+        `cells[${z}].kv.bytes`,
+        `cells[${o}].kv.bytes`,
+      ));
+    }
+  }
+  // Achieved decode bandwidth of each cell against the streaming kernel.
+  r.cells.forEach((c, i) =>
+    c.decode.forEach((d, j) =>
+      push(makeRatio(
+        r,
+        `bw.decode.b${d.batch}.${c.plan}@${c.context}`,
+        `decode bandwidth / streaming read, ${c.plan}, batch ${d.batch}, at ${c.context}`,
+        `cells[${i}].decode[${j}].gbps`,
+        "reference.stream_read.best.gbps.median",
+      ))
+    )
+  );
+  if (r.decode_gemv) {
+    push(makeRatio(
+      r,
+      "bw.gemv.model/stream",
+      "decode GEMV bandwidth (the model's matrices) / streaming read",
+      "decode_gemv.gbps",
+      "reference.stream_read.best.gbps.median",
+    ));
+    push(makeRatio(
+      r,
+      "bw.gemv.model/copy",
+      "decode GEMV bandwidth (the model's matrices) / copyBufferToBuffer",
+      "decode_gemv.gbps",
+      "reference.copy.gbps.median",
+    ));
+  }
+  push(makeRatio(
+    r,
+    "bw.stream/copy",
+    "streaming read / copyBufferToBuffer",
+    "reference.stream_read.best.gbps.median",
+    "reference.copy.gbps.median",
+  ));
+  (r.kernels ?? []).forEach((k, i) => {
+    const id = `${k.kind}.${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
+    push(makeRatio(
+      r,
+      `bw.${id}/stream`,
+      `${k.kind} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / streaming read`,
+      `kernels[${i}].gbps.median`,
+      "reference.stream_read.best.gbps.median",
+    ));
+    push(makeRatio(
+      r,
+      `bw.${id}/copy`,
+      `${k.kind} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / copy`,
+      `kernels[${i}].gbps.median`,
+      "reference.copy.gbps.median",
+    ));
+  });
+  push(makeRatio(
+    r,
+    "kv.llama3-8b.32k.zigzag/full",
+    "Llama-3-8B, 32k tokens: zigzag 50% KV bytes / full (manager's figures)",
+    "issue3.llama3_8b_32k.zigzag_bytes",
+    "issue3.llama3_8b_32k.full_bytes",
+  ));
+  const sp = r.issue3.streaming_prefill;
+  if (sp && sp.contexts.length >= 2) {
+    const cells = sp.contexts.map((c) => cellIndex(r, "streaming", c));
+    push(makeRatio(
+      r,
+      "prefill.streaming.growth",
+      `streaming prefill time at ${sp.contexts.at(-1)} / at ${sp.contexts[0]}`,
+      `cells[${cells.at(-1)}].prefill_ms.median`,
+      `cells[${cells[0]}].prefill_ms.median`,
+    ));
+    const f = sp.contexts.map((c) => cellIndex(r, "full", c));
+    if (f.every((i) => i >= 0 && r.cells[i].prefill_ms)) {
+      push(makeRatio(
+        r,
+        "prefill.full.growth",
+        `full prefill time at ${sp.contexts.at(-1)} / at ${sp.contexts[0]}`,
+        `cells[${f.at(-1)}].prefill_ms.median`,
+        `cells[${f[0]}].prefill_ms.median`,
+      ));
+    }
+  }
+  return out;
+}
+
+/** The issue's targets, at the longest context of the run. */
+export function buildTargets(r: BenchResult): Target[] {
+  const byId = new Map(r.ratios.map((x) => [x.id, x]));
+  const t: Target[] = [];
+  const ctxs = r.cells.map((c) => c.context);
+  const maxCtx = Math.max(...ctxs);
+  const prefillCtxs = r.cells.filter((c) => c.prefill_ms).map((c) => c.context);
+  const maxPrefill = prefillCtxs.length ? Math.max(...prefillCtxs) : null;
+  const fromRatio = (
+    id: string,
+    label: string,
+    op: "<=" | ">=",
+    target: number,
+    ratioId: string,
+    note?: string,
+  ) => t.push(makeTarget(id, label, op, target, byId.get(ratioId)?.value ?? null, ratioId, note));
+  const batches = [...new Set(r.cells.flatMap((c) => c.decode.map((d) => d.batch)))].sort((a, b) =>
+    a - b
+  );
+  for (const b of batches) {
+    fromRatio(
+      `decode.b${b}.vs.duo`,
+      `zigzag decode/token <= 0.90x duo (batch ${b}, ${maxCtx} tokens)`,
+      "<=",
+      0.9,
+      `decode.b${b}.zigzag/duo@${maxCtx}`,
+    );
+    fromRatio(
+      `decode.b${b}.vs.full`,
+      `zigzag decode/token <= 0.65x full (batch ${b}, ${maxCtx} tokens)`,
+      "<=",
+      0.65,
+      `decode.b${b}.zigzag/full@${maxCtx}`,
+    );
+  }
+  fromRatio(
+    "prefill.vs.full",
+    `zigzag prefill <= 0.70x full (${maxPrefill ?? "-"} tokens)`,
+    "<=",
+    0.7,
+    `prefill.zigzag/full@${maxPrefill}`,
+    maxPrefill !== null && maxPrefill < maxCtx
+      ? `longest prefill context of the run (--prefill-max), not ${maxCtx}`
+      : undefined,
+  );
+  fromRatio(
+    "kv.vs.full",
+    `zigzag KV bytes <= 0.52x full (${maxCtx} tokens)`,
+    "<=",
+    0.52,
+    `kv.zigzag/full@${maxCtx}`,
+  );
+  fromRatio(
+    "gemv.bw",
+    "decode GEMV bandwidth >= 70% of the streaming read (the model's matrices)",
+    ">=",
+    0.7,
+    "bw.gemv.model/stream",
+  );
+  for (const k of r.kernels ?? []) {
+    if (k.kind !== "gemv" || k.rows !== 1) continue;
+    const id = `bw.gemv.${k.dtype}.${k.n}x${k.k}.r1/stream`;
+    fromRatio(
+      `kernels.${id}`,
+      `GEMV ${k.label} ${k.n}x${k.k} ${k.dtype} >= 70% of the streaming read`,
+      ">=",
+      0.7,
+      id,
+    );
+  }
+  fromRatio(
+    "issue3.kv",
+    "Llama-3-8B at 32k, zigzag 50%: KV bytes <= 0.52x full (manager, closed form)",
+    "<=",
+    0.52,
+    "kv.llama3-8b.32k.zigzag/full",
+  );
+  const sp = r.issue3.streaming_prefill;
+  t.push(makeTarget(
+    "issue3.linear",
+    "streaming prefill grows linearly: time exponent <= 1.10",
+    "<=",
+    1.1,
+    sp?.exponent ?? null,
+    "prefill.streaming.growth",
+    "exponent = ln(growth ratio) / ln(length ratio); 1 = linear, 2 = quadratic",
+  ));
+  return t;
+}
+
+// ---- Markdown ------------------------------------------------------------------------------
+
+const f = (v: number | null | undefined, digits = 3) =>
+  v === null || v === undefined || !isFinite(v) ? "-" : `${+v.toPrecision(digits)}`;
+const mib = (b: number) => (b / 2 ** 20).toFixed(b < 2 ** 20 ? 3 : 1);
+const pm = (s: Stat | null | undefined) =>
+  s ? `${f(s.median)} ±${(s.spread * 50).toFixed(0)}%` : "-";
+
+/** The whole report; `imageBase` prefixes the chart file names (for the README). */
+export function renderMarkdown(r: BenchResult, imageBase = ""): string {
+  const L: string[] = [];
+  const c = r.model.config as Record<string, number | string>;
+  L.push(
+    `Adapter **${r.adapter.name}** (backend ${r.adapter.backend}; shader-f16 ` +
+      `${r.adapter.shader_f16 ? "yes" : "no"}, timestamp-query ${
+        r.adapter.timestamp_query ? "yes" : "no"
+      }), Deno ${r.versions.deno}, ${r.host.os}/${r.host.arch} ${r.host.cpus} CPUs, ` +
+      `${r.created.slice(0, 19).replace("T", " ")} UTC.`,
+    "",
+    `Model: **${r.model.preset}** shapes, ${c.nLayers} layers, dim ${c.dim}, hidden ${c.hiddenDim}, ` +
+      `${c.nHeads} heads / ${c.nKvHeads} KV heads of ${c.headDim}, vocab ${c.vocabSize}; ` +
+      `random weights, ${r.options.precision}; ${(r.model.weight_bytes / 2 ** 20).toFixed(1)} MiB ` +
+      `of weights per decode step. Sink ${r.options.sink} + recent ${r.options.recent}, budget ` +
+      `${r.options.budget}.`,
+  );
+  for (const n of r.notes) L.push("", `- ${n}`);
+  L.push("", "Plans:", "");
+  L.push("| plan | source | retrieval KV heads | streaming KV heads | mixed layers |");
+  L.push("| --- | --- | ---: | ---: | ---: |");
+  for (const p of PLAN_ORDER) {
+    const s = r.plans[p];
+    if (!s) continue;
+    L.push(
+      `| ${p} | ${s.source} | ${s.retrieval_kv_heads} | ${s.streaming_kv_heads} | ` +
+        `${s.mixed_layers} |`,
+    );
+  }
+  const ref = r.reference;
+  L.push(
+    "",
+    `Bandwidth references (same adapter, same run): streaming-read kernel ` +
+      `**${f(ref.stream_read.best.gbps.median)} GB/s** (${ref.stream_read.best.workgroups} ` +
+      `workgroups, ${ref.stream_read.best.chunked ? "chunked" : "grid-stride"}, ` +
+      `${mib(ref.stream_read.bytes)} MiB, ${ref.stream_read.method}); copyBufferToBuffer ` +
+      `**${f(ref.copy.gbps.median)} GB/s** copied; readback round trip ` +
+      `${f(ref.readback_ms.median)} ms.`,
+  );
+  if (r.decode_gemv) {
+    L.push(
+      "",
+      `Decode GEMV over the model's matrices (batch 1): ${f(r.decode_gemv.gbps)} GB/s = ` +
+        `${(100 * r.decode_gemv.gbps / ref.stream_read.best.gbps.median).toFixed(0)}% of the ` +
+        `streaming read.`,
+    );
+  }
+
+  L.push("", "### Per plan and context", "");
+  const batches = [...new Set(r.cells.flatMap((x) => x.decode.map((d) => d.batch)))].sort((a, b) =>
+    a - b
+  );
+  L.push(
+    `| context | plan | prefill ms | ${
+      batches.map((b) => `decode ms/token b${b}`).join(" | ")
+    } | ${batches.map((b) => `GB/s b${b} (% stream)`).join(" | ")} | KV MiB | KV / full |`,
+  );
+  L.push(`| ---: | --- | ---: | ${batches.map(() => "---:").join(" | ")} | ${
+    batches.map(() => "---:").join(" | ")
+  } | ---: | ---: |`);
+  const ctxs = [...new Set(r.cells.map((x) => x.context))].sort((a, b) => a - b);
+  const streamBw = ref.stream_read.best.gbps.median;
+  for (const ctx of ctxs) {
+    for (const p of PLAN_ORDER) {
+      const cell = r.cells.find((x) => x.plan === p && x.context === ctx);
+      if (!cell) continue;
+      const dec = batches.map((b) => pm(cell.decode.find((d) => d.batch === b)?.ms_per_token));
+      const bw = batches.map((b) => {
+        const d = cell.decode.find((e) => e.batch === b);
+        return d ? `${f(d.gbps)} (${(100 * d.gbps / streamBw).toFixed(0)}%)` : "-";
+      });
+      L.push(
+        `| ${ctx} | ${p} | ${pm(cell.prefill_ms)} | ${dec.join(" | ")} | ${bw.join(" | ")} | ` +
+          `${mib(cell.kv.bytes)} | ${f(cell.kv.ratio_to_full)} |`,
+      );
+    }
+  }
+  L.push("", "Medians; ± is half the relative range of the samples.");
+
+  L.push("", "### Ratios (zigzag / other, interleaved runs)", "");
+  L.push("| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +
+    " | KV bytes |");
+  L.push("| ---: | --- | ---: | " + batches.map(() => "---:").join(" | ") + " | ---: |");
+  const rv = (id: string) => f(r.ratios.find((x) => x.id === id)?.value);
+  for (const ctx of ctxs) {
+    for (const o of ["full", "duo"]) {
+      L.push(
+        `| ${ctx} | ${o} | ${rv(`prefill.zigzag/${o}@${ctx}`)} | ${
+          batches.map((b) => rv(`decode.b${b}.zigzag/${o}@${ctx}`)).join(" | ")
+        } | ${rv(`kv.zigzag/${o}@${ctx}`)} |`,
+      );
+    }
+  }
+
+  L.push("", "### Targets (not asserted)", "");
+  L.push("| target | value | met | gap |");
+  L.push("| --- | ---: | :---: | --- |");
+  for (const t of r.targets) {
+    const gap = t.met === null
+      ? "not measured"
+      : t.met
+      ? `met (margin ${f(Math.abs(t.gap!))})`
+      : `missed by ${f(t.gap!)} (needs ${f(t.factor_needed!)}x)`;
+    L.push(`| ${t.label} | ${f(t.value)} | ${t.met === null ? "-" : t.met ? "yes" : "no"} | ${gap} |`);
+  }
+
+  if (r.fits.length) {
+    L.push("", `### Longest context that fits ${r.options.kv_cache_mb} MiB of KV cache`, "");
+    const seqs = [...new Set(r.fits.map((x) => x.seqs))].sort((a, b) => a - b);
+    L.push(`| plan | ${seqs.map((s) => `${s} seq${s > 1 ? "s" : ""}`).join(" | ")} |`);
+    L.push(`| --- | ${seqs.map(() => "---:").join(" | ")} |`);
+    for (const p of PLAN_ORDER) {
+      const row = seqs.map((s) => {
+        const x = r.fits.find((y) => y.plan === p && y.seqs === s);
+        return !x ? "-" : x.unbounded ? "unbounded" : `${x.max_context}`;
+      });
+      if (r.fits.some((y) => y.plan === p)) L.push(`| ${p} | ${row.join(" | ")} |`);
+    }
+  }
+
+  const i3 = r.issue3;
+  L.push(
+    "",
+    "### KV memory at Llama-3-8B shapes, 32k tokens",
+    "",
+    `Zigzag 50% (${i3.llama3_8b_32k.plan_source}), ${i3.llama3_8b_32k.kv_dtype} KV: ` +
+      `${mib(i3.llama3_8b_32k.zigzag_bytes)} MiB vs full ${mib(i3.llama3_8b_32k.full_bytes)} ` +
+      `MiB (duo ${mib(i3.llama3_8b_32k.duo_bytes)} MiB): **${
+        f(i3.llama3_8b_32k.ratio_to_full, 4)
+      }x** full, from the cache manager's statistics (equal to the closed form).`,
+  );
+  if (i3.streaming_prefill) {
+    const sp = i3.streaming_prefill;
+    L.push(
+      "",
+      `Streaming prefill time vs length: ${
+        sp.contexts.map((n, i) => `${n}: ${f(sp.ms[i])} ms`).join(", ")
+      }; growth exponent ${f(sp.exponent)} (1 = linear; full attention: ${f(sp.full_exponent)}).`,
+    );
+  }
+
+  if (r.kernels?.length) {
+    L.push("", "### Kernels (`--kernels`)", "");
+    L.push("| kernel | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | / copy |");
+    L.push("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const k of r.kernels) {
+      L.push(
+        `| ${k.kind} ${k.label} | ${k.n} x ${k.k} | ${k.dtype} | ${k.rows} | ${pm(k.ms)} | ` +
+          `${f(k.gbps.median)} | ${f(k.gflops.median)} | ` +
+          `${f(k.gbps.median / ref.stream_read.best.gbps.median)} | ` +
+          `${f(k.gbps.median / ref.copy.gbps.median)} |`,
+      );
+    }
+  }
+
+  L.push("", "### Charts", "");
+  L.push(`![decode ms/token vs context](${imageBase}decode.svg)`);
+  L.push(`![KV bytes vs context](${imageBase}kv.svg)`);
+  if (r.cells.some((x) => x.prefill_ms)) L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+  L.push("", "### Method", "");
+  for (const [k, v] of Object.entries(r.method)) L.push(`- **${k}**: ${v}`);
+  return L.join("\n") + "\n";
+}
+
+// ---- charts --------------------------------------------------------------------------------
+
+export function renderCharts(r: BenchResult): Record<string, string> {
+  const plans = PLAN_ORDER.filter((p) => r.cells.some((c) => c.plan === p));
+  const batches = [...new Set(r.cells.flatMap((x) => x.decode.map((d) => d.batch)))].sort((a, b) =>
+    a - b
+  );
+  const decodeSeries: Series[] = [];
+  batches.forEach((b, bi) => {
+    for (const p of plans) {
+      decodeSeries.push({
+        name: `${p} b${b}`,
+        color: PLAN_COLORS[p],
+        dashed: bi > 0,
+        points: r.cells.filter((c) => c.plan === p).flatMap((c) => {
+          const d = c.decode.find((e) => e.batch === b);
+          return d ? [[c.context, d.ms_per_token.median] as [number, number]] : [];
+        }),
+      });
+    }
+  });
+  const out: Record<string, string> = {
+    "decode.svg": lineChart({
+      title: `Decode ms/token vs context (${r.model.preset}, ${r.adapter.name.slice(0, 40)})`,
+      xLabel: "context (tokens)",
+      yLabel: "ms per decode step",
+      logX: true,
+      series: decodeSeries,
+    }),
+    "kv.svg": lineChart({
+      title: "KV-cache bytes vs context (one sequence)",
+      xLabel: "context (tokens)",
+      yLabel: "MiB",
+      logX: true,
+      series: plans.map((p) => ({
+        name: p,
+        color: PLAN_COLORS[p],
+        points: r.cells.filter((c) => c.plan === p).map((c) =>
+          [c.context, c.kv.bytes / 2 ** 20] as [number, number]
+        ),
+      })),
+    }),
+  };
+  if (r.cells.some((c) => c.prefill_ms)) {
+    out["prefill.svg"] = lineChart({
+      title: "Prefill time vs context",
+      xLabel: "context (tokens)",
+      yLabel: "ms",
+      series: plans.map((p) => ({
+        name: p,
+        color: PLAN_COLORS[p],
+        points: r.cells.filter((c) => c.plan === p && c.prefill_ms).map((c) =>
+          [c.context, c.prefill_ms!.median] as [number, number]
+        ),
+      })),
+    });
+  }
+  return out;
+}

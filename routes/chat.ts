@@ -1,0 +1,195 @@
+// POST /v1/chat/completions in OpenAI's shape, streaming included.
+//
+// Messages are rendered with the model's chat template (tokenizer_config.json /
+// chat_template.jinja) or the server's --chat-template file; a model with neither answers 400.
+// Message content is a string or an array of text parts. `logprobs: true` returns the sampled
+// tokens' log-probabilities; `top_logprobs` may be 0 or 1 (the sampler keeps no top-k list).
+
+import { Hono } from "hono";
+import { z } from "zod";
+import type { GenerationResult } from "../engine/scheduler.ts";
+import type { ChatMessage, Tokenizer } from "../model/types.ts";
+import { parseBody } from "../server/body.ts";
+import type { ServerContext } from "../server/context.ts";
+import { badField } from "../server/errors.ts";
+import {
+  checkModel,
+  checkStopIds,
+  finishReason,
+  needTokenizer,
+  requestId,
+  resultOf,
+  samplingOf,
+  startJob,
+  streamJob,
+  tokenText,
+  usage,
+} from "../server/generation.ts";
+import { fields, samplingFields } from "../server/schemas.ts";
+
+const TextPart = z.object({
+  type: z.literal("text", { errorMap: () => ({ message: "only text content parts are supported" }) }),
+  text: z.string(),
+});
+
+const Message = z.object({
+  role: z.enum(["system", "user", "assistant", "tool", "developer"]),
+  content: z.union([z.string(), z.array(TextPart)], {
+    errorMap: () => ({ message: "expected a string or an array of text parts" }),
+  }).nullish(),
+  name: z.string().nullish(),
+});
+
+export const ChatRequest = z.object({
+  ...samplingFields,
+  messages: z.array(Message).min(1),
+  max_completion_tokens: fields.maxTokens,
+  stop: fields.stop,
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int().min(0).max(1, {
+    message: "must be 0 or 1: only the sampled token's logprob is available",
+  }).nullish(),
+  add_generation_prompt: z.boolean().nullish(),
+  tools: z.array(z.unknown()).nullish().refine((v) => !v?.length, {
+    message: "tool calling is not supported",
+  }),
+  response_format: z.object({ type: z.string() }).nullish().refine(
+    (v) => !v || v.type === "text",
+    { message: "only response_format {type: \"text\"} is supported" },
+  ),
+});
+
+type Body = z.infer<typeof ChatRequest>;
+
+function messagesOf(body: Body): ChatMessage[] {
+  return body.messages.map((m) => ({
+    role: m.role,
+    content: typeof m.content === "string"
+      ? m.content
+      : (m.content ?? []).map((p) => p.text).join(""),
+  }));
+}
+
+function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], top: boolean) {
+  const enc = new TextEncoder();
+  return {
+    content: ids.map((id, i) => {
+      const token = tokenText(tok, id);
+      const entry = { token, logprob: lps[i], bytes: Array.from(enc.encode(token)) };
+      return { ...entry, top_logprobs: top ? [entry] : [] };
+    }),
+  };
+}
+
+export function chatRoute(ctx: ServerContext): Hono {
+  const app = new Hono();
+  app.post("/v1/chat/completions", async (c) => {
+    const r = ctx.engine();
+    const body = await parseBody(c, ChatRequest);
+    checkModel(ctx, body.model);
+    const tok = needTokenizer(r, "messages");
+    if (!r.chat) {
+      throw badField(
+        "messages",
+        `the model \`${ctx.modelId}\` has no chat template (none in tokenizer_config.json or ` +
+          "chat_template.jinja): start the server with --chat-template FILE, or use /v1/completions",
+        "no_chat_template",
+      );
+    }
+    let prompt: number[];
+    try {
+      prompt = r.chat.encode(messagesOf(body), body.add_generation_prompt ?? true);
+    } catch (e) {
+      throw badField("messages", `the chat template failed: ${(e as Error).message}`);
+    }
+    const context = r.session.runner.maxSeqLen;
+    const maxTokens = body.max_completion_tokens ?? body.max_tokens ??
+      Math.max(1, context - prompt.length);
+    const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
+    const job = startJob(c, r, {
+      promptIds: prompt,
+      maxTokens,
+      sampling: samplingOf(body, 1),
+      stopStrings: stop,
+      stopIds: checkStopIds(r, body.stop_token_ids, "stop_token_ids"),
+      ignoreEos: body.ignore_eos ?? false,
+    }, "messages");
+    const id = requestId("chatcmpl");
+    const created = Math.floor(Date.now() / 1000);
+    const head = { id, object: "chat.completion.chunk", created, model: ctx.modelId };
+    const top = (body.top_logprobs ?? 0) > 0;
+
+    if (body.stream) {
+      const includeUsage = body.stream_options?.include_usage ?? false;
+      const u = includeUsage ? { usage: null } : {};
+      let first = true;
+      return streamJob(c, job, {
+        chunk: (ch) => {
+          const out = [];
+          if (first) {
+            first = false;
+            out.push({
+              ...head,
+              choices: [{
+                index: 0,
+                delta: { role: "assistant", content: "" },
+                logprobs: null,
+                finish_reason: null,
+              }],
+              ...u,
+            });
+          }
+          if (ch.text !== "" || (body.logprobs && ch.ids.length)) {
+            out.push({
+              ...head,
+              choices: [{
+                index: 0,
+                delta: { content: ch.text },
+                logprobs: body.logprobs ? logprobsOf(tok, ch.ids, ch.logprobs, top) : null,
+                finish_reason: null,
+              }],
+              ...u,
+            });
+          }
+          return out;
+        },
+        end: (res: GenerationResult) => [
+          ...(first
+            ? [{
+              ...head,
+              choices: [{
+                index: 0,
+                delta: { role: "assistant", content: "" },
+                logprobs: null,
+                finish_reason: null,
+              }],
+              ...u,
+            }]
+            : []),
+          {
+            ...head,
+            choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(res) }],
+            ...u,
+          },
+          ...(includeUsage ? [{ ...head, choices: [], usage: usage(res) }] : []),
+        ],
+      });
+    }
+    const res = await resultOf(job);
+    return c.json({
+      id,
+      object: "chat.completion",
+      created,
+      model: ctx.modelId,
+      choices: [{
+        index: 0,
+        message: { role: "assistant", content: res.text },
+        logprobs: body.logprobs ? logprobsOf(tok, res.ids, res.logprobs, top) : null,
+        finish_reason: finishReason(res),
+        stop_reason: res.stopReason,
+      }],
+      usage: usage(res),
+    });
+  });
+  return app;
+}

@@ -1,0 +1,80 @@
+// Running the server: listen at once, load the model in the background (/health answers 503 until
+// it is ready), and shut down gracefully: stop accepting, let running requests finish within the
+// grace period, cancel what is left, close the listener.
+
+import type { Hono } from "hono";
+import { createApp } from "./app.ts";
+import type { ServerConfig } from "./config.ts";
+import { ServerContext } from "./context.ts";
+
+export interface Server {
+  ctx: ServerContext;
+  app: Hono;
+  /** The listener, or null under `deno serve` (which listens itself). */
+  listener: Deno.HttpServer<Deno.NetAddr> | null;
+  /** e.g. http://127.0.0.1:8000 (null without a listener). */
+  url: string | null;
+  /** Settles when loading ends; rejects with the ConfigError that stopped it. */
+  loaded: Promise<void>;
+  /** Graceful stop; resolves once the listener is closed and the scheduler is idle. */
+  shutdown(graceS?: number): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Log lines (start-up, ready, shutdown). Default: stderr. */
+  log?: (line: string) => void;
+  /** false: do not listen (`deno serve` listens with the exported fetch). Default true. */
+  listen?: boolean;
+}
+
+export function startServer(config: ServerConfig, opts: StartOptions = {}): Server {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const ctx = new ServerContext(config, log);
+  const app = createApp(ctx);
+  let listener: Deno.HttpServer<Deno.NetAddr> | null = null;
+  let url: string | null = null;
+  if (opts.listen ?? true) {
+    listener = Deno.serve({
+      hostname: config.host,
+      port: config.port,
+      onListen: () => {},
+    }, app.fetch);
+    const addr = listener.addr;
+    const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+    url = `http://${host}:${addr.port}`;
+    log(`zigzag: listening on ${url}`);
+  }
+  const loaded = ctx.load().then(() => {}, (e) => {
+    ctx.state = "failed";
+    ctx.reason = e instanceof Error ? e.message : String(e);
+    throw e;
+  });
+  // The caller decides what a failed start means (main.ts exits); never an unhandled rejection.
+  loaded.catch(() => {});
+
+  let stopping: Promise<void> | null = null;
+  const shutdown = (graceS = config.graceS): Promise<void> => {
+    stopping ??= (async () => {
+      ctx.state = "draining";
+      ctx.reason = "shutting down";
+      const s = ctx.ready?.scheduler;
+      if (s) {
+        s.stopAccepting();
+        const busy = s.running + s.waiting;
+        if (busy > 0) log(`zigzag: shutting down: ${busy} request(s) get ${graceS}s to finish`);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<"late">((r) => (timer = setTimeout(() => r("late"), graceS * 1000)));
+        const how = await Promise.race([s.idle(), late]);
+        clearTimeout(timer);
+        if (how === "late") {
+          log(`zigzag: grace period over: cancelling ${s.running + s.waiting} request(s)`);
+        }
+        await s.close();
+      }
+      // Lets responses that are being written (the last SSE events) go out.
+      await listener?.shutdown();
+    })();
+    return stopping;
+  };
+  return { ctx, app, listener, url, loaded, shutdown };
+}
