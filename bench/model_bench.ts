@@ -132,7 +132,8 @@ export class ModelBench {
       const g = new KvGeometry(o.config, plan, o.precision);
       const perSeq = b.maxContext + o.steps.hi + 1;
       const maxSeqs = maxBatch + 1;
-      const budget = maxSeqs * g.ringBytes + maxBatch * Math.ceil(perSeq / g.pageSize) * g.pageBytes +
+      const budget = maxSeqs * g.ringBytes +
+        maxBatch * Math.ceil(perSeq / g.pageSize) * g.pageBytes +
         g.pageBytes;
       try {
         b.runners.set(
@@ -150,7 +151,9 @@ export class ModelBench {
         );
       } catch (e) {
         throw new Error(
-          `plan ${name}: ${(e as Error).message} (try a smaller --max-context, --layers or --vocab)`,
+          `plan ${name}: ${
+            (e as Error).message
+          } (try a smaller --max-context, --layers or --vocab)`,
         );
       }
     }

@@ -416,7 +416,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     "",
     `Model: **${r.model.preset}** shapes, ${c.nLayers} layers, dim ${c.dim}, hidden ${c.hiddenDim}, ` +
       `${c.nHeads} heads / ${c.nKvHeads} KV heads of ${c.headDim}, vocab ${c.vocabSize}; ` +
-      `random weights, ${r.options.precision}; ${(r.model.weight_bytes / 2 ** 20).toFixed(1)} MiB ` +
+      `random weights, ${r.options.precision}; ${
+        (r.model.weight_bytes / 2 ** 20).toFixed(1)
+      } MiB ` +
       `of weights per decode step. Sink ${r.options.sink} + recent ${r.options.recent}, budget ` +
       `${r.options.budget}.`,
   );
@@ -456,13 +458,15 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     a - b
   );
   L.push(
-    `| context | plan | prefill ms | ${
-      batches.map((b) => `decode ms/token b${b}`).join(" | ")
-    } | ${batches.map((b) => `GB/s b${b} (% stream)`).join(" | ")} | KV MiB | KV / full |`,
+    `| context | plan | prefill ms | ${batches.map((b) => `decode ms/token b${b}`).join(" | ")} | ${
+      batches.map((b) => `GB/s b${b} (% stream)`).join(" | ")
+    } | KV MiB | KV / full |`,
   );
-  L.push(`| ---: | --- | ---: | ${batches.map(() => "---:").join(" | ")} | ${
-    batches.map(() => "---:").join(" | ")
-  } | ---: | ---: |`);
+  L.push(
+    `| ---: | --- | ---: | ${batches.map(() => "---:").join(" | ")} | ${
+      batches.map(() => "---:").join(" | ")
+    } | ---: | ---: |`,
+  );
   const ctxs = [...new Set(r.cells.map((x) => x.context))].sort((a, b) => a - b);
   const streamBw = ref.stream_read.best.gbps.median;
   for (const ctx of ctxs) {
@@ -483,8 +487,10 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   L.push("", "Medians; ± is half the relative range of the samples.");
 
   L.push("", "### Ratios (zigzag / other, interleaved runs)", "");
-  L.push("| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +
-    " | KV bytes |");
+  L.push(
+    "| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +
+      " | KV bytes |",
+  );
   L.push("| ---: | --- | ---: | " + batches.map(() => "---:").join(" | ") + " | ---: |");
   const rv = (id: string) => f(r.ratios.find((x) => x.id === id)?.value);
   for (const ctx of ctxs) {
@@ -506,7 +512,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       : t.met
       ? `met (margin ${f(Math.abs(t.gap!))})`
       : `missed by ${f(t.gap!)} (needs ${f(t.factor_needed!)}x)`;
-    L.push(`| ${t.label} | ${f(t.value)} | ${t.met === null ? "-" : t.met ? "yes" : "no"} | ${gap} |`);
+    L.push(
+      `| ${t.label} | ${f(t.value)} | ${t.met === null ? "-" : t.met ? "yes" : "no"} | ${gap} |`,
+    );
   }
 
   if (r.fits.length) {
@@ -546,7 +554,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
 
   if (r.kernels?.length) {
     L.push("", "### Kernels (`--kernels`)", "");
-    L.push("| kernel | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | / copy |");
+    L.push(
+      "| kernel | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | / copy |",
+    );
     L.push("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const k of r.kernels) {
       L.push(
@@ -561,7 +571,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   L.push("", "### Charts", "");
   L.push(`![decode ms/token vs context](${imageBase}decode.svg)`);
   L.push(`![KV bytes vs context](${imageBase}kv.svg)`);
-  if (r.cells.some((x) => x.prefill_ms)) L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+  if (r.cells.some((x) => x.prefill_ms)) {
+    L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+  }
   L.push("", "### Method", "");
   for (const [k, v] of Object.entries(r.method)) L.push(`- **${k}**: ${v}`);
   return L.join("\n") + "\n";

@@ -23,7 +23,10 @@ export interface ChartOptions {
 const PALETTE = ["#444444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
 
 function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(
+    /"/g,
+    "&quot;",
+  );
 }
 
 /** "Nice" tick values covering [0, max]. */
@@ -116,7 +119,9 @@ export function lineChart(o: ChartOptions): string {
     const ly = m.top + 10 + i * 20;
     const lx = m.left + pw + 14;
     out.push(
-      `<line x1="${lx}" y1="${ly}" x2="${lx + 24}" y2="${ly}" stroke="${color}" stroke-width="2"${dash}/>`,
+      `<line x1="${lx}" y1="${ly}" x2="${
+        lx + 24
+      }" y2="${ly}" stroke="${color}" stroke-width="2"${dash}/>`,
       `<text x="${lx + 30}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text>`,
     );
   });

@@ -10,8 +10,9 @@
 #     tar is cached under ${XDG_CACHE_HOME:-~/.cache}/zigzag);
 #  3. podman build --format docker (the OCI format drops HEALTHCHECK) with --build-arg BASE=...;
 #  4. runs the image with the model mounted read-only at /models, published on 127.0.0.1 only,
-#     waits for /health, runs one greedy generation over HTTP and compares it with the CLI's,
-#     checks the user is not root and runs `podman healthcheck run`;
+#     waits for /health, runs one greedy generation over HTTP and compares it with the CLI's (on
+#     this host, and in the image with --network none), checks the user is not root and runs
+#     `podman healthcheck run`;
 #  5. misconfiguration: no model mounted, and a plan path that does not exist, must each make the
 #     container exit 1 with one log line naming the variable and no stack trace.
 #
@@ -216,20 +217,29 @@ echo "server uid $uid"
 body=$(printf '{"prompt": "%s", "max_tokens": %d, "temperature": 0}' "$PROMPT" "$MAX_TOKENS")
 curl -sS -f --max-time 300 -X POST -H 'content-type: application/json' -d "$body" "$URL/v1/generate" \
   >"$WORK/http.json" || { podman logs "$NAME" | tail -20; die "POST /v1/generate failed"; }
-step "HTTP generation done; CLI generation"
+step "HTTP generation done; the CLI on this host, and in the image without a network"
 (cd "$CONTEXT" && deno task -q generate --model "$MODEL_DIR" --prompt "$PROMPT" \
   --max-tokens "$MAX_TOKENS" --json) >"$WORK/cli.out" || die "the CLI failed"
-# the last line that is a JSON object is the CLI's result
+prun --rm --network none -v "$MODEL_DIR:/models:ro" "$IMAGE" \
+  deno run -A --cached-only cli/generate.ts --model /models --prompt "$PROMPT" \
+  --max-tokens "$MAX_TOKENS" --json >"$WORK/cli-image.out" || die "the CLI in the image failed"
+# each CLI's result is the last line that is a JSON object
 grep -E '^\{' "$WORK/cli.out" | tail -1 >"$WORK/cli.json"
+grep -E '^\{' "$WORK/cli-image.out" | tail -1 >"$WORK/cli-image.json"
 deno eval --no-config '
-  const [h, c] = Deno.args.map((p) => JSON.parse(Deno.readTextFileSync(p)));
+  const [h, c, i] = Deno.args.map((p) => JSON.parse(Deno.readTextFileSync(p)));
   const hi = JSON.stringify(h.token_ids), ci = JSON.stringify(c.generated_ids);
-  console.log("http:", hi, JSON.stringify(h.text));
-  console.log("cli: ", ci, JSON.stringify(c.text));
+  console.log("http:      ", hi, JSON.stringify(h.text));
+  console.log("cli:       ", ci, JSON.stringify(c.text));
+  console.log("image cli: ", JSON.stringify(i.generated_ids), JSON.stringify(i.text));
   if (!Array.isArray(h.token_ids) || h.token_ids.length === 0) throw new Error("no token_ids over HTTP");
   if (hi !== ci) throw new Error("token ids differ between the container and the CLI");
   if (h.text !== c.text) throw new Error("text differs between the container and the CLI");
-' "$WORK/http.json" "$WORK/cli.json" || die "the container's generation differs from the CLI's"
+  if (JSON.stringify(i.generated_ids) !== ci || i.text !== c.text) {
+    throw new Error("the CLI in the image differs from the CLI on the host");
+  }
+' "$WORK/http.json" "$WORK/cli.json" "$WORK/cli-image.json" ||
+  die "the container's generation differs from the CLI's"
 
 step "podman healthcheck run"
 hs=$(podman healthcheck run "$NAME" 2>&1) || die "healthcheck: $hs"

@@ -1,0 +1,502 @@
+// deno task bench [--quick] [--kernels] [--preset NAME] [--layers N] [--vocab N|auto]
+//   [--max-context N] [--contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming]
+//   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
+//   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--steps lo,hi] [--chunk N]
+//   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]
+//
+// Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
+// whatever WebGPU adapter this machine has. Writes bench.json, bench.md and SVG charts to
+// bench/results/ (or --out). See bench/report.ts for the JSON and bench/model_bench.ts for the
+// method. Targets are printed with their gaps, never asserted.
+
+import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { progress } from "../engine/progress.ts";
+import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
+import { KvGeometry } from "../gpu/kv_cache.ts";
+import { Pipelines } from "../gpu/pipelines.ts";
+import { paramCount, PRESETS, tinyConfig } from "../model/random.ts";
+import type { ModelConfig } from "../model/types.ts";
+import {
+  type MatmulResult,
+  measureCopy,
+  measureMatmul,
+  measureReadback,
+  measureStreamRead,
+  referenceBytes,
+} from "./kernels.ts";
+import { managerStats, maxContextFit } from "./kv.ts";
+import { decodeMatrices, ModelBench, weightBytes } from "./model_bench.ts";
+import { type BenchPlanName, benchPlans, PLAN_NAMES } from "./plans.ts";
+import {
+  type BenchResult,
+  buildRatios,
+  buildTargets,
+  renderCharts,
+  renderMarkdown,
+  SCHEMA,
+} from "./report.ts";
+import { PassTimer } from "./stats.ts";
+
+const USAGE = `usage: deno task bench [--quick] [--kernels] [--preset ${
+  [...Object.keys(PRESETS), "tiny"].join("|")
+}]
+  [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-max N]
+  [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
+  [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--steps lo,hi]
+  [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
+
+const DEFAULT_PATTERN = new URL(
+  "../../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k",
+  import.meta.url,
+).pathname;
+const OUT = new URL("./results/", import.meta.url).pathname;
+/** Host floats the bench may hold for weights (one layer + embeddings). */
+const MAX_HOST_FLOATS = 1.5e9;
+
+function intList(raw: string | undefined, flag: string): number[] | undefined {
+  if (raw === undefined) return undefined;
+  const v = raw.split(",").map((s) => Number(s.trim()));
+  if (v.length === 0 || v.some((x) => !Number.isInteger(x) || x < 1)) {
+    throw new CliError(`--${flag} must be a comma-separated list of positive integers, got ${raw}`);
+  }
+  return v;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function main(): Promise<number> {
+  const started = performance.now();
+  const a = parseArgs(Deno.args, {
+    booleans: ["quick", "kernels", "help"],
+    values: [
+      "preset",
+      "layers",
+      "vocab",
+      "max-context",
+      "contexts",
+      "prefill-max",
+      "plans",
+      "precision",
+      "sink",
+      "recent",
+      "budget",
+      "duo-pattern",
+      "kv-cache-mb",
+      "batches",
+      "reps",
+      "steps",
+      "chunk",
+      "reference-mb",
+      "kernel-shapes",
+      "gemm-rows",
+      "seed",
+      "out",
+    ],
+  });
+  if (a.boolean("help")) {
+    console.log(USAGE);
+    return 0;
+  }
+  const quick = a.boolean("quick");
+  const notes: string[] = [];
+
+  // ---- model shape ---------------------------------------------------------------------------
+  const presetName = a.optionalString("preset") ?? "smollm2-135m";
+  let base: ModelConfig;
+  if (presetName === "tiny") {
+    base = tinyConfig({ nLayers: 2, vocabSize: 256, maxSeqLen: 4096 });
+  } else if (PRESETS[presetName]) {
+    base = PRESETS[presetName];
+  } else {
+    throw new CliError(`--preset must be one of ${Object.keys(PRESETS).join(", ")}, tiny`);
+  }
+  const layers = a.optionalNumber("layers", { integer: true, min: 1 }) ??
+    (quick ? Math.min(2, base.nLayers) : base.nLayers);
+  const vocabArg = a.optionalString("vocab") ?? (quick ? "auto" : String(base.vocabSize));
+  let vocab: number;
+  if (vocabArg === "auto") {
+    // The LM head keeps its share of the weight bytes when layers are dropped.
+    vocab = Math.min(
+      base.vocabSize,
+      Math.max(256, Math.ceil((base.vocabSize * layers) / base.nLayers / 64) * 64),
+    );
+  } else {
+    vocab = Number(vocabArg);
+    if (!Number.isInteger(vocab) || vocab < 2) {
+      throw new CliError(`--vocab must be an integer >= 2 or auto, got ${vocabArg}`);
+    }
+  }
+  if (layers !== base.nLayers) {
+    notes.push(`Layers shrunk from ${base.nLayers} to ${layers} (--layers).`);
+  }
+  if (vocab !== base.vocabSize) {
+    notes.push(
+      `Vocabulary shrunk from ${base.vocabSize} to ${vocab} (--vocab ${vocabArg}${
+        vocabArg === "auto"
+          ? ": scaled with the layers so the LM head keeps its share of bytes"
+          : ""
+      }).`,
+    );
+  }
+  const maxContext = a.optionalNumber("max-context", { integer: true, min: 16 }) ??
+    (quick ? 2048 : Math.min(8192, base.maxSeqLen));
+  let contexts = intList(a.optionalString("contexts"), "contexts");
+  if (!contexts) {
+    contexts = [];
+    for (let c = quick ? 512 : 1024; c <= maxContext; c *= 2) contexts.push(c);
+    if (contexts.at(-1) !== maxContext) contexts.push(maxContext);
+  }
+  contexts = [...new Set(contexts.filter((c) => c <= maxContext))].sort((x, y) => x - y);
+  if (contexts.length === 0) throw new CliError("no context length <= --max-context");
+  const prefillMax = a.optionalNumber("prefill-max", { integer: true, min: 0 }) ??
+    (quick ? 1024 : Infinity);
+  const prefillContexts = contexts.filter((c) => c <= prefillMax);
+  if (prefillContexts.length < contexts.length) {
+    notes.push(
+      `Prefill measured only up to ${prefillMax} tokens (--prefill-max); decode at every context.`,
+    );
+  }
+  const config: ModelConfig = {
+    ...base,
+    nLayers: layers,
+    vocabSize: vocab,
+    maxSeqLen: Math.max(base.maxSeqLen, maxContext + 64),
+  };
+  if (config.maxSeqLen !== base.maxSeqLen) {
+    notes.push(`Context beyond the model's ${base.maxSeqLen} positions (shapes only).`);
+  }
+
+  const planNames = (a.optionalString("plans") ?? PLAN_NAMES.join(",")).split(",").map((s) =>
+    s.trim()
+  ) as BenchPlanName[];
+  for (const p of planNames) {
+    if (!PLAN_NAMES.includes(p)) throw new CliError(`--plans: unknown plan ${p}`);
+  }
+  const sink = a.optionalNumber("sink", { integer: true, min: 0 }) ?? 64;
+  const recent = a.optionalNumber("recent", { integer: true, min: 1 }) ?? 256;
+  const budget = a.optionalNumber("budget", { min: 0.001, max: 1 }) ?? 0.5;
+  const patternArg = a.optionalString("duo-pattern");
+  const patternDir = patternArg === "synthetic" ? null : patternArg ??
+    (exists(`${DEFAULT_PATTERN}/full_attention_heads.tsv`) ? DEFAULT_PATTERN : null);
+  const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 }) ?? 1024;
+  const batches = intList(a.optionalString("batches"), "batches") ?? [1, 8];
+  if (Math.max(...batches) > 64) throw new CliError("--batches: at most 64");
+  const reps = a.optionalNumber("reps", { integer: true, min: 1 }) ?? (quick ? 3 : 5);
+  const stepsList = intList(a.optionalString("steps"), "steps") ?? (quick ? [1, 4] : [2, 10]);
+  if (stepsList.length !== 2 || stepsList[0] >= stepsList[1]) {
+    throw new CliError("--steps takes two counts lo,hi with lo < hi");
+  }
+  const steps = { lo: stepsList[0], hi: stepsList[1] };
+  const chunk = a.optionalNumber("chunk", { integer: true, min: 16 }) ?? 256;
+  const refMb = a.optionalNumber("reference-mb", { min: 1 }) ?? (quick ? 64 : 256);
+  const seed = a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1;
+  const outDir = a.optionalString("out") ?? OUT;
+  const kernels = a.boolean("kernels");
+  const gemmRows = a.optionalNumber("gemm-rows", { integer: true, min: 9 }) ?? 128;
+  const kernelShapes = a.optionalString("kernel-shapes")?.split(",").map((s) => {
+    const m = s.trim().match(/^(\d+)x(\d+)$/);
+    if (!m) throw new CliError(`--kernel-shapes takes NxK,.. (weight rows x columns), got ${s}`);
+    return { label: `${m[1]}x${m[2]}`, n: Number(m[1]), k: Number(m[2]) };
+  });
+
+  // ---- host and adapter limits ---------------------------------------------------------------
+  const hostFloats = config.vocabSize * config.dim * (config.tiedEmbeddings ? 1 : 2) +
+    paramCount({ ...config, nLayers: 1, vocabSize: 0 });
+  if (hostFloats > MAX_HOST_FLOATS) {
+    throw new CliError(
+      `${presetName} with vocab ${vocab} needs ${(hostFloats * 4 / 1e9).toFixed(1)} GB of host ` +
+        `weights; shrink it with --vocab N (and --layers N)`,
+    );
+  }
+  const gpu = await getGpu();
+  const precision: Precision = resolvePrecision(
+    gpu,
+    a.optionalChoice("precision", ["f16", "f32"] as const),
+  );
+  const bpe = precision === "f16" ? 2 : 4;
+  for (const m of decodeMatrices(config)) {
+    const bytes = m.n * Math.ceil(m.k / 4) * 4 * bpe;
+    if (bytes > gpu.limits.maxStorageBufferBindingSize) {
+      throw new CliError(
+        `${m.label} of ${presetName} (${m.n}x${m.k} ${precision}, ${
+          (bytes / 2 ** 20).toFixed(0)
+        } ` +
+          `MiB) exceeds the adapter's ${
+            (gpu.limits.maxStorageBufferBindingSize / 2 ** 20).toFixed(0)
+          } MiB storage binding limit; use --vocab N or a smaller preset`,
+      );
+    }
+  }
+
+  const plans = benchPlans(config, { sink, recent, budget, patternDir });
+  const chosen = Object.fromEntries(planNames.map((p) => [p, plans.plans[p]]));
+  console.error(
+    `zigzag bench: ${gpu.adapterName}, ${presetName} x${layers} layers, vocab ${vocab}, ` +
+      `${precision}, contexts ${contexts.join(",")}, plans ${planNames.join(",")}` +
+      (quick ? " (quick)" : ""),
+  );
+
+  // ---- references ----------------------------------------------------------------------------
+  const pipelines = new Pipelines(gpu.device);
+  const timer = new PassTimer(gpu);
+  const rep = { samples: quick ? 3 : 5, lo: 1, hi: 3 };
+  let bar = progress("references");
+  bar.update(0, 3, "readback");
+  const readback = await measureReadback(gpu, quick ? 5 : 10);
+  bar.update(1, 3, "streaming read");
+  const refBytes = referenceBytes(gpu, refMb * 2 ** 20);
+  const stream = await measureStreamRead(gpu, pipelines, timer, refBytes, rep);
+  bar.update(2, 3, "copyBufferToBuffer");
+  const copy = await measureCopy(gpu, refBytes, { samples: rep.samples, lo: 1, hi: 5 });
+  bar.done(
+    `stream ${stream.best.gbps.median.toFixed(2)} GB/s, copy ${copy.gbps.median.toFixed(2)} GB/s`,
+  );
+
+  // ---- GEMV of the model's own matrices -------------------------------------------------------
+  const mats = decodeMatrices(config);
+  bar = progress("decode GEMV");
+  const gemvs: MatmulResult[] = [];
+  for (const [i, m] of mats.entries()) {
+    bar.update(i, mats.length, m.label);
+    gemvs.push(
+      await measureMatmul(
+        gpu,
+        pipelines,
+        timer,
+        { kind: "gemv", ...m, rows: 1, dtype: precision },
+        rep,
+      ),
+    );
+  }
+  bar.done();
+  const gemvBytes = gemvs.reduce((s, g) => s + g.weight_bytes, 0);
+  const gemvMs = gemvs.reduce((s, g) => s + g.ms.median, 0);
+
+  // ---- --kernels ------------------------------------------------------------------------------
+  let kernelResults: MatmulResult[] | null = null;
+  if (kernels) {
+    const shapes = kernelShapes ?? [
+      { label: "ffn up 576->1536", n: 1536, k: 576 },
+      { label: "ffn down 1536->576", n: 576, k: 1536 },
+      { label: "ffn up 2048->8192", n: 8192, k: 2048 },
+      { label: "ffn down 8192->2048", n: 2048, k: 8192 },
+      { label: `lm head ${presetName}`, n: base.vocabSize, k: base.dim },
+    ];
+    const dtypes: Precision[] = gpu.hasF16 ? ["f16", "f32"] : ["f32"];
+    const jobs = dtypes.flatMap((dtype) =>
+      shapes.flatMap((s) => [
+        { kind: "gemv" as const, ...s, rows: 1, dtype },
+        { kind: "gemv" as const, ...s, rows: 8, dtype },
+        { kind: "gemm" as const, ...s, rows: gemmRows, dtype },
+      ])
+    );
+    kernelResults = [];
+    bar = progress("kernels");
+    for (const [i, j] of jobs.entries()) {
+      bar.update(i, jobs.length, `${j.kind} ${j.n}x${j.k} ${j.dtype}`);
+      const job = { ...j };
+      const limitRows = Math.floor(
+        gpu.limits.maxStorageBufferBindingSize /
+          (Math.ceil(j.k / 4) * 4 * (j.dtype === "f16" ? 2 : 4)),
+      );
+      if (job.n > limitRows) {
+        job.n = limitRows;
+        job.label += ` (rows capped to ${limitRows} by the binding limit)`;
+      }
+      kernelResults.push(
+        await measureMatmul(
+          gpu,
+          pipelines,
+          timer,
+          job,
+          j.kind === "gemm" ? { samples: quick ? 2 : 3, lo: 1, hi: 2 } : rep,
+        ),
+      );
+    }
+    bar.done();
+  }
+
+  // ---- the model bench ------------------------------------------------------------------------
+  bar = progress("building runners");
+  bar.update(0, 1, planNames.join(","));
+  const modelBar = progress("model bench");
+  const mb = await ModelBench.create(gpu, {
+    config,
+    precision,
+    plans: chosen,
+    contexts,
+    prefillContexts,
+    batches,
+    reps,
+    steps,
+    prefillChunk: chunk,
+    seed,
+    onProgress: (done, total, note) => modelBar.update(done, total, note),
+  });
+  bar.done();
+  const cells = await mb.run();
+  modelBar.done();
+  mb.destroy();
+
+  // ---- memory figures (no GPU) -----------------------------------------------------------------
+  const fits = planNames.flatMap((p) =>
+    [1, Math.max(...batches)].filter((s, i, xs) => xs.indexOf(s) === i).map((seqs) => ({
+      plan: p,
+      ...maxContextFit(
+        new KvGeometry(config, plans.plans[p], precision),
+        kvCacheMb * 2 ** 20,
+        seqs,
+      ),
+    }))
+  );
+  const l3 = PRESETS["llama-3-8b"];
+  const l3Pattern = patternDir && exists(`${patternDir}/full_attention_heads.tsv`)
+    ? patternDir
+    : null;
+  const l3Plans = benchPlans(l3, { sink: 64, recent: 256, budget: 0.5, patternDir: l3Pattern });
+  const T32 = 32768;
+  const l3z = managerStats(l3, l3Plans.plans.zigzag, "f16", [T32]);
+  const l3d = managerStats(l3, l3Plans.plans.duo, "f16", [T32]);
+  const l3zc = new KvGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
+
+  const streamingPrefill = prefillContexts.length >= 2 && planNames.includes("streaming")
+    ? (() => {
+      const ms = prefillContexts.map((c) =>
+        cells.find((x) => x.plan === "streaming" && x.context === c)!.prefill_ms!.median
+      );
+      const exp = (xs: number[]) =>
+        Math.log(xs.at(-1)! / xs[0]) / Math.log(prefillContexts.at(-1)! / prefillContexts[0]);
+      const full = planNames.includes("full")
+        ? prefillContexts.map((c) =>
+          cells.find((x) => x.plan === "full" && x.context === c)!.prefill_ms!.median
+        )
+        : null;
+      return {
+        contexts: prefillContexts,
+        ms,
+        exponent: exp(ms),
+        full_exponent: full ? exp(full) : null,
+      };
+    })()
+    : null;
+
+  const result: BenchResult = {
+    schema: SCHEMA,
+    created: new Date().toISOString(),
+    command: ["deno", "task", "bench", ...Deno.args],
+    versions: { ...Deno.version },
+    adapter: {
+      name: gpu.adapterName,
+      backend: gpu.backend,
+      shader_f16: gpu.hasF16,
+      timestamp_query: gpu.hasTimestamps,
+      max_storage_binding_bytes: gpu.limits.maxStorageBufferBindingSize,
+      max_buffer_bytes: gpu.limits.maxBufferSize,
+    },
+    host: { os: Deno.build.os, arch: Deno.build.arch, cpus: navigator.hardwareConcurrency },
+    options: {
+      quick,
+      kernels,
+      preset: presetName,
+      layers,
+      vocab,
+      precision,
+      contexts,
+      prefill_contexts: prefillContexts,
+      plans: planNames,
+      sink,
+      recent,
+      budget,
+      duo_pattern: patternDir ?? "synthetic",
+      kv_cache_mb: kvCacheMb,
+      batches,
+      reps,
+      steps,
+      prefill_chunk: chunk,
+      reference_bytes: refBytes,
+      seed,
+    },
+    notes,
+    method: {
+      decode: `steady time per decode step from the two-count slope (T(${steps.hi} steps) - ` +
+        `T(${steps.lo} steps)) / ${steps.hi - steps.lo}, each count one submission from the same ` +
+        `context up to its readback (the ~${readback.median.toFixed(0)} ms readback cancels). ` +
+        `Sequences are opened at the context with cache pages assigned but not computed (values ` +
+        `do not change the work). Plans interleaved: repetition r runs them rotated by r; ` +
+        `${reps} repetitions after a warm-up; median and spread.`,
+      prefill: `wall time of runner.prefill() over the context in chunks of ${chunk}, up to its ` +
+        `one final readback (included), plans interleaved, ${reps} repetitions after a warm-up.`,
+      bandwidth: `decode GB/s = unique bytes a step must read (every weight once, plus each ` +
+        `row's visible K and V) / median step time; compared with the fastest variant of ` +
+        `wgsl/stream_read.wgsl (vec4 reads, grid-stride or chunked, 256..16384 workgroups) and ` +
+        `with copyBufferToBuffer (bytes copied per second), both measured in this run.`,
+      kernels:
+        `${
+          gpu.hasTimestamps ? "GPU timestamps around 3 dispatches in one pass" : "wall-clock slope"
+        } per sample (wall-clock slope kept as a cross-check); GEMV/GEMM are wgsl/matmul.wgsl's ` +
+        `entry points dispatched as gpu/runner.ts does; GB/s counts weight bytes.`,
+      kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
+        "context; the longest context that fits is the closed form of KvGeometry with the " +
+        "manager's up-front ring reservation; the Llama-3-8B figure runs the manager on a stub " +
+        "device (no GPU memory).",
+    },
+    model: {
+      preset: presetName,
+      config: { ...config },
+      params: paramCount(config),
+      weight_bytes: weightBytes(config, precision),
+    },
+    plans: Object.fromEntries(planNames.map((p) => [p, plans.summaries[p]])),
+    reference: { readback_ms: readback, stream_read: stream, copy },
+    decode_gemv: {
+      matrices: gemvs,
+      bytes: gemvBytes,
+      ms: gemvMs,
+      gbps: gemvBytes / (gemvMs * 1e6),
+    },
+    kernels: kernelResults,
+    cells,
+    fits,
+    issue3: {
+      llama3_8b_32k: {
+        plan_source: l3Plans.summaries.zigzag.source,
+        tokens: T32,
+        kv_dtype: "f16",
+        zigzag_bytes: l3z.total.bytes_used,
+        full_bytes: l3z.full_attention_bytes,
+        duo_bytes: l3d.total.bytes_used,
+        closed_form_zigzag_bytes: l3zc.retrieval + l3zc.streaming,
+        ratio_to_full: l3z.ratio_to_full,
+      },
+      streaming_prefill: streamingPrefill,
+    },
+    ratios: [],
+    targets: [],
+    elapsed_s: 0,
+  };
+  result.ratios = buildRatios(result);
+  result.targets = buildTargets(result);
+  result.elapsed_s = (performance.now() - started) / 1000;
+
+  await Deno.mkdir(outDir, { recursive: true });
+  const md = renderMarkdown(result);
+  await Deno.writeTextFile(`${outDir}/bench.json`, JSON.stringify(result, null, 1) + "\n");
+  await Deno.writeTextFile(`${outDir}/bench.md`, `# zigzag bench\n\n${md}`);
+  for (const [name, svg] of Object.entries(renderCharts(result))) {
+    await Deno.writeTextFile(`${outDir}/${name}`, svg);
+  }
+  console.log(md);
+  console.error(
+    `wrote ${outDir}/bench.json, bench.md and charts in ${result.elapsed_s.toFixed(0)} s`,
+  );
+  return 0;
+}
+
+if (import.meta.main) runMain(main, "run `deno task bench --help` for usage");

@@ -1,0 +1,159 @@
+// Continuous batching: concurrent requests equal the same requests run alone; a client that goes
+// away gets its KV pages back into the pool; a full queue answers 429 with Retry-After.
+
+import assert from "node:assert/strict";
+import { post, PROMPTS, serverTest, sseData, startTestServer } from "./server_helpers.ts";
+
+interface Gen {
+  token_ids: number[];
+  text: string;
+  finish_reason: string;
+}
+
+async function generate(url: string, body: Record<string, unknown>): Promise<Gen> {
+  const res = await post(`${url}/v1/generate`, body);
+  assert.equal(res.status, 200, await res.clone().text());
+  return await res.json();
+}
+
+async function cacheStats(url: string) {
+  return await (await fetch(`${url}/v1/cache/stats`)).json();
+}
+
+/** Polls until `ok(stats)` or the deadline; returns the last stats. */
+async function waitForStats(url: string, ok: (s: any) => boolean, ms = 3000) {
+  const end = performance.now() + ms;
+  let s = await cacheStats(url);
+  while (!ok(s) && performance.now() < end) {
+    await new Promise((r) => setTimeout(r, 20));
+    s = await cacheStats(url);
+  }
+  return s;
+}
+
+Deno.test("16 concurrent requests each equal the request run alone", serverTest, async () => {
+  const server = await startTestServer({ maxBatch: 16 });
+  try {
+    const bodies = PROMPTS.map((prompt, i) => ({
+      prompt,
+      max_tokens: 12 + 2 * i,
+      // Two sampled requests: the GPU RNG is keyed by (seed, position), not by batch row.
+      ...(i % 8 === 7 ? { temperature: 0.9, top_p: 0.95, seed: 1000 + i } : {}),
+    }));
+    const t0 = performance.now();
+    const together = await Promise.all(bodies.map((b) => generate(server.url, b)));
+    const tBatch = performance.now() - t0;
+    const t1 = performance.now();
+    const alone: Gen[] = [];
+    for (const b of bodies) alone.push(await generate(server.url, b));
+    const tAlone = performance.now() - t1;
+    together.forEach((g, i) => {
+      assert.equal(g.token_ids.length > 0, true);
+      assert.deepEqual(g.token_ids, alone[i].token_ids, `request ${i} (${bodies[i].prompt})`);
+      assert.equal(g.text, alone[i].text);
+      assert.equal(g.finish_reason, alone[i].finish_reason);
+    });
+    // Batched decode shares one forward per step: far faster than one request after another.
+    assert.ok(tBatch < tAlone, `batched ${tBatch.toFixed(0)} ms vs alone ${tAlone.toFixed(0)} ms`);
+    const m = server.ctx.ready!.scheduler.metrics;
+    assert.ok(m.decodeRows / m.decodeCalls > 1, "decode calls carried several sequences");
+    const s = await cacheStats(server.url);
+    assert.equal(s.sequences, 0);
+    assert.equal(s.total.pages_free, s.pages_total);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a client that disconnects gets its KV pages back into the pool", serverTest, async (t) => {
+  const server = await startTestServer();
+  try {
+    const before = await cacheStats(server.url);
+    assert.equal(before.total.pages_free, before.pages_total);
+
+    await t.step("mid-stream (SSE)", async () => {
+      const ac = new AbortController();
+      const res = await fetch(`${server.url}/v1/generate`, {
+        method: "POST",
+        body: JSON.stringify({
+          prompt: "Once upon a time",
+          max_tokens: 480,
+          ignore_eos: true,
+          stream: true,
+        }),
+        signal: ac.signal,
+      });
+      const reader = res.body!.getReader();
+      const first = new TextDecoder().decode((await reader.read()).value);
+      assert.ok(sseData(first).length >= 1);
+      const during = await cacheStats(server.url);
+      assert.equal(during.sequences, 1);
+      assert.ok(during.total.pages_used > 0);
+      ac.abort();
+      await reader.cancel().catch(() => {});
+      const after = await waitForStats(server.url, (s) => s.sequences === 0);
+      assert.equal(after.sequences, 0);
+      assert.equal(after.total.pages_used, 0);
+      assert.equal(after.total.pages_free, after.pages_total);
+      // It stopped long before its 480 tokens.
+      const m = server.ctx.ready!.scheduler.metrics;
+      assert.equal(m.finished.get("cancelled"), 1);
+      assert.ok(m.generationTokens < 400, `${m.generationTokens} tokens generated`);
+    });
+
+    await t.step("waiting for a non-streamed answer", async () => {
+      const ac = new AbortController();
+      const p = fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "The cat", max_tokens: 480, ignore_eos: true }),
+        signal: ac.signal,
+      }).catch((e) => e);
+      await waitForStats(server.url, (s) => s.total.pages_used > 2);
+      ac.abort();
+      assert.equal((await p).name, "AbortError");
+      const after = await waitForStats(server.url, (s) => s.sequences === 0);
+      assert.equal(after.total.pages_free, after.pages_total);
+      assert.equal(server.ctx.ready!.scheduler.metrics.finished.get("cancelled"), 2);
+    });
+
+    await t.step("the server still answers", async () => {
+      const g = await generate(server.url, { prompt: "The cat", max_tokens: 5 });
+      assert.equal(g.token_ids.length, 5);
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a queue of 1 under 3 simultaneous long requests answers 429", serverTest, async () => {
+  const server = await startTestServer({ maxBatch: 1, maxQueue: 1 });
+  try {
+    const ac = new AbortController();
+    const send = () =>
+      fetch(`${server.url}/v1/generate`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 400, ignore_eos: true }),
+        signal: ac.signal,
+      });
+    const pending = [send(), send(), send()];
+    // The refused request answers at once, while the others are still running or queued.
+    const first = await Promise.race(pending.map((p, i) => p.then((r) => ({ r, i }))));
+    assert.equal(first.r.status, 429);
+    assert.equal(first.r.headers.get("retry-after"), "1");
+    const e = (await first.r.json()).error;
+    assert.equal(e.type, "rate_limit_error");
+    assert.equal(e.code, "queue_full");
+    const sched = server.ctx.ready!.scheduler;
+    assert.equal(sched.running, 1);
+    assert.equal(sched.waiting, 1);
+    assert.equal(sched.metrics.rejected.get("queue_full"), 1);
+    // Let the two long ones go; the server is free again for a new request.
+    ac.abort();
+    await Promise.allSettled(pending);
+    await waitForStats(server.url, (s) => s.sequences === 0 && s.requests.waiting === 0);
+    const g = await generate(server.url, { prompt: "The cat", max_tokens: 3 });
+    assert.equal(g.token_ids.length, 3);
+  } finally {
+    await server.close();
+  }
+});
