@@ -1,5 +1,6 @@
 // deno task bench [--quick] [--kernels] [--preset NAME] [--layers N] [--vocab N|auto]
-//   [--max-context N] [--contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming]
+//   [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..] [--prefill-max N]
+//   [--plans full,duo,zigzag,streaming]
 //   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
 //   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--steps lo,hi] [--chunk N]
 //   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]
@@ -40,8 +41,8 @@ import { PassTimer } from "./stats.ts";
 const USAGE = `usage: deno task bench [--quick] [--kernels] [--preset ${
   [...Object.keys(PRESETS), "tiny"].join("|")
 }]
-  [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-max N]
-  [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
+  [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
+  [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--steps lo,hi]
   [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
 
@@ -82,6 +83,7 @@ async function main(): Promise<number> {
       "max-context",
       "contexts",
       "prefill-max",
+      "prefill-contexts",
       "plans",
       "precision",
       "sink",
@@ -146,21 +148,27 @@ async function main(): Promise<number> {
     );
   }
   const maxContext = a.optionalNumber("max-context", { integer: true, min: 16 }) ??
-    (quick ? 2048 : Math.min(8192, base.maxSeqLen));
+    (quick ? 4096 : Math.min(8192, base.maxSeqLen));
   let contexts = intList(a.optionalString("contexts"), "contexts");
   if (!contexts) {
     contexts = [];
-    for (let c = quick ? 512 : 1024; c <= maxContext; c *= 2) contexts.push(c);
+    for (let c = 1024; c <= maxContext; c *= 2) contexts.push(c);
     if (contexts.at(-1) !== maxContext) contexts.push(maxContext);
   }
   contexts = [...new Set(contexts.filter((c) => c <= maxContext))].sort((x, y) => x - y);
   if (contexts.length === 0) throw new CliError("no context length <= --max-context");
   const prefillMax = a.optionalNumber("prefill-max", { integer: true, min: 0 }) ??
     (quick ? 1024 : Infinity);
-  const prefillContexts = contexts.filter((c) => c <= prefillMax);
-  if (prefillContexts.length < contexts.length) {
+  let prefillContexts = intList(a.optionalString("prefill-contexts"), "prefill-contexts") ??
+    (quick ? [512, 1024] : contexts);
+  prefillContexts = [
+    ...new Set(prefillContexts.filter((c) => c <= Math.min(prefillMax, maxContext))),
+  ]
+    .sort((x, y) => x - y);
+  if (prefillContexts.at(-1) !== contexts.at(-1)) {
     notes.push(
-      `Prefill measured only up to ${prefillMax} tokens (--prefill-max); decode at every context.`,
+      `Prefill measured at ${prefillContexts.join(", ") || "no"} tokens ` +
+        `(--prefill-contexts / --prefill-max), decode at ${contexts.join(", ")}.`,
     );
   }
   const config: ModelConfig = {
@@ -189,7 +197,7 @@ async function main(): Promise<number> {
   const batches = intList(a.optionalString("batches"), "batches") ?? [1, 8];
   if (Math.max(...batches) > 64) throw new CliError("--batches: at most 64");
   const reps = a.optionalNumber("reps", { integer: true, min: 1 }) ?? (quick ? 3 : 5);
-  const stepsList = intList(a.optionalString("steps"), "steps") ?? (quick ? [1, 4] : [2, 10]);
+  const stepsList = intList(a.optionalString("steps"), "steps") ?? (quick ? [1, 5] : [2, 10]);
   if (stepsList.length !== 2 || stepsList[0] >= stepsList[1]) {
     throw new CliError("--steps takes two counts lo,hi with lo < hi");
   }

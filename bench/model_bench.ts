@@ -206,14 +206,14 @@ export class ModelBench {
     const { lo, hi } = o.steps;
     const total = names.length *
       (o.prefillContexts.length * (o.reps + 1) + o.contexts.length * o.batches.length * o.reps +
-        o.batches.length);
+        (o.contexts.length ? o.batches.length : 0));
     let done = 0;
     const tick = (note: string) => o.onProgress?.(++done, total, note);
 
     // Warm-up: every plan once per phase and batch size.
     for (const name of names) {
       const r = this.runners.get(name)!;
-      for (const b of o.batches) {
+      for (const b of o.contexts.length ? o.batches : []) {
         await this.#timeDecode(r, b, Math.min(...o.contexts), lo);
         tick(`warm-up ${name} b${b}`);
       }

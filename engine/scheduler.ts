@@ -243,7 +243,12 @@ export class Scheduler {
   sequences(): { id: number; state: string; tokens: number; pages: number }[] {
     return [...this.#prefilling, ...this.#decoding]
       .sort((a, b) => a.id - b.id)
-      .map((j) => ({ id: j.id, state: j.state, tokens: j.seq!.tokens, pages: j.seq!.pages.length }));
+      .map((j) => ({
+        id: j.id,
+        state: j.state,
+        tokens: j.seq!.tokens,
+        pages: j.seq!.pages.length,
+      }));
   }
 
   get accepting(): boolean {
@@ -282,6 +287,16 @@ export class Scheduler {
     return null;
   }
 
+  /** The most tokens a request with this prompt may ask for (context and KV pool permitting). */
+  maxNewTokens(promptTokens: number): number {
+    let m = this.runner.maxSeqLen - promptTokens;
+    const cache = this.runner.cache;
+    if (cache.numPages > 0) {
+      m = Math.min(m, cache.numPages * cache.pageSize - promptTokens - this.decodeSteps + 2);
+    }
+    return Math.max(0, m);
+  }
+
   /** Queues a request. Throws QueueFullError, DrainingError or RequestTooLargeError. */
   submit(req: GenerationRequest): Job {
     if (!this.#accepting) throw new DrainingError();
@@ -289,12 +304,15 @@ export class Scheduler {
     if (!(req.maxTokens >= 1)) throw new RequestTooLargeError("max_tokens", "max_tokens < 1");
     const fit = this.fitError(req.promptIds.length, req.maxTokens);
     if (fit) throw fit;
-    if (this.#waiting.length >= this.maxQueue) {
+    const job = new Job(this.#nextId++, req, this.runner.config.eosIds, this.tokenizer, this);
+    this.#waiting.push(job);
+    // A free batch row takes it at once; only requests that must wait count against the queue.
+    this.#admit();
+    if (this.#waiting.length > this.maxQueue) {
+      this.#waiting.splice(this.#waiting.indexOf(job), 1);
       this.metrics.countRejected("queue_full");
       throw new QueueFullError(this.maxQueue);
     }
-    const job = new Job(this.#nextId++, req, this.runner.config.eosIds, this.tokenizer, this);
-    this.#waiting.push(job);
     this.wake();
     return job;
   }
@@ -562,7 +580,11 @@ export class Scheduler {
       textOffsets: j.text ? j.text.offsets.slice(0, n) : [],
       finishReason: reason,
       stopReason,
-      error: error === undefined ? undefined : error instanceof Error ? error.message : String(error),
+      error: error === undefined
+        ? undefined
+        : error instanceof Error
+        ? error.message
+        : String(error),
       promptTokens: j.request.promptIds.length,
       timeToFirstTokenMs: ttft,
       decodeMs,

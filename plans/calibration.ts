@@ -117,7 +117,7 @@ const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)
 const cap = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
 function sentence(r: Rand): string {
-  const a = () => `${pick(r, ["the", "a", "the", "one"])} ${pick(r, ADJECTIVES)} ${pick(r, NOUNS)}`;
+  const a = () => `${pick(r, ["the", "this", "the", "one", "that"])} ${pick(r, ADJECTIVES)} ${pick(r, NOUNS)}`;
   switch (Math.floor(r() * 8)) {
     case 0:
       return `${cap(a())} ${pick(r, VERBS)} ${a()} ${pick(r, PLACES)}.`;
@@ -182,12 +182,25 @@ function cutWords(text: string, chars: number): string {
   return text.slice(0, cut > 0 ? cut : chars);
 }
 
-/** A word boundary near `pos` (the position after a space), so needles never split a word. */
+/** A word boundary at or after `pos` (the position after a space). */
 function boundary(text: string, pos: number): number {
   if (pos <= 0) return 0;
   if (pos >= text.length) return text.length;
   const sp = text.indexOf(" ", pos);
   return sp < 0 ? text.length : sp + 1;
+}
+
+/** The sentence start nearest to `pos` (within 300 characters), else a word boundary. */
+function sentenceBoundary(text: string, pos: number): number {
+  if (pos <= 0) return 0;
+  const re = /[.?!]["']?(?:[ \n]|$)/g;
+  let best = -1;
+  re.lastIndex = Math.max(0, pos - 300);
+  for (let m = re.exec(text); m && m.index < pos + 300; m = re.exec(text)) {
+    const b = m.index + m[0].length;
+    if (best < 0 || Math.abs(b - pos) < Math.abs(best - pos)) best = b;
+  }
+  return best >= 0 ? best : boundary(text, pos);
 }
 
 interface DocSpec {
@@ -203,18 +216,27 @@ function buildPieces(hay: string, spec: DocSpec): Piece[] {
   const byDepth = spec.needles.map((n, i) => ({ ...n, i })).sort((a, b) => a.depth - b.depth);
   let at = 0;
   for (const n of byDepth) {
-    const pos = Math.max(at, boundary(hay, Math.round(n.depth * hay.length)));
+    const pos = Math.max(at, sentenceBoundary(hay, Math.round(n.depth * hay.length)));
     pieces.push({ text: hay.slice(at, pos) });
     at = pos;
     const [pre, post] = single
-      ? ["The pass key is ", ". Remember it. "]
-      : [`The code for ${n.name} is `, ". "];
-    const sep = pos > 0 && hay[pos - 1] !== " " && hay[pos - 1] !== "\n" ? " " : "";
+      ? ["The pass key is ", ". Remember it."]
+      : [`The code for ${n.name} is `, "."];
+    const before = pieces.map((p) => p.text).join("");
+    const sep = before !== "" && !/\s$/.test(before) ? " " : "";
     pieces.push({ text: sep + pre, role: { needle: n.i, kind: "needle" } });
     pieces.push({ text: n.value, role: { needle: n.i, kind: "needle-value" } });
     pieces.push({ text: post, role: { needle: n.i, kind: "needle" } });
   }
   pieces.push({ text: hay.slice(at).replace(/\s+$/, "") });
+  // a space after each needle sentence unless the haystack goes on with whitespace
+  for (let i = 1; i < pieces.length; i++) {
+    const prev = pieces[i - 1];
+    if (prev.role?.kind === "needle" && !prev.text.endsWith(" ") && !pieces[i].role) {
+      const t = pieces[i].text;
+      if (t !== "" && !/^\s/.test(t)) pieces[i] = { text: " " + t };
+    }
+  }
   for (const i of spec.order) {
     const n = spec.needles[i];
     const q = single

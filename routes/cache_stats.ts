@@ -27,7 +27,9 @@ export function cacheStatsRoute(ctx: ServerContext): Hono {
         ring_bytes: g.ringBytes,
         retrieval_kv_heads: g.retrievalHeads,
         streaming_kv_heads: g.streamingHeads,
-        full_token_bytes: g.tokenBytes(session.model.config.nLayers * session.model.config.nKvHeads),
+        full_token_bytes: g.tokenBytes(
+          session.model.config.nLayers * session.model.config.nKvHeads,
+        ),
       },
       plan: {
         mode: plan.mode,

@@ -28,7 +28,9 @@ import {
 import { fields, samplingFields } from "../server/schemas.ts";
 
 const TextPart = z.object({
-  type: z.literal("text", { errorMap: () => ({ message: "only text content parts are supported" }) }),
+  type: z.literal("text", {
+    errorMap: () => ({ message: "only text content parts are supported" }),
+  }),
   text: z.string(),
 });
 
@@ -55,7 +57,7 @@ export const ChatRequest = z.object({
   }),
   response_format: z.object({ type: z.string() }).nullish().refine(
     (v) => !v || v.type === "text",
-    { message: "only response_format {type: \"text\"} is supported" },
+    { message: 'only response_format {type: "text"} is supported' },
   ),
 });
 
@@ -102,9 +104,9 @@ export function chatRoute(ctx: ServerContext): Hono {
     } catch (e) {
       throw badField("messages", `the chat template failed: ${(e as Error).message}`);
     }
-    const context = r.session.runner.maxSeqLen;
+    // Without a limit: as much as the context (and the KV pool) leaves.
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ??
-      Math.max(1, context - prompt.length);
+      Math.max(1, r.scheduler.maxNewTokens(prompt.length));
     const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
     const job = startJob(c, r, {
       promptIds: prompt,

@@ -59,7 +59,13 @@ function onePrompt(p: Body["prompt"]): string | number[] {
   return p[0] as string | number[];
 }
 
-function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], offsets: number[], top: boolean) {
+function logprobsOf(
+  tok: Tokenizer | null,
+  ids: number[],
+  lps: number[],
+  offsets: number[],
+  top: boolean,
+) {
   const tokens = ids.map((id) => tokenText(tok, id));
   return {
     tokens,
@@ -124,7 +130,9 @@ export function completionsRoute(ctx: ServerContext): Hono {
       choices: [{
         index: 0,
         text: res.text,
-        logprobs: wantLogprobs ? logprobsOf(tok, res.ids, res.logprobs, res.textOffsets, top) : null,
+        logprobs: wantLogprobs
+          ? logprobsOf(tok, res.ids, res.logprobs, res.textOffsets, top)
+          : null,
         finish_reason: finishReason(res),
         stop_reason: res.stopReason,
       }],

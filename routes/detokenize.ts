@@ -23,7 +23,10 @@ export function detokenizeRoute(ctx: ServerContext): Hono {
     const vocab = r.session.model.config.vocabSize;
     const bad = body.tokens.findIndex((t) => t >= vocab);
     if (bad >= 0) {
-      throw badField(`tokens[${bad}]`, `token id ${body.tokens[bad]} is outside the vocabulary (${vocab})`);
+      throw badField(
+        `tokens[${bad}]`,
+        `token id ${body.tokens[bad]} is outside the vocabulary (${vocab})`,
+      );
     }
     return c.json({ prompt: tok.decode(body.tokens) });
   });

@@ -33,7 +33,13 @@ export const GenerateRequest = z.object({
   prompt: z.union([z.string(), z.array(tokenId).min(1)], {
     errorMap: () => ({ message: "expected a string or a non-empty array of token ids" }),
   }),
-  stop: z.union([z.string(), tokenId, z.array(z.union([z.string(), tokenId])).max(64)], {
+  stop: z.union([
+    z.string(),
+    tokenId,
+    z.array(z.union([z.string(), tokenId], {
+      errorMap: () => ({ message: "expected a string or a token id" }),
+    })).max(64),
+  ], {
     errorMap: () => ({ message: "expected a string, a token id or an array of them" }),
   }).nullish(),
   logprobs: z.boolean().nullish(),

@@ -10,15 +10,27 @@ export function metricsRoute(ctx: ServerContext): Hono {
   const app = new Hono();
   app.get("/metrics", (c) => {
     const e = new Exposition();
-    e.gauge("zigzag_ready", "1 once the model is loaded and the server accepts requests", ctx.state === "ready" ? 1 : 0);
+    e.gauge(
+      "zigzag_ready",
+      "1 once the model is loaded and the server accepts requests",
+      ctx.state === "ready" ? 1 : 0,
+    );
     const r = ctx.ready;
     if (r) {
       const s = r.scheduler;
       const m = s.metrics;
       const st = r.session.runner.cache.stats();
       const kinds = ["retrieval", "streaming"] as const;
-      e.gauge("zigzag_requests_running", "Requests admitted to the batch (prefilling or decoding)", s.running)
-        .gauge("zigzag_requests_waiting", "Requests queued for a batch slot or KV memory", s.waiting)
+      e.gauge(
+        "zigzag_requests_running",
+        "Requests admitted to the batch (prefilling or decoding)",
+        s.running,
+      )
+        .gauge(
+          "zigzag_requests_waiting",
+          "Requests queued for a batch slot or KV memory",
+          s.waiting,
+        )
         .gauge(
           "zigzag_kv_cache_usage_ratio",
           "KV-cache bytes in use over bytes reserved (0..1)",
@@ -34,8 +46,16 @@ export function metricsRoute(ctx: ServerContext): Hono {
           "KV-cache bytes allocated, by layer kind",
           kinds.map((k) => [{ kind: k }, st[k].bytes_reserved]),
         )
-        .gauge("zigzag_kv_cache_pages_used", "Pages of the paged (retrieval) cache in use", st.total.pages_used)
-        .gauge("zigzag_kv_cache_pages_free", "Pages of the paged (retrieval) cache free", st.total.pages_free)
+        .gauge(
+          "zigzag_kv_cache_pages_used",
+          "Pages of the paged (retrieval) cache in use",
+          st.total.pages_used,
+        )
+        .gauge(
+          "zigzag_kv_cache_pages_free",
+          "Pages of the paged (retrieval) cache free",
+          st.total.pages_free,
+        )
         .gauge("zigzag_kv_cache_sequences", "Sequences holding KV cache", st.sequences)
         .gauge(
           "zigzag_kv_cache_full_attention_bytes",
@@ -57,24 +77,36 @@ export function metricsRoute(ctx: ServerContext): Hono {
           "Decode time per generated token after the first",
           m.timePerOutputToken,
         )
-        .histogram("zigzag_e2e_request_latency_seconds", "From arrival to the last token", m.e2eLatency)
+        .histogram(
+          "zigzag_e2e_request_latency_seconds",
+          "From arrival to the last token",
+          m.e2eLatency,
+        )
         .histogram("zigzag_queue_time_seconds", "From arrival to admission", m.queueTime)
         .counter("zigzag_prompt_tokens_total", "Prompt tokens prefilled", m.promptTokens)
         .counter("zigzag_generation_tokens_total", "Tokens generated", m.generationTokens)
         .counter(
           "zigzag_requests_finished_total",
           "Finished requests by finish reason",
-          ["stop", "length", "cancelled", "error"].map((k) => [{ finish_reason: k }, m.finished.get(k) ?? 0]),
+          ["stop", "length", "cancelled", "error"].map((
+            k,
+          ) => [{ finish_reason: k }, m.finished.get(k) ?? 0]),
         )
         .counter(
           "zigzag_requests_rejected_total",
           "Requests refused with 429 because the queue was full",
           [[{ reason: "queue_full" }, m.rejected.get("queue_full") ?? 0]],
         )
-        .counter("zigzag_decode_readbacks_total", "Batched decode calls (one readback each)", m.decodeCalls)
+        .counter(
+          "zigzag_decode_readbacks_total",
+          "Batched decode calls (one readback each)",
+          m.decodeCalls,
+        )
         .counter("zigzag_decode_rows_total", "Sequences carried by decode calls", m.decodeRows);
     }
-    return c.body(e.toString(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
+    return c.body(e.toString(), 200, {
+      "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+    });
   });
   return app;
 }

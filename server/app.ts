@@ -46,7 +46,13 @@ export function createApp(ctx: ServerContext): Hono {
   app.notFound((c) =>
     sendError(
       c,
-      new ApiError(404, `no route ${c.req.method} ${c.req.path}`, "not_found_error", null, "not_found"),
+      new ApiError(
+        404,
+        `no route ${c.req.method} ${c.req.path}`,
+        "not_found_error",
+        null,
+        "not_found",
+      ),
     )
   );
 
@@ -72,7 +78,7 @@ export function createApp(ctx: ServerContext): Hono {
   const key = ctx.config.apiKey;
   if (key !== undefined) {
     app.use("*", async (c, next) => {
-      if (!needsKey(c.req.path)) return next();
+      if (!needsKey(c.req.path)) return await next();
       const auth = c.req.header("authorization") ?? "";
       const m = /^Bearer\s+(.+)$/i.exec(auth.trim());
       const given = m?.[1] ?? c.req.header("x-api-key");
@@ -91,7 +97,7 @@ export function createApp(ctx: ServerContext): Hono {
           ),
         );
       }
-      return next();
+      return await next();
     });
   }
 

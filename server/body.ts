@@ -4,16 +4,31 @@ import type { Context } from "hono";
 import type { z } from "zod";
 import { ApiError, fromZod } from "./errors.ts";
 
-export async function parseBody<S extends z.ZodTypeAny>(c: Context, schema: S): Promise<z.infer<S>> {
+export async function parseBody<S extends z.ZodTypeAny>(
+  c: Context,
+  schema: S,
+): Promise<z.infer<S>> {
   let text: string;
   try {
     text = await c.req.text();
   } catch (e) {
     if (e instanceof ApiError) throw e;
-    throw new ApiError(400, `body: cannot read the request body: ${(e as Error).message}`, "invalid_request_error", "body", "invalid_body");
+    throw new ApiError(
+      400,
+      `body: cannot read the request body: ${(e as Error).message}`,
+      "invalid_request_error",
+      "body",
+      "invalid_body",
+    );
   }
   if (text.trim() === "") {
-    throw new ApiError(400, "body: empty; expected a JSON object", "invalid_request_error", "body", "invalid_json");
+    throw new ApiError(
+      400,
+      "body: empty; expected a JSON object",
+      "invalid_request_error",
+      "body",
+      "invalid_json",
+    );
   }
   let value: unknown;
   try {
@@ -28,9 +43,15 @@ export async function parseBody<S extends z.ZodTypeAny>(c: Context, schema: S): 
     );
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new ApiError(400, "body: expected a JSON object", "invalid_request_error", "body", "invalid_json");
+    throw new ApiError(
+      400,
+      "body: expected a JSON object",
+      "invalid_request_error",
+      "body",
+      "invalid_json",
+    );
   }
   const r = schema.safeParse(value);
-  if (!r.success) throw fromZod(r.error);
+  if (!r.success) throw fromZod(r.error, value);
   return r.data;
 }

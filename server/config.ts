@@ -4,6 +4,7 @@
 
 import { CliError, parseArgs } from "../cli/args.ts";
 import type { Precision } from "../gpu/device.ts";
+import type { HubOptions } from "../model/hub.ts";
 
 /** The README's default model (a Hugging Face repo id). */
 export const DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -32,6 +33,8 @@ export interface ServerConfig {
   graceS: number;
   /** Largest request body, MiB. */
   maxBodyMb: number;
+  /** Hub download settings (default: HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE). */
+  hub?: HubOptions;
   /** Where each setting came from, e.g. { model: "ZIGZAG_MODEL" }, for error messages. */
   sources: Record<string, string>;
 }
@@ -54,7 +57,8 @@ export const USAGE = `usage: deno task start [flags]   (or: deno serve -A main.t
 
 flags (environment variable in brackets; a flag wins):
   --model PATH|REPO     llama2.c .bin / directory or Hugging Face directory or repo id
-                        [ZIGZAG_MODEL] (default ${DEFAULT_MODEL})
+                        [ZIGZAG_MODEL] (default ${DEFAULT_MODEL}); a repo id is downloaded
+                        once into $HF_HOME/hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply)
   --tokenizer PATH      tokenizer, when it is not beside the model [ZIGZAG_TOKENIZER]
   --plan full|streaming|FILE   attention plan [ZIGZAG_PLAN] (default full)
   --sink N --recent N   override the plan's streaming window [ZIGZAG_SINK, ZIGZAG_RECENT]

@@ -7,7 +7,9 @@ import { type Session, setup } from "../engine/setup.ts";
 import { GpuUnavailableError } from "../gpu/device.ts";
 import { GREEDY } from "../gpu/runner.ts";
 import { CacheExhaustedError } from "../gpu/kv_cache.ts";
+import { downloadModel, HubError, isRepoId } from "../model/hub.ts";
 import { ModelFormatError } from "../model/types.ts";
+import { type Progress, progress } from "../engine/progress.ts";
 import { PlanError } from "../plans/schema.ts";
 import { ConfigError, type ServerConfig } from "./config.ts";
 import { ApiError } from "./errors.ts";
@@ -29,15 +31,25 @@ export class ServerContext {
   readonly startedAt = Date.now();
 
   constructor(readonly config: ServerConfig, readonly log: (line: string) => void = () => {}) {
-    this.modelId = config.servedModelName ?? modelName(config.model);
+    this.modelId = config.servedModelName ??
+      (isRepoId(config.model) && !localPathExists(config.model)
+        ? config.model
+        : modelName(config.model));
   }
 
   /** The loaded engine, or a 503 while loading or shutting down. */
   engine(): Ready {
     if (this.state === "draining") {
-      throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down", {
-        "Retry-After": "5",
-      });
+      throw new ApiError(
+        503,
+        "the server is shutting down",
+        "service_unavailable",
+        null,
+        "shutting_down",
+        {
+          "Retry-After": "5",
+        },
+      );
     }
     if (!this.ready) {
       throw new ApiError(
@@ -52,6 +64,46 @@ export class ServerContext {
     return this.ready;
   }
 
+  /** A local model path, or a hub repo id downloaded into the hub cache (HF_HOME). */
+  async #resolveModel(source: string): Promise<string> {
+    const cfg = this.config;
+    if (localPathExists(cfg.model) || !isRepoId(cfg.model)) {
+      await checkModelPath(cfg.model, source);
+      return cfg.model;
+    }
+    this.reason = `downloading ${cfg.model} from the Hugging Face hub`;
+    const tty = Deno.stderr.isTerminal();
+    let bar: Progress | null = null;
+    try {
+      return await downloadModel(cfg.model, {
+        ...cfg.hub,
+        onFile: (file, size, from) => {
+          bar?.done();
+          bar = tty ? progress(`downloading ${file}`) : null;
+          if (!tty) {
+            this.log(
+              `zigzag: downloading ${cfg.model}/${file} (${(size / 1e6).toFixed(1)} MB` +
+                (from > 0 ? `, resuming at ${(from / 1e6).toFixed(1)} MB)` : ")"),
+            );
+          }
+        },
+        onProgress: (_file, done, total) => {
+          bar?.update(done, total);
+          this.reason = `downloading ${cfg.model}: ${_file} ${(done / 1e6).toFixed(1)} of ` +
+            `${(total / 1e6).toFixed(1)} MB`;
+        },
+      });
+    } catch (e) {
+      if (e instanceof HubError) {
+        throw new ConfigError(source, cfg.model, `no model found (not a local path; ${e.message})`);
+      }
+      throw e;
+    } finally {
+      (bar as Progress | null)?.done();
+      this.reason = "loading the model";
+    }
+  }
+
   /** Names this server answers to in `model` fields. */
   acceptsModel(name: string): boolean {
     const m = this.config.model.replace(/\/+$/, "");
@@ -64,19 +116,26 @@ export class ServerContext {
     const cfg = this.config;
     const t0 = performance.now();
     const src = (k: string) => cfg.sources[k] ?? `--${k}`;
-    await checkModelPath(cfg.model, src("model"));
+    const modelPath = await this.#resolveModel(src("model"));
     let chatOverride: { source: string; template: string } | undefined;
     if (cfg.chatTemplate !== undefined) {
       try {
-        chatOverride = { source: cfg.chatTemplate, template: await Deno.readTextFile(cfg.chatTemplate) };
+        chatOverride = {
+          source: cfg.chatTemplate,
+          template: await Deno.readTextFile(cfg.chatTemplate),
+        };
       } catch (e) {
-        throw new ConfigError(src("chat-template"), cfg.chatTemplate, `cannot read: ${(e as Error).message}`);
+        throw new ConfigError(
+          src("chat-template"),
+          cfg.chatTemplate,
+          `cannot read: ${(e as Error).message}`,
+        );
       }
     }
     let session: Session;
     try {
       session = await setup({
-        model: cfg.model,
+        model: modelPath,
         tokenizer: cfg.tokenizer,
         precision: cfg.precision,
         plan: cfg.plan,
@@ -143,10 +202,26 @@ async function warmUp(s: Session): Promise<void> {
   if (!seq) return;
   try {
     const n = Math.min(9, r.maxSeqLen - 2);
-    const first = await r.prefill(seq, new Array(n).fill(Math.max(0, s.model.config.bosId)), GREEDY);
-    await r.decode([{ seq, token: first.token, sampling: GREEDY }], Math.min(2, r.opts.maxDecodeSteps));
+    const first = await r.prefill(
+      seq,
+      new Array(n).fill(Math.max(0, s.model.config.bosId)),
+      GREEDY,
+    );
+    await r.decode(
+      [{ seq, token: first.token, sampling: GREEDY }],
+      Math.min(2, r.opts.maxDecodeSteps),
+    );
   } finally {
     r.cache.close(seq);
+  }
+}
+
+function localPathExists(p: string): boolean {
+  try {
+    Deno.statSync(p);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -69,8 +69,17 @@ function describeIssue(issue: ZodIssue): string {
   }
 }
 
-/** The first zod issue as a 400 naming its field. */
-export function fromZod(err: ZodError): ApiError {
+function valueAt(input: unknown, path: readonly (string | number)[]): unknown {
+  let v = input;
+  for (const p of path) {
+    if (v === null || typeof v !== "object") return undefined;
+    v = (v as Record<string | number, unknown>)[p];
+  }
+  return v;
+}
+
+/** The first zod issue as a 400 naming its field; `input` is the parsed body. */
+export function fromZod(err: ZodError, input?: unknown): ApiError {
   const issue = err.issues[0];
   // For a union, report the issue of the member the value matched furthest (deepest path).
   let best: ZodIssue = issue;
@@ -82,14 +91,16 @@ export function fromZod(err: ZodError): ApiError {
     }
   }
   const param = fieldPath(best.path) || "body";
-  const code = best.code === "invalid_type" && best.received === "undefined"
+  const missing = (best.code === "invalid_type" && best.received === "undefined") ||
+    (best.path.length > 0 && input !== undefined && valueAt(input, best.path) === undefined);
+  const code = missing
     ? "missing_field"
     : best.code === "too_big" || best.code === "too_small"
     ? "out_of_range"
     : "invalid_value";
   return new ApiError(
     400,
-    `${param}: ${describeIssue(best)}`,
+    `${param}: ${missing ? "is required" : describeIssue(best)}`,
     "invalid_request_error",
     param,
     code,

@@ -50,7 +50,10 @@ export function promptIds(r: Ready, prompt: string | number[], field: string): n
     const vocab = r.session.model.config.vocabSize;
     const bad = ids.findIndex((id) => id >= vocab);
     if (bad >= 0) {
-      throw badField(`${field}[${bad}]`, `token id ${ids[bad]} is outside the vocabulary (${vocab})`);
+      throw badField(
+        `${field}[${bad}]`,
+        `token id ${ids[bad]} is outside the vocabulary (${vocab})`,
+      );
     }
   }
   if (ids.length === 0) throw badField(field, "the prompt is empty");
@@ -130,7 +133,13 @@ export function startJob(
 export async function resultOf(job: Job): Promise<GenerationResult> {
   const res = await job.result;
   if (res.finishReason === "error") {
-    throw new ApiError(500, `generation failed: ${res.error}`, "server_error", null, "engine_error");
+    throw new ApiError(
+      500,
+      `generation failed: ${res.error}`,
+      "server_error",
+      null,
+      "engine_error",
+    );
   }
   return res;
 }

@@ -28,7 +28,9 @@ export class Exposition {
 
   gauge(name: string, help: string, samples: [Labels, number][] | number): this {
     this.#head(name, "gauge", help);
-    for (const [l, v] of typeof samples === "number" ? [[{}, samples] as [Labels, number]] : samples) {
+    for (
+      const [l, v] of typeof samples === "number" ? [[{}, samples] as [Labels, number]] : samples
+    ) {
       this.#lines.push(`${name}${labelText(l)} ${num(v)}`);
     }
     return this;
@@ -36,7 +38,9 @@ export class Exposition {
 
   counter(name: string, help: string, samples: [Labels, number][] | number): this {
     this.#head(name, "counter", help);
-    for (const [l, v] of typeof samples === "number" ? [[{}, samples] as [Labels, number]] : samples) {
+    for (
+      const [l, v] of typeof samples === "number" ? [[{}, samples] as [Labels, number]] : samples
+    ) {
       this.#lines.push(`${name}${labelText(l)} ${num(v)}`);
     }
     return this;

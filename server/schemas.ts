@@ -4,7 +4,11 @@
 import { z } from "zod";
 
 /** A value the API accepts but that must equal the only supported setting. */
-function onlyDefault<T extends z.ZodTypeAny>(schema: T, ok: (v: z.infer<T>) => boolean, why: string) {
+function onlyDefault<T extends z.ZodTypeAny>(
+  schema: T,
+  ok: (v: z.infer<T>) => boolean,
+  why: string,
+) {
   return schema.nullish().refine((v) => v === undefined || v === null || ok(v), { message: why });
 }
 

@@ -63,7 +63,9 @@ export function startServer(config: ServerConfig, opts: StartOptions = {}): Serv
         const busy = s.running + s.waiting;
         if (busy > 0) log(`zigzag: shutting down: ${busy} request(s) get ${graceS}s to finish`);
         let timer: ReturnType<typeof setTimeout> | undefined;
-        const late = new Promise<"late">((r) => (timer = setTimeout(() => r("late"), graceS * 1000)));
+        const late = new Promise<"late">((
+          r,
+        ) => (timer = setTimeout(() => r("late"), graceS * 1000)));
         const how = await Promise.race([s.idle(), late]);
         clearTimeout(timer);
         if (how === "late") {

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { post, PROMPTS, serverTest, sseData, startTestServer } from "./server_helpers.ts";
 
 interface Gen {
+  usage: { prompt_tokens: number };
   token_ids: number[];
   text: string;
   finish_reason: string;
@@ -16,12 +17,19 @@ async function generate(url: string, body: Record<string, unknown>): Promise<Gen
   return await res.json();
 }
 
-async function cacheStats(url: string) {
+interface Stats {
+  sequences: number;
+  pages_total: number;
+  total: { pages_used: number; pages_free: number };
+  requests: { running: number; waiting: number };
+}
+
+async function cacheStats(url: string): Promise<Stats> {
   return await (await fetch(`${url}/v1/cache/stats`)).json();
 }
 
 /** Polls until `ok(stats)` or the deadline; returns the last stats. */
-async function waitForStats(url: string, ok: (s: any) => boolean, ms = 3000) {
+async function waitForStats(url: string, ok: (s: Stats) => boolean, ms = 3000) {
   const end = performance.now() + ms;
   let s = await cacheStats(url);
   while (!ok(s) && performance.now() < end) {
@@ -34,9 +42,11 @@ async function waitForStats(url: string, ok: (s: any) => boolean, ms = 3000) {
 Deno.test("16 concurrent requests each equal the request run alone", serverTest, async () => {
   const server = await startTestServer({ maxBatch: 16 });
   try {
+    // The last prompt (~270 tokens) is prefilled in chunks between the others' decode steps.
+    const long = "The cat sat on the mat and looked at the big red ball. ".repeat(18);
     const bodies = PROMPTS.map((prompt, i) => ({
-      prompt,
-      max_tokens: 12 + 2 * i,
+      prompt: i === PROMPTS.length - 1 ? long : prompt,
+      max_tokens: 10 + i,
       // Two sampled requests: the GPU RNG is keyed by (seed, position), not by batch row.
       ...(i % 8 === 7 ? { temperature: 0.9, top_p: 0.95, seed: 1000 + i } : {}),
     }));
@@ -47,6 +57,8 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
     const alone: Gen[] = [];
     for (const b of bodies) alone.push(await generate(server.url, b));
     const tAlone = performance.now() - t1;
+    const chunk = server.ctx.ready!.scheduler.prefillBudget;
+    assert.ok(together[PROMPTS.length - 1].usage.prompt_tokens > 2 * chunk);
     together.forEach((g, i) => {
       assert.equal(g.token_ids.length > 0, true);
       assert.deepEqual(g.token_ids, alone[i].token_ids, `request ${i} (${bodies[i].prompt})`);
@@ -65,65 +77,69 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
   }
 });
 
-Deno.test("a client that disconnects gets its KV pages back into the pool", serverTest, async (t) => {
-  const server = await startTestServer();
-  try {
-    const before = await cacheStats(server.url);
-    assert.equal(before.total.pages_free, before.pages_total);
+Deno.test(
+  "a client that disconnects gets its KV pages back into the pool",
+  serverTest,
+  async (t) => {
+    const server = await startTestServer();
+    try {
+      const before = await cacheStats(server.url);
+      assert.equal(before.total.pages_free, before.pages_total);
 
-    await t.step("mid-stream (SSE)", async () => {
-      const ac = new AbortController();
-      const res = await fetch(`${server.url}/v1/generate`, {
-        method: "POST",
-        body: JSON.stringify({
-          prompt: "Once upon a time",
-          max_tokens: 480,
-          ignore_eos: true,
-          stream: true,
-        }),
-        signal: ac.signal,
+      await t.step("mid-stream (SSE)", async () => {
+        const ac = new AbortController();
+        const res = await fetch(`${server.url}/v1/generate`, {
+          method: "POST",
+          body: JSON.stringify({
+            prompt: "Once upon a time",
+            max_tokens: 480,
+            ignore_eos: true,
+            stream: true,
+          }),
+          signal: ac.signal,
+        });
+        const reader = res.body!.getReader();
+        const first = new TextDecoder().decode((await reader.read()).value);
+        assert.ok(sseData(first).length >= 1);
+        const during = await cacheStats(server.url);
+        assert.equal(during.sequences, 1);
+        assert.ok(during.total.pages_used > 0);
+        ac.abort();
+        await reader.cancel().catch(() => {});
+        const after = await waitForStats(server.url, (s) => s.sequences === 0);
+        assert.equal(after.sequences, 0);
+        assert.equal(after.total.pages_used, 0);
+        assert.equal(after.total.pages_free, after.pages_total);
+        // It stopped long before its 480 tokens.
+        const m = server.ctx.ready!.scheduler.metrics;
+        assert.equal(m.finished.get("cancelled"), 1);
+        assert.ok(m.generationTokens < 400, `${m.generationTokens} tokens generated`);
       });
-      const reader = res.body!.getReader();
-      const first = new TextDecoder().decode((await reader.read()).value);
-      assert.ok(sseData(first).length >= 1);
-      const during = await cacheStats(server.url);
-      assert.equal(during.sequences, 1);
-      assert.ok(during.total.pages_used > 0);
-      ac.abort();
-      await reader.cancel().catch(() => {});
-      const after = await waitForStats(server.url, (s) => s.sequences === 0);
-      assert.equal(after.sequences, 0);
-      assert.equal(after.total.pages_used, 0);
-      assert.equal(after.total.pages_free, after.pages_total);
-      // It stopped long before its 480 tokens.
-      const m = server.ctx.ready!.scheduler.metrics;
-      assert.equal(m.finished.get("cancelled"), 1);
-      assert.ok(m.generationTokens < 400, `${m.generationTokens} tokens generated`);
-    });
 
-    await t.step("waiting for a non-streamed answer", async () => {
-      const ac = new AbortController();
-      const p = fetch(`${server.url}/v1/completions`, {
-        method: "POST",
-        body: JSON.stringify({ prompt: "The cat", max_tokens: 480, ignore_eos: true }),
-        signal: ac.signal,
-      }).catch((e) => e);
-      await waitForStats(server.url, (s) => s.total.pages_used > 2);
-      ac.abort();
-      assert.equal((await p).name, "AbortError");
-      const after = await waitForStats(server.url, (s) => s.sequences === 0);
-      assert.equal(after.total.pages_free, after.pages_total);
-      assert.equal(server.ctx.ready!.scheduler.metrics.finished.get("cancelled"), 2);
-    });
+      await t.step("waiting for a non-streamed answer", async () => {
+        const ac = new AbortController();
+        const p = fetch(`${server.url}/v1/completions`, {
+          method: "POST",
+          body: JSON.stringify({ prompt: "The cat", max_tokens: 480, ignore_eos: true }),
+          signal: ac.signal,
+        }).catch((e) => e);
+        await waitForStats(server.url, (s) => s.total.pages_used > 2);
+        ac.abort();
+        assert.equal((await p).name, "AbortError");
+        const after = await waitForStats(server.url, (s) => s.sequences === 0);
+        assert.equal(after.total.pages_free, after.pages_total);
+        assert.equal(server.ctx.ready!.scheduler.metrics.finished.get("cancelled"), 2);
+      });
 
-    await t.step("the server still answers", async () => {
-      const g = await generate(server.url, { prompt: "The cat", max_tokens: 5 });
-      assert.equal(g.token_ids.length, 5);
-    });
-  } finally {
-    await server.close();
-  }
-});
+      await t.step("the server still answers", async () => {
+        const g = await generate(server.url, { prompt: "The cat", max_tokens: 5 });
+        assert.equal(g.token_ids.length, 5);
+      });
+    } finally {
+      await server.close();
+    }
+  },
+);
 
 Deno.test("a queue of 1 under 3 simultaneous long requests answers 429", serverTest, async () => {
   const server = await startTestServer({ maxBatch: 1, maxQueue: 1 });

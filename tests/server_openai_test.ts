@@ -4,7 +4,7 @@
 // (JOIN_TEMPLATE): a one-message chat then prompts exactly as a completion does.
 
 import assert from "node:assert/strict";
-import OpenAI from "npm:openai@7";
+import OpenAI from "openai";
 import {
   JOIN_TEMPLATE,
   post,
@@ -18,200 +18,207 @@ import {
 const PROMPT = "Once upon a time";
 const N = 24;
 
-Deno.test("OpenAI client: completions and chat equal the CLI's greedy output", serverTest, async (t) => {
-  const dir = await Deno.makeTempDir();
-  const template = `${dir}/join.jinja`;
-  await Deno.writeTextFile(template, JOIN_TEMPLATE);
-  const [server, cli, cliStop] = await Promise.all([
-    startTestServer({ chatTemplate: template }),
-    runCli(PROMPT, N),
-    runCli("The cat", 400),
-  ]);
-  const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
-  try {
-    assert.equal(cli.generated_ids.length, N);
-    assert.equal(cliStop.finish_reason, "stop");
+Deno.test(
+  "OpenAI client: completions and chat equal the CLI's greedy output",
+  serverTest,
+  async (t) => {
+    const dir = await Deno.makeTempDir();
+    const template = `${dir}/join.jinja`;
+    await Deno.writeTextFile(template, JOIN_TEMPLATE);
+    const [server, cli, cliStop] = await Promise.all([
+      startTestServer({ chatTemplate: template }),
+      runCli(PROMPT, N),
+      runCli("The cat", 400),
+    ]);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    try {
+      assert.equal(cli.generated_ids.length, N);
+      assert.equal(cliStop.finish_reason, "stop");
 
-    await t.step("models.list", async () => {
-      const models = [];
-      for await (const m of client.models.list()) models.push(m);
-      assert.deepEqual(models.map((m) => m.id), ["stories260K"]);
-    });
+      await t.step("models.list", async () => {
+        const models = [];
+        for await (const m of client.models.list()) models.push(m);
+        assert.deepEqual(models.map((m) => m.id), ["stories260K"]);
+      });
 
-    await t.step("completions", async () => {
-      const r = await client.completions.create({
-        model: "stories260K",
-        prompt: PROMPT,
-        max_tokens: N,
-        temperature: 0,
+      await t.step("completions", async () => {
+        const r = await client.completions.create({
+          model: "stories260K",
+          prompt: PROMPT,
+          max_tokens: N,
+          temperature: 0,
+        });
+        assert.equal(r.object, "text_completion");
+        assert.equal(r.choices[0].text, cli.text);
+        assert.equal(r.choices[0].finish_reason, "length");
+        assert.deepEqual(r.usage, {
+          prompt_tokens: cli.prompt_ids.length,
+          completion_tokens: N,
+          total_tokens: cli.prompt_ids.length + N,
+        });
       });
-      assert.equal(r.object, "text_completion");
-      assert.equal(r.choices[0].text, cli.text);
-      assert.equal(r.choices[0].finish_reason, "length");
-      assert.deepEqual(r.usage, {
-        prompt_tokens: cli.prompt_ids.length,
-        completion_tokens: N,
-        total_tokens: cli.prompt_ids.length + N,
-      });
-    });
 
-    await t.step("completions ending at EOS: finish_reason stop", async () => {
-      const r = await client.completions.create({
-        model: "stories260K",
-        prompt: "The cat",
-        max_tokens: 400,
-        temperature: 0,
+      await t.step("completions ending at EOS: finish_reason stop", async () => {
+        const r = await client.completions.create({
+          model: "stories260K",
+          prompt: "The cat",
+          max_tokens: 400,
+          temperature: 0,
+        });
+        assert.equal(r.choices[0].text, cliStop.text);
+        assert.equal(r.choices[0].finish_reason, "stop");
+        assert.equal(r.usage?.completion_tokens, cliStop.generated_ids.length);
       });
-      assert.equal(r.choices[0].text, cliStop.text);
-      assert.equal(r.choices[0].finish_reason, "stop");
-      assert.equal(r.usage?.completion_tokens, cliStop.generated_ids.length);
-    });
 
-    await t.step("completions, streaming, with usage", async () => {
-      const stream = await client.completions.create({
-        model: "stories260K",
-        prompt: PROMPT,
-        max_tokens: N,
-        temperature: 0,
-        stream: true,
-        stream_options: { include_usage: true },
-      });
-      let text = "";
-      let finish: string | null = null;
-      let usage = null;
-      let chunks = 0;
-      for await (const ch of stream) {
-        chunks++;
-        if (ch.choices.length) {
-          text += ch.choices[0].text;
-          finish = ch.choices[0].finish_reason ?? finish;
+      await t.step("completions, streaming, with usage", async () => {
+        const stream = await client.completions.create({
+          model: "stories260K",
+          prompt: PROMPT,
+          max_tokens: N,
+          temperature: 0,
+          stream: true,
+          stream_options: { include_usage: true },
+        });
+        let text = "";
+        let finish: string | null = null;
+        let usage = null;
+        let chunks = 0;
+        for await (const ch of stream) {
+          chunks++;
+          if (ch.choices.length) {
+            text += ch.choices[0].text;
+            finish = ch.choices[0].finish_reason ?? finish;
+          }
+          if (ch.usage) usage = ch.usage;
         }
-        if (ch.usage) usage = ch.usage;
-      }
-      assert.equal(text, cli.text);
-      assert.equal(finish, "length");
-      assert.equal(usage?.completion_tokens, N);
-      // One chunk per readback (8 tokens), not per token: 1 (first token) + 3 + finish + usage.
-      assert.ok(chunks <= 1 + Math.ceil((N - 1) / 8) + 2, `${chunks} chunks`);
-    });
-
-    await t.step("completions with logprobs", async () => {
-      const r = await client.completions.create({
-        model: "stories260K",
-        prompt: PROMPT,
-        max_tokens: N,
-        temperature: 0,
-        logprobs: 1,
+        assert.equal(text, cli.text);
+        assert.equal(finish, "length");
+        assert.equal(usage?.completion_tokens, N);
+        // One chunk per readback (8 tokens), not per token: 1 (first token) + 3 + finish + usage.
+        assert.ok(chunks <= 1 + Math.ceil((N - 1) / 8) + 2, `${chunks} chunks`);
       });
-      const lp = r.choices[0].logprobs!;
-      assert.equal(lp.tokens!.length, N);
-      assert.equal(lp.tokens!.join(""), cli.text);
-      assert.ok(lp.token_logprobs!.every((v) => v <= 0 && v > -20));
-      assert.equal(lp.text_offset![0], 0);
-      assert.deepEqual(Object.keys(lp.top_logprobs![0]!), [lp.tokens![0]]);
-    });
 
-    await t.step("chat", async () => {
-      const r = await client.chat.completions.create({
-        model: "stories260K",
-        messages: [{ role: "user", content: PROMPT }],
-        max_tokens: N,
-        temperature: 0,
+      await t.step("completions with logprobs", async () => {
+        const r = await client.completions.create({
+          model: "stories260K",
+          prompt: PROMPT,
+          max_tokens: N,
+          temperature: 0,
+          logprobs: 1,
+        });
+        const lp = r.choices[0].logprobs!;
+        assert.equal(lp.tokens!.length, N);
+        assert.equal(lp.tokens!.join(""), cli.text);
+        assert.ok(lp.token_logprobs!.every((v) => v <= 0 && v > -20));
+        assert.equal(lp.text_offset![0], 0);
+        assert.deepEqual(Object.keys(lp.top_logprobs![0]!), [lp.tokens![0]]);
       });
-      assert.equal(r.object, "chat.completion");
-      assert.equal(r.choices[0].message.role, "assistant");
-      assert.equal(r.choices[0].message.content, cli.text);
-      assert.equal(r.choices[0].finish_reason, "length");
-      assert.equal(r.usage?.prompt_tokens, cli.prompt_ids.length);
-    });
 
-    await t.step("chat, streaming, with usage", async () => {
-      const stream = await client.chat.completions.create({
-        model: "stories260K",
-        messages: [{ role: "user", content: PROMPT }],
-        max_completion_tokens: N,
-        temperature: 0,
-        stream: true,
-        stream_options: { include_usage: true },
+      await t.step("chat", async () => {
+        const r = await client.chat.completions.create({
+          model: "stories260K",
+          messages: [{ role: "user", content: PROMPT }],
+          max_tokens: N,
+          temperature: 0,
+        });
+        assert.equal(r.object, "chat.completion");
+        assert.equal(r.choices[0].message.role, "assistant");
+        assert.equal(r.choices[0].message.content, cli.text);
+        assert.equal(r.choices[0].finish_reason, "length");
+        assert.equal(r.usage?.prompt_tokens, cli.prompt_ids.length);
       });
-      let text = "";
-      let role = "";
-      let finish: string | null = null;
-      let usage = null;
-      for await (const ch of stream) {
-        assert.equal(ch.object, "chat.completion.chunk");
-        if (ch.choices.length) {
-          role ||= ch.choices[0].delta.role ?? "";
-          text += ch.choices[0].delta.content ?? "";
-          finish = ch.choices[0].finish_reason ?? finish;
+
+      await t.step("chat, streaming, with usage", async () => {
+        const stream = await client.chat.completions.create({
+          model: "stories260K",
+          messages: [{ role: "user", content: PROMPT }],
+          max_completion_tokens: N,
+          temperature: 0,
+          stream: true,
+          stream_options: { include_usage: true },
+        });
+        let text = "";
+        let role = "";
+        let finish: string | null = null;
+        let usage = null;
+        for await (const ch of stream) {
+          assert.equal(ch.object, "chat.completion.chunk");
+          if (ch.choices.length) {
+            role ||= ch.choices[0].delta.role ?? "";
+            text += ch.choices[0].delta.content ?? "";
+            finish = ch.choices[0].finish_reason ?? finish;
+          }
+          if (ch.usage) usage = ch.usage;
         }
-        if (ch.usage) usage = ch.usage;
-      }
-      assert.equal(role, "assistant");
-      assert.equal(text, cli.text);
-      assert.equal(finish, "length");
-      assert.equal(usage?.total_tokens, cli.prompt_ids.length + N);
-    });
-
-    await t.step("raw SSE ends with data: [DONE]", async () => {
-      const res = await post(`${server.url}/v1/chat/completions`, {
-        messages: [{ role: "user", content: PROMPT }],
-        max_tokens: 4,
-        stream: true,
+        assert.equal(role, "assistant");
+        assert.equal(text, cli.text);
+        assert.equal(finish, "length");
+        assert.equal(usage?.total_tokens, cli.prompt_ids.length + N);
       });
-      assert.equal(res.headers.get("content-type"), "text/event-stream");
-      const events = sseData(await res.text());
-      assert.equal(events.at(-1), "[DONE]");
-    });
 
-    await t.step("/v1/generate: the CLI's token ids and text, timings, cache footprint", async () => {
-      const res = await post(`${server.url}/v1/generate`, { prompt: PROMPT, max_tokens: N });
-      assert.equal(res.status, 200);
-      const g = await res.json();
-      assert.deepEqual(g.token_ids, cli.generated_ids);
-      assert.equal(g.text, cli.text);
-      assert.equal(g.finish_reason, "length");
-      assert.ok(g.time_to_first_token_ms > 0 && g.decode_tokens_per_s > 0);
-      // Positions fed: the prompt and every generated token but the last.
-      const positions = cli.prompt_ids.length + N - 1;
-      const geo = server.ctx.ready!.session.runner.cache.geometry;
-      const used = geo.usedBytes([positions]);
-      assert.equal(g.cache.tokens, positions);
-      assert.equal(g.cache.retrieval_bytes, used.retrieval);
-      assert.equal(g.cache.streaming_bytes, used.streaming);
-      assert.equal(g.cache.full_attention_bytes, geo.fullBytes(positions));
-    });
-
-    await t.step("/v1/generate from token ids, streamed, with stop strings", async () => {
-      const res = await post(`${server.url}/v1/generate`, {
-        prompt: cli.prompt_ids,
-        max_tokens: N,
-        stream: true,
-        stop: [" Lily"],
+      await t.step("raw SSE ends with data: [DONE]", async () => {
+        const res = await post(`${server.url}/v1/chat/completions`, {
+          messages: [{ role: "user", content: PROMPT }],
+          max_tokens: 4,
+          stream: true,
+        });
+        assert.equal(res.headers.get("content-type"), "text/event-stream");
+        const events = sseData(await res.text());
+        assert.equal(events.at(-1), "[DONE]");
       });
-      const events = sseData(await res.text());
-      assert.equal(events.at(-1), "[DONE]");
-      const parsed = events.slice(0, -1).map((e) => JSON.parse(e));
-      const text = parsed.map((e) => e.text ?? "").join("");
-      const end = parsed.at(-1);
-      assert.equal(text, cli.text.slice(0, cli.text.indexOf(" Lily")));
-      assert.equal(end.finish_reason, "stop");
-      assert.equal(end.stop_reason, " Lily");
-    });
 
-    await t.step("/tokenize and /detokenize", async () => {
-      const tk = await (await post(`${server.url}/tokenize`, { prompt: PROMPT })).json();
-      assert.deepEqual(tk.tokens, cli.prompt_ids);
-      assert.equal(tk.max_model_len, 512);
-      const dt = await (await post(`${server.url}/detokenize`, { tokens: cli.generated_ids }))
-        .json();
-      assert.equal(dt.prompt, cli.text);
-    });
-  } finally {
-    await server.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+      await t.step(
+        "/v1/generate: the CLI's token ids and text, timings, cache footprint",
+        async () => {
+          const res = await post(`${server.url}/v1/generate`, { prompt: PROMPT, max_tokens: N });
+          assert.equal(res.status, 200);
+          const g = await res.json();
+          assert.deepEqual(g.token_ids, cli.generated_ids);
+          assert.equal(g.text, cli.text);
+          assert.equal(g.finish_reason, "length");
+          assert.ok(g.time_to_first_token_ms > 0 && g.decode_tokens_per_s > 0);
+          // Positions fed: the prompt and every generated token but the last.
+          const positions = cli.prompt_ids.length + N - 1;
+          const geo = server.ctx.ready!.session.runner.cache.geometry;
+          const used = geo.usedBytes([positions]);
+          assert.equal(g.cache.tokens, positions);
+          assert.equal(g.cache.retrieval_bytes, used.retrieval);
+          assert.equal(g.cache.streaming_bytes, used.streaming);
+          assert.equal(g.cache.full_attention_bytes, geo.fullBytes(positions));
+        },
+      );
+
+      await t.step("/v1/generate from token ids, streamed, with stop strings", async () => {
+        const res = await post(`${server.url}/v1/generate`, {
+          prompt: cli.prompt_ids,
+          max_tokens: N,
+          stream: true,
+          stop: [" Lily"],
+        });
+        const events = sseData(await res.text());
+        assert.equal(events.at(-1), "[DONE]");
+        const parsed = events.slice(0, -1).map((e) => JSON.parse(e));
+        const text = parsed.map((e) => e.text ?? "").join("");
+        const end = parsed.at(-1);
+        assert.equal(text, cli.text.slice(0, cli.text.indexOf(" Lily")));
+        assert.equal(end.finish_reason, "stop");
+        assert.equal(end.stop_reason, " Lily");
+      });
+
+      await t.step("/tokenize and /detokenize", async () => {
+        const tk = await (await post(`${server.url}/tokenize`, { prompt: PROMPT })).json();
+        assert.deepEqual(tk.tokens, cli.prompt_ids);
+        assert.equal(tk.max_model_len, 512);
+        const dt = await (await post(`${server.url}/detokenize`, { tokens: cli.generated_ids }))
+          .json();
+        assert.equal(dt.prompt, cli.text);
+      });
+    } finally {
+      await server.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 Deno.test("chat without a template: 400 naming messages", serverTest, async () => {
   const server = await startTestServer({ model: STORIES });

@@ -1,0 +1,264 @@
+// `deno task bench` on a tiny shape (a few seconds): the outputs exist, the JSON has its schema,
+// and every ratio is the quotient of the two measured numbers it names. Also the bench's
+// GPU-free pieces: the closed-form fits against the cache manager, the Llama-3-8B figure, the
+// resampled plans and the README section tool.
+
+import assert from "node:assert/strict";
+import { KvGeometry } from "../gpu/kv_cache.ts";
+import { PRESETS, tinyConfig } from "../model/random.ts";
+import { managerStats, maxContextFit, stubDevice } from "../bench/kv.ts";
+import { KvCacheManager } from "../gpu/kv_cache.ts";
+import { benchPlans, resamplePattern } from "../bench/plans.ts";
+import { END, replaceSection, START } from "../bench/readme.ts";
+import { lineChart, niceTicks } from "../bench/svg.ts";
+import { parseGateTsv } from "../plans/duo_import.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const PATTERN = `${ROOT}../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k`;
+
+/** Resolves `a.b[2].c` (written independently of bench/report.ts's resolver). */
+function lookup(root: unknown, path: string): unknown {
+  let cur: unknown = root;
+  for (const seg of path.split(".")) {
+    const m = seg.match(/^([^[\]]+)((?:\[\d+\])*)$/);
+    assert.ok(m, `bad path segment ${seg} in ${path}`);
+    cur = (cur as Record<string, unknown>)[m[1]];
+    for (const idx of m[2].matchAll(/\[(\d+)\]/g)) cur = (cur as unknown[])[Number(idx[1])];
+  }
+  return cur;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
+}
+
+function checkStat(s: unknown, where: string, n?: number) {
+  const st = s as { median: number; min: number; max: number; spread: number; samples: number[] };
+  assert.ok(Array.isArray(st.samples) && st.samples.length > 0, `${where}: samples`);
+  if (n !== undefined) assert.equal(st.samples.length, n, `${where}: ${n} samples`);
+  assert.ok(st.samples.every((x) => typeof x === "number" && isFinite(x)), `${where}: finite`);
+  assert.equal(st.median, median(st.samples), `${where}: median of the samples`);
+  assert.equal(st.min, Math.min(...st.samples), `${where}: min`);
+  assert.equal(st.max, Math.max(...st.samples), `${where}: max`);
+}
+
+Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients of measurements", async () => {
+  const out = await Deno.makeTempDir({ prefix: "zigzag-bench-" });
+  const reps = 2;
+  const args = [
+    "run",
+    "-A",
+    "bench/bench.ts",
+    "--preset",
+    "tiny",
+    "--contexts",
+    "48,96",
+    "--prefill-contexts",
+    "48,96",
+    "--sink",
+    "4",
+    "--recent",
+    "16",
+    "--reps",
+    String(reps),
+    "--steps",
+    "1,2",
+    "--kernels",
+    "--kernel-shapes",
+    "64x40",
+    "--gemm-rows",
+    "16",
+    "--reference-mb",
+    "1",
+    "--kv-cache-mb",
+    "1",
+    "--duo-pattern",
+    "synthetic",
+    "--out",
+    out,
+  ];
+  const res = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(res.stderr);
+  assert.equal(res.code, 0, `bench failed:\n${stderr}`);
+  for (const f of ["bench.json", "bench.md", "decode.svg", "kv.svg", "prefill.svg"]) {
+    assert.ok((await Deno.stat(`${out}/${f}`)).size > 0, `${f} written`);
+  }
+  const r = JSON.parse(await Deno.readTextFile(`${out}/bench.json`));
+
+  // schema
+  assert.equal(r.schema, "zigzag-bench/1");
+  assert.equal(typeof r.adapter.name, "string");
+  assert.equal(typeof r.adapter.timestamp_query, "boolean");
+  assert.equal(r.versions.deno, Deno.version.deno);
+  assert.ok(["f16", "f32"].includes(r.options.precision));
+  assert.deepEqual(r.options.contexts, [48, 96]);
+  assert.deepEqual(Object.keys(r.plans).sort(), ["duo", "full", "streaming", "zigzag"]);
+  assert.ok(r.plans.duo.mixed_layers > 0, "duo layers are mixed");
+  assert.equal(r.plans.zigzag.mixed_layers, 0, "zigzag layers are exclusive");
+  checkStat(r.reference.readback_ms, "readback");
+  checkStat(r.reference.stream_read.best.gbps, "stream");
+  checkStat(r.reference.copy.gbps, "copy");
+  assert.ok(r.reference.stream_read.variants.length >= 2);
+  assert.equal(r.cells.length, 8);
+  for (const [i, c] of r.cells.entries()) {
+    const w = `cells[${i}]`;
+    assert.ok(["full", "duo", "zigzag", "streaming"].includes(c.plan));
+    checkStat(c.prefill_ms, `${w}.prefill_ms`, reps);
+    assert.deepEqual(c.decode.map((d: { batch: number }) => d.batch), [1, 8]);
+    for (const d of c.decode) {
+      checkStat(d.ms_per_token, `${w} decode b${d.batch}`, reps);
+      checkStat(d.ms_per_token_amortised, `${w} decode amortised`, reps);
+      assert.equal(d.gbps, d.bytes_per_step / (d.ms_per_token.median * 1e6));
+      assert.ok(d.kv_bytes > 0);
+    }
+    assert.equal(c.kv.bytes, c.kv.closed_form_bytes, `${w}: manager bytes = closed form`);
+    assert.equal(c.kv.ratio_to_full, c.kv.bytes / c.kv.full_attention_bytes);
+  }
+  const full = r.cells.find((c: { plan: string; context: number }) =>
+    c.plan === "full" && c.context === 96
+  );
+  const zig = r.cells.find((c: { plan: string; context: number }) =>
+    c.plan === "zigzag" && c.context === 96
+  );
+  assert.ok(zig.kv.bytes < full.kv.bytes);
+  assert.equal(r.kernels.length, 6); // gemv r1, gemv r8, gemm x 2 dtypes (or 3 with f32 only)
+  for (const k of r.kernels) checkStat(k.gbps, `kernel ${k.kind}`);
+  assert.ok(r.fits.length >= 4);
+
+  // every ratio: value = num / den, and num, den are the numbers at the paths it names
+  assert.ok(r.ratios.length > 20);
+  const ids = new Set<string>();
+  for (const x of r.ratios) {
+    assert.ok(!ids.has(x.id), `ratio ${x.id} unique`);
+    ids.add(x.id);
+    assert.equal(x.num, lookup(r, x.num_ref), `${x.id}: num is ${x.num_ref}`);
+    assert.equal(x.den, lookup(r, x.den_ref), `${x.id}: den is ${x.den_ref}`);
+    assert.equal(x.value, x.num / x.den, `${x.id}: value = num / den`);
+  }
+  for (
+    const id of ["decode.b1.zigzag/full@96", "decode.b8.zigzag/duo@96", "prefill.zigzag/full@96"]
+  ) {
+    assert.ok(ids.has(id), `ratio ${id} present`);
+  }
+  const decodeRatio = r.ratios.find((x: { id: string }) => x.id === "decode.b8.zigzag/full@96");
+  assert.equal(decodeRatio.num, zig.decode[1].ms_per_token.median);
+  assert.equal(decodeRatio.den, full.decode[1].ms_per_token.median);
+
+  // targets: the value is the named ratio (or, for linearity, its exponent)
+  for (const t of r.targets) {
+    if (t.value === null) continue;
+    const ratio = r.ratios.find((x: { id: string }) => x.id === t.ratio_id);
+    assert.ok(ratio, `target ${t.id} names ratio ${t.ratio_id}`);
+    if (t.id === "issue3.linear") {
+      const sp = r.issue3.streaming_prefill;
+      assert.equal(t.value, Math.log(ratio.value) / Math.log(sp.contexts.at(-1) / sp.contexts[0]));
+    } else {
+      assert.equal(t.value, ratio.value, `target ${t.id}`);
+    }
+    assert.equal(t.met, t.op === "<=" ? t.value <= t.target : t.value >= t.target);
+  }
+  assert.ok(r.issue3.llama3_8b_32k.ratio_to_full <= 0.52);
+
+  const md = await Deno.readTextFile(`${out}/bench.md`);
+  assert.ok(md.includes(r.adapter.name));
+  assert.ok(md.includes("Targets"));
+  assert.match(await Deno.readTextFile(`${out}/decode.svg`), /^<svg[^>]*>[\s\S]*<\/svg>\s*$/);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("bench: longest context that fits = what the cache manager admits", () => {
+  const c = tinyConfig({ nLayers: 4, nKvHeads: 2, nHeads: 4 });
+  const plans = benchPlans(c, { sink: 4, recent: 12, budget: 0.5, patternDir: null });
+  for (const name of ["full", "duo", "zigzag"] as const) {
+    for (const seqs of [1, 3]) {
+      const g = new KvGeometry(c, plans.plans[name], "f16");
+      const budget = 50_000 + seqs * g.ringBytes;
+      const fit = maxContextFit(g, budget, seqs);
+      assert.ok(fit.max_context! > 0);
+      const m = new KvCacheManager(stubDevice(), c, plans.plans[name], {
+        budgetBytes: budget,
+        maxSeqs: seqs,
+        maxSeqLen: 1 << 20,
+        kvDtype: "f16",
+      });
+      const all = Array.from({ length: seqs }, () => m.open()!);
+      for (const s of all) assert.ok(m.ensure(s, fit.max_context!), `${name}: fits`);
+      assert.ok(!m.ensure(all[0], fit.max_context! + 1), `${name}: one more token does not`);
+    }
+  }
+  const s = maxContextFit(new KvGeometry(c, plans.plans.streaming, "f16"), 1 << 20, 8);
+  assert.equal(s.unbounded, true);
+});
+
+Deno.test("bench: Llama-3-8B at 32k, 50% zigzag holds <= 0.52x the full KV bytes", () => {
+  const c = PRESETS["llama-3-8b"];
+  let dir: string | null = PATTERN;
+  try {
+    Deno.statSync(`${PATTERN}/full_attention_heads.tsv`);
+  } catch {
+    dir = null;
+  }
+  const p = benchPlans(c, { sink: 64, recent: 256, budget: 0.5, patternDir: dir });
+  assert.equal(p.summaries.zigzag.retrieval_layers.length, 16);
+  const st = managerStats(c, p.plans.zigzag, "f16", [32768]);
+  const used = new KvGeometry(c, p.plans.zigzag, "f16").usedBytes([32768]);
+  assert.equal(st.total.bytes_used, used.retrieval + used.streaming);
+  assert.equal(st.full_attention_bytes, 32768 * 2 * 32 * 8 * 128 * 2);
+  // 16 retrieval layers hold everything; 16 streaming layers 320 tokens.
+  assert.equal(st.total.bytes_used, (32768 * 16 + 320 * 16) * 2 * 8 * 128 * 2);
+  assert.ok(st.ratio_to_full <= 0.52);
+});
+
+Deno.test("bench: resampled DuoAttention patterns keep the budget and stay mixed", () => {
+  let tsv: string;
+  try {
+    tsv = Deno.readTextFileSync(`${PATTERN}/full_attention_heads.tsv`);
+  } catch {
+    return; // the shared patterns are not here
+  }
+  const gates = parseGateTsv(tsv);
+  for (const [L, H] of [[30, 3], [24, 2], [16, 8], [2, 3], [5, 4]]) {
+    const p = resamplePattern(gates, L, H, 0.5);
+    const kept = p.duo.flat().filter(Boolean).length;
+    assert.equal(kept, Math.ceil(L * H * 0.5), `${L}x${H}: duo budget`);
+    assert.equal(p.zigzag.length, Math.ceil(L * 0.5), `${L}x${H}: zigzag budget`);
+    const mixed = p.duo.filter((row) => row.some(Boolean) && !row.every(Boolean)).length;
+    assert.ok(mixed >= 0.8 * L, `${L}x${H}: ${mixed} of ${L} layers mixed`);
+  }
+  // The model of the file itself: imported as is.
+  const c = { ...PRESETS["llama-3-8b"] };
+  const p = benchPlans(c, { sink: 64, recent: 256, budget: 0.5, patternDir: PATTERN });
+  assert.equal(p.summaries.duo.source, "import:Llama-3-8B-Instruct-Gradient-1048k");
+  assert.equal(p.summaries.duo.retrieval_kv_heads, 128);
+});
+
+Deno.test("bench-readme: replaces only the text between the markers", () => {
+  const readme = `# x\n\nintro\n\n${START}\nold\n${END}\n\nafter\n`;
+  const next = replaceSection(readme, "NEW TABLE");
+  assert.equal(next, `# x\n\nintro\n\n${START}\nNEW TABLE\n${END}\n\nafter\n`);
+  assert.equal(replaceSection(next, "NEW TABLE"), next);
+  assert.throws(() => replaceSection("# no markers\n", "x"), /bench:start/);
+});
+
+Deno.test("bench svg: ticks and a well-formed chart", () => {
+  assert.deepEqual(niceTicks(9.3), [0, 2, 4, 6, 8, 10]);
+  const svg = lineChart({
+    title: "t <&>",
+    xLabel: "x",
+    yLabel: "y",
+    logX: true,
+    series: [{ name: "a", points: [[1024, 1], [2048, 3]] }, { name: "b", points: [[1024, 2]] }],
+  });
+  assert.match(svg, /^<svg /);
+  assert.ok(svg.includes("t &lt;&amp;&gt;"));
+  assert.equal((svg.match(/<path /g) ?? []).length, 1);
+  assert.equal((svg.match(/<circle /g) ?? []).length, 3);
+});
