@@ -252,6 +252,14 @@ async function main(): Promise<number> {
   );
 
   // ---- references ----------------------------------------------------------------------------
+  const phases: Record<string, number> = {};
+  let phaseStart = performance.now();
+  const phase = (name: string) => {
+    const now = performance.now();
+    phases[name] = +((now - phaseStart) / 1000).toFixed(2);
+    phaseStart = now;
+  };
+  phase("setup");
   const pipelines = new Pipelines(gpu.device);
   const timer = new PassTimer(gpu);
   const rep = { samples: quick ? 3 : 5, lo: 1, hi: 3 };
@@ -263,6 +271,7 @@ async function main(): Promise<number> {
   const stream = await measureStreamRead(gpu, pipelines, timer, refBytes, rep);
   bar.update(2, 3, "copyBufferToBuffer");
   const copy = await measureCopy(gpu, refBytes, { samples: rep.samples, lo: 1, hi: 5 });
+  phase("references");
   bar.done(
     `stream ${stream.best.gbps.median.toFixed(2)} GB/s, copy ${copy.gbps.median.toFixed(2)} GB/s`,
   );
@@ -284,6 +293,7 @@ async function main(): Promise<number> {
     );
   }
   bar.done();
+  phase("decode_gemv");
   const gemvBytes = gemvs.reduce((s, g) => s + g.weight_bytes, 0);
   const gemvMs = gemvs.reduce((s, g) => s + g.ms.median, 0);
 
@@ -329,6 +339,7 @@ async function main(): Promise<number> {
       );
     }
     bar.done();
+    phase("kernels");
   }
 
   // ---- the model bench ------------------------------------------------------------------------
@@ -349,9 +360,11 @@ async function main(): Promise<number> {
     onProgress: (done, total, note) => modelBar.update(done, total, note),
   });
   bar.done();
+  phase("runners");
   const cells = await mb.run();
   modelBar.done();
   mb.destroy();
+  phase("model");
 
   // ---- memory figures (no GPU) -----------------------------------------------------------------
   const fits = planNames.flatMap((p) =>
@@ -488,6 +501,7 @@ async function main(): Promise<number> {
     ratios: [],
     targets: [],
     elapsed_s: 0,
+    phases_s: phases,
   };
   result.ratios = buildRatios(result);
   result.targets = buildTargets(result);

@@ -104,6 +104,8 @@ export interface BenchResult {
   ratios: Ratio[];
   targets: Target[];
   elapsed_s: number;
+  /** Wall seconds per phase of the run. */
+  phases_s: Record<string, number>;
 }
 
 /** Resolves `a.b[2].c` in an object. */

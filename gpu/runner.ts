@@ -471,16 +471,16 @@ export class ModelRunner {
         ),
       ];
     }
-    // Bindings 6 (out) and 7 (partials): decode writes partials only, merge reads no cache.
+    // decode writes `out` itself when there is one split, else partials that merge combines.
     const decode = await this.#kernel(
       { file: "attention.wgsl", entry: "decode", constants },
-      [...common, null, this.#partials],
+      [...common, this.#attn, this.#partials],
       (rows, _lr, splits) => [rows, nq, splits],
     );
     const merge = await this.#kernel(
       { file: "attention.wgsl", entry: "merge", constants },
       [this.#fwd, null, null, null, null, null, this.#attn, this.#partials],
-      (rows) => [rows, nq, 1],
+      (rows, _lr, splits) => splits > 1 ? [rows, nq, 1] : [0, 0, 0],
     );
     return [decode, merge];
   }

@@ -117,7 +117,8 @@ const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)
 const cap = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
 function sentence(r: Rand): string {
-  const a = () => `${pick(r, ["the", "this", "the", "one", "that"])} ${pick(r, ADJECTIVES)} ${pick(r, NOUNS)}`;
+  const a = () =>
+    `${pick(r, ["the", "this", "the", "one", "that"])} ${pick(r, ADJECTIVES)} ${pick(r, NOUNS)}`;
   switch (Math.floor(r() * 8)) {
     case 0:
       return `${cap(a())} ${pick(r, VERBS)} ${a()} ${pick(r, PLACES)}.`;
@@ -126,9 +127,9 @@ function sentence(r: Rand): string {
         pick(r, VERBS)
       } ${a()}.`;
     case 2:
-      return `${cap(pick(r, PLACES))}, ${pick(r, NAMES)} ${pick(r, ADVERBS)} ${pick(r, VERBS)} ${
-        a()
-      }.`;
+      return `${cap(pick(r, PLACES))}, ${pick(r, NAMES)} ${pick(r, ADVERBS)} ${
+        pick(r, VERBS)
+      } ${a()}.`;
     case 3:
       return `Nobody knew why ${a()} was so ${pick(r, ADJECTIVES)}.`;
     case 4:
@@ -380,7 +381,10 @@ function shuffle<T>(r: Rand, xs: T[]): T[] {
 }
 
 /** The calibration set: `samples` documents per length, deterministic from `seed`. */
-export function calibrationSet(tokenizer: Tokenizer, opts: CalibrationOptions): CalibrationSample[] {
+export function calibrationSet(
+  tokenizer: Tokenizer,
+  opts: CalibrationOptions,
+): CalibrationSample[] {
   const k = opts.needles ?? 1;
   const digits = opts.digits ?? 5;
   if (!(k >= 1 && Number.isInteger(k))) throw new Error(`needles must be a positive integer`);

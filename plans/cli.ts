@@ -2,16 +2,24 @@
 //
 //   deno task plan import-duo --tsv full_attention_heads.tsv [--config config.json] --budget 0.5 \
 //     --mode zigzag [--criterion sum|demoted] --out plan.json [--architecture NAME] [--head-dim N]
+//   deno task plan identify --model PATH [--method ablate|retrieval-score|razor] --budget 0.5 \
+//     [--mode zigzag|duo] [--lengths 512,1024] [--samples N] [--seed S] [--sink N --recent N] \
+//     --out plan.json [--svg heatmap.svg]
 
 import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { progress } from "../engine/progress.ts";
+import { getGpu, resolvePrecision } from "../gpu/device.ts";
+import { loadModel } from "../model/load.ts";
 import { type DuoConfig, importDuo, parseDuoConfig } from "./duo_import.ts";
+import { heatmapSvg } from "./heatmap.ts";
+import { identify, METHODS } from "./identify.ts";
 import { type Plan, savePlan } from "./schema.ts";
 
 export const USAGE = `usage: deno task plan <command> [flags]
 
 commands:
   import-duo   build a duo or zigzag plan from DuoAttention's full_attention_heads.tsv
-  identify     find retrieval heads on a model (not available yet)
+  identify     find a model's retrieval layers (zigzag) or KV heads (duo) with forward passes
 
 import-duo flags:
   --tsv FILE           DuoAttention gate matrix, num_layers x num_kv_heads (required)
@@ -25,7 +33,27 @@ import-duo flags:
   --head-dim N         the model's head dimension (default 128)
   --source TEXT        provenance.source (default: the --tsv path)
   --sink N             override the sink size
-  --recent N           override the recent window`;
+  --recent N           override the recent window
+
+identify flags:
+  --model PATH         model directory (Hugging Face) or llama2.c .bin (required)
+  --tokenizer PATH     tokenizer, when not next to the model
+  --method M           ablate (default; GPU), retrieval-score or razor (CPU attention probe)
+  --mode MODE          zigzag (default) or duo
+  --budget B           fraction of layers (zigzag) or KV heads (duo) kept as retrieval, in (0, 1];
+                       keeps ceil(count * B) (required)
+  --lengths L,...      calibration document lengths in tokens (default: 1024 or the context)
+  --samples N          documents per length (default 2); razor: random sequences
+  --seed S             calibration seed (default 0)
+  --needles K          passkeys per document (default 1: "The pass key is ..."; more: named codes)
+  --haystack FILE      plain text to hide the passkeys in (default: built-in filler)
+  --sink N             attention-sink tokens of streaming units (default 64)
+  --recent N           recent window of streaming units (default 256)
+  --precision P        ablate: f32 (default) or f16
+  --chunk N            ablate: prefill chunk (default 256)
+  --rounds N           ablate, zigzag: layer-swap rounds after the first choice (default 2)
+  --out FILE           where to write the plan JSON (required)
+  --svg FILE           also write a heatmap of the scores (layers x KV heads)`;
 
 async function readFlagFile(flag: string, path: string): Promise<string> {
   try {
@@ -47,7 +75,11 @@ export function describePlan(plan: Plan): string[] {
   if (plan.mode === "zigzag") {
     const chosen = plan.layers!.flatMap((k, l) => (k === "retrieval" ? [l] : []));
     lines.push(
-      `zigzag, budget ${budget}, criterion ${plan.provenance.criterion ?? "sum"}: ` +
+      `zigzag, budget ${budget}, ${
+        typeof plan.provenance.layer_score === "string"
+          ? `method ${plan.provenance.method}`
+          : `criterion ${plan.provenance.criterion ?? "sum"}`
+      }: ` +
         `${chosen.length} of ${m.num_layers} layers retrieval`,
       `retrieval layers: ${chosen.join(", ")}`,
     );
@@ -134,17 +166,143 @@ async function importDuoCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+function parseLengths(raw: string | undefined, context: number): number[] {
+  if (raw === undefined) return [Math.min(1024, context)];
+  const parts = raw.split(",").map((p) => p.trim());
+  const out = parts.map((p) => {
+    const v = Number(p);
+    if (p === "" || !Number.isInteger(v) || v < 16) {
+      throw new CliError(`--lengths: expected integers >= 16 separated by commas, got ${raw}`);
+    }
+    if (v > context) {
+      throw new CliError(`--lengths: ${v} exceeds the model's context of ${context} tokens`);
+    }
+    return v;
+  });
+  return out;
+}
+
+async function writeFile(path: string, text: string): Promise<void> {
+  const slash = path.lastIndexOf("/");
+  if (slash > 0) await Deno.mkdir(path.slice(0, slash), { recursive: true });
+  await Deno.writeTextFile(path, text);
+}
+
+async function identifyCommand(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    console.log(USAGE);
+    return 0;
+  }
+  const args = parseArgs(argv, {
+    values: [
+      "model",
+      "tokenizer",
+      "method",
+      "mode",
+      "budget",
+      "lengths",
+      "samples",
+      "seed",
+      "needles",
+      "haystack",
+      "sink",
+      "recent",
+      "precision",
+      "chunk",
+      "rounds",
+      "out",
+      "svg",
+    ],
+  });
+  if (args.positionals.length > 0) {
+    throw new CliError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+  }
+  const modelPath = args.string("model");
+  const method = args.optionalChoice("method", METHODS) ?? "ablate";
+  const mode = args.optionalChoice("mode", ["zigzag", "duo"] as const) ?? "zigzag";
+  const budget = args.number("budget");
+  if (!(budget > 0 && budget <= 1)) throw new CliError(`--budget must be in (0, 1], got ${budget}`);
+  const samples = args.optionalNumber("samples", { integer: true, min: 1 }) ?? 2;
+  const seed = args.optionalNumber("seed", { integer: true, min: 0 }) ?? 0;
+  const needles = args.optionalNumber("needles", { integer: true, min: 1, max: 64 }) ?? 1;
+  const sink = args.optionalNumber("sink", { integer: true, min: 0 }) ?? 64;
+  const recent = args.optionalNumber("recent", { integer: true, min: 1 }) ?? 256;
+  const precisionArg = args.optionalChoice("precision", ["f16", "f32"] as const);
+  const chunk = args.optionalNumber("chunk", { integer: true, min: 1, max: 4096 });
+  const rounds = args.optionalNumber("rounds", { integer: true, min: 0, max: 100 });
+  const out = args.string("out");
+  const svg = args.optionalString("svg");
+  const haystackPath = args.optionalString("haystack");
+  const haystack = haystackPath === undefined
+    ? undefined
+    : await readFlagFile("haystack", haystackPath);
+  if (haystack !== undefined && haystack.trim().length < 200) {
+    throw new CliError(`--haystack: ${haystackPath} holds too little text`);
+  }
+
+  const loading = progress("loading model");
+  const model = await loadModel(modelPath, {
+    tokenizerPath: args.optionalString("tokenizer"),
+    onProgress: (done, total) => loading.update(done, total),
+  });
+  loading.done();
+  const lengths = parseLengths(args.optionalString("lengths"), model.config.maxSeqLen);
+  if (Math.max(...lengths) <= sink + recent && method !== "razor") {
+    console.error(
+      `warning: every calibration document fits in the streaming window (sink ${sink} + recent ` +
+        `${recent}); streaming changes nothing there. Use longer --lengths or a smaller window.`,
+    );
+  }
+  let precision: "f16" | "f32" = "f32";
+  let gpu;
+  if (method === "ablate") {
+    gpu = await getGpu();
+    precision = resolvePrecision(gpu, precisionArg ?? "f32");
+    console.error(`device: ${gpu.adapterName} (${gpu.backend}), ${precision}`);
+  }
+  const bar = progress(`identify (${method})`);
+  const result = await identify(model, {
+    method,
+    mode,
+    budget,
+    lengths,
+    samples,
+    seed,
+    sink,
+    recent,
+    needles,
+    haystack,
+    precision,
+    chunk,
+    rounds,
+    gpu,
+    source: modelPath,
+    onProgress: (done, total, note) => bar.update(done, total, note),
+  });
+  bar.done();
+  await savePlan(out, result.plan);
+  for (const line of describePlan(result.plan)) console.log(line);
+  const scores = result.plan.scores?.layers ?? [];
+  console.log(`layer scores: ${scores.map((v) => Number(v.toPrecision(3))).join(" ")}`);
+  console.log(
+    `calibration: ${result.forwardTokens} forward tokens in ${result.wallSeconds.toFixed(1)} s ` +
+      `(${Math.round(result.forwardTokens / Math.max(1e-9, result.wallSeconds))} tokens/s)`,
+  );
+  console.log(`wrote ${out}`);
+  if (svg !== undefined) {
+    await writeFile(svg, heatmapSvg(result.plan));
+    console.log(`wrote ${svg}`);
+  }
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case "import-duo":
       return await importDuoCommand(rest);
     case "identify":
-      console.error(
-        "error: `plan identify` is not available yet; use `plan import-duo` with published " +
-          "DuoAttention patterns",
-      );
-      return 2;
+      return await identifyCommand(rest);
     case "help":
     case "--help":
     case "-h":

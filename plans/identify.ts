@@ -107,7 +107,9 @@ export async function identify(model: LoadedModel, opts: IdentifyOptions): Promi
   }
   for (const n of opts.lengths) {
     if (!(Number.isInteger(n) && n > 0 && n <= c.maxSeqLen)) {
-      throw new RangeError(`calibration length ${n} is outside the model's context (${c.maxSeqLen})`);
+      throw new RangeError(
+        `calibration length ${n} is outside the model's context (${c.maxSeqLen})`,
+      );
     }
   }
   if (!(Number.isInteger(opts.samples) && opts.samples >= 1)) {
@@ -369,7 +371,11 @@ async function ablate(
   const history: { layers: number[]; deviation: number; logprob_drop: number }[] = [];
   if (rounds > 0 && k < c.nLayers) {
     let current = await planDeviation(chosen);
-    history.push({ layers: [...chosen], deviation: round(current.deviation), logprob_drop: round(current.drop) });
+    history.push({
+      layers: [...chosen],
+      deviation: round(current.deviation),
+      logprob_drop: round(current.drop),
+    });
     for (let r = 0; r < rounds; r++) {
       const outs = [...chosen].sort((a, b) => unitScore[a] - unitScore[b] || b - a).slice(0, m);
       const ins = unitScore.map((_, l) => l).filter((l) => !chosen.includes(l))
@@ -385,7 +391,11 @@ async function ablate(
       if (!best || !(best.deviation < current.deviation)) break;
       chosen = best.set;
       current = best;
-      history.push({ layers: [...chosen], deviation: round(current.deviation), logprob_drop: round(current.drop) });
+      history.push({
+        layers: [...chosen],
+        deviation: round(current.deviation),
+        logprob_drop: round(current.drop),
+      });
     }
   }
   return {
@@ -511,7 +521,8 @@ function razor(model: LoadedModel, opts: IdentifyOptions, tracker: Tracker): Sco
   return {
     kvHeads: kv,
     layers,
-    layerScore: "max over KV heads of max(echo, induction) (RazorAttention; KV head = max over group)",
+    layerScore:
+      "max over KV heads of max(echo, induction) (RazorAttention; KV head = max over group)",
     details: {
       razor: {
         block: n,

@@ -92,15 +92,23 @@ export async function passkeyAccuracy(
         first.push(r.token);
         forwardTokens += group[i].tokens.length;
       }
-      const want = Math.max(...group.map((p) => tokenizer.encode(p.answer, { addSpecialTokens: false }).length)) + 1;
+      const want = Math.max(...group.map((p) =>
+        tokenizer.encode(p.answer, { addSpecialTokens: false }).length
+      )) + 1;
       const generated = first.map((t) => [t]);
       while (generated[0].length < want) {
         const steps = Math.min(runner.opts.maxDecodeSteps, want - generated[0].length);
         const d = await runner.decode(
-          seqs.map((seq, i) => ({ seq, token: generated[i][generated[i].length - 1], sampling: GREEDY })),
+          seqs.map((seq, i) => ({
+            seq,
+            token: generated[i][generated[i].length - 1],
+            sampling: GREEDY,
+          })),
           steps,
         );
-        d.tokens.forEach((t, i) => generated[i].push(...t));
+        d.tokens.forEach((t, i) =>
+          generated[i].push(...t)
+        );
         forwardTokens += steps * group.length;
       }
       group.forEach((p, i) => {

@@ -551,9 +551,9 @@ Deno.test("plan CLI: import-duo, bad flags, identify", async () => {
     assert.equal(badMode.code, 2);
     assert.match(badMode.stderr, /--mode must be one of duo, zigzag/);
 
-    const identify = await cli("identify");
+    const identify = await cli("identify", "--budget", "0.5", "--out", `${dir}/id.json`);
     assert.equal(identify.code, 2);
-    assert.match(identify.stderr, /not available yet/);
+    assert.match(identify.stderr, /missing required flag --model/);
     assert.equal(identify.stdout, "");
   } finally {
     await Deno.remove(dir, { recursive: true });

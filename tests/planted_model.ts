@@ -39,7 +39,13 @@
 // the induction head's window and the answer is lost, while streaming any other layer changes
 // nothing. Random token blocks repeated 4 times light up the same head (induction ~1).
 
-import type { HostTensor, LayerWeights, ModelConfig, ModelWeights, Tokenizer } from "../model/types.ts";
+import type {
+  HostTensor,
+  LayerWeights,
+  ModelConfig,
+  ModelWeights,
+  Tokenizer,
+} from "../model/types.ts";
 import type { LoadedModel } from "../model/types.ts";
 
 export const PLANTED_LAYER = 2;
@@ -146,8 +152,8 @@ export function plantedModel(): LoadedModel {
   const qDim = N_HEADS * HEAD_DIM;
   const kvDim = N_KV * HEAD_DIM;
   // Sum of squares of the residual at each layer's input (sharp attention, junk neglected):
-  // E, K, C = 3; + P1, P2 after layer 0; + O after layer 2.
-  const ss = [3, 5, 5, 5, 6];
+  // E, K, C = 3; + P1, P2 after layer 0; + O after layer 2 (layer 3 and the final norm).
+  const ss = [3, 5, 5, 6, 6];
   const gamma = ss.map((s) => Math.sqrt(DIM / s)); // 1 / rms: what the norm multiplies by
   const omega = Array.from({ length: 64 }, (_, k) => Math.pow(THETA, -(2 * k) / HEAD_DIM));
   const scaleSqrt = Math.sqrt(Math.sqrt(HEAD_DIM)); // q.k is divided by sqrt(head_dim)

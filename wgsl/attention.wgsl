@@ -11,7 +11,7 @@
 //
 // Entry points: `prefill` (tiles of 16 query rows of one sequence, online softmax over 16-key
 // tiles), `decode` (one query row per workgroup, split-K over keys, partials) and `merge`
-// (combines the split-K partials).
+// (combines the split-K partials; with a single split `decode` writes the output itself).
 
 override HEAD_DIM: u32;       // dims per head, <= 128
 override GROUP: u32;          // query heads per KV head
@@ -248,10 +248,16 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   sum = reduce(sum, tid, false);
   let nq = N_HEADS; // partial stride uses the model's head count so every dispatch fits
   let pidx = (r * nq + h) * fwd.n_splits + split;
+  // One split (short contexts): normalise and write the output here; `merge` is not run.
+  let single = fwd.n_splits == 1u;
   for (var d = tid; d < HEAD_DIM; d += 64u) {
     var a = 0.0;
     for (var v = 0u; v < n; v++) { a += sc[v] * load_kv(row, r, nth_key(i, v0 + v), kvh, d, 1u); }
-    partials[pidx * (HEAD_DIM + 2u) + 2u + d] = a;
+    if (single) {
+      out[r * N_HEADS * HEAD_DIM + h * HEAD_DIM + d] = a / sum;
+    } else {
+      partials[pidx * (HEAD_DIM + 2u) + 2u + d] = a;
+    }
   }
   if (tid == 0u) {
     partials[pidx * (HEAD_DIM + 2u)] = mx;
