@@ -1,0 +1,270 @@
+// deno task eval: pass-key retrieval accuracy on a grid of lengths x depths, per plan, on a real
+// model (../shared/models/passkey-llama by default). Exact match of " " + digits, greedy, fixed
+// seeds. Writes JSON, a Markdown table and one SVG heatmap per plan, with progress on a TTY.
+//
+//   deno task eval [--model DIR] [--plans full,streaming,zigzag.json,...] [--lengths 256,512]
+//     [--depths 0.1,0.5,0.9] [--samples N] [--seed S] [--sink 16 --recent 64]
+//     [--precision f16|f32] [--quick] [--out DIR]
+
+import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { getGpu, resolvePrecision } from "../gpu/device.ts";
+import { ModelRunner } from "../gpu/runner.ts";
+import { loadModel } from "../model/load.ts";
+import type { LoadedModel } from "../model/types.ts";
+import { DEFAULT_DEPTHS, passkeyAccuracy, type PasskeyCell } from "../plans/passkey.ts";
+import { loadPlanArg } from "../plans/resolve.ts";
+import { progress } from "../engine/progress.ts";
+import { accuracyHeatmap } from "./heatmap.ts";
+
+const DEFAULT_MODEL = "../shared/models/passkey-llama";
+export const EVAL_SCHEMA = "zigzag-eval/1";
+
+export interface PlanEval {
+  /** What was passed to --plans. */
+  plan: string;
+  mode: string;
+  sink: number;
+  recent: number;
+  retrieval_layers: number[];
+  cells: PasskeyCell[];
+  /** Accuracy per length, in [0, 1]. */
+  by_length: Record<string, number>;
+  /** Accuracy over every prompt. */
+  overall: number;
+  forward_tokens: number;
+  wall_s: number;
+}
+
+export interface EvalResult {
+  schema: typeof EVAL_SCHEMA;
+  created: string;
+  model: string;
+  adapter: string;
+  deno: string;
+  precision: string;
+  seed: number;
+  samples: number;
+  lengths: number[];
+  depths: number[];
+  plans: PlanEval[];
+  /** Plans (other than full) within 5 points of full at every length where full >= 90%. */
+  target: { description: string; results: { plan: string; met: boolean; worst_gap: number }[] };
+}
+
+export interface EvalOptions {
+  model: LoadedModel;
+  modelPath: string;
+  plans: string[];
+  lengths: number[];
+  depths: number[];
+  samples: number;
+  seed: number;
+  sink: number;
+  recent: number;
+  precision?: "f16" | "f32";
+  quiet?: boolean;
+}
+
+export async function runEval(o: EvalOptions): Promise<EvalResult> {
+  const gpu = await getGpu();
+  const precision = resolvePrecision(gpu, o.precision ?? "f32");
+  const tokenizer = o.model.tokenizer;
+  if (!tokenizer) throw new CliError(`--model ${o.modelPath}: the model has no tokenizer`);
+  const maxLen = Math.max(...o.lengths) + 16;
+  if (maxLen > o.model.config.maxSeqLen + 16) {
+    throw new CliError(`--lengths: ${Math.max(...o.lengths)} exceeds the model's context`);
+  }
+  const plans: PlanEval[] = [];
+  for (const name of o.plans) {
+    const plan = await loadPlanArg(name, o.model.config, { sink: o.sink, recent: o.recent });
+    const runner = await ModelRunner.create(gpu, o.model, {
+      precision,
+      plan,
+      prefillChunk: 256,
+      maxBatch: 8,
+      maxDecodeSteps: 8,
+      kvCacheBytes: 256 << 20,
+      maxSeqLen: Math.min(o.model.config.maxSeqLen, maxLen),
+    });
+    const bar = o.quiet ? null : progress(`eval ${name}`);
+    const t0 = performance.now();
+    const res = await passkeyAccuracy(runner, tokenizer, {
+      lengths: o.lengths,
+      depths: o.depths,
+      samples: o.samples,
+      seed: o.seed,
+      onProgress: (d, t) => bar?.update(d, t),
+    });
+    const wall = (performance.now() - t0) / 1000;
+    bar?.done();
+    runner.destroy();
+    const total = res.cells.reduce((a, c) => a + c.total, 0);
+    plans.push({
+      plan: name,
+      mode: plan.mode,
+      sink: plan.sink,
+      recent: plan.recent,
+      retrieval_layers: plan.layers.flatMap((l, i) => l.kind === "retrieval" ? [i] : []),
+      cells: res.cells,
+      by_length: Object.fromEntries(Object.entries(res.byLength).map(([k, v]) => [k, v])),
+      overall: total ? res.cells.reduce((a, c) => a + c.correct, 0) / total : 0,
+      forward_tokens: res.forwardTokens,
+      wall_s: wall,
+    });
+  }
+  const full = plans.find((p) => p.mode === "full");
+  const results = plans.filter((p) => p !== full).map((p) => {
+    let worst = 0;
+    for (const l of o.lengths) {
+      const f = full?.by_length[l] ?? 0;
+      if (f >= 0.9) worst = Math.max(worst, (f - (p.by_length[l] ?? 0)) * 100);
+    }
+    return { plan: p.plan, met: full !== undefined && worst <= 5, worst_gap: worst };
+  });
+  return {
+    schema: EVAL_SCHEMA,
+    created: new Date().toISOString(),
+    model: o.modelPath,
+    adapter: gpu.adapterName,
+    deno: Deno.version.deno,
+    precision,
+    seed: o.seed,
+    samples: o.samples,
+    lengths: o.lengths,
+    depths: o.depths,
+    plans,
+    target: {
+      description: "accuracy within 5 points of full wherever full is >= 90% (worst gap, points)",
+      results,
+    },
+  };
+}
+
+/** The Markdown table: one row per plan, accuracy per length. */
+export function evalMarkdown(r: EvalResult): string {
+  const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
+  const lines = [
+    `Pass-key accuracy on \`${r.model}\` (${r.adapter}, ${r.precision}; ${r.samples} prompts ` +
+    `per length x depth, depths ${r.depths.join(", ")}, seed ${r.seed}):`,
+    "",
+    `| plan | sink + recent | retrieval layers | ${r.lengths.join(" | ")} | all |`,
+    `| --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- |`,
+  ];
+  for (const p of r.plans) {
+    const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+    const layers = p.mode === "full"
+      ? "all"
+      : p.retrieval_layers.length
+      ? p.retrieval_layers.join(", ")
+      : "none";
+    lines.push(
+      `| ${p.plan} | ${sr} | ${layers} | ${
+        r.lengths.map((l) => pct(p.by_length[l])).join(" | ")
+      } | ${pct(p.overall)} |`,
+    );
+  }
+  lines.push("");
+  for (const t of r.target.results) {
+    lines.push(
+      `- ${t.plan}: ${t.met ? "meets" : "misses"} the target (worst gap ${
+        t.worst_gap.toFixed(1)
+      } points where full >= 90%)`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+function list(s: string, flag: string, parse: (v: string) => number): number[] {
+  const out = s.split(",").map((v) => parse(v.trim()));
+  if (out.some((v) => !Number.isFinite(v))) throw new CliError(`--${flag}: bad list "${s}"`);
+  return out;
+}
+
+function fileSafe(name: string): string {
+  return name.replace(/^.*\//, "").replace(/\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "_");
+}
+
+async function main(): Promise<number> {
+  const a = parseArgs(Deno.args, {
+    booleans: ["quick", "help"],
+    values: [
+      "model",
+      "plans",
+      "lengths",
+      "depths",
+      "samples",
+      "seed",
+      "sink",
+      "recent",
+      "precision",
+      "out",
+    ],
+  });
+  if (a.boolean("help")) {
+    console.log(
+      "usage: deno task eval [--model DIR] [--plans full,streaming,FILE] [--lengths 256,512] " +
+        "[--depths 0.1,0.5] [--samples N] [--seed S] [--sink N --recent N] [--quick] [--out DIR]",
+    );
+    return 0;
+  }
+  const quick = a.boolean("quick");
+  const modelPath = a.optionalString("model") ?? DEFAULT_MODEL;
+  const model = await loadModel(modelPath);
+  const shipped = await shippedPlansFor(model);
+  const plans = (a.optionalString("plans") ?? ["full", "streaming", ...shipped].join(","))
+    .split(",").map((s) => s.trim()).filter(Boolean);
+  const lengths = list(
+    a.optionalString("lengths") ?? (quick ? "256,512" : "256,512,1024,2048"),
+    "lengths",
+    (v) => parseInt(v, 10),
+  );
+  const depths = list(
+    a.optionalString("depths") ?? (quick ? "0.1,0.5,0.9" : DEFAULT_DEPTHS.join(",")),
+    "depths",
+    Number,
+  );
+  if (depths.some((d) => d < 0 || d > 1)) throw new CliError("--depths must lie in [0, 1]");
+  const result = await runEval({
+    model,
+    modelPath,
+    plans,
+    lengths,
+    depths,
+    samples: a.optionalNumber("samples", { integer: true, min: 1 }) ?? (quick ? 2 : 6),
+    seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1,
+    sink: a.optionalNumber("sink", { integer: true, min: 0 }) ?? 16,
+    recent: a.optionalNumber("recent", { integer: true, min: 1 }) ?? 64,
+    precision: a.optionalChoice("precision", ["f16", "f32"] as const),
+  });
+  const out = a.optionalString("out") ?? "eval/results";
+  await Deno.mkdir(out, { recursive: true });
+  await Deno.writeTextFile(`${out}/eval.json`, JSON.stringify(result, null, 2) + "\n");
+  const md = evalMarkdown(result);
+  await Deno.writeTextFile(`${out}/eval.md`, md);
+  for (const p of result.plans) {
+    await Deno.writeTextFile(
+      `${out}/eval-${fileSafe(p.plan)}.svg`,
+      accuracyHeatmap(p.cells, `${p.plan}: pass-key accuracy`, result.lengths, result.depths),
+    );
+  }
+  console.log(md);
+  console.log(`wrote ${out}/eval.json, ${out}/eval.md and ${result.plans.length} heatmaps`);
+  return 0;
+}
+
+/** Shipped plans whose fingerprint fits this model (identified or imported for it). */
+async function shippedPlansFor(model: LoadedModel): Promise<string[]> {
+  const dir = new URL("../plans/shipped/", import.meta.url);
+  const found: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.name.endsWith(".json")) continue;
+    const path = decodeURIComponent(new URL(e.name, dir).pathname);
+    try {
+      await loadPlanArg(path, model.config);
+      found.push(path);
+    } catch { /* a plan for another model */ }
+  }
+  return found.sort();
+}
+
+if (import.meta.main) runMain(main);
