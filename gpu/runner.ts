@@ -745,6 +745,67 @@ export class ModelRunner {
     });
   }
 
+  /**
+   * GPU time of each kernel in one decode step of `batch` (adapters with `timestamp-query`):
+   * every dispatch runs in its own timed pass. Returns nanoseconds summed per kernel
+   * ("file:entry"). The step's tokens are not kept: the cache is not committed.
+   */
+  profileDecode(
+    batch: { seq: SeqCache; token: number; sampling: SamplingParams }[],
+  ): Promise<Map<string, number>> {
+    return this.#exclusive(async () => {
+      if (!this.gpu.hasTimestamps) throw new Error("the adapter has no timestamp-query");
+      const B = batch.length;
+      let maxPos = 0;
+      for (const b of batch) {
+        this.#reserve(b.seq, b.seq.tokens + 1);
+        maxPos = Math.max(maxPos, b.seq.tokens + 1);
+      }
+      const rows = new Uint32Array(B * 4);
+      batch.forEach((b, i) => rows.set([b.seq.slot, b.seq.tokens, i, 1], i * 4));
+      const q = this.device.queue;
+      q.writeBuffer(this.#tokens.buffer, 0, new Uint32Array(batch.map((b) => b.token)));
+      q.writeBuffer(this.#rows.buffer, 0, rows);
+      q.writeBuffer(this.#gather.buffer, 0, new Uint32Array(batch.map((_, i) => i)));
+      q.writeBuffer(this.#step.buffer, 0, new Uint32Array([0]));
+      this.#writeSampling(batch.map((b) => b.sampling));
+      const splits = Math.ceil(maxPos / SPLIT_KEYS);
+      this.#writeForward(B, B, splits);
+      const all = [...this.#programs.get("decode")!, ...this.#programs.get("sample")!]
+        .filter((d) => d.size(B, B, splits).every((v) => v > 0));
+      const querySet = this.device.createQuerySet({ type: "timestamp", count: 2 * all.length });
+      const resolve = this.device.createBuffer({
+        size: 16 * all.length,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      const enc = this.device.createCommandEncoder();
+      all.forEach((d, i) => {
+        const pass = enc.beginComputePass({
+          timestampWrites: {
+            querySet,
+            beginningOfPassWriteIndex: 2 * i,
+            endOfPassWriteIndex: 2 * i + 1,
+          },
+        });
+        pass.setPipeline(d.pipeline);
+        pass.setBindGroup(0, d.bindGroup);
+        pass.dispatchWorkgroups(...d.size(B, B, splits));
+        pass.end();
+      });
+      enc.resolveQuerySet(querySet, 0, 2 * all.length, resolve, 0);
+      q.submit([enc.finish()]);
+      const times = new BigUint64Array(await readBuffer(this.device, resolve, 16 * all.length));
+      const out = new Map<string, number>();
+      all.forEach((d, i) => {
+        const key = d.pipeline.label.split("|").filter((_, k) => k === 0 || k === 3).join(":");
+        out.set(key, (out.get(key) ?? 0) + Number(times[2 * i + 1] - times[2 * i]));
+      });
+      querySet.destroy();
+      resolve.destroy();
+      return out;
+    });
+  }
+
   destroy(): void {
     this.cache.destroy();
   }

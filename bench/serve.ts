@@ -1,0 +1,87 @@
+// `deno task bench --serve`: the engine's throughput as a server sees it. Aggregate decode
+// tokens/s with 1, 4 and 16 concurrent greedy requests through the scheduler (continuous
+// batching), and one sequence at --decode-steps 1 vs 8 (tokens per readback: Deno's ~11 ms
+// readback floor dominates small models). Each figure is the median of several repetitions.
+
+import { Scheduler } from "../engine/scheduler.ts";
+import { setup } from "../engine/setup.ts";
+import { type Stat, stat } from "./stats.ts";
+
+export interface ServeBenchOptions {
+  model: string;
+  precision?: "f16" | "f32";
+  concurrency: number[];
+  maxTokens: number;
+  repeats: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ServeBenchResult {
+  model: string;
+  precision: string;
+  max_tokens: number;
+  /** Aggregate generated tokens per second of wall time, per concurrency level. */
+  concurrency: { requests: number; tokens_per_s: Stat }[];
+  /** One sequence, tokens per second at 1 and 8 decode steps per readback. */
+  decode_steps: { steps: number; tokens_per_s: Stat }[];
+  /** tokens_per_s(8) / tokens_per_s(1), from the medians above (target >= 4). */
+  steps_8_over_1: number;
+}
+
+export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchResult> {
+  const maxBatch = Math.max(...o.concurrency);
+  const s = await setup({
+    model: o.model,
+    precision: o.precision ?? "f32",
+    maxBatch,
+    decodeSteps: 8,
+    quiet: true,
+  });
+  const vocab = s.model.config.vocabSize;
+  const prompt = (i: number) =>
+    Array.from({ length: 8 }, (_, k) => 3 + ((i * 7 + k * 13) % (vocab - 3)));
+  const total = (o.concurrency.length + 2) * o.repeats;
+  let done = 0;
+  const run = async (requests: number, decodeSteps: number): Promise<number> => {
+    const sched = new Scheduler(s.runner, s.model.tokenizer, {
+      maxQueue: requests,
+      maxBatch: requests,
+      decodeSteps,
+    });
+    const t0 = performance.now();
+    const jobs = Array.from({ length: requests }, (_, i) =>
+      sched.submit({
+        promptIds: prompt(i),
+        maxTokens: o.maxTokens,
+        sampling: { temperature: 0 },
+        ignoreEos: true,
+      }));
+    const results = await Promise.all(jobs.map((j) => j.result));
+    const wall = (performance.now() - t0) / 1000;
+    await sched.close();
+    o.onProgress?.(++done, total);
+    return results.reduce((a, r) => a + r.ids.length, 0) / wall;
+  };
+  await run(1, 8); // warm-up: pipelines, first-use allocations
+  const concurrency = [];
+  for (const c of o.concurrency) {
+    const samples = [];
+    for (let r = 0; r < o.repeats; r++) samples.push(await run(c, 8));
+    concurrency.push({ requests: c, tokens_per_s: stat(samples) });
+  }
+  const decodeSteps = [];
+  for (const steps of [1, 8]) {
+    const samples = [];
+    for (let r = 0; r < o.repeats; r++) samples.push(await run(1, steps));
+    decodeSteps.push({ steps, tokens_per_s: stat(samples) });
+  }
+  s.runner.destroy();
+  return {
+    model: o.model,
+    precision: s.runner.precision,
+    max_tokens: o.maxTokens,
+    concurrency,
+    decode_steps: decodeSteps,
+    steps_8_over_1: decodeSteps[1].tokens_per_s.median / decodeSteps[0].tokens_per_s.median,
+  };
+}
