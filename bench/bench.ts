@@ -1,8 +1,9 @@
-// deno task bench [--quick] [--kernels] [--preset NAME] [--layers N] [--vocab N|auto]
+// deno task bench [--quick] [--kernels | --kernels-only] [--preset NAME] [--layers N] [--vocab N|auto]
 //   [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..] [--prefill-max N]
+//   [--linearity-contexts a,b,..]
 //   [--plans full,duo,zigzag,streaming]
 //   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
-//   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--steps lo,hi] [--chunk N]
+//   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--steps lo,hi] [--chunk N]
 //   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]
 //
 // Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
@@ -18,7 +19,9 @@ import { Pipelines } from "../gpu/pipelines.ts";
 import { paramCount, PRESETS, tinyConfig } from "../model/random.ts";
 import type { ModelConfig } from "../model/types.ts";
 import {
+  type AttentionResult,
   type MatmulResult,
+  measureAttentionDecode,
   measureCopy,
   measureMatmul,
   measureReadback,
@@ -26,7 +29,7 @@ import {
   referenceBytes,
 } from "./kernels.ts";
 import { managerStats, maxContextFit } from "./kv.ts";
-import { decodeMatrices, ModelBench, weightBytes } from "./model_bench.ts";
+import { type Cell, decodeMatrices, ModelBench, weightBytes } from "./model_bench.ts";
 import { type BenchPlanName, benchPlans, PLAN_NAMES } from "./plans.ts";
 import {
   type BenchResult,
@@ -38,13 +41,13 @@ import {
 } from "./report.ts";
 import { PassTimer } from "./stats.ts";
 
-const USAGE = `usage: deno task bench [--quick] [--kernels] [--preset ${
+const USAGE = `usage: deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
   [...Object.keys(PRESETS), "tiny"].join("|")
 }]
   [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
-  [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
-  [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--steps lo,hi]
-  [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
+  [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
+  [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
+  [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
 
 const DEFAULT_PATTERN = new URL(
   "../../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k",
@@ -75,7 +78,7 @@ function exists(path: string): boolean {
 async function main(): Promise<number> {
   const started = performance.now();
   const a = parseArgs(Deno.args, {
-    booleans: ["quick", "kernels", "help"],
+    booleans: ["quick", "kernels", "kernels-only", "help"],
     values: [
       "preset",
       "layers",
@@ -84,6 +87,7 @@ async function main(): Promise<number> {
       "contexts",
       "prefill-max",
       "prefill-contexts",
+      "linearity-contexts",
       "plans",
       "precision",
       "sink",
@@ -93,6 +97,7 @@ async function main(): Promise<number> {
       "kv-cache-mb",
       "batches",
       "reps",
+      "prefill-reps",
       "steps",
       "chunk",
       "reference-mb",
@@ -165,6 +170,14 @@ async function main(): Promise<number> {
     ...new Set(prefillContexts.filter((c) => c <= Math.min(prefillMax, maxContext))),
   ]
     .sort((x, y) => x - y);
+  const linearity = (intList(a.optionalString("linearity-contexts"), "linearity-contexts") ??
+    (quick ? [512, 1024, 1536] : [])).filter((c) => c <= maxContext);
+  if (linearity.length) {
+    notes.push(
+      `Streaming prefill also measured at ${linearity.join(", ")} tokens for its growth with ` +
+        `length (--linearity-contexts).`,
+    );
+  }
   if (prefillContexts.at(-1) !== contexts.at(-1)) {
     notes.push(
       `Prefill measured at ${prefillContexts.join(", ") || "no"} tokens ` +
@@ -197,6 +210,8 @@ async function main(): Promise<number> {
   const batches = intList(a.optionalString("batches"), "batches") ?? [1, 8];
   if (Math.max(...batches) > 64) throw new CliError("--batches: at most 64");
   const reps = a.optionalNumber("reps", { integer: true, min: 1 }) ?? (quick ? 3 : 5);
+  const prefillReps = a.optionalNumber("prefill-reps", { integer: true, min: 1 }) ??
+    (quick ? 2 : reps);
   const stepsList = intList(a.optionalString("steps"), "steps") ?? (quick ? [1, 5] : [2, 10]);
   if (stepsList.length !== 2 || stepsList[0] >= stepsList[1]) {
     throw new CliError("--steps takes two counts lo,hi with lo < hi");
@@ -206,7 +221,8 @@ async function main(): Promise<number> {
   const refMb = a.optionalNumber("reference-mb", { min: 1 }) ?? (quick ? 64 : 256);
   const seed = a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1;
   const outDir = a.optionalString("out") ?? OUT;
-  const kernels = a.boolean("kernels");
+  const kernelsOnly = a.boolean("kernels-only");
+  const kernels = a.boolean("kernels") || kernelsOnly;
   const gemmRows = a.optionalNumber("gemm-rows", { integer: true, min: 9 }) ?? 128;
   const kernelShapes = a.optionalString("kernel-shapes")?.split(",").map((s) => {
     const m = s.trim().match(/^(\d+)x(\d+)$/);
@@ -268,7 +284,14 @@ async function main(): Promise<number> {
   const readback = await measureReadback(gpu, quick ? 5 : 10);
   bar.update(1, 3, "streaming read");
   const refBytes = referenceBytes(gpu, refMb * 2 ** 20);
-  const stream = await measureStreamRead(gpu, pipelines, timer, refBytes, rep);
+  const stream = await measureStreamRead(
+    gpu,
+    pipelines,
+    timer,
+    refBytes,
+    rep,
+    quick ? [1024, 4096, 16384] : [256, 1024, 4096, 16384],
+  );
   bar.update(2, 3, "copyBufferToBuffer");
   const copy = await measureCopy(gpu, refBytes, { samples: rep.samples, lo: 1, hi: 5 });
   phase("references");
@@ -299,6 +322,7 @@ async function main(): Promise<number> {
 
   // ---- --kernels ------------------------------------------------------------------------------
   let kernelResults: MatmulResult[] | null = null;
+  let attention: AttentionResult[] | null = null;
   if (kernels) {
     const shapes = kernelShapes ?? [
       { label: "ffn up 576->1536", n: 1536, k: 576 },
@@ -308,10 +332,21 @@ async function main(): Promise<number> {
       { label: `lm head ${presetName}`, n: base.vocabSize, k: base.dim },
     ];
     const dtypes: Precision[] = gpu.hasF16 ? ["f16", "f32"] : ["f32"];
+    const proto = [
+      { file: "gemv_proto.wgsl", entry: "gemv", outputsPerWorkgroup: 8 },
+      {
+        file: "gemv_proto.wgsl",
+        entry: "gemv_rows",
+        outputsPerWorkgroup: 16,
+        constants: { ROWS_WG: 16 },
+      },
+    ];
     const jobs = dtypes.flatMap((dtype) =>
       shapes.flatMap((s) => [
-        { kind: "gemv" as const, ...s, rows: 1, dtype },
-        { kind: "gemv" as const, ...s, rows: 8, dtype },
+        ...[1, 8].flatMap((rows) => [
+          { kind: "gemv" as const, ...s, rows, dtype },
+          ...proto.map((p) => ({ kind: "gemv" as const, ...s, rows, dtype, ...p })),
+        ]),
         { kind: "gemm" as const, ...s, rows: gemmRows, dtype },
       ])
     );
@@ -338,33 +373,53 @@ async function main(): Promise<number> {
         ),
       );
     }
+    attention = [];
+    const attnJobs = dtypes.flatMap((dtype) => [1, 8].map((rows) => ({ dtype, rows })));
+    for (const [i, j] of attnJobs.entries()) {
+      bar.update(jobs.length + i, jobs.length + attnJobs.length, `attention ${j.dtype} b${j.rows}`);
+      attention.push(
+        await measureAttentionDecode(gpu, pipelines, timer, {
+          heads: config.nHeads,
+          kvHeads: config.nKvHeads,
+          headDim: config.headDim,
+          context: contexts.at(-1)!,
+          rows: j.rows,
+          dtype: j.dtype,
+        }, rep),
+      );
+    }
     bar.done();
     phase("kernels");
   }
 
   // ---- the model bench ------------------------------------------------------------------------
-  bar = progress("building runners");
-  bar.update(0, 1, planNames.join(","));
-  const modelBar = progress("model bench");
-  const mb = await ModelBench.create(gpu, {
-    config,
-    precision,
-    plans: chosen,
-    contexts,
-    prefillContexts,
-    batches,
-    reps,
-    steps,
-    prefillChunk: chunk,
-    seed,
-    onProgress: (done, total, note) => modelBar.update(done, total, note),
-  });
-  bar.done();
-  phase("runners");
-  const cells = await mb.run();
-  modelBar.done();
-  mb.destroy();
-  phase("model");
+  let cells: Cell[] = [];
+  if (!kernelsOnly) {
+    bar = progress("building runners");
+    bar.update(0, 1, planNames.join(","));
+    const modelBar = progress("model bench");
+    const mb = await ModelBench.create(gpu, {
+      config,
+      precision,
+      plans: chosen,
+      contexts,
+      prefillContexts,
+      streamingPrefillContexts: linearity,
+      batches,
+      reps,
+      prefillReps,
+      steps,
+      prefillChunk: chunk,
+      seed,
+      onProgress: (done, total, note) => modelBar.update(done, total, note),
+    });
+    bar.done();
+    phase("runners");
+    cells = await mb.run();
+    modelBar.done();
+    mb.destroy();
+    phase("model");
+  }
 
   // ---- memory figures (no GPU) -----------------------------------------------------------------
   const fits = planNames.flatMap((p) =>
@@ -387,26 +442,27 @@ async function main(): Promise<number> {
   const l3d = managerStats(l3, l3Plans.plans.duo, "f16", [T32]);
   const l3zc = new KvGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
 
-  const streamingPrefill = prefillContexts.length >= 2 && planNames.includes("streaming")
-    ? (() => {
-      const ms = prefillContexts.map((c) =>
-        cells.find((x) => x.plan === "streaming" && x.context === c)!.prefill_ms!.median
-      );
-      const exp = (xs: number[]) =>
-        Math.log(xs.at(-1)! / xs[0]) / Math.log(prefillContexts.at(-1)! / prefillContexts[0]);
-      const full = planNames.includes("full")
-        ? prefillContexts.map((c) =>
-          cells.find((x) => x.plan === "full" && x.context === c)!.prefill_ms!.median
-        )
-        : null;
-      return {
-        contexts: prefillContexts,
-        ms,
-        exponent: exp(ms),
-        full_exponent: full ? exp(full) : null,
-      };
-    })()
-    : null;
+  const streamingPrefill = (() => {
+    const sc = cells.filter((x) => x.plan === "streaming" && x.prefill_ms).sort((x, y) =>
+      x.context - y.context
+    );
+    if (sc.length < 2) return null;
+    const ns = sc.map((x) => x.context);
+    const ms = sc.map((x) => x.prefill_ms!.median);
+    const marginal = (t: number[]) => t.slice(1).map((v, i) => (v - t[i]) / (ns[i + 1] - ns[i]));
+    const fullCells = ns.map((n) => cells.find((x) => x.plan === "full" && x.context === n));
+    const fullMs = fullCells.every((x) => x?.prefill_ms)
+      ? fullCells.map((x) => x!.prefill_ms!.median)
+      : null;
+    return {
+      contexts: ns,
+      ms,
+      marginal_ms_per_token: marginal(ms),
+      exponent: Math.log(ms.at(-1)! / ms[0]) / Math.log(ns.at(-1)! / ns[0]),
+      full_ms: fullMs,
+      full_marginal_ms_per_token: fullMs ? marginal(fullMs) : null,
+    };
+  })();
 
   const result: BenchResult = {
     schema: SCHEMA,
@@ -425,12 +481,14 @@ async function main(): Promise<number> {
     options: {
       quick,
       kernels,
+      kernels_only: kernelsOnly,
       preset: presetName,
       layers,
       vocab,
       precision,
       contexts,
       prefill_contexts: prefillContexts,
+      linearity_contexts: linearity,
       plans: planNames,
       sink,
       recent,
@@ -439,6 +497,7 @@ async function main(): Promise<number> {
       kv_cache_mb: kvCacheMb,
       batches,
       reps,
+      prefill_reps: prefillReps,
       steps,
       prefill_chunk: chunk,
       reference_bytes: refBytes,
@@ -446,14 +505,21 @@ async function main(): Promise<number> {
     },
     notes,
     method: {
-      decode: `steady time per decode step from the two-count slope (T(${steps.hi} steps) - ` +
+      decode:
+        `${
+          gpu.hasTimestamps
+            ? "GPU time of one decode step from timestamp-query (runner.profileDecode: every " +
+              "dispatch in its own timed pass, summed; the two-count wall slope is kept as " +
+              "wall_ms_per_token). Wall slope: "
+            : ""
+        }steady time per decode step from the two-count slope (T(${steps.hi} steps) - ` +
         `T(${steps.lo} steps)) / ${steps.hi - steps.lo}, each count one submission from the same ` +
         `context up to its readback (the ~${readback.median.toFixed(0)} ms readback cancels). ` +
         `Sequences are opened at the context with cache pages assigned but not computed (values ` +
         `do not change the work). Plans interleaved: repetition r runs them rotated by r; ` +
         `${reps} repetitions after a warm-up; median and spread.`,
       prefill: `wall time of runner.prefill() over the context in chunks of ${chunk}, up to its ` +
-        `one final readback (included), plans interleaved, ${reps} repetitions after a warm-up.`,
+        `one final readback (included), plans interleaved, ${prefillReps} repetitions after a warm-up.`,
       bandwidth: `decode GB/s = unique bytes a step must read (every weight once, plus each ` +
         `row's visible K and V) / median step time; compared with the fastest variant of ` +
         `wgsl/stream_read.wgsl (vec4 reads, grid-stride or chunked, 256..16384 workgroups) and ` +
@@ -462,7 +528,10 @@ async function main(): Promise<number> {
         `${
           gpu.hasTimestamps ? "GPU timestamps around 3 dispatches in one pass" : "wall-clock slope"
         } per sample (wall-clock slope kept as a cross-check); GEMV/GEMM are wgsl/matmul.wgsl's ` +
-        `entry points dispatched as gpu/runner.ts does; GB/s counts weight bytes.`,
+        `entry points (and the prototypes of wgsl/gemv_proto.wgsl) dispatched as gpu/runner.ts ` +
+        `does; GB/s counts weight bytes. Attention decode: wgsl/attention.wgsl's split-K decode ` +
+        `pass over a full paged cache at the longest context (merge pass excluded); GB/s counts ` +
+        `the K and V bytes once.`,
       kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
         "context; the longest context that fits is the closed form of KvGeometry with the " +
         "manager's up-front ring reservation; the Llama-3-8B figure runs the manager on a stub " +
@@ -483,6 +552,7 @@ async function main(): Promise<number> {
       gbps: gemvBytes / (gemvMs * 1e6),
     },
     kernels: kernelResults,
+    attention,
     cells,
     fits,
     issue3: {

@@ -45,6 +45,8 @@ export interface CopyResult {
 
 export interface MatmulResult {
   kind: "gemv" | "gemm";
+  /** The kernel measured, e.g. "matmul.wgsl:gemv". */
+  kernel: string;
   label: string;
   /** Output features (weight rows) and input features (weight columns). */
   n: number;
@@ -199,9 +201,23 @@ export async function measureMatmul(
   gpu: Gpu,
   pipelines: Pipelines,
   timer: PassTimer,
-  o: { kind: "gemv" | "gemm"; label: string; n: number; k: number; rows: number; dtype: Precision },
+  o: {
+    kind: "gemv" | "gemm";
+    label: string;
+    n: number;
+    k: number;
+    rows: number;
+    dtype: Precision;
+    /** Another file with matmul.wgsl's bindings (default matmul.wgsl) and its outputs per GEMV
+     * workgroup (default 4). */
+    file?: string;
+    entry?: string;
+    outputsPerWorkgroup?: number;
+    constants?: Record<string, number>;
+  },
   rep: Repeats,
 ): Promise<MatmulResult> {
+  const file = o.file ?? "matmul.wgsl";
   const dev = gpu.device;
   const kp = Math.ceil(o.k / 4) * 4;
   const wBytes = o.n * kp * (o.dtype === "f16" ? 2 : 4);
@@ -224,9 +240,10 @@ export async function measureMatmul(
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
   dev.queue.writeBuffer(fwd, 0, new Uint32Array([o.rows, o.rows, 0, 1]));
+  const entry = o.entry ?? o.kind;
   const pipe = await pipelines.get({
-    file: "matmul.wgsl",
-    entry: o.kind,
+    file,
+    entry,
     W: o.dtype,
     KV: o.dtype,
     constants: {
@@ -236,6 +253,7 @@ export async function measureMatmul(
       ACCUMULATE: false,
       HAS_BIAS: false,
       LOGIT_ROWS: false,
+      ...o.constants,
     },
   });
   dev.pushErrorScope("validation");
@@ -248,7 +266,7 @@ export async function measureMatmul(
   // Same sizes as gpu/runner.ts: GEMV 4 outputs per workgroup; GEMM 64x64 tiles.
   let size: [number, number, number];
   if (o.kind === "gemv") {
-    const wgs = Math.ceil(o.n / 4);
+    const wgs = Math.ceil(o.n / (o.outputsPerWorkgroup ?? 4));
     size = wgs <= MAX_WG ? [wgs, 1, 1] : [MAX_WG, Math.ceil(wgs / MAX_WG), 1];
   } else {
     size = [Math.ceil(o.n / 64), Math.ceil(o.rows / 64), 1];
@@ -262,6 +280,7 @@ export async function measureMatmul(
   const flops = 2 * o.rows * o.n * o.k;
   return {
     kind: o.kind,
+    kernel: `${file}:${entry}`,
     label: o.label,
     n: o.n,
     k: o.k,
@@ -276,3 +295,132 @@ export async function measureMatmul(
 }
 
 export { Pipelines };
+
+export interface AttentionResult {
+  kernel: "attention.wgsl:decode";
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  context: number;
+  rows: number;
+  dtype: Precision;
+  /** K and V bytes the dispatch must read: rows x context x kv_heads x head_dim x 2. */
+  kv_bytes: number;
+  method: "timestamp" | "wall-slope";
+  ms: Stat;
+  gbps: Stat;
+}
+
+/**
+ * The split-K decode entry of wgsl/attention.wgsl over a full (paged) cache of `context` keys per
+ * row, dispatched as gpu/runner.ts does ([rows, heads, ceil(context / 256)]; the merge pass is
+ * not included).
+ */
+export async function measureAttentionDecode(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  o: {
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    context: number;
+    rows: number;
+    dtype: Precision;
+  },
+  rep: Repeats,
+): Promise<AttentionResult> {
+  const dev = gpu.device;
+  const PAGE = 16;
+  const SPLIT = 256;
+  const pages = Math.ceil((o.context + 1) / PAGE);
+  const bpe = o.dtype === "f16" ? 2 : 4;
+  const cacheBytes = o.rows * pages * PAGE * o.kvHeads * o.headDim * bpe;
+  if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
+    throw new Error(`attention decode: a ${cacheBytes} byte cache exceeds the binding limit`);
+  }
+  const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  fillRandom(dev, k, Math.floor(cacheBytes / 4) * 4, 21);
+  fillRandom(dev, v, Math.floor(cacheBytes / 4) * 4, 22);
+  const stride = (o.heads + 2 * o.kvHeads) * o.headDim;
+  const qkv = dev.createBuffer({ size: o.rows * stride * 4, usage: USAGE });
+  fillRandom(dev, qkv, o.rows * stride * 4, 23);
+  const table = new Uint32Array(o.rows * pages).map((_, i) => i);
+  const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(pageTable, 0, table);
+  const rows = new Uint32Array(o.rows * 4);
+  for (let r = 0; r < o.rows; r++) rows.set([r, o.context, r, 1], r * 4);
+  const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(rowsBuf, 0, rows);
+  const splits = Math.ceil((o.context + 1) / SPLIT);
+  const partials = dev.createBuffer({
+    size: o.rows * o.heads * splits * (o.headDim + 2) * 4,
+    usage: USAGE,
+  });
+  const out = dev.createBuffer({ size: o.rows * o.heads * o.headDim * 4, usage: USAGE });
+  const fwd = dev.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  dev.queue.writeBuffer(fwd, 0, new Uint32Array([o.rows, o.rows, 0, splits]));
+  const pipe = await pipelines.get({
+    file: "attention.wgsl",
+    entry: "decode",
+    W: o.dtype,
+    KV: o.dtype,
+    constants: {
+      HEAD_DIM: o.headDim,
+      N_HEADS: o.heads,
+      N_KV_HEADS: o.kvHeads,
+      CACHE_HEADS: o.kvHeads,
+      STREAMING: false,
+      SINK: 0,
+      RECENT: 1,
+      PAGE_SIZE: PAGE,
+      MAX_PAGES: pages,
+      GROUP: o.heads / o.kvHeads,
+      Q_HEAD_BASE: 0,
+      SCALE: 1 / Math.sqrt(o.headDim),
+    },
+  });
+  dev.pushErrorScope("validation");
+  const bg = dev.createBindGroup({
+    layout: pipe.getBindGroupLayout(0),
+    entries: [
+      [0, fwd],
+      [1, rowsBuf],
+      [2, qkv],
+      [3, k],
+      [4, v],
+      [5, pageTable],
+      [6, out],
+      [7, partials],
+    ].map(([binding, buffer]) => ({
+      binding: binding as number,
+      resource: { buffer: buffer as GPUBuffer },
+    })),
+  });
+  const err = await dev.popErrorScope();
+  if (err) throw new Error(`attention decode: ${err.message}`);
+  const r = await timer.measure((pass) => {
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(o.rows, o.heads, splits);
+  }, rep);
+  for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd]) b.destroy();
+  const kvBytes = o.rows * o.context * o.kvHeads * o.headDim * 2 * bpe;
+  return {
+    kernel: "attention.wgsl:decode",
+    heads: o.heads,
+    kv_heads: o.kvHeads,
+    head_dim: o.headDim,
+    context: o.context,
+    rows: o.rows,
+    dtype: o.dtype,
+    kv_bytes: kvBytes,
+    method: r.method,
+    ms: r.ms,
+    gbps: gbpsOf(kvBytes, r.ms),
+  };
+}

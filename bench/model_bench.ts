@@ -26,8 +26,12 @@ export interface ModelBenchOptions {
   plans: Partial<Record<BenchPlanName, ResolvedPlan>>;
   contexts: number[];
   prefillContexts: number[];
+  /** Extra prefill lengths measured for the streaming plan only (its growth with length). */
+  streamingPrefillContexts?: number[];
   batches: number[];
   reps: number;
+  /** Repetitions of each prefill cell (default `reps`). */
+  prefillReps?: number;
   steps: { lo: number; hi: number };
   prefillChunk: number;
   seed: number;
@@ -36,8 +40,16 @@ export interface ModelBenchOptions {
 
 export interface DecodeMeasurement {
   batch: number;
-  /** Steady decode time per step (one token per sequence), from the two-count slope. */
+  /** Decode time per step (one token per sequence): `gpu_ms_per_token` where the adapter has
+   * timestamp-query, else `wall_ms_per_token`. Every ratio uses this figure. */
   ms_per_token: Stat;
+  method: "timestamp" | "wall-slope";
+  /** Steady wall time per step from the two-count slope. */
+  wall_ms_per_token: Stat;
+  /** GPU time of one step: runner.profileDecode's per-dispatch timestamps, summed. */
+  gpu_ms_per_token: Stat | null;
+  /** Median GPU ms per step of each kernel ("file:entry"), from profileDecode. */
+  gpu_kernels_ms: Record<string, number> | null;
   /** T(hi) / hi: per step with the readback amortised over `hi` steps (what a server sees). */
   ms_per_token_amortised: Stat;
   /** Unique bytes a step reads: every weight once + each row's visible KV entries. */
@@ -115,7 +127,11 @@ export class ModelBench {
   #rand: () => number;
 
   private constructor(readonly gpu: Gpu, readonly o: ModelBenchOptions) {
-    this.maxContext = Math.max(...o.contexts, ...o.prefillContexts);
+    this.maxContext = Math.max(
+      ...o.contexts,
+      ...o.prefillContexts,
+      ...(o.streamingPrefillContexts ?? []),
+    );
     this.#rand = mulberry32(o.seed ^ 0x5eed);
   }
 
@@ -189,6 +205,17 @@ export class ModelBench {
     return { ms, kvBytes };
   }
 
+  /** Per-kernel GPU ns of one decode step of `batch` sequences at `context` (not committed). */
+  async #profileDecode(r: ModelRunner, batch: number, context: number) {
+    const seqs = this.#openAt(r, batch, context);
+    const toks = this.#tokens(batch);
+    const prof = await r.profileDecode(
+      seqs.map((seq, i) => ({ seq, token: toks[i], sampling: GREEDY })),
+    );
+    for (const s of seqs) r.cache.close(s);
+    return prof;
+  }
+
   async #timePrefill(r: ModelRunner, n: number): Promise<number> {
     const seq = r.cache.open()!;
     const toks = this.#tokens(n);
@@ -204,9 +231,19 @@ export class ModelBench {
     const o = this.o;
     const names = [...this.runners.keys()];
     const { lo, hi } = o.steps;
-    const total = names.length *
-      (o.prefillContexts.length * (o.reps + 1) + o.contexts.length * o.batches.length * o.reps +
-        (o.contexts.length ? o.batches.length : 0));
+    const preps = o.prefillReps ?? o.reps;
+    // Prefill lengths and the plans measured at each.
+    const extra = names.includes("streaming") ? o.streamingPrefillContexts ?? [] : [];
+    const prefillJobs = [...new Set([...o.prefillContexts, ...extra])].sort((a, b) => a - b).map(
+      (ctx) => ({
+        ctx,
+        plans: o.prefillContexts.includes(ctx) ? names : ["streaming" as BenchPlanName],
+      }),
+    );
+    const total = prefillJobs.reduce((s, j) => s + j.plans.length * preps, 0) +
+      (prefillJobs.length ? names.length : 0) +
+      names.length * (o.contexts.length * o.batches.length * o.reps +
+          (o.contexts.length ? o.batches.length : 0));
     let done = 0;
     const tick = (note: string) => o.onProgress?.(++done, total, note);
 
@@ -219,13 +256,15 @@ export class ModelBench {
       }
     }
     const prefill = new Map<string, number[]>();
-    for (const ctx of o.prefillContexts) {
+    if (prefillJobs.length) {
       for (const name of names) {
-        await this.#timePrefill(this.runners.get(name)!, Math.min(ctx, o.prefillChunk));
+        await this.#timePrefill(this.runners.get(name)!, Math.min(64, o.prefillChunk));
         tick(`prefill warm-up ${name}`);
       }
-      for (let rep = 0; rep < o.reps; rep++) {
-        for (const name of rotate(names, rep)) {
+    }
+    for (const { ctx, plans } of prefillJobs) {
+      for (let rep = 0; rep < preps; rep++) {
+        for (const name of rotate(plans, rep)) {
           const ms = await this.#timePrefill(this.runners.get(name)!, ctx);
           const key = `${name}|${ctx}`;
           prefill.set(key, [...(prefill.get(key) ?? []), ms]);
@@ -233,7 +272,15 @@ export class ModelBench {
         }
       }
     }
-    const decode = new Map<string, { slope: number[]; amort: number[]; kv: number }>();
+    interface DecodeSamples {
+      slope: number[];
+      amort: number[];
+      gpu: number[];
+      kernels: Map<string, number[]>;
+      kv: number;
+    }
+    const decode = new Map<string, DecodeSamples>();
+    const timestamps = this.gpu.hasTimestamps;
     for (const ctx of o.contexts) {
       for (const b of o.batches) {
         for (let rep = 0; rep < o.reps; rep++) {
@@ -242,9 +289,19 @@ export class ModelBench {
             const tLo = await this.#timeDecode(r, b, ctx, lo);
             const tHi = await this.#timeDecode(r, b, ctx, hi);
             const key = `${name}|${ctx}|${b}`;
-            const d = decode.get(key) ?? { slope: [], amort: [], kv: tHi.kvBytes };
+            const d: DecodeSamples = decode.get(key) ??
+              { slope: [], amort: [], gpu: [], kernels: new Map(), kv: tHi.kvBytes };
             d.slope.push(Math.max(1e-6, (tHi.ms - tLo.ms) / (hi - lo)));
             d.amort.push(tHi.ms / hi);
+            if (timestamps) {
+              const prof = await this.#profileDecode(r, b, ctx);
+              let total = 0;
+              for (const [k, ns] of prof) {
+                total += ns;
+                d.kernels.set(k, [...(d.kernels.get(k) ?? []), ns / 1e6]);
+              }
+              d.gpu.push(total / 1e6);
+            }
             decode.set(key, d);
             tick(`decode ${name} ${ctx} b${b}`);
           }
@@ -257,7 +314,13 @@ export class ModelBench {
     for (const name of names) {
       const r = this.runners.get(name)!;
       const g = r.cache.geometry;
-      const ctxs = [...new Set([...o.contexts, ...o.prefillContexts])].sort((a, b) => a - b);
+      const ctxs = [
+        ...new Set([
+          ...o.contexts,
+          ...o.prefillContexts,
+          ...(name === "streaming" ? extra : []),
+        ]),
+      ].sort((a, b) => a - b);
       for (const ctx of ctxs) {
         const p = prefill.get(`${name}|${ctx}`);
         const seqs = this.#openAt(r, 1, ctx);
@@ -271,11 +334,19 @@ export class ModelBench {
           decode: o.batches.flatMap((b) => {
             const d = decode.get(`${name}|${ctx}|${b}`);
             if (!d) return [];
-            const ms = stat(d.slope);
+            const wall = stat(d.slope);
+            const gpu = d.gpu.length ? stat(d.gpu) : null;
+            const ms = gpu ?? wall;
             const bytes = wBytes + b * kvReadBytes(g, ctx);
             return [{
               batch: b,
               ms_per_token: ms,
+              method: gpu ? "timestamp" as const : "wall-slope" as const,
+              wall_ms_per_token: wall,
+              gpu_ms_per_token: gpu,
+              gpu_kernels_ms: gpu
+                ? Object.fromEntries([...d.kernels].map(([k, v]) => [k, stat(v).median]))
+                : null,
               ms_per_token_amortised: stat(d.amort),
               bytes_per_step: bytes,
               gbps: bytes / (ms.median * 1e6),

@@ -5,11 +5,11 @@
 // (`num_ref`, `den_ref`, e.g. `cells[3].decode[0].ms_per_token.median`) and carries their values:
 // value === num / den, num === at(result, num_ref), den === at(result, den_ref).
 
-import type { CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
+import type { AttentionResult, CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
 import type { Fit } from "./kv.ts";
 import type { Cell } from "./model_bench.ts";
 import type { BenchPlanName, PlanSummary } from "./plans.ts";
-import type { Stat } from "./stats.ts";
+import { type Stat, stat } from "./stats.ts";
 import { lineChart, type Series } from "./svg.ts";
 
 export const SCHEMA = "zigzag-bench/1";
@@ -22,6 +22,9 @@ export interface Ratio {
   den: number;
   num_ref: string;
   den_ref: string;
+  /** When both numbers are medians of samples taken in the same interleaved rounds: the
+   * per-round ratios num.samples[i] / den.samples[i] (a supplement; `value` is the quotient). */
+  paired?: Stat;
 }
 
 export interface Target {
@@ -80,6 +83,8 @@ export interface BenchResult {
   };
   decode_gemv: GemvAggregate | null;
   kernels: MatmulResult[] | null;
+  /** `--kernels`: the decode attention pass at the longest context. */
+  attention: AttentionResult[] | null;
   cells: Cell[];
   fits: (Fit & { plan: BenchPlanName })[];
   issue3: {
@@ -95,10 +100,16 @@ export interface BenchResult {
     };
     streaming_prefill: {
       contexts: number[];
+      /** Median prefill ms of the streaming plan at each length (from the cells). */
       ms: number[];
-      /** ln(t_max / t_min) / ln(n_max / n_min): 1 = linear, 2 = quadratic. */
+      /** (ms[i+1] - ms[i]) / (contexts[i+1] - contexts[i]): the cost of each extra token. */
+      marginal_ms_per_token: number[];
+      /** ln(ms_last / ms_first) / ln(n_last / n_first): 1 = linear, 2 = quadratic (includes the
+       * cheaper first chunk, whose window is not yet full). */
       exponent: number | null;
-      full_exponent: number | null;
+      /** The same figures for full attention where it was measured at the same lengths. */
+      full_ms: number[] | null;
+      full_marginal_ms_per_token: number[] | null;
     } | null;
   };
   ratios: Ratio[];
@@ -128,7 +139,15 @@ export function makeRatio(
   const num = at(root, numRef);
   const den = at(root, denRef);
   if (typeof num !== "number" || typeof den !== "number" || den === 0) return null;
-  return { id, label, value: num / den, num, den, num_ref: numRef, den_ref: denRef };
+  const out: Ratio = { id, label, value: num / den, num, den, num_ref: numRef, den_ref: denRef };
+  if (numRef.endsWith(".median") && denRef.endsWith(".median")) {
+    const a = at(root, numRef.slice(0, -7) + ".samples");
+    const b = at(root, denRef.slice(0, -7) + ".samples");
+    if (Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.length > 0) {
+      out.paired = stat(a.map((x: number, i: number) => x / (b[i] as number)));
+    }
+  }
+  return out;
 }
 
 export function makeTarget(
@@ -178,6 +197,12 @@ const PLAN_COLORS: Record<BenchPlanName, string> = {
   zigzag: "#d62728",
   streaming: "#2ca02c",
 };
+
+/** `gemv.f16.1536x576.r1`, with the kernel's file and entry when it is not matmul.wgsl's. */
+export function kernelId(k: MatmulResult): string {
+  const base = `${k.kind}.${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
+  return k.kernel === `matmul.wgsl:${k.kind}` ? base : `${base}.${k.kernel}`;
+}
 
 function cellIndex(r: BenchResult, plan: string, ctx: number): number {
   return r.cells.findIndex((c) => c.plan === plan && c.context === ctx);
@@ -260,20 +285,29 @@ export function buildRatios(r: BenchResult): Ratio[] {
     "reference.copy.gbps.median",
   ));
   (r.kernels ?? []).forEach((k, i) => {
-    const id = `${k.kind}.${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
+    const id = kernelId(k);
     push(makeRatio(
       r,
       `bw.${id}/stream`,
-      `${k.kind} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / streaming read`,
+      `${k.kernel} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / streaming read`,
       `kernels[${i}].gbps.median`,
       "reference.stream_read.best.gbps.median",
     ));
     push(makeRatio(
       r,
       `bw.${id}/copy`,
-      `${k.kind} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / copy`,
+      `${k.kernel} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: weight GB/s / copy`,
       `kernels[${i}].gbps.median`,
       "reference.copy.gbps.median",
+    ));
+  });
+  (r.attention ?? []).forEach((x, i) => {
+    push(makeRatio(
+      r,
+      `bw.attention.${x.dtype}.r${x.rows}@${x.context}/stream`,
+      `attention decode ${x.dtype}, ${x.rows} rows at ${x.context}: KV GB/s / streaming read`,
+      `attention[${i}].gbps.median`,
+      "reference.stream_read.best.gbps.median",
     ));
   });
   push(makeRatio(
@@ -284,23 +318,26 @@ export function buildRatios(r: BenchResult): Ratio[] {
     "issue3.llama3_8b_32k.full_bytes",
   ));
   const sp = r.issue3.streaming_prefill;
-  if (sp && sp.contexts.length >= 2) {
-    const cells = sp.contexts.map((c) => cellIndex(r, "streaming", c));
+  if (sp && sp.marginal_ms_per_token.length >= 2) {
+    const last = sp.marginal_ms_per_token.length - 1;
     push(makeRatio(
       r,
-      "prefill.streaming.growth",
-      `streaming prefill time at ${sp.contexts.at(-1)} / at ${sp.contexts[0]}`,
-      `cells[${cells.at(-1)}].prefill_ms.median`,
-      `cells[${cells[0]}].prefill_ms.median`,
+      "prefill.streaming.marginal_growth",
+      `streaming prefill: ms per extra token from ${sp.contexts.at(-2)} to ${
+        sp.contexts.at(-1)
+      } / ` +
+        `from ${sp.contexts[0]} to ${sp.contexts[1]}`,
+      `issue3.streaming_prefill.marginal_ms_per_token[${last}]`,
+      "issue3.streaming_prefill.marginal_ms_per_token[0]",
     ));
-    const f = sp.contexts.map((c) => cellIndex(r, "full", c));
-    if (f.every((i) => i >= 0 && r.cells[i].prefill_ms)) {
+    if (sp.full_marginal_ms_per_token) {
       push(makeRatio(
         r,
-        "prefill.full.growth",
-        `full prefill time at ${sp.contexts.at(-1)} / at ${sp.contexts[0]}`,
-        `cells[${f.at(-1)}].prefill_ms.median`,
-        `cells[${f[0]}].prefill_ms.median`,
+        "prefill.full.marginal_growth",
+        `full prefill: ms per extra token from ${sp.contexts.at(-2)} to ${sp.contexts.at(-1)} / ` +
+          `from ${sp.contexts[0]} to ${sp.contexts[1]}`,
+        `issue3.streaming_prefill.full_marginal_ms_per_token[${last}]`,
+        "issue3.streaming_prefill.full_marginal_ms_per_token[0]",
       ));
     }
   }
@@ -311,9 +348,11 @@ export function buildRatios(r: BenchResult): Ratio[] {
 export function buildTargets(r: BenchResult): Target[] {
   const byId = new Map(r.ratios.map((x) => [x.id, x]));
   const t: Target[] = [];
-  const ctxs = r.cells.map((c) => c.context);
-  const maxCtx = Math.max(...ctxs);
-  const prefillCtxs = r.cells.filter((c) => c.prefill_ms).map((c) => c.context);
+  const ctxs = r.cells.filter((c) => c.decode.length).map((c) => c.context);
+  const maxCtx = ctxs.length ? Math.max(...ctxs) : null;
+  const prefillCtxs = r.cells.filter((c) => c.plan === "zigzag" && c.prefill_ms).map((c) =>
+    c.context
+  );
   const maxPrefill = prefillCtxs.length ? Math.max(...prefillCtxs) : null;
   const fromRatio = (
     id: string,
@@ -326,39 +365,41 @@ export function buildTargets(r: BenchResult): Target[] {
   const batches = [...new Set(r.cells.flatMap((c) => c.decode.map((d) => d.batch)))].sort((a, b) =>
     a - b
   );
-  for (const b of batches) {
+  if (r.cells.length) {
+    for (const b of batches) {
+      fromRatio(
+        `decode.b${b}.vs.duo`,
+        `zigzag decode/token <= 0.90x duo (batch ${b}, ${maxCtx} tokens)`,
+        "<=",
+        0.9,
+        `decode.b${b}.zigzag/duo@${maxCtx}`,
+      );
+      fromRatio(
+        `decode.b${b}.vs.full`,
+        `zigzag decode/token <= 0.65x full (batch ${b}, ${maxCtx} tokens)`,
+        "<=",
+        0.65,
+        `decode.b${b}.zigzag/full@${maxCtx}`,
+      );
+    }
     fromRatio(
-      `decode.b${b}.vs.duo`,
-      `zigzag decode/token <= 0.90x duo (batch ${b}, ${maxCtx} tokens)`,
+      "prefill.vs.full",
+      `zigzag prefill <= 0.70x full (${maxPrefill ?? "-"} tokens)`,
       "<=",
-      0.9,
-      `decode.b${b}.zigzag/duo@${maxCtx}`,
+      0.7,
+      `prefill.zigzag/full@${maxPrefill}`,
+      maxPrefill !== null && maxCtx !== null && maxPrefill < maxCtx
+        ? `longest prefill context of the run (--prefill-max), not ${maxCtx}`
+        : undefined,
     );
     fromRatio(
-      `decode.b${b}.vs.full`,
-      `zigzag decode/token <= 0.65x full (batch ${b}, ${maxCtx} tokens)`,
+      "kv.vs.full",
+      `zigzag KV bytes <= 0.52x full (${maxCtx} tokens)`,
       "<=",
-      0.65,
-      `decode.b${b}.zigzag/full@${maxCtx}`,
+      0.52,
+      `kv.zigzag/full@${maxCtx}`,
     );
   }
-  fromRatio(
-    "prefill.vs.full",
-    `zigzag prefill <= 0.70x full (${maxPrefill ?? "-"} tokens)`,
-    "<=",
-    0.7,
-    `prefill.zigzag/full@${maxPrefill}`,
-    maxPrefill !== null && maxPrefill < maxCtx
-      ? `longest prefill context of the run (--prefill-max), not ${maxCtx}`
-      : undefined,
-  );
-  fromRatio(
-    "kv.vs.full",
-    `zigzag KV bytes <= 0.52x full (${maxCtx} tokens)`,
-    "<=",
-    0.52,
-    `kv.zigzag/full@${maxCtx}`,
-  );
   fromRatio(
     "gemv.bw",
     "decode GEMV bandwidth >= 70% of the streaming read (the model's matrices)",
@@ -367,11 +408,11 @@ export function buildTargets(r: BenchResult): Target[] {
     "bw.gemv.model/stream",
   );
   for (const k of r.kernels ?? []) {
-    if (k.kind !== "gemv" || k.rows !== 1) continue;
-    const id = `bw.gemv.${k.dtype}.${k.n}x${k.k}.r1/stream`;
+    if (k.kernel !== "matmul.wgsl:gemv" || k.rows !== 1) continue;
+    const id = `bw.${kernelId(k)}/stream`;
     fromRatio(
       `kernels.${id}`,
-      `GEMV ${k.label} ${k.n}x${k.k} ${k.dtype} >= 70% of the streaming read`,
+      `GEMV ${k.label} ${k.dtype} >= 70% of the streaming read`,
       ">=",
       0.7,
       id,
@@ -384,16 +425,18 @@ export function buildTargets(r: BenchResult): Target[] {
     0.52,
     "kv.llama3-8b.32k.zigzag/full",
   );
-  const sp = r.issue3.streaming_prefill;
-  t.push(makeTarget(
-    "issue3.linear",
-    "streaming prefill grows linearly: time exponent <= 1.10",
-    "<=",
-    1.1,
-    sp?.exponent ?? null,
-    "prefill.streaming.growth",
-    "exponent = ln(growth ratio) / ln(length ratio); 1 = linear, 2 = quadratic",
-  ));
+  if (r.cells.length) {
+    fromRatio(
+      "issue3.linear",
+      "streaming prefill grows linearly: ms per extra token at the longest lengths <= 1.15x that " +
+        "at the shortest",
+      "<=",
+      1.15,
+      "prefill.streaming.marginal_growth",
+      "needs 3 or more streaming prefill lengths (--linearity-contexts); full attention's figure " +
+        "grows instead",
+    );
+  }
   return t;
 }
 
@@ -455,53 +498,92 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     );
   }
 
-  L.push("", "### Per plan and context", "");
+  const rv = (id: string) => f(r.ratios.find((x) => x.id === id)?.value);
   const batches = [...new Set(r.cells.flatMap((x) => x.decode.map((d) => d.batch)))].sort((a, b) =>
     a - b
   );
-  L.push(
-    `| context | plan | prefill ms | ${batches.map((b) => `decode ms/token b${b}`).join(" | ")} | ${
-      batches.map((b) => `GB/s b${b} (% stream)`).join(" | ")
-    } | KV MiB | KV / full |`,
-  );
-  L.push(
-    `| ---: | --- | ---: | ${batches.map(() => "---:").join(" | ")} | ${
-      batches.map(() => "---:").join(" | ")
-    } | ---: | ---: |`,
-  );
-  const ctxs = [...new Set(r.cells.map((x) => x.context))].sort((a, b) => a - b);
-  const streamBw = ref.stream_read.best.gbps.median;
-  for (const ctx of ctxs) {
-    for (const p of PLAN_ORDER) {
-      const cell = r.cells.find((x) => x.plan === p && x.context === ctx);
-      if (!cell) continue;
-      const dec = batches.map((b) => pm(cell.decode.find((d) => d.batch === b)?.ms_per_token));
-      const bw = batches.map((b) => {
-        const d = cell.decode.find((e) => e.batch === b);
-        return d ? `${f(d.gbps)} (${(100 * d.gbps / streamBw).toFixed(0)}%)` : "-";
-      });
-      L.push(
-        `| ${ctx} | ${p} | ${pm(cell.prefill_ms)} | ${dec.join(" | ")} | ${bw.join(" | ")} | ` +
-          `${mib(cell.kv.bytes)} | ${f(cell.kv.ratio_to_full)} |`,
-      );
+  if (r.cells.length) {
+    L.push("", "### Per plan and context", "");
+    L.push(
+      `| context | plan | prefill ms | ${
+        batches.map((b) => `decode ms/token b${b}`).join(" | ")
+      } | ${batches.map((b) => `GB/s b${b} (% stream)`).join(" | ")} | KV MiB | KV / full |`,
+    );
+    L.push(
+      `| ---: | --- | ---: | ${batches.map(() => "---:").join(" | ")} | ${
+        batches.map(() => "---:").join(" | ")
+      } | ---: | ---: |`,
+    );
+    const ctxs = [...new Set(r.cells.map((x) => x.context))].sort((a, b) => a - b);
+    const streamBw = ref.stream_read.best.gbps.median;
+    for (const ctx of ctxs) {
+      for (const p of PLAN_ORDER) {
+        const cell = r.cells.find((x) => x.plan === p && x.context === ctx);
+        if (!cell) continue;
+        const dec = batches.map((b) => pm(cell.decode.find((d) => d.batch === b)?.ms_per_token));
+        const bw = batches.map((b) => {
+          const d = cell.decode.find((e) => e.batch === b);
+          return d ? `${f(d.gbps)} (${(100 * d.gbps / streamBw).toFixed(0)}%)` : "-";
+        });
+        L.push(
+          `| ${ctx} | ${p} | ${pm(cell.prefill_ms)} | ${dec.join(" | ")} | ${bw.join(" | ")} | ` +
+            `${mib(cell.kv.bytes)} | ${f(cell.kv.ratio_to_full)} |`,
+        );
+      }
     }
-  }
-  L.push("", "Medians; ± is half the relative range of the samples.");
+    const method = r.cells.flatMap((x) => x.decode.map((d) => d.method))[0];
+    L.push(
+      "",
+      `Medians; ± is half the relative range of the samples. Decode ms/token: ${
+        method === "timestamp"
+          ? "GPU timestamps of one step (the wall-clock slope is in the JSON as wall_ms_per_token)"
+          : "wall-clock slope between two step counts per submission"
+      }.`,
+    );
+    const maxDecode = Math.max(...r.cells.filter((x) => x.decode.length).map((x) => x.context));
+    const prof = r.cells.filter((x) =>
+      x.context === maxDecode && x.decode.some((d) => d.gpu_kernels_ms)
+    );
+    if (prof.length) {
+      for (const b of batches) {
+        const kernels = [
+          ...new Set(
+            prof.flatMap((x) =>
+              Object.keys(x.decode.find((d) => d.batch === b)?.gpu_kernels_ms ?? {})
+            ),
+          ),
+        ].sort();
+        L.push("", `GPU ms per decode step by kernel, batch ${b}, ${maxDecode} tokens:`, "");
+        L.push(`| kernel | ${prof.map((x) => x.plan).join(" | ")} |`);
+        L.push(`| --- | ${prof.map(() => "---:").join(" | ")} |`);
+        for (const k of kernels) {
+          L.push(
+            `| ${k} | ${
+              prof.map((x) => f(x.decode.find((d) => d.batch === b)?.gpu_kernels_ms?.[k])).join(
+                " | ",
+              )
+            } |`,
+          );
+        }
+      }
+    }
 
-  L.push("", "### Ratios (zigzag / other, interleaved runs)", "");
-  L.push(
-    "| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +
-      " | KV bytes |",
-  );
-  L.push("| ---: | --- | ---: | " + batches.map(() => "---:").join(" | ") + " | ---: |");
-  const rv = (id: string) => f(r.ratios.find((x) => x.id === id)?.value);
-  for (const ctx of ctxs) {
-    for (const o of ["full", "duo"]) {
-      L.push(
-        `| ${ctx} | ${o} | ${rv(`prefill.zigzag/${o}@${ctx}`)} | ${
-          batches.map((b) => rv(`decode.b${b}.zigzag/${o}@${ctx}`)).join(" | ")
-        } | ${rv(`kv.zigzag/${o}@${ctx}`)} |`,
-      );
+    L.push("", "### Ratios (zigzag / other, interleaved runs)", "");
+    L.push(
+      "| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +
+        " | KV bytes |",
+    );
+    L.push("| ---: | --- | ---: | " + batches.map(() => "---:").join(" | ") + " | ---: |");
+    for (
+      const ctx of ctxs.filter((c) => r.cells.some((x) => x.plan === "zigzag" && x.context === c))
+    ) {
+      for (const o of ["full", "duo"]) {
+        L.push(
+          `| ${ctx} | ${o} | ${rv(`prefill.zigzag/${o}@${ctx}`)} | ${
+            batches.map((b) => rv(`decode.b${b}.zigzag/${o}@${ctx}`)).join(" | ")
+          } | ${rv(`kv.zigzag/${o}@${ctx}`)} |`,
+        );
+      }
     }
   }
 
@@ -550,31 +632,53 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       "",
       `Streaming prefill time vs length: ${
         sp.contexts.map((n, i) => `${n}: ${f(sp.ms[i])} ms`).join(", ")
-      }; growth exponent ${f(sp.exponent)} (1 = linear; full attention: ${f(sp.full_exponent)}).`,
+      }; ms per extra token between consecutive lengths: ${
+        sp.marginal_ms_per_token.map((m) => f(m)).join(", ")
+      }${
+        sp.full_marginal_ms_per_token
+          ? ` (full attention: ${sp.full_marginal_ms_per_token.map((m) => f(m)).join(", ")})`
+          : ""
+      }; two-point growth exponent ${f(sp.exponent)} (1 = linear).`,
     );
   }
 
   if (r.kernels?.length) {
     L.push("", "### Kernels (`--kernels`)", "");
     L.push(
-      "| kernel | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | / copy |",
+      "| kernel | shape | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | " +
+        "/ copy |",
     );
-    L.push("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    L.push("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const k of r.kernels) {
+      const id = kernelId(k);
       L.push(
-        `| ${k.kind} ${k.label} | ${k.n} x ${k.k} | ${k.dtype} | ${k.rows} | ${pm(k.ms)} | ` +
-          `${f(k.gbps.median)} | ${f(k.gflops.median)} | ` +
-          `${f(k.gbps.median / ref.stream_read.best.gbps.median)} | ` +
-          `${f(k.gbps.median / ref.copy.gbps.median)} |`,
+        `| ${k.kernel} | ${k.label} | ${k.n} x ${k.k} | ${k.dtype} | ${k.rows} | ${pm(k.ms)} | ` +
+          `${f(k.gbps.median)} | ${f(k.gflops.median)} | ${rv(`bw.${id}/stream`)} | ` +
+          `${rv(`bw.${id}/copy`)} |`,
       );
     }
   }
 
-  L.push("", "### Charts", "");
-  L.push(`![decode ms/token vs context](${imageBase}decode.svg)`);
-  L.push(`![KV bytes vs context](${imageBase}kv.svg)`);
-  if (r.cells.some((x) => x.prefill_ms)) {
-    L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+  if (r.attention?.length) {
+    L.push("", "### Decode attention (`--kernels`)", "");
+    L.push("| kernel | context | rows | dtype | ms | KV GB/s | / stream |");
+    L.push("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    for (const x of r.attention) {
+      L.push(
+        `| ${x.kernel} (${x.heads}/${x.kv_heads} heads of ${x.head_dim}) | ${x.context} | ` +
+          `${x.rows} | ${x.dtype} | ${pm(x.ms)} | ${f(x.gbps.median)} | ` +
+          `${rv(`bw.attention.${x.dtype}.r${x.rows}@${x.context}/stream`)} |`,
+      );
+    }
+  }
+
+  if (r.cells.length) {
+    L.push("", "### Charts", "");
+    L.push(`![decode ms/token vs context](${imageBase}decode.svg)`);
+    L.push(`![KV bytes vs context](${imageBase}kv.svg)`);
+    if (r.cells.some((x) => x.prefill_ms)) {
+      L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+    }
   }
   L.push("", "### Method", "");
   for (const [k, v] of Object.entries(r.method)) L.push(`- **${k}**: ${v}`);
@@ -584,6 +688,7 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
 // ---- charts --------------------------------------------------------------------------------
 
 export function renderCharts(r: BenchResult): Record<string, string> {
+  if (r.cells.length === 0) return {};
   const plans = PLAN_ORDER.filter((p) => r.cells.some((c) => c.plan === p));
   const batches = [...new Set(r.cells.flatMap((x) => x.decode.map((d) => d.batch)))].sort((a, b) =>
     a - b

@@ -171,9 +171,8 @@ export class ModelRunner {
     const dev = this.device;
     const vec = (t: Float32Array, label: string) => uploadMatrix(dev, t, 1, t.length, dt, label);
     this.#embedding = uploadMatrix(dev, w.tokenEmbedding.data, c.vocabSize, c.dim, dt, "embed");
-    this.#lmHead = w.lmHead === w.tokenEmbedding
-      ? uploadMatrix(dev, w.lmHead.data, c.vocabSize, c.dim, dt, "lm_head", 4)
-      : uploadMatrix(dev, w.lmHead.data, c.vocabSize, c.dim, dt, "lm_head", 4);
+    // Tied heads are uploaded twice: the gather reads unpadded rows, the GEMV padded ones.
+    this.#lmHead = uploadMatrix(dev, w.lmHead.data, c.vocabSize, c.dim, dt, "lm_head", 4);
     this.#finalNorm = vec(w.finalNorm.data, "final_norm");
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
@@ -806,7 +805,35 @@ export class ModelRunner {
     });
   }
 
+  /** Frees every GPU buffer the runner owns (weights, activations, KV cache). */
   destroy(): void {
+    const tensors: (GpuTensor | null)[] = [
+      this.#embedding,
+      this.#finalNorm,
+      this.#lmHead,
+      this.#invFreq,
+      this.#dummy,
+      this.#tokens,
+      this.#rows,
+      this.#gather,
+      this.#sampling,
+      this.#step,
+      this.#x,
+      this.#xb,
+      this.#qkv,
+      this.#attn,
+      this.#gu,
+      this.#h,
+      this.#xf,
+      this.#logits,
+      this.#partials,
+      this.#sampled,
+      this.#logprobs,
+      ...this.#layers.flatMap((l) => Object.values(l) as (GpuTensor | null)[]),
+    ];
+    for (const t of tensors) t?.buffer.destroy();
+    this.#fwd.destroy();
+    this.#programs.clear();
     this.cache.destroy();
   }
 }

@@ -38,7 +38,8 @@ import-duo flags:
 identify flags:
   --model PATH         model directory (Hugging Face) or llama2.c .bin (required)
   --tokenizer PATH     tokenizer, when not next to the model
-  --method M           ablate (default; GPU), retrieval-score or razor (CPU attention probe)
+  --method M           ablate (default; GPU engine), retrieval-score or razor (these two run a
+                       CPU forward that records attention: meant for small models)
   --mode MODE          zigzag (default) or duo
   --budget B           fraction of layers (zigzag) or KV heads (duo) kept as retrieval, in (0, 1];
                        keeps ceil(count * B) (required)
@@ -52,6 +53,8 @@ identify flags:
   --precision P        ablate: f32 (default) or f16
   --chunk N            ablate: prefill chunk (default 256)
   --rounds N           ablate, zigzag: layer-swap rounds after the first choice (default 2)
+  --head-scores        ablate, zigzag: also ablate each KV head alone (scores.kv_heads; the
+                       heatmap's cells); costs num_layers * num_kv_heads more calibration passes
   --out FILE           where to write the plan JSON (required)
   --svg FILE           also write a heatmap of the scores (layers x KV heads)`;
 
@@ -194,6 +197,7 @@ async function identifyCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const args = parseArgs(argv, {
+    booleans: ["head-scores"],
     values: [
       "model",
       "tokenizer",
@@ -272,9 +276,11 @@ async function identifyCommand(argv: string[]): Promise<number> {
     recent,
     needles,
     haystack,
+    haystackName: haystackPath,
     precision,
     chunk,
     rounds,
+    headScores: args.boolean("head-scores"),
     gpu,
     source: modelPath,
     onProgress: (done, total, note) => bar.update(done, total, note),

@@ -36,7 +36,7 @@ export function heatmapSvg(plan: Plan, title?: string): string {
   const kv = plan.scores?.kv_heads;
   const layers = plan.scores?.layers ?? (kv ? kv.map((r) => r.reduce((a, b) => a + b, 0)) : []);
   const headCols = kv ? H : 0;
-  const width = LEFT + (headCols + 1) * CELL + (headCols > 0 ? 12 : 0) + 72;
+  const width = Math.max(320, LEFT + (headCols + 1) * CELL + (headCols > 0 ? 12 : 0) + 72);
   const height = TOP + L * CELL + 40;
   const out: string[] = [];
   out.push(

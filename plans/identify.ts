@@ -10,7 +10,8 @@
 //   zigzag keeps the ceil(L*B) best layers, then evaluates the chosen plan itself (those layers
 //   full, every other layer streaming) and tries swapping the weakest chosen layers with the
 //   strongest unchosen ones, keeping the best swap while it lowers the plan's deviation, for at
-//   most `rounds` rounds.
+//   most `rounds` rounds. With `headScores`, zigzag also ablates each KV head alone, as duo does,
+//   to fill scores.kv_heads.
 // - retrieval-score (Wu et al. 2024; CPU forward with attention probabilities): teacher-forced
 //   needle decoding; each time a head's top-1 attended position lies in the needle sentence and
 //   holds the answer token being produced, it earns 1/|answer|; averaged over needles.
@@ -49,6 +50,8 @@ export interface IdentifyOptions {
   needles?: number;
   /** Haystack text (default: built-in filler). */
   haystack?: string;
+  /** Where the haystack came from, for the provenance (default "file"). */
+  haystackName?: string;
   /** ablate: GPU precision (default f32). */
   precision?: Precision;
   /** ablate: prefill chunk (default 256). */
@@ -57,6 +60,8 @@ export interface IdentifyOptions {
   rounds?: number;
   /** ablate, zigzag: chosen and unchosen layers considered per swap round (default 2 each). */
   swapCandidates?: number;
+  /** ablate, zigzag: also ablate each KV head alone, for scores.kv_heads (duo always does). */
+  headScores?: boolean;
   /** razor: repetitions of the random block (default 4). */
   repeats?: number;
   /** ablate: the device (default: the process's shared one). */
@@ -176,7 +181,7 @@ export async function identify(model: LoadedModel, opts: IdentifyOptions): Promi
           samples: opts.samples,
           lengths: opts.lengths,
           needles: opts.needles ?? 1,
-          haystack: opts.haystack === undefined ? "builtin" : "file",
+          haystack: opts.haystack === undefined ? "builtin" : (opts.haystackName ?? "file"),
           documents: calibration.map((s) => s.tokens.length),
         },
       forward_tokens: tracker.done,
@@ -263,12 +268,15 @@ async function ablate(
   const rowsOf = cal.map(answerRows);
   const rounds = opts.rounds ?? 2;
   const m = opts.swapCandidates ?? 2;
-  const units = opts.mode === "zigzag"
-    ? Array.from({ length: c.nLayers }, (_, l) => ({ layer: l, heads: null as number[] | null }))
-    : Array.from(
-      { length: c.nLayers * c.nKvHeads },
-      (_, i) => ({ layer: Math.floor(i / c.nKvHeads), heads: [i % c.nKvHeads] as number[] | null }),
-    );
+  const layerUnits = Array.from({ length: c.nLayers }, (_, l) => ({ layer: l, heads: null }));
+  const headUnits = Array.from(
+    { length: c.nLayers * c.nKvHeads },
+    (_, i) => ({ layer: Math.floor(i / c.nKvHeads), heads: [i % c.nKvHeads] }),
+  );
+  const units: { layer: number; heads: number[] | null }[] = [
+    ...(opts.mode === "zigzag" ? layerUnits : []),
+    ...(opts.mode === "duo" || opts.headScores ? headUnits : []),
+  ];
   tracker.plan(setTokens * (1 + units.length));
   if (opts.mode === "zigzag" && rounds > 0) tracker.plan(setTokens * (1 + rounds * m * m));
 
@@ -322,31 +330,41 @@ async function ablate(
     deviation.push(r.deviation);
     drop.push(r.drop);
   }
-  const maxDev = Math.max(...deviation, 0);
-  const maxDrop = Math.max(...drop, 0);
-  const unitScore = deviation.map((d, i) =>
-    0.5 * (maxDev > 0 ? d / maxDev : 0) + 0.5 * (maxDrop > 0 ? Math.max(0, drop[i]) / maxDrop : 0)
-  );
+  /** 0.5 * deviation / max + 0.5 * max(drop, 0) / max over the units [from, to). */
+  const scoresOf = (from: number, to: number) => {
+    const dev = deviation.slice(from, to);
+    const dr = drop.slice(from, to);
+    const maxDev = Math.max(...dev, 0);
+    const maxDrop = Math.max(...dr, 0);
+    return dev.map((d, i) =>
+      0.5 * (maxDev > 0 ? d / maxDev : 0) + 0.5 * (maxDrop > 0 ? Math.max(0, dr[i]) / maxDrop : 0)
+    );
+  };
   const round = (x: number) => Number(x.toPrecision(6));
+  const nl = opts.mode === "zigzag" ? c.nLayers : 0;
+  const headScore = units.length > nl ? scoresOf(nl, units.length) : null;
+  const kvHeads = headScore
+    ? Array.from(
+      { length: c.nLayers },
+      (_, l) => headScore.slice(l * c.nKvHeads, (l + 1) * c.nKvHeads),
+    )
+    : undefined;
+  const headDetails = headScore
+    ? {
+      kv_head_deviation: chunk(deviation.slice(nl).map(round), c.nKvHeads),
+      kv_head_logprob_drop: chunk(drop.slice(nl).map(round), c.nKvHeads),
+    }
+    : {};
 
   if (opts.mode === "duo") {
-    const kvHeads = Array.from(
-      { length: c.nLayers },
-      (_, l) => unitScore.slice(l * c.nKvHeads, (l + 1) * c.nKvHeads),
-    );
     return {
       kvHeads,
-      layers: kvHeads.map((row) => row.reduce((a, b) => a + b, 0)),
+      layers: kvHeads!.map((row) => row.reduce((a, b) => a + b, 0)),
       layerScore: "sum of the layer's KV head ablation scores",
-      details: {
-        ablation: {
-          unit: "kv_head",
-          deviation: chunk(deviation.map(round), c.nKvHeads),
-          logprob_drop: chunk(drop.map(round), c.nKvHeads),
-        },
-      },
+      details: { ablation: { unit: "kv_head", ...headDetails } },
     };
   }
+  const unitScore = scoresOf(0, nl);
 
   // zigzag: choose, then refine by swapping while the chosen plan's own deviation falls.
   const k = retrievalCount(c.nLayers, opts.budget);
@@ -399,15 +417,17 @@ async function ablate(
     }
   }
   return {
+    kvHeads,
     layers: unitScore,
     chosenLayers: chosen,
     layerScore: "0.5 * deviation / max + 0.5 * log-prob drop / max, one layer streaming at a time",
     details: {
       ablation: {
         unit: "layer",
-        deviation: deviation.map(round),
-        logprob_drop: drop.map(round),
+        deviation: deviation.slice(0, nl).map(round),
+        logprob_drop: drop.slice(0, nl).map(round),
         refinement: history,
+        ...headDetails,
       },
     },
   };

@@ -67,7 +67,8 @@ export function passkeyCorrect(output: string, answer: string): boolean {
 
 /**
  * Runs the pass-key evaluation on a runner (its plan decides the attention). Prompts are prefilled
- * one by one and decoded together, `runner.opts.maxBatch` at a time.
+ * one by one and decoded together, `runner.opts.maxBatch` at a time. The runner's maxSeqLen must
+ * leave room for the answer after the longest prompt (length + 8 is plenty for 5 digits).
  */
 export async function passkeyAccuracy(
   runner: ModelRunner,

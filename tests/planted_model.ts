@@ -3,11 +3,11 @@
 //
 // Tokens are characters (71 ids: BOS, 8 punctuation/space symbols, 10 digits, 52 letters). The
 // residual stream (dim 320) is a set of disjoint subspaces, each a one-hot code:
-//   E   the current token id (71)          K   the current token's class (41: space, newline,
-//   C   a constant 1                           '.', '?', other punctuation, 10 digits, 26 letters
-//   P1  the class of the token one back        ignoring case)
+//   E   the current token id (71)          K   the current token's class (27: space, newline,
+//   C   a constant 1                           '.', '?', other punctuation, 10 digits, and the
+//   P1  the class of the token one back        letters case-folded into 12 groups)
 //   P2  the class of the token two back    O   the token the induction head copies (71)
-//   J   junk written by the local heads (41, weight 0.05, read by nothing)
+//   P3  the class of the token three back  J   junk written by the local heads (27, weight 0.05)
 // Every feed-forward block is zero, every norm weight 1, so a layer is its attention heads.
 //
 // Positional ("local") heads. RoPE theta is 1e12 with head_dim 128, so pair k rotates by
@@ -21,17 +21,18 @@
 // window therefore changes nothing.
 //
 // The circuit (an induction head, as in Olsson et al.):
-//   layer 0, KV head 0: query head 0 (delta 1) copies K into P1, query head 1 (delta 2) into P2;
-//            KV head 1: local heads (delta 0 and 1) writing junk.
+//   layer 0: query heads 0, 1, 2 (deltas 1, 2, 3) copy K into P1, P2, P3; query head 3 (delta 0)
+//            writes junk.
 //   layer 1: local heads only (deltas 1, 3 / 0, 2) writing junk.
 //   layer 2 (the planted layer), KV head 0, both query heads: content attention on the slow
-//            pairs with query [K_i, P1_i, 0.5*C] against key [P1_j, P2_j, digit(E_j)]: a key scores
-//            one unit per match of tok(i) ~ tok(j-1) and tok(i-1) ~ tok(j-2) (case-folded classes)
-//            plus half a unit when token j is a digit; 24 logits per unit. The value is E_j, written
-//            to O. So the head finds the previous occurrence of the current bigram and copies the
-//            token after it, preferring digits: after "...The pass key is" the bigram "s " plus
-//            the digit bonus singles out the needle's first digit, and each further digit bigram is
-//            unique in a document whose only digits are the needle (and the answer being produced).
+//            pairs with query [K_i, P1_i, P2_i, 0.5*C] against key [P1_j, P2_j, P3_j, digit(E_j)]:
+//            a key scores one unit per match of tok(i) ~ tok(j-1), tok(i-1) ~ tok(j-2) and
+//            tok(i-2) ~ tok(j-3) (same class) plus half a unit when token j is a digit; 24 logits
+//            per unit. The value is E_j, written to O. So the head finds the previous occurrence
+//            of the last three tokens and copies the token after it, preferring digits: after
+//            "...The pass key is " the context "is " plus the digit bonus singles out the needle's
+//            first digit, and each further digit's context is unique in a document whose only
+//            digits are the needle (and the answer being produced), repeated digits included.
 //            KV head 1: local heads writing junk.
 //   layer 3: local heads only.
 //   LM head: logit 12 for the token held in O (the final norm's scale accounted for).
@@ -61,7 +62,7 @@ const VOCAB = CHARS.length; // 71
 const BOS = 0;
 
 /** Class of a token id: 0 space, 1 newline, 2 '.', 3 '?', 4 other (punctuation, BOS), 5..14
- * digits, 15..40 letters (case folded). */
+ * digits, 15..26 letters (case folded, letter index mod 12). */
 function classOf(id: number): number {
   const ch = CHARS[id];
   if (ch === " ") return 0;
@@ -71,10 +72,11 @@ function classOf(id: number): number {
   const d = DIGITS.indexOf(ch);
   if (d >= 0) return 5 + d;
   const l = LOWER.indexOf(ch.toLowerCase());
-  if (l >= 0 && ch !== "") return 15 + l;
+  if (l >= 0 && ch !== "") return 15 + (l % LETTER_GROUPS);
   return 4;
 }
-const CLASSES = 41;
+const LETTER_GROUPS = 12;
+const CLASSES = 15 + LETTER_GROUPS;
 const isDigit = (id: number) => DIGITS.includes(CHARS[id]);
 
 /** Character-level tokenizer of the planted model (BOS first; unknown characters become " "). */
@@ -101,7 +103,8 @@ const K0 = E0 + VOCAB;
 const C0 = K0 + CLASSES;
 const P10 = C0 + 1;
 const P20 = P10 + CLASSES;
-const O0 = P20 + CLASSES;
+const P30 = P20 + CLASSES;
+const O0 = P30 + CLASSES;
 const J0 = O0 + VOCAB;
 const DIM = 320;
 if (J0 + CLASSES > DIM) throw new Error("planted layout does not fit");
@@ -144,6 +147,7 @@ function tensor(name: string, shape: number[]): HostTensor {
 /** Dimension of content slot f (0..83) within a head: both halves of pairs 22..63. */
 function slot(f: number): number {
   const n = 64 - CONTENT_PAIR0; // 42 pairs
+  if (f >= 2 * n) throw new Error(`content slot ${f} does not fit`);
   return f < n ? CONTENT_PAIR0 + f : 64 + CONTENT_PAIR0 + (f - n);
 }
 
@@ -152,8 +156,8 @@ export function plantedModel(): LoadedModel {
   const qDim = N_HEADS * HEAD_DIM;
   const kvDim = N_KV * HEAD_DIM;
   // Sum of squares of the residual at each layer's input (sharp attention, junk neglected):
-  // E, K, C = 3; + P1, P2 after layer 0; + O after layer 2 (layer 3 and the final norm).
-  const ss = [3, 5, 5, 6, 6];
+  // E, K, C = 3; + P1, P2, P3 after layer 0; + O after layer 2 (layer 3 and the final norm).
+  const ss = [3, 6, 6, 7, 7];
   const gamma = ss.map((s) => Math.sqrt(DIM / s)); // 1 / rms: what the norm multiplies by
   const omega = Array.from({ length: 64 }, (_, k) => Math.pow(THETA, -(2 * k) / HEAD_DIM));
   const scaleSqrt = Math.sqrt(Math.sqrt(HEAD_DIM)); // q.k is divided by sqrt(head_dim)
@@ -212,13 +216,18 @@ export function plantedModel(): LoadedModel {
     };
 
     if (l === 0) {
-      posKey(0);
-      value(0, K0, CLASSES);
+      for (const kv of [0, 1]) {
+        posKey(kv);
+        value(kv, K0, CLASSES);
+      }
       posQuery(0, 1);
       output(0, P10, CLASSES, 1);
       posQuery(1, 2);
       output(1, P20, CLASSES, 1);
-      local(1, [0, 1]);
+      posQuery(2, 3);
+      output(2, P30, CLASSES, 1);
+      posQuery(3, 0);
+      output(3, J0, CLASSES, 0.05);
     } else if (l === PLANTED_LAYER) {
       // Induction head on KV head 0 (query heads 0 and 1 identical, each writing half).
       const u = Math.sqrt(UNIT) * scaleSqrt;
@@ -226,11 +235,13 @@ export function plantedModel(): LoadedModel {
         for (const h of [0, 1]) {
           setQ(h, slot(cl), K0 + cl, u / g); // tok(i) ...
           setQ(h, slot(CLASSES + cl), P10 + cl, u / g); // tok(i-1) ...
+          setQ(h, slot(2 * CLASSES + cl), P20 + cl, u / g); // tok(i-2) ...
         }
         setK(0, slot(cl), P10 + cl, u / g); // ... ~ tok(j-1)
         setK(0, slot(CLASSES + cl), P20 + cl, u / g); // ... ~ tok(j-2)
+        setK(0, slot(2 * CLASSES + cl), P30 + cl, u / g); // ... ~ tok(j-3)
       }
-      const digitSlot = slot(2 * CLASSES);
+      const digitSlot = slot(3 * CLASSES);
       for (const h of [0, 1]) setQ(h, digitSlot, C0, (0.5 * u) / g);
       for (let t = 0; t < VOCAB; t++) if (isDigit(t)) setK(0, digitSlot, E0 + t, u / g);
       value(0, E0, VOCAB);
