@@ -3,7 +3,8 @@
 //   [--linearity-contexts a,b,..]
 //   [--plans full,duo,zigzag,streaming]
 //   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
-//   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--steps lo,hi] [--chunk N]
+//   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--profiles N]
+//   [--steps lo,hi] [--chunk N]
 //   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]
 //
 // Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
@@ -39,6 +40,7 @@ import {
   renderMarkdown,
   SCHEMA,
 } from "./report.ts";
+import { denoFmt } from "./fmt.ts";
 import { PassTimer } from "./stats.ts";
 
 const USAGE = `usage: deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
@@ -47,7 +49,7 @@ const USAGE = `usage: deno task bench [--quick] [--kernels | --kernels-only] [--
   [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
-  [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
+  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
 
 const DEFAULT_PATTERN = new URL(
   "../../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k",
@@ -98,6 +100,7 @@ async function main(): Promise<number> {
       "batches",
       "reps",
       "prefill-reps",
+      "profiles",
       "steps",
       "chunk",
       "reference-mb",
@@ -212,6 +215,7 @@ async function main(): Promise<number> {
   const reps = a.optionalNumber("reps", { integer: true, min: 1 }) ?? (quick ? 3 : 5);
   const prefillReps = a.optionalNumber("prefill-reps", { integer: true, min: 1 }) ??
     (quick ? 2 : reps);
+  const profiles = a.optionalNumber("profiles", { integer: true, min: 1 }) ?? 3;
   const stepsList = intList(a.optionalString("steps"), "steps") ?? (quick ? [1, 5] : [2, 10]);
   if (stepsList.length !== 2 || stepsList[0] >= stepsList[1]) {
     throw new CliError("--steps takes two counts lo,hi with lo < hi");
@@ -254,7 +258,11 @@ async function main(): Promise<number> {
         } ` +
           `MiB) exceeds the adapter's ${
             (gpu.limits.maxStorageBufferBindingSize / 2 ** 20).toFixed(0)
-          } MiB storage binding limit; use --vocab N or a smaller preset`,
+          } MiB storage binding limit; ${
+            m.label === "lm_head"
+              ? "shrink the vocabulary with --vocab N"
+              : "this adapter cannot run this preset (try a smaller one)"
+          }`,
       );
     }
   }
@@ -410,6 +418,7 @@ async function main(): Promise<number> {
       prefillReps,
       steps,
       prefillChunk: chunk,
+      profiles,
       seed,
       onProgress: (done, total, note) => modelBar.update(done, total, note),
     });
@@ -498,6 +507,7 @@ async function main(): Promise<number> {
       batches,
       reps,
       prefill_reps: prefillReps,
+      profiles,
       steps,
       prefill_chunk: chunk,
       reference_bytes: refBytes,
@@ -509,8 +519,9 @@ async function main(): Promise<number> {
         `${
           gpu.hasTimestamps
             ? "GPU time of one decode step from timestamp-query (runner.profileDecode: every " +
-              "dispatch in its own timed pass, summed; the two-count wall slope is kept as " +
-              "wall_ms_per_token). Wall slope: "
+              "dispatch in its own timed pass, summed; each sample is the fastest of " +
+              `${profiles} profiled steps, which rejects steps slowed by other work on the ` +
+              "adapter; the two-count wall slope is kept as wall_ms_per_token). Wall slope: "
             : ""
         }steady time per decode step from the two-count slope (T(${steps.hi} steps) - ` +
         `T(${steps.lo} steps)) / ${steps.hi - steps.lo}, each count one submission from the same ` +
@@ -579,11 +590,15 @@ async function main(): Promise<number> {
 
   await Deno.mkdir(outDir, { recursive: true });
   const md = renderMarkdown(result);
-  await Deno.writeTextFile(`${outDir}/bench.json`, JSON.stringify(result, null, 1) + "\n");
-  await Deno.writeTextFile(`${outDir}/bench.md`, `# zigzag bench\n\n${md}`);
+  await Deno.writeTextFile(
+    `${outDir}/bench.json`,
+    await denoFmt(JSON.stringify(result, null, 2) + "\n", "json"),
+  );
+  await Deno.writeTextFile(`${outDir}/bench.md`, await denoFmt(`# zigzag bench\n\n${md}`, "md"));
   for (const [name, svg] of Object.entries(renderCharts(result))) {
-    await Deno.writeTextFile(`${outDir}/${name}`, svg);
+    await Deno.writeTextFile(`${outDir}/${name}`, await denoFmt(svg, "svg"));
   }
+
   console.log(md);
   console.error(
     `wrote ${outDir}/bench.json, bench.md and charts in ${result.elapsed_s.toFixed(0)} s`,

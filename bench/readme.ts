@@ -7,6 +7,7 @@
 // is out of date.
 
 import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { denoFmt } from "./fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
 
 export const START = "<!-- bench:start -->";
@@ -80,7 +81,8 @@ async function main(): Promise<number> {
   }
   const base = relative(dirOf(absolute(readmePath)), dirOf(absolute(jsonPath)));
   const section = renderSection(result, base ? `${base}/` : "");
-  const next = replaceSection(readme, section, readmePath);
+  // Format the whole README as deno fmt would (its own text is unchanged when already formatted).
+  const next = await denoFmt(replaceSection(readme, section, readmePath), "md");
   if (a.boolean("check")) {
     if (next !== readme) {
       console.error(`${readmePath}: the bench section is out of date (deno task bench-readme)`);

@@ -467,7 +467,7 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       `of weights per decode step. Sink ${r.options.sink} + recent ${r.options.recent}, budget ` +
       `${r.options.budget}.`,
   );
-  for (const n of r.notes) L.push("", `- ${n}`);
+  if (r.notes.length) L.push("", ...r.notes.map((n) => `- ${n}`));
   L.push("", "Plans:", "");
   L.push("| plan | source | retrieval KV heads | streaming KV heads | mixed layers |");
   L.push("| --- | --- | ---: | ---: | ---: |");
@@ -674,10 +674,10 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
 
   if (r.cells.length) {
     L.push("", "### Charts", "");
-    L.push(`![decode ms/token vs context](${imageBase}decode.svg)`);
+    L.push(`![decode ms/token vs context](${imageBase}decode.svg)`, "");
     L.push(`![KV bytes vs context](${imageBase}kv.svg)`);
     if (r.cells.some((x) => x.prefill_ms)) {
-      L.push(`![prefill ms vs context](${imageBase}prefill.svg)`);
+      L.push("", `![prefill ms vs context](${imageBase}prefill.svg)`);
     }
   }
   L.push("", "### Method", "");

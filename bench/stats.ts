@@ -30,20 +30,6 @@ export function stat(samples: number[]): Stat {
   return { median, min, max, mean, spread: median !== 0 ? (max - min) / median : 0, samples };
 }
 
-/** Waits until the queue has finished everything submitted so far (one readback). */
-export async function drain(device: GPUDevice, buf?: GPUBuffer): Promise<void> {
-  const staging = device.createBuffer({
-    size: 4,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  if (buf) enc.copyBufferToBuffer(buf, 0, staging, 0, 4);
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  staging.unmap();
-  staging.destroy();
-}
-
 /** Times `record` (dispatches into a compute pass) per repetition. */
 export class PassTimer {
   readonly timestamps: boolean;

@@ -43,6 +43,7 @@ export function niceTicks(max: number, count = 5): number[] {
 
 function fmt(v: number): string {
   if (v === 0) return "0";
+  if (Number.isInteger(v) && Math.abs(v) < 1e5) return String(v);
   const a = Math.abs(v);
   if (a >= 1e6) return `${+(v / 1e6).toPrecision(3)}M`;
   if (a >= 1e4) return `${+(v / 1e3).toPrecision(3)}k`;

@@ -357,6 +357,11 @@ Deno.test("bench-readme: replaces only the text between the markers", () => {
 
 Deno.test("bench svg: ticks and a well-formed chart", () => {
   assert.deepEqual(niceTicks(9.3), [0, 2, 4, 6, 8, 10]);
+  assert.ok(
+    lineChart({ title: "", xLabel: "", yLabel: "", series: [{ name: "a", points: [[1024, 1]] }] })
+      .includes(">1024</text>"),
+    "context ticks print as integers",
+  );
   const svg = lineChart({
     title: "t <&>",
     xLabel: "x",
