@@ -474,7 +474,8 @@ export class ModelRunner {
     const decode = await this.#kernel(
       { file: "attention.wgsl", entry: "decode", constants },
       [...common, this.#attn, this.#partials],
-      (rows, _lr, splits) => [rows, nq, splits],
+      // One workgroup per KV head and chunk of up to 8 of its query heads.
+      (rows, _lr, splits) => [rows, part.heads * Math.ceil(group / 8), splits],
     );
     const merge = await this.#kernel(
       { file: "attention.wgsl", entry: "merge", constants },
@@ -849,7 +850,9 @@ function validatePlan(c: ModelConfig, plan: ResolvedPlan): void {
   if (plan.layers.length !== c.nLayers) {
     throw new Error(`plan has ${plan.layers.length} layers but the model has ${c.nLayers}`);
   }
-  if (c.headDim > 128) throw new Error(`head_dim ${c.headDim} > 128 is not supported`);
+  if (c.headDim > 128 || c.headDim % 4 !== 0) {
+    throw new Error(`head_dim ${c.headDim} is not supported (a multiple of 4, at most 128)`);
+  }
   if (c.nHeads % c.nKvHeads !== 0) throw new Error("n_heads must be a multiple of n_kv_heads");
   if (plan.recent < 1) throw new Error("recent must be at least 1");
   plan.layers.forEach((lp, l) => {

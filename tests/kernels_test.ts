@@ -443,6 +443,18 @@ const ATTN_CONFIGS: AttnConfig[] = [
     decode: [{ slot: 0, pos: 1000 }, { slot: 1, pos: 200 }, { slot: 2, pos: 307 }],
   },
   {
+    // Decode serves at most 8 query heads per workgroup: a group of 10 takes two chunks.
+    name: "head_dim 32, group 10 (two head chunks), paged, 2 splits",
+    headDim: 32,
+    nHeads: 20,
+    nKvHeads: 2,
+    kvHeadBase: 0,
+    cacheHeads: 2,
+    pageSize: 16,
+    prefill: [{ slot: 0, pos0: 30, n: 18 }],
+    decode: [{ slot: 1, pos: 300 }, { slot: 0, pos: 47 }],
+  },
+  {
     name: "head_dim 8, group 2, streaming sink 0 recent 5",
     headDim: 8,
     nHeads: 2,
@@ -669,7 +681,7 @@ Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
           const steps: DispatchSpec[] = [{
             spec: spec("decode"),
             bindings: [fwd, fwdRows, qkvBuf, kBuf, vBuf, pt, out, partials],
-            groups: [n, nq, splits],
+            groups: [n, c.cacheHeads * Math.ceil(group / 8), splits],
           }];
           if (splits > 1) {
             steps.push({

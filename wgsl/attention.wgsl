@@ -10,7 +10,8 @@
 // Keys are stored after RoPE at their original positions and are never re-rotated.
 //
 // Entry points: `prefill` (tiles of 16 query rows of one sequence, online softmax over 16-key
-// tiles), `decode` (one query row per workgroup, split-K over keys, partials) and `merge`
+// tiles), `decode` (one query row and KV head per workgroup serving the head's query group,
+// split-K over keys, partials) and `merge`
 // (combines the split-K partials; with a single split `decode` writes the output itself).
 
 override HEAD_DIM: u32;       // dims per head, <= 128
@@ -50,16 +51,38 @@ fn cache_index(slot: u32, j: u32, ch: u32) -> u32 {
   return ((page * PAGE_SIZE + j % PAGE_SIZE) * CACHE_HEADS + ch) * HEAD_DIM;
 }
 
-// Key (which = 0) or value (which = 1) of position j for `row`, dim d, KV head kvh.
-fn load_kv(row: Row, r: u32, j: u32, kvh: u32, d: u32, which: u32) -> f32 {
+const FRESH = 0x80000000u; // key_index flag: the key is in the fresh q|k|v rows, not the cache
+
+// Where key j of `row` lives for KV head kvh: FRESH | fused row index when j is one of this
+// forward's own positions, else the index of its dim 0 in the cache buffers. Computed once per
+// key, so page-table and ring lookups are not repeated per element.
+fn key_index(row: Row, r: u32, j: u32, kvh: u32) -> u32 {
   let pos0 = row.pos - (r - row.first_row);
-  if (j >= pos0) {
-    let fr = row.first_row + (j - pos0);
+  if (j >= pos0) { return FRESH | (row.first_row + (j - pos0)); }
+  return cache_index(row.slot, j, kvh - Q_HEAD_BASE / GROUP);
+}
+
+// Element d of the key (which = 0) or value (which = 1) at `idx` (from key_index).
+fn load1(idx: u32, kvh: u32, d: u32, which: u32) -> f32 {
+  if ((idx & FRESH) != 0u) {
+    let fr = idx & ~FRESH;
     return qkv[fr * row_stride() + (N_HEADS + which * N_KV_HEADS + kvh) * HEAD_DIM + d];
   }
-  let i = cache_index(row.slot, j, kvh - Q_HEAD_BASE / GROUP) + d;
-  if (which == 0u) { return f32(k_cache[i]); }
-  return f32(v_cache[i]);
+  if (which == 0u) { return f32(k_cache[idx + d]); }
+  return f32(v_cache[idx + d]);
+}
+
+// Elements d .. d+3 (HEAD_DIM is a multiple of 4).
+fn load4(idx: u32, kvh: u32, d: u32, which: u32) -> vec4<f32> {
+  if ((idx & FRESH) != 0u) {
+    let b = (idx & ~FRESH) * row_stride() + (N_HEADS + which * N_KV_HEADS + kvh) * HEAD_DIM + d;
+    return vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]);
+  }
+  let b = idx + d;
+  if (which == 0u) {
+    return vec4<f32>(f32(k_cache[b]), f32(k_cache[b + 1u]), f32(k_cache[b + 2u]), f32(k_cache[b + 3u]));
+  }
+  return vec4<f32>(f32(v_cache[b]), f32(v_cache[b + 1u]), f32(v_cache[b + 2u]), f32(v_cache[b + 3u]));
 }
 
 fn visible(i: u32, j: u32) -> bool {
@@ -78,6 +101,7 @@ var<workgroup> p_s: array<f32, 256>;  // [BQ][BK] scores, then probabilities
 var<workgroup> m_s: array<f32, 16>;   // running max per query row
 var<workgroup> l_s: array<f32, 16>;   // running denominator per query row
 var<workgroup> a_s: array<f32, 16>;   // rescale factor of this tile per query row
+var<workgroup> kidx: array<u32, 256>; // key_index of each key of the tile (prefill) or split
 
 @compute @workgroup_size(64)
 fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -119,13 +143,15 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     var kend = qb + 1u;
     if (it < tiles_a) { k0 = it * BK; kend = end_a; }
     workgroupBarrier();
+    if (tid < BK && k0 + tid < kend) { kidx[tid] = key_index(row0, r0, k0 + tid, kvh); }
+    workgroupBarrier();
     for (var e = tid; e < BK * HEAD_DIM; e += 64u) {
-      let j = k0 + e / HEAD_DIM;
+      let jj = e / HEAD_DIM;
       var kv = 0.0;
       var vv = 0.0;
-      if (j < kend) {
-        kv = load_kv(row0, r0, j, kvh, e % HEAD_DIM, 0u);
-        vv = load_kv(row0, r0, j, kvh, e % HEAD_DIM, 1u);
+      if (k0 + jj < kend) {
+        kv = load1(kidx[jj], kvh, e % HEAD_DIM, 0u);
+        vv = load1(kidx[jj], kvh, e % HEAD_DIM, 1u);
       }
       k_s[e] = kv;
       v_s[e] = vv;
@@ -178,9 +204,15 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
 }
 
 // ---- decode: split-K over the visible keys of one row ----
+// One workgroup per (row, KV head, group chunk, split) serves up to 8 query heads of the KV
+// head's group, so each key and value is read once for the whole group (GQA).
 const SPLIT_KEYS = 256u;
-var<workgroup> sc: array<f32, 256>;
-var<workgroup> red: array<f32, 64>;
+const MAX_G = 8u;                        // query heads per workgroup
+var<workgroup> qg_s: array<f32, 1024>;   // [MAX_G][HEAD_DIM] scaled queries
+var<workgroup> pg_s: array<f32, 2048>;   // [MAX_G][SPLIT_KEYS] scores, then probabilities
+var<workgroup> red_g: array<f32, 512>;   // [MAX_G][64] per-thread partial max / sum
+var<workgroup> stat_g: array<f32, 16>;   // [g]: max, [MAX_G + g]: sum
+var<workgroup> acc_s: array<f32, 2048>;  // [subset][MAX_G][HEAD_DIM] partial outputs
 
 // The v-th visible key position of a query at position i (sink first, then the window).
 fn nth_key(i: u32, v: u32) -> u32 {
@@ -200,68 +232,109 @@ fn visible_count(i: u32) -> u32 {
   return na + (i + 1u - max(na, w0));
 }
 
-fn reduce(v: f32, tid: u32, is_max: bool) -> f32 {
-  red[tid] = v;
-  workgroupBarrier();
-  for (var k = 32u; k > 0u; k >>= 1u) {
-    if (tid < k) {
-      if (is_max) { red[tid] = max(red[tid], red[tid + k]); } else { red[tid] += red[tid + k]; }
-    }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
 @compute @workgroup_size(64)
 fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let r = wg.x;
-  let hl = wg.y;
+  let chunks = (GROUP + MAX_G - 1u) / MAX_G;
+  let kvh = Q_HEAD_BASE / GROUP + wg.y / chunks;
+  let h0 = kvh * GROUP + (wg.y % chunks) * MAX_G; // first query head of this workgroup
+  let gn = min(MAX_G, kvh * GROUP + GROUP - h0);   // query heads of this workgroup
   let split = wg.z;
-  let h = Q_HEAD_BASE + hl;
-  let kvh = h / GROUP;
   let row = rows[r];
   let i = row.pos;
-  for (var d = tid; d < HEAD_DIM; d += 64u) {
-    q_s[d] = qkv[r * row_stride() + h * HEAD_DIM + d] * SCALE;
+  for (var e = tid; e < gn * HEAD_DIM; e += 64u) {
+    qg_s[e] = qkv[r * row_stride() + h0 * HEAD_DIM + e] * SCALE;
   }
-  workgroupBarrier();
   let total = visible_count(i);
   let v0 = split * SPLIT_KEYS;
   let n = min(SPLIT_KEYS, select(0u, total - v0, total > v0));
-  var mx = NEG;
+  workgroupBarrier();
+
+  // Scores of every query head against each key of the split.
+  var m: array<f32, 8>;
+  for (var g = 0u; g < MAX_G; g++) { m[g] = NEG; }
   for (var v = tid; v < n; v += 64u) {
-    let j = nth_key(i, v0 + v);
-    var s = 0.0;
-    for (var d = 0u; d < HEAD_DIM; d++) { s += q_s[d] * load_kv(row, r, j, kvh, d, 0u); }
-    sc[v] = s;
-    mx = max(mx, s);
-  }
-  mx = reduce(mx, tid, true);
-  var sum = 0.0;
-  for (var v = tid; v < n; v += 64u) {
-    let p = exp(sc[v] - mx);
-    sc[v] = p;
-    sum += p;
-  }
-  sum = reduce(sum, tid, false);
-  let nq = N_HEADS; // partial stride uses the model's head count so every dispatch fits
-  let pidx = (r * nq + h) * fwd.n_splits + split;
-  // One split (short contexts): normalise and write the output here; `merge` is not run.
-  let single = fwd.n_splits == 1u;
-  for (var d = tid; d < HEAD_DIM; d += 64u) {
-    var a = 0.0;
-    for (var v = 0u; v < n; v++) { a += sc[v] * load_kv(row, r, nth_key(i, v0 + v), kvh, d, 1u); }
-    if (single) {
-      out[r * N_HEADS * HEAD_DIM + h * HEAD_DIM + d] = a / sum;
-    } else {
-      partials[pidx * (HEAD_DIM + 2u) + 2u + d] = a;
+    let idx = key_index(row, r, nth_key(i, v0 + v), kvh);
+    kidx[v] = idx;
+    var s: array<f32, 8>;
+    for (var g = 0u; g < MAX_G; g++) { s[g] = 0.0; }
+    for (var d = 0u; d < HEAD_DIM; d += 4u) {
+      let k4 = load4(idx, kvh, d, 0u);
+      for (var g = 0u; g < gn; g++) {
+        let q = g * HEAD_DIM + d;
+        s[g] += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), k4);
+      }
+    }
+    for (var g = 0u; g < gn; g++) {
+      pg_s[g * SPLIT_KEYS + v] = s[g];
+      m[g] = max(m[g], s[g]);
     }
   }
-  if (tid == 0u) {
-    partials[pidx * (HEAD_DIM + 2u)] = mx;
-    partials[pidx * (HEAD_DIM + 2u) + 1u] = sum;
+  for (var g = 0u; g < MAX_G; g++) { red_g[g * 64u + tid] = m[g]; }
+  workgroupBarrier();
+  if (tid < gn) {
+    var mx = NEG;
+    for (var t = 0u; t < 64u; t++) { mx = max(mx, red_g[tid * 64u + t]); }
+    stat_g[tid] = mx;
+  }
+  workgroupBarrier();
+  var l: array<f32, 8>;
+  for (var g = 0u; g < MAX_G; g++) { l[g] = 0.0; }
+  for (var v = tid; v < n; v += 64u) {
+    for (var g = 0u; g < gn; g++) {
+      let p = exp(pg_s[g * SPLIT_KEYS + v] - stat_g[g]);
+      pg_s[g * SPLIT_KEYS + v] = p;
+      l[g] += p;
+    }
+  }
+  for (var g = 0u; g < MAX_G; g++) { red_g[g * 64u + tid] = l[g]; }
+  workgroupBarrier();
+  if (tid < gn) {
+    var sum = 0.0;
+    for (var t = 0u; t < 64u; t++) { sum += red_g[tid * 64u + t]; }
+    stat_g[MAX_G + tid] = sum;
+  }
+  workgroupBarrier();
+
+  // Weighted values: thread (subset, column) sums every `subsets`-th key of one vec4 column.
+  let cols = HEAD_DIM / 4u;
+  let subsets = 64u / cols;
+  let col = tid % cols;
+  let sub = tid / cols;
+  var acc: array<vec4<f32>, 8>;
+  for (var g = 0u; g < MAX_G; g++) { acc[g] = vec4<f32>(0.0); }
+  if (sub < subsets) {
+    for (var v = sub; v < n; v += subsets) {
+      let v4 = load4(kidx[v], kvh, col * 4u, 1u);
+      for (var g = 0u; g < gn; g++) { acc[g] += pg_s[g * SPLIT_KEYS + v] * v4; }
+    }
+    for (var g = 0u; g < gn; g++) {
+      let b = (sub * MAX_G + g) * HEAD_DIM + col * 4u;
+      acc_s[b] = acc[g].x;
+      acc_s[b + 1u] = acc[g].y;
+      acc_s[b + 2u] = acc[g].z;
+      acc_s[b + 3u] = acc[g].w;
+    }
+  }
+  workgroupBarrier();
+  // One split (short contexts): normalise and write the output here; `merge` is not run.
+  let single = fwd.n_splits == 1u;
+  for (var e = tid; e < gn * HEAD_DIM; e += 64u) {
+    let g = e / HEAD_DIM;
+    let d = e % HEAD_DIM;
+    var a = 0.0;
+    for (var s2 = 0u; s2 < subsets; s2++) { a += acc_s[(s2 * MAX_G + g) * HEAD_DIM + d]; }
+    let h = h0 + g;
+    if (single) {
+      out[r * N_HEADS * HEAD_DIM + h * HEAD_DIM + d] = a / stat_g[MAX_G + g];
+    } else {
+      partials[((r * N_HEADS + h) * fwd.n_splits + split) * (HEAD_DIM + 2u) + 2u + d] = a;
+    }
+  }
+  if (tid < gn && !single) {
+    let p = ((r * N_HEADS + h0 + tid) * fwd.n_splits + split) * (HEAD_DIM + 2u);
+    partials[p] = stat_g[tid];
+    partials[p + 1u] = stat_g[MAX_G + tid];
   }
 }
 
