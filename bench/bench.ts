@@ -340,21 +340,9 @@ async function main(): Promise<number> {
       { label: `lm head ${presetName}`, n: base.vocabSize, k: base.dim },
     ];
     const dtypes: Precision[] = gpu.hasF16 ? ["f16", "f32"] : ["f32"];
-    const proto = [
-      { file: "gemv_proto.wgsl", entry: "gemv", outputsPerWorkgroup: 8 },
-      {
-        file: "gemv_proto.wgsl",
-        entry: "gemv_rows",
-        outputsPerWorkgroup: 16,
-        constants: { ROWS_WG: 16 },
-      },
-    ];
     const jobs = dtypes.flatMap((dtype) =>
       shapes.flatMap((s) => [
-        ...[1, 8].flatMap((rows) => [
-          { kind: "gemv" as const, ...s, rows, dtype },
-          ...proto.map((p) => ({ kind: "gemv" as const, ...s, rows, dtype, ...p })),
-        ]),
+        ...[1, 8].map((rows) => ({ kind: "gemv" as const, ...s, rows, dtype })),
         { kind: "gemm" as const, ...s, rows: gemmRows, dtype },
       ])
     );
@@ -539,7 +527,7 @@ async function main(): Promise<number> {
         `${
           gpu.hasTimestamps ? "GPU timestamps around 3 dispatches in one pass" : "wall-clock slope"
         } per sample (wall-clock slope kept as a cross-check); GEMV/GEMM are wgsl/matmul.wgsl's ` +
-        `entry points (and the prototypes of wgsl/gemv_proto.wgsl) dispatched as gpu/runner.ts ` +
+        `entry points dispatched as gpu/runner.ts ` +
         `does; GB/s counts weight bytes. Attention decode: wgsl/attention.wgsl's split-K decode ` +
         `pass over a full paged cache at the longest context (merge pass excluded); GB/s counts ` +
         `the K and V bytes once.`,

@@ -2,6 +2,7 @@
 // copyBufferToBuffer), the readback floor, and GEMV / GEMM throughput of wgsl/matmul.wgsl.
 
 import { readBuffer } from "../gpu/buffers.ts";
+import { GEMV_OUTPUTS } from "../gpu/runner.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
 import { mulberry32 } from "../model/random.ts";
@@ -263,10 +264,10 @@ export async function measureMatmul(
   });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`${o.label}: ${err.message}`);
-  // Same sizes as gpu/runner.ts: GEMV 4 outputs per workgroup; GEMM 64x64 tiles.
+  // Same sizes as gpu/runner.ts: GEMV_OUTPUTS per workgroup; GEMM 64x64 tiles.
   let size: [number, number, number];
   if (o.kind === "gemv") {
-    const wgs = Math.ceil(o.n / (o.outputsPerWorkgroup ?? 4));
+    const wgs = Math.ceil(o.n / (o.outputsPerWorkgroup ?? GEMV_OUTPUTS));
     size = wgs <= MAX_WG ? [wgs, 1, 1] : [MAX_WG, Math.ceil(wgs / MAX_WG), 1];
   } else {
     size = [Math.ceil(o.n / 64), Math.ceil(o.rows / 64), 1];

@@ -147,7 +147,7 @@ export function evalMarkdown(r: EvalResult): string {
     `Pass-key accuracy on \`${r.model}\` (${r.adapter}, ${r.precision}; ${r.samples} prompts ` +
     `per length x depth, depths ${r.depths.join(", ")}, seed ${r.seed}):`,
     "",
-    `| plan | sink + recent | retrieval layers | ${r.lengths.join(" | ")} | all |`,
+    `| plan | sink + recent | layers all-retrieval | ${r.lengths.join(" | ")} | all |`,
     `| --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- |`,
   ];
   for (const p of r.plans) {
@@ -180,8 +180,11 @@ function list(s: string, flag: string, parse: (v: string) => number): number[] {
   return out;
 }
 
-function fileSafe(name: string): string {
-  return name.replace(/^.*\//, "").replace(/\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "_");
+/** File name of a plan's accuracy heatmap. */
+export function heatmapName(plan: string): string {
+  return `eval-${
+    plan.replace(/^.*\//, "").replace(/\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "_")
+  }.svg`;
 }
 
 async function main(): Promise<number> {
@@ -243,7 +246,7 @@ async function main(): Promise<number> {
   await Deno.writeTextFile(`${out}/eval.md`, md);
   for (const p of result.plans) {
     await Deno.writeTextFile(
-      `${out}/eval-${fileSafe(p.plan)}.svg`,
+      `${out}/${heatmapName(p.plan)}`,
       accuracyHeatmap(p.cells, `${p.plan}: pass-key accuracy`, result.lengths, result.depths),
     );
   }
@@ -258,7 +261,9 @@ async function shippedPlansFor(model: LoadedModel): Promise<string[]> {
   const found: string[] = [];
   for await (const e of Deno.readDir(dir)) {
     if (!e.name.endsWith(".json")) continue;
-    const path = decodeURIComponent(new URL(e.name, dir).pathname);
+    // Repository-relative when run from the repository root, as the tasks are.
+    const abs = decodeURIComponent(new URL(e.name, dir).pathname);
+    const path = abs.startsWith(`${Deno.cwd()}/`) ? abs.slice(Deno.cwd().length + 1) : abs;
     try {
       await loadPlanArg(path, model.config);
       found.push(path);

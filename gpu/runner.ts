@@ -60,7 +60,8 @@ type Mode = "prefill" | "decode";
 const SAMPLING_BYTES = 32;
 const SPLIT_KEYS = 256; // keys per split-K workgroup in attention.wgsl
 const GEMV_MAX_ROWS = 8; // matmul.wgsl: rows a GEMV workgroup handles
-const GEMV_COLS = 4;
+/** Outputs one GEMV workgroup computes (matmul.wgsl GEMV_COLS). */
+export const GEMV_OUTPUTS = 8;
 const MAX_WORKGROUPS = 65535;
 
 /** Splits a 1-D workgroup count into x, y (kernels index wg.y * nwg.x + wg.x). */
@@ -295,7 +296,7 @@ export class ModelRunner {
     const gemv = await this.#kernel(
       { file: "matmul.wgsl", entry: "gemv", constants },
       b,
-      () => grid(Math.ceil(n / GEMV_COLS)),
+      () => grid(Math.ceil(n / GEMV_OUTPUTS)),
     );
     const gemm = await this.#kernel(
       { file: "matmul.wgsl", entry: "gemm", constants },

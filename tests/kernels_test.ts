@@ -278,8 +278,8 @@ const MATMUL_CASES: MatmulCase[] = [
   ...[1, 2, 3, 5, 8].map((T): MatmulCase => ({ entry: "gemv", N: 67, K: 37, T })),
   { entry: "gemv", N: 67, K: 37, T: 3, accumulate: true, bias: true },
   { entry: "gemv", N: 67, K: 37, T: 8, logitRows: true, bias: true },
-  // 2-D grid (wg.y * nwg.x + wg.x): 9 x 2 workgroups cover 17 x 4 >= 67 columns.
-  { entry: "gemv", N: 67, K: 37, T: 4, groups: [9, 2, 1] },
+  // 2-D grid (wg.y * nwg.x + wg.x): 5 x 2 workgroups cover 10 x 8 >= 67 columns.
+  { entry: "gemv", N: 67, K: 37, T: 4, groups: [5, 2, 1] },
   // K/4 = 75 vec4s per row: more than the 64 threads, so each thread loops.
   { entry: "gemv", N: 130, K: 300, T: 6, accumulate: true },
   // gemm: rows > 8, not multiples of the 64-row tile; K = 37 not a multiple of TK = 16.
@@ -313,7 +313,7 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const y = h.upload(y0);
       const groups: [number, number, number] = c.groups ??
         (c.entry === "gemv"
-          ? [Math.ceil(c.N / 4), 1, 1]
+          ? [Math.ceil(c.N / 8), 1, 1] // 8 outputs per workgroup
           : [Math.ceil(c.N / 64), Math.ceil(c.T / 64), 1]);
       await h.dispatch(
         {

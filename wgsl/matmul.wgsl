@@ -40,44 +40,38 @@ fn x4(t: u32, k: u32) -> vec4<f32> {
 }
 
 // ---- GEMV: one workgroup computes GEMV_COLS outputs for up to GEMV_MAX_ROWS rows ----
-const GEMV_THREADS = 64u;
-const GEMV_COLS = 4u;
-const GEMV_MAX_ROWS = 8u;
-var<workgroup> partial: array<f32, 2048>; // GEMV_THREADS * GEMV_COLS * GEMV_MAX_ROWS
+// 64 threads = 8 groups of 8 lanes; group g computes output n0 + g. The lanes of a group read 8
+// consecutive vec4s of the weight row per step (128 contiguous bytes: coalesced on GPUs, one
+// 8-wide SIMD load on llvmpipe), keep one accumulator per batch row and meet once in workgroup
+// memory: one barrier, no reduction tree.
+const LANES = 8u;
+const GEMV_COLS = 8u;     // outputs per workgroup (64 threads / LANES)
+const GEMV_MAX_ROWS = 8u; // batch rows; more use gemm
+var<workgroup> partial: array<f32, 512>; // [GEMV_MAX_ROWS][64]
 
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-  let n0 = (wg.y * nwg.x + wg.x) * GEMV_COLS;
+  let g = tid / LANES;
+  let lane = tid % LANES;
+  let n = (wg.y * nwg.x + wg.x) * GEMV_COLS + g;
   let rows = min(row_count(), GEMV_MAX_ROWS);
-  var acc: array<f32, 32>; // [row][col]
-  for (var i = 0u; i < 32u; i++) { acc[i] = 0.0; }
   let k4n = KP / 4u;
-  for (var k4 = tid; k4 < k4n; k4 += GEMV_THREADS) {
-    var wv: array<vec4<f32>, 4>;
-    for (var c = 0u; c < GEMV_COLS; c++) {
-      let n = min(n0 + c, N - 1u);
-      wv[c] = vec4<f32>(w[n * k4n + k4]);
-    }
-    for (var t = 0u; t < rows; t++) {
-      let xv = x4(t, k4 * 4u);
-      for (var c = 0u; c < GEMV_COLS; c++) { acc[t * GEMV_COLS + c] += dot(xv, wv[c]); }
-    }
+  let base = min(n, N - 1u) * k4n;
+  var acc: array<f32, 8>;
+  for (var t = 0u; t < GEMV_MAX_ROWS; t++) { acc[t] = 0.0; }
+  for (var k4 = lane; k4 < k4n; k4 += LANES) {
+    let wv = vec4<f32>(w[base + k4]);
+    acc[0] += dot(x4(0u, k4 * 4u), wv);
+    for (var t = 1u; t < rows; t++) { acc[t] += dot(x4(t, k4 * 4u), wv); }
   }
-  for (var i = 0u; i < 32u; i++) { partial[i * GEMV_THREADS + tid] = acc[i]; }
+  for (var t = 0u; t < GEMV_MAX_ROWS; t++) { partial[t * 64u + tid] = acc[t]; }
   workgroupBarrier();
-  for (var s = GEMV_THREADS / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) {
-      for (var i = 0u; i < rows * GEMV_COLS; i++) {
-        partial[i * GEMV_THREADS + tid] += partial[i * GEMV_THREADS + tid + s];
-      }
-    }
-    workgroupBarrier();
-  }
-  if (tid < rows * GEMV_COLS) {
-    let t = tid / GEMV_COLS;
-    let n = n0 + tid % GEMV_COLS;
-    if (n < N) { store(t, n, partial[tid * GEMV_THREADS]); }
+  // Thread (g, lane) finishes batch row `lane` of output g.
+  if (lane < rows && n < N) {
+    var s = 0.0;
+    for (var l = 0u; l < LANES; l++) { s += partial[lane * 64u + g * LANES + l]; }
+    store(lane, n, s);
   }
 }
 
