@@ -1,3 +1,4 @@
+// deno task bench --serve [--model PATH] [--out DIR]: the serving throughput (bench/serve.ts).
 // deno task bench [--quick] [--kernels | --kernels-only] [--preset NAME] [--layers N] [--vocab N|auto]
 //   [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..] [--prefill-max N]
 //   [--linearity-contexts a,b,..]
@@ -13,6 +14,7 @@
 // method. Targets are printed with their gaps, never asserted.
 
 import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { runServeBench, serveMarkdown } from "./serve.ts";
 import { progress } from "../engine/progress.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
 import { KvGeometry } from "../gpu/kv_cache.ts";
@@ -77,11 +79,32 @@ function exists(path: string): boolean {
   }
 }
 
+/** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests; decode steps 1 vs 8. */
+async function serveBench(model = "../shared/models/stories260K", out = "bench/results") {
+  const bar = progress("serve bench");
+  const r = await runServeBench({
+    model,
+    concurrency: [1, 4, 16],
+    maxTokens: 64,
+    repeats: 3,
+    onProgress: (d, t) => bar.update(d, t),
+  });
+  bar.done();
+  await Deno.mkdir(out, { recursive: true });
+  await Deno.writeTextFile(`${out}/serve.json`, JSON.stringify(r, null, 2) + "\n");
+  const md = serveMarkdown(r);
+  await Deno.writeTextFile(`${out}/serve.md`, md);
+  console.log(md);
+  console.log(`wrote ${out}/serve.json and ${out}/serve.md`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const started = performance.now();
   const a = parseArgs(Deno.args, {
-    booleans: ["quick", "kernels", "kernels-only", "help"],
+    booleans: ["quick", "kernels", "kernels-only", "serve", "help"],
     values: [
+      "model",
       "preset",
       "layers",
       "vocab",
@@ -115,6 +138,9 @@ async function main(): Promise<number> {
     return 0;
   }
   const quick = a.boolean("quick");
+  if (a.boolean("serve")) {
+    return await serveBench(a.optionalString("model"), a.optionalString("out"));
+  }
   const notes: string[] = [];
 
   // ---- model shape ---------------------------------------------------------------------------

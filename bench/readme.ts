@@ -11,6 +11,7 @@
 import { CliError, parseArgs, runMain } from "../cli/args.ts";
 import { denoFmt } from "./fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
+import { type ServeBenchResult, serveMarkdown } from "./serve.ts";
 import { EVAL_SCHEMA, evalMarkdown, type EvalResult, heatmapName } from "../eval/eval.ts";
 
 export const START = "<!-- bench:start -->";
@@ -120,7 +121,16 @@ async function main(): Promise<number> {
     const b = relative(dirOf(absolute(readmePath)), dirOf(absolute(json)));
     return b ? `${b}/` : "";
   };
-  let text = replaceSection(readme, renderSection(result, baseOf(jsonPath)), readmePath);
+  let benchSection = renderSection(result, baseOf(jsonPath));
+  // The serving figures (`deno task bench --serve`) sit beside bench.json when they were run.
+  const servePath = `${dirOf(absolute(jsonPath))}/serve.json`;
+  try {
+    const serve: ServeBenchResult = JSON.parse(await Deno.readTextFile(servePath));
+    benchSection += "\n\n#### Serving (`deno task bench --serve`)\n\n" + serveMarkdown(serve);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  let text = replaceSection(readme, benchSection, readmePath);
   text = replaceSection(
     text,
     renderEvalSection(evalResult, baseOf(evalPath)),

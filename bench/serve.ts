@@ -85,3 +85,23 @@ export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchRes
     steps_8_over_1: decodeSteps[1].tokens_per_s.median / decodeSteps[0].tokens_per_s.median,
   };
 }
+
+/** A Markdown summary with the issue's target (decode steps 8 vs 1 >= 4x). */
+export function serveMarkdown(r: ServeBenchResult): string {
+  const f = (s: Stat) => `${s.median.toFixed(0)} (${s.min.toFixed(0)}-${s.max.toFixed(0)})`;
+  return [
+    `Serving throughput, \`${r.model}\` (${r.precision}), ${r.max_tokens} greedy tokens per request:`,
+    "",
+    "| concurrent requests | aggregate tokens/s, median (min-max) |",
+    "| --- | --- |",
+    ...r.concurrency.map((c) => `| ${c.requests} | ${f(c.tokens_per_s)} |`),
+    "",
+    "| decode steps per readback | one sequence, tokens/s |",
+    "| --- | --- |",
+    ...r.decode_steps.map((d) => `| ${d.steps} | ${f(d.tokens_per_s)} |`),
+    "",
+    `Decode steps 8 vs 1: ${r.steps_8_over_1.toFixed(2)}x (target >= 4x: ${
+      r.steps_8_over_1 >= 4 ? "met" : `missed by ${(4 - r.steps_8_over_1).toFixed(2)}x`
+    }).`,
+  ].join("\n") + "\n";
+}
