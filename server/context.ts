@@ -64,6 +64,30 @@ export class ServerContext {
     return this.ready;
   }
 
+  /**
+   * The checks that need no loading: a local model path holds a model, a plan file exists.
+   * The server announces itself only after them, so a misconfigured start logs one line.
+   */
+  async preflight(): Promise<void> {
+    const cfg = this.config;
+    const src = (k: string) => cfg.sources[k] ?? `--${k}`;
+    if (localPathExists(cfg.model) || !isRepoId(cfg.model)) {
+      await checkModelPath(cfg.model, src("model"));
+    }
+    const plan = cfg.plan;
+    if (plan !== undefined && plan !== "full" && plan !== "streaming") {
+      try {
+        await Deno.stat(plan);
+      } catch {
+        throw new ConfigError(
+          src("plan"),
+          plan,
+          `plan file not found: ${plan} (expected "full", "streaming" or a path to a plan JSON file)`,
+        );
+      }
+    }
+  }
+
   /** A local model path, or a hub repo id downloaded into the hub cache (HF_HOME). */
   async #resolveModel(source: string): Promise<string> {
     const cfg = this.config;

@@ -42,9 +42,12 @@ export function startServer(config: ServerConfig, opts: StartOptions = {}): Serv
     const addr = listener.addr;
     const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
     url = `http://${host}:${addr.port}`;
-    log(`zigzag: listening on ${url}`);
   }
-  const loaded = ctx.load().then(() => {}, (e) => {
+  // Announce only a start that passed the cheap checks; a failed one is reported by `loaded`.
+  const loaded = ctx.preflight().then(() => {
+    if (url) log(`zigzag: listening on ${url}`);
+    return ctx.load();
+  }).then(() => {}, (e) => {
     ctx.state = "failed";
     ctx.reason = e instanceof Error ? e.message : String(e);
     throw e;

@@ -274,7 +274,7 @@ interface MatmulCase {
 }
 
 const MATMUL_CASES: MatmulCase[] = [
-  // gemv: 1..8 rows, K = 37 padded to KP = 40, N = 67 (not a multiple of the 4 columns).
+  // gemv: 1..8 rows, K = 37 padded to KP = 40, N = 67 (not a multiple of the 8 columns).
   ...[1, 2, 3, 5, 8].map((T): MatmulCase => ({ entry: "gemv", N: 67, K: 37, T })),
   { entry: "gemv", N: 67, K: 37, T: 3, accumulate: true, bias: true },
   { entry: "gemv", N: 67, K: 37, T: 8, logitRows: true, bias: true },
@@ -282,6 +282,9 @@ const MATMUL_CASES: MatmulCase[] = [
   { entry: "gemv", N: 67, K: 37, T: 4, groups: [5, 2, 1] },
   // K/4 = 75 vec4s per row: more than the 64 threads, so each thread loops.
   { entry: "gemv", N: 130, K: 300, T: 6, accumulate: true },
+  // K/4 = 301 vec4s: three activation stages of 128 vec4s, the last partial; 1 row and 7.
+  { entry: "gemv", N: 19, K: 1203, T: 1, bias: true },
+  { entry: "gemv", N: 19, K: 1203, T: 7, accumulate: true },
   // gemm: rows > 8, not multiples of the 64-row tile; K = 37 not a multiple of TK = 16.
   ...[9, 65, 130].map((T): MatmulCase => ({ entry: "gemm", N: 67, K: 37, T })),
   { entry: "gemm", N: 67, K: 37, T: 3 },

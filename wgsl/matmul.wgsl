@@ -42,12 +42,15 @@ fn x4(t: u32, k: u32) -> vec4<f32> {
 // ---- GEMV: one workgroup computes GEMV_COLS outputs for up to GEMV_MAX_ROWS rows ----
 // 64 threads = 8 groups of 8 lanes; group g computes output n0 + g. The lanes of a group read 8
 // consecutive vec4s of the weight row per step (128 contiguous bytes: coalesced on GPUs, one
-// 8-wide SIMD load on llvmpipe), keep one accumulator per batch row and meet once in workgroup
-// memory: one barrier, no reduction tree.
+// 8-wide SIMD load on llvmpipe). The activations are staged in workgroup memory as vec4s, XS
+// at a time, so each is loaded once per workgroup rather than once per output row. The groups
+// keep one accumulator per batch row and meet once at the end: no reduction tree.
 const LANES = 8u;
 const GEMV_COLS = 8u;     // outputs per workgroup (64 threads / LANES)
 const GEMV_MAX_ROWS = 8u; // batch rows; more use gemm
-var<workgroup> partial: array<f32, 512>; // [GEMV_MAX_ROWS][64]
+const XS = 128u;          // vec4s of each activation row staged per step
+var<workgroup> partial: array<f32, 512>;      // [GEMV_MAX_ROWS][64]
+var<workgroup> xs4: array<vec4<f32>, 1024>;   // [GEMV_MAX_ROWS][XS]
 
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
@@ -60,11 +63,27 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let base = min(n, N - 1u) * k4n;
   var acc: array<f32, 8>;
   for (var t = 0u; t < GEMV_MAX_ROWS; t++) { acc[t] = 0.0; }
-  for (var k4 = lane; k4 < k4n; k4 += LANES) {
-    let wv = vec4<f32>(w[base + k4]);
-    acc[0] += dot(x4(0u, k4 * 4u), wv);
-    for (var t = 1u; t < rows; t++) { acc[t] += dot(x4(t, k4 * 4u), wv); }
+  var a0 = 0.0;
+  for (var kb = 0u; kb < k4n; kb += XS) {
+    let m = min(XS, k4n - kb);
+    workgroupBarrier();
+    for (var e = tid; e < rows * XS; e += 64u) {
+      let t = e / XS;
+      let i = e % XS;
+      if (i < m) { xs4[t * XS + i] = x4(t, (kb + i) * 4u); }
+    }
+    workgroupBarrier();
+    if (rows == 1u) {
+      // Decode of one sequence: a scalar accumulator, kept in a register.
+      for (var i = lane; i < m; i += LANES) { a0 += dot(xs4[i], vec4<f32>(w[base + kb + i])); }
+    } else {
+      for (var i = lane; i < m; i += LANES) {
+        let wv = vec4<f32>(w[base + kb + i]);
+        for (var t = 0u; t < rows; t++) { acc[t] += dot(xs4[t * XS + i], wv); }
+      }
+    }
   }
+  acc[0] += a0;
   for (var t = 0u; t < GEMV_MAX_ROWS; t++) { partial[t * 64u + tid] = acc[t]; }
   workgroupBarrier();
   // Thread (g, lane) finishes batch row `lane` of output g.
