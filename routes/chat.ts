@@ -124,22 +124,24 @@ export function chatRoute(ctx: ServerContext): Hono {
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage ?? false;
       const u = includeUsage ? { usage: null } : {};
+      // OpenAI's stream opens with a chunk carrying only the role.
+      const roleChunk = {
+        ...head,
+        choices: [{
+          index: 0,
+          delta: { role: "assistant", content: "" },
+          logprobs: null,
+          finish_reason: null,
+        }],
+        ...u,
+      };
       let first = true;
       return streamJob(c, job, {
         chunk: (ch) => {
           const out = [];
           if (first) {
             first = false;
-            out.push({
-              ...head,
-              choices: [{
-                index: 0,
-                delta: { role: "assistant", content: "" },
-                logprobs: null,
-                finish_reason: null,
-              }],
-              ...u,
-            });
+            out.push(roleChunk);
           }
           if (ch.text !== "" || (body.logprobs && ch.ids.length)) {
             out.push({
@@ -156,18 +158,7 @@ export function chatRoute(ctx: ServerContext): Hono {
           return out;
         },
         end: (res: GenerationResult) => [
-          ...(first
-            ? [{
-              ...head,
-              choices: [{
-                index: 0,
-                delta: { role: "assistant", content: "" },
-                logprobs: null,
-                finish_reason: null,
-              }],
-              ...u,
-            }]
-            : []),
+          ...(first ? [roleChunk] : []),
           {
             ...head,
             choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(res) }],
