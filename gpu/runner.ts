@@ -281,7 +281,7 @@ export class ModelRunner {
     y: GpuTensor,
     n: number,
     k: number,
-    opts: { accumulate?: boolean; bias?: GpuTensor | null; logitRows?: boolean; mode: Mode },
+    opts: { accumulate?: boolean; bias?: GpuTensor | null; logitRows?: boolean } = {},
   ): Promise<Dispatch[]> {
     const constants = {
       N: n,
@@ -316,87 +316,85 @@ export class ModelRunner {
     ];
   }
 
+  /** Every dispatch of a forward's body, as llama2.c's `forward` orders it. */
   async #buildProgram(mode: Mode): Promise<Dispatch[]> {
-    const c = this.config;
-    const plan = this.opts.plan;
-    const qDim = c.nHeads * c.headDim;
-    const group = c.nHeads / c.nKvHeads;
-    const d: Dispatch[] = [];
-    const perRow: Dispatch["size"] = (rows) => [rows, 1, 1];
+    const d = [await this.#embedTokens()];
+    for (let l = 0; l < this.config.nLayers; l++) {
+      d.push(...await this.#attentionBlock(l, mode), ...await this.#feedForwardBlock(l));
+    }
+    return d;
+  }
 
-    // embed
+  /** x = token embeddings. */
+  #embedTokens(): Promise<Dispatch> {
+    return this.#kernel(
+      { file: "embed.wgsl", constants: { DIM: this.config.dim } },
+      [this.#fwd, this.#tokens, this.#embedding, this.#x],
+      (rows) => [rows, 1, 1],
+    );
+  }
+
+  /** x += Wo · attention(rope(Wqkv · rmsnorm(x))), over each cache part of the layer. */
+  async #attentionBlock(l: number, mode: Mode): Promise<Dispatch[]> {
+    const c = this.config;
+    const w = this.#layers[l];
+    const group = c.nHeads / c.nKvHeads;
+    const d: Dispatch[] = [await this.#rmsnorm(this.#x, w.attnNorm, this.#xb, false)];
+    d.push(
+      ...await this.#matmul(this.#xb, w.wqkv, this.#qkv, this.#qkv.shape[1], c.dim, {
+        bias: w.bqkv,
+      }),
+    );
     d.push(
       await this.#kernel(
-        { file: "embed.wgsl", constants: { DIM: c.dim } },
-        [this.#fwd, this.#tokens, this.#embedding, this.#x],
-        perRow,
+        {
+          file: "rope.wgsl",
+          constants: {
+            HEAD_DIM: c.headDim,
+            N_HEADS: c.nHeads,
+            N_KV_HEADS: c.nKvHeads,
+            ROW_STRIDE: this.#qkv.shape[1],
+            INTERLEAVED: c.ropeStyle === "interleaved",
+          },
+        },
+        [this.#fwd, this.#rows, this.#invFreq, this.#qkv],
+        (rows) => [rows, 1, 1],
       ),
     );
-    for (let l = 0; l < c.nLayers; l++) {
-      const w = this.#layers[l];
-      const cache = this.cache.layers[l];
-      // attention block: x += Wo · attention(rope(Wqkv · rmsnorm(x)))
-      d.push(await this.#rmsnorm(this.#x, w.attnNorm, this.#xb, false));
-      d.push(
-        ...await this.#matmul(this.#xb, w.wqkv, this.#qkv, this.#qkv.shape[1], c.dim, {
-          bias: w.bqkv,
-          mode,
-        }),
-      );
-      d.push(
-        await this.#kernel(
-          {
-            file: "rope.wgsl",
-            constants: {
-              HEAD_DIM: c.headDim,
-              N_HEADS: c.nHeads,
-              N_KV_HEADS: c.nKvHeads,
-              ROW_STRIDE: this.#qkv.shape[1],
-              INTERLEAVED: c.ropeStyle === "interleaved",
-            },
-          },
-          [this.#fwd, this.#rows, this.#invFreq, this.#qkv],
-          perRow,
-        ),
-      );
-      const parts = [cache.retrieval, cache.streaming].filter((p): p is CachePart => p !== null);
-      let calls = 0;
-      for (const part of parts) {
-        const a = await this.#attention(part, mode, group);
-        d.push(...a);
-        if (mode === "prefill") calls += a.length;
-      }
-      if (mode === "prefill") this.#attentionCalls[l] = calls;
-      for (const part of parts) d.push(await this.#kvStore(part));
-      d.push(
-        ...await this.#matmul(this.#attn, w.wo, this.#x, c.dim, qDim, {
-          accumulate: true,
-          mode,
-        }),
-      );
-      // feed-forward block: x += Wdown · swiglu(Wgate_up · rmsnorm(x))
-      d.push(await this.#rmsnorm(this.#x, w.ffnNorm, this.#xb, false));
-      d.push(
-        ...await this.#matmul(this.#xb, w.wGateUp, this.#gu, 2 * c.hiddenDim, c.dim, {
-          mode,
-        }),
-      );
-      d.push(
-        await this.#kernel(
-          { file: "swiglu.wgsl", constants: { HIDDEN: c.hiddenDim } },
-          [this.#fwd, this.#gu, this.#h],
-          (rows) => grid(Math.ceil((rows * c.hiddenDim) / 256)),
-        ),
-      );
-      d.push(
-        ...await this.#matmul(this.#h, w.wDown, this.#x, c.dim, c.hiddenDim, {
-          accumulate: true,
-          mode,
-        }),
-      );
+    // A zigzag layer has one part (one attention kernel); a duo layer both.
+    const cache = this.cache.layers[l];
+    const parts = [cache.retrieval, cache.streaming].filter((p): p is CachePart => p !== null);
+    let calls = 0;
+    for (const part of parts) {
+      const a = await this.#attention(part, mode, group);
+      d.push(...a);
+      calls += a.length;
     }
-    void plan;
+    if (mode === "prefill") this.#attentionCalls[l] = calls;
+    // Stored after attention has read the fresh keys, so a ring slot is never overwritten early.
+    for (const part of parts) d.push(await this.#kvStore(part));
+    d.push(
+      ...await this.#matmul(this.#attn, w.wo, this.#x, c.dim, c.nHeads * c.headDim, {
+        accumulate: true,
+      }),
+    );
     return d;
+  }
+
+  /** x += Wdown · swiglu(Wgate_up · rmsnorm(x)). */
+  async #feedForwardBlock(l: number): Promise<Dispatch[]> {
+    const c = this.config;
+    const w = this.#layers[l];
+    return [
+      await this.#rmsnorm(this.#x, w.ffnNorm, this.#xb, false),
+      ...await this.#matmul(this.#xb, w.wGateUp, this.#gu, 2 * c.hiddenDim, c.dim),
+      await this.#kernel(
+        { file: "swiglu.wgsl", constants: { HIDDEN: c.hiddenDim } },
+        [this.#fwd, this.#gu, this.#h],
+        (rows) => grid(Math.ceil((rows * c.hiddenDim) / 256)),
+      ),
+      ...await this.#matmul(this.#h, w.wDown, this.#x, c.dim, c.hiddenDim, { accumulate: true }),
+    ];
   }
 
   /** Final norm of the rows that need logits, the LM head and the sampler. */
@@ -407,7 +405,6 @@ export class ModelRunner {
       await this.#rmsnorm(this.#x, this.#finalNorm, this.#xf, true),
       ...await this.#matmul(this.#xf, this.#lmHead, this.#logits, c.vocabSize, c.dim, {
         logitRows: true,
-        mode: "decode",
       }),
       await this.#kernel(
         { file: "sample.wgsl", constants: { VOCAB: c.vocabSize, MAX_ROWS: B } },
