@@ -204,8 +204,10 @@ export class ServerContext {
     if (cfg.plan === undefined) {
       this.log(
         "zigzag: no plan given: running `full` attention (every KV head keeps its whole cache). " +
-          "Make a plan with `deno task plan import-duo --tsv full_attention_heads.tsv --budget 0.5 " +
-          "--mode zigzag --out plan.json` and pass --plan plan.json (or ZIGZAG_PLAN).",
+          `Make a plan with \`deno task plan identify --model ${cfg.model} --budget 0.5 ` +
+          "--out plan.json` (or, for a model with published DuoAttention gates, `deno task plan " +
+          "import-duo --tsv full_attention_heads.tsv --budget 0.5 --mode zigzag --out plan.json`) " +
+          "and pass --plan plan.json (or ZIGZAG_PLAN).",
       );
     }
     this.log(
