@@ -76,6 +76,36 @@ export function uploadMatrix(
   return t;
 }
 
+/** Copies several buffer prefixes to the host in one round trip (one staging buffer, one map). */
+export async function readBuffers(
+  device: GPUDevice,
+  parts: { buffer: GPUBuffer; bytes: number }[],
+): Promise<ArrayBuffer[]> {
+  const sizes = parts.map((p) => Math.ceil(p.bytes / 4) * 4);
+  const staging = device.createBuffer({
+    size: sizes.reduce((a, b) => a + b, 0),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  let offset = 0;
+  parts.forEach((p, i) => {
+    enc.copyBufferToBuffer(p.buffer, 0, staging, offset, sizes[i]);
+    offset += sizes[i];
+  });
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const all = staging.getMappedRange();
+  offset = 0;
+  const out = parts.map((p, i) => {
+    const part = all.slice(offset, offset + p.bytes);
+    offset += sizes[i];
+    return part;
+  });
+  staging.unmap();
+  staging.destroy();
+  return out;
+}
+
 /** Copies a buffer range to the host (one ~11 ms round trip in Deno 2.9: call rarely). */
 export async function readBuffer(
   device: GPUDevice,

@@ -9,7 +9,7 @@
 
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import type { LayerAttentionPlan, ResolvedPlan } from "../plans/types.ts";
-import { createTensor, GpuTensor, readBuffer, uploadMatrix } from "./buffers.ts";
+import { createTensor, GpuTensor, readBuffer, readBuffers, uploadMatrix } from "./buffers.ts";
 import type { Gpu, Precision } from "./device.ts";
 import { type CachePart, KvCacheManager, type SeqCache } from "./kv_cache.ts";
 import { type KernelSpec, Pipelines } from "./pipelines.ts";
@@ -152,6 +152,14 @@ export class ModelRunner {
       r.#programs.set(mode, await r.#buildProgram(mode));
     }
     r.#programs.set("sample", await r.#buildSampling());
+    // Chains decode steps in one submission: next input = the token just sampled.
+    r.#programs.set("advance", [
+      await r.#kernel(
+        { file: "decode_step.wgsl", constants: { MAX_ROWS: opts.maxBatch } },
+        [r.#fwd, r.#rows, r.#tokens, r.#sampled, r.#step],
+        () => [1, 1, 1],
+      ),
+    ]);
     return r;
   }
 
@@ -589,9 +597,9 @@ export class ModelRunner {
       }
       // A prompt prefilled in parts: only its last part samples (and waits for the GPU).
       if (opts.sample === false) return { token: -1, logprob: 0 };
-      const [tok, lp] = await Promise.all([
-        readBuffer(this.device, this.#sampled.buffer, 4),
-        readBuffer(this.device, this.#logprobs.buffer, 4),
+      const [tok, lp] = await readBuffers(this.device, [
+        { buffer: this.#sampled.buffer, bytes: 4 },
+        { buffer: this.#logprobs.buffer, bytes: 4 },
       ]);
       const out: Sampled & { logits?: Float32Array } = {
         token: new Uint32Array(tok)[0],
@@ -652,9 +660,9 @@ export class ModelRunner {
           this.#record(p2, head, n, group.length, 1);
           p2.end();
           this.device.queue.submit([e2.finish()]);
-          const [h, l] = await Promise.all([
-            readBuffer(this.device, this.#xf.buffer, group.length * D * 4),
-            readBuffer(this.device, this.#logits.buffer, group.length * V * 4),
+          const [h, l] = await readBuffers(this.device, [
+            { buffer: this.#xf.buffer, bytes: group.length * D * 4 },
+            { buffer: this.#logits.buffer, bytes: group.length * V * 4 },
           ]);
           const hf = new Float32Array(h);
           const lf = new Float32Array(l);
@@ -708,23 +716,19 @@ export class ModelRunner {
       const pass = enc.beginComputePass();
       const prog = this.#programs.get("decode")!;
       const sample = this.#programs.get("sample")!;
-      const advance = await this.#kernel(
-        { file: "decode_step.wgsl", constants: { MAX_ROWS: this.opts.maxBatch } },
-        [this.#fwd, this.#rows, this.#tokens, this.#sampled, this.#step],
-        () => [1, 1, 1],
-      );
+      const advance = this.#programs.get("advance")!;
       for (let s = 0; s < steps; s++) {
         this.#record(pass, prog, B, B, splits);
         this.#record(pass, sample, B, B, splits);
-        this.#record(pass, [advance], B, B, splits);
+        this.#record(pass, advance, B, B, splits);
       }
       pass.end();
       this.device.queue.submit([enc.finish()]);
       for (const b of batch) this.cache.commit(b.seq, b.seq.tokens + steps);
       const maxB = this.opts.maxBatch;
-      const [tokBuf, lpBuf] = await Promise.all([
-        readBuffer(this.device, this.#sampled.buffer, steps * maxB * 4),
-        readBuffer(this.device, this.#logprobs.buffer, steps * maxB * 4),
+      const [tokBuf, lpBuf] = await readBuffers(this.device, [
+        { buffer: this.#sampled.buffer, bytes: steps * maxB * 4 },
+        { buffer: this.#logprobs.buffer, bytes: steps * maxB * 4 },
       ]);
       const tok = new Uint32Array(tokBuf);
       const lp = new Float32Array(lpBuf);
