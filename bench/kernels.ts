@@ -260,7 +260,8 @@ export async function measureMatmul(
   dev.pushErrorScope("validation");
   const bg = dev.createBindGroup({
     layout: pipe.getBindGroupLayout(0),
-    entries: [fwd, x, w, bias, y].map((b, i) => ({ binding: i, resource: { buffer: b } })),
+    // Binding 5 (norm_w) is read only with NORM_INPUT: any buffer serves.
+    entries: [fwd, x, w, bias, y, bias].map((b, i) => ({ binding: i, resource: { buffer: b } })),
   });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`${o.label}: ${err.message}`);

@@ -106,11 +106,9 @@ export class ModelRunner {
   #step!: GpuTensor;
   // Activations.
   #x!: GpuTensor;
-  #xb!: GpuTensor;
   #qkv!: GpuTensor;
   #attn!: GpuTensor;
   #gu!: GpuTensor;
-  #h!: GpuTensor;
   #xf!: GpuTensor;
   #logits!: GpuTensor;
   #partials!: GpuTensor;
@@ -247,11 +245,9 @@ export class ModelRunner {
     this.#sampling = t([B, SAMPLING_BYTES / 4], "sampling", "u32");
     this.#step = t([1], "step", "u32");
     this.#x = t([R, c.dim], "x");
-    this.#xb = t([R, c.dim], "xb");
     this.#qkv = t([R, qkvDim], "qkv");
     this.#attn = t([R, c.nHeads * c.headDim], "attn");
     this.#gu = t([R, 2 * c.hiddenDim], "gate_up");
-    this.#h = t([R, c.hiddenDim], "h");
     this.#xf = t([B, c.dim], "x_final");
     this.#logits = t([B, c.vocabSize], "logits");
     this.#partials = t([B, c.nHeads, this.maxSplits, c.headDim + 2], "attn partials");
@@ -283,13 +279,24 @@ export class ModelRunner {
     return { pipeline, bindGroup, size };
   }
 
+  /**
+   * y (+)= in · Wᵀ (+ bias), where `in` is x, rmsnorm(x) * norm (`norm`), or silu(gate) * up of
+   * a fused gate|up x (`swiglu`): the input transforms run inside the matmul, no dispatch of their
+   * own. Returns the GEMV and the GEMM dispatch; the forward's row count picks one.
+   */
   async #matmul(
     x: GpuTensor,
     w: GpuTensor,
     y: GpuTensor,
     n: number,
     k: number,
-    opts: { accumulate?: boolean; bias?: GpuTensor | null; logitRows?: boolean } = {},
+    opts: {
+      accumulate?: boolean;
+      bias?: GpuTensor | null;
+      logitRows?: boolean;
+      norm?: GpuTensor;
+      swiglu?: boolean;
+    } = {},
   ): Promise<Dispatch[]> {
     const constants = {
       N: n,
@@ -298,8 +305,11 @@ export class ModelRunner {
       ACCUMULATE: opts.accumulate ?? false,
       HAS_BIAS: !!opts.bias,
       LOGIT_ROWS: opts.logitRows ?? false,
+      NORM_INPUT: !!opts.norm,
+      EPS: this.config.normEps,
+      SWIGLU_INPUT: opts.swiglu ?? false,
     };
-    const b = [this.#fwd, x, w, opts.bias ?? this.#dummy, y];
+    const b = [this.#fwd, x, w, opts.bias ?? this.#dummy, y, opts.norm ?? this.#dummy];
     const rowsOf = (rows: number, logitRows: number) => opts.logitRows ? logitRows : rows;
     const gemv = await this.#kernel(
       { file: "matmul.wgsl", entry: "gemv", constants },
@@ -342,16 +352,22 @@ export class ModelRunner {
     );
   }
 
-  /** x += Wo · attention(rope(Wqkv · rmsnorm(x))), over each cache part of the layer. */
+  /** x += Wo · attention(rope(Wqkv · rmsnorm(x))), over each cache part of the layer; the
+   * RMSNorm runs inside the q|k|v matmul. */
   async #attentionBlock(l: number, mode: Mode): Promise<Dispatch[]> {
     const c = this.config;
     const w = this.#layers[l];
     const group = c.nHeads / c.nKvHeads;
-    const d: Dispatch[] = [await this.#rmsnorm(this.#x, w.attnNorm, this.#xb, false)];
-    d.push(
-      ...await this.#matmul(this.#xb, w.wqkv, this.#qkv, this.#qkv.shape[1], c.dim, {
+    const d: Dispatch[] = await this.#matmul(
+      this.#x,
+      w.wqkv,
+      this.#qkv,
+      this.#qkv.shape[1],
+      c.dim,
+      {
         bias: w.bqkv,
-      }),
+        norm: w.attnNorm,
+      },
     );
     d.push(
       await this.#kernel(
@@ -389,19 +405,18 @@ export class ModelRunner {
     return d;
   }
 
-  /** x += Wdown · swiglu(Wgate_up · rmsnorm(x)). */
+  /** x += Wdown · swiglu(Wgate_up · rmsnorm(x)); RMSNorm and SwiGLU run inside the matmuls. */
   async #feedForwardBlock(l: number): Promise<Dispatch[]> {
     const c = this.config;
     const w = this.#layers[l];
     return [
-      await this.#rmsnorm(this.#x, w.ffnNorm, this.#xb, false),
-      ...await this.#matmul(this.#xb, w.wGateUp, this.#gu, 2 * c.hiddenDim, c.dim),
-      await this.#kernel(
-        { file: "swiglu.wgsl", constants: { HIDDEN: c.hiddenDim } },
-        [this.#fwd, this.#gu, this.#h],
-        (rows) => grid(Math.ceil((rows * c.hiddenDim) / 256)),
-      ),
-      ...await this.#matmul(this.#h, w.wDown, this.#x, c.dim, c.hiddenDim, { accumulate: true }),
+      ...await this.#matmul(this.#x, w.wGateUp, this.#gu, 2 * c.hiddenDim, c.dim, {
+        norm: w.ffnNorm,
+      }),
+      ...await this.#matmul(this.#gu, w.wDown, this.#x, c.dim, c.hiddenDim, {
+        accumulate: true,
+        swiglu: true,
+      }),
     ];
   }
 
@@ -822,11 +837,9 @@ export class ModelRunner {
       this.#sampling,
       this.#step,
       this.#x,
-      this.#xb,
       this.#qkv,
       this.#attn,
       this.#gu,
-      this.#h,
       this.#xf,
       this.#logits,
       this.#partials,

@@ -223,41 +223,6 @@ Deno.test("rope.wgsl, INTERLEAVED and rotate-half", gpuTest, async (t) => {
   });
 });
 
-// ---- swiglu ---------------------------------------------------------------------------------
-
-Deno.test("swiglu.wgsl", gpuTest, async (t) => {
-  // silu(g) * u = g / (1 + exp(-g)) * u: exp within (3 + 2|g|) ULP (WGSL), the division within
-  // 2.5 ULP, one add and one product: for |g| <= 8 under 30 u relative; 64 u allows for
-  // llvmpipe's exp. The inputs include |g| = 90 (exp overflows to inf or underflows to 0).
-  const REL = 64 * U32;
-  await perPrecision(t, async (p) => {
-    const rng = new Rng(404);
-    const HIDDEN = 100, N = 7;
-    const gu = rng.array(N * 2 * HIDDEN, -8, 8);
-    gu[5] = 90;
-    gu[6] = -90;
-    const h0 = h.filled(N * HIDDEN + 50, SENTINEL);
-    // A 2-D grid (the runner splits counts over 65535 into y): 2 x 2 x 256 threads >= 700.
-    await h.dispatch(
-      { file: "swiglu.wgsl", W: p, KV: p, constants: { HIDDEN } },
-      [h.forward({ nRows: N }), h.upload(gu), h0],
-      [2, 2, 1],
-    );
-    const want = new Float64Array(N * HIDDEN + 50).fill(SENTINEL);
-    for (let r = 0; r < N; r++) {
-      for (let j = 0; j < HIDDEN; j++) {
-        const g = gu[r * 2 * HIDDEN + j];
-        want[r * HIDDEN + j] = g / (1 + Math.exp(-g)) * gu[r * 2 * HIDDEN + HIDDEN + j];
-      }
-    }
-    const what = `swiglu ${p}`;
-    margin(
-      what,
-      assertClose(await h.readF32(h0), want, (i) => REL * Math.abs(want[i]) + 1e-30, what),
-    );
-  });
-});
-
 // ---- matmul ---------------------------------------------------------------------------------
 
 interface MatmulCase {
@@ -269,6 +234,10 @@ interface MatmulCase {
   accumulate?: boolean;
   bias?: boolean;
   logitRows?: boolean;
+  /** NORM_INPUT: the input is rmsnorm(x) * norm_w. */
+  norm?: boolean;
+  /** SWIGLU_INPUT: x is [rows, 2K] gate|up and the input is silu(gate) * up. */
+  swiglu?: boolean;
   /** Workgroup grid; default as the runner dispatches. */
   groups?: [number, number, number];
 }
@@ -291,7 +260,20 @@ const MATMUL_CASES: MatmulCase[] = [
   { entry: "gemm", N: 130, K: 300, T: 65, accumulate: true, bias: true },
   { entry: "gemm", N: 67, K: 37, T: 9, logitRows: true },
   { entry: "gemm", N: 5, K: 6, T: 70, bias: true },
+  // Fused inputs: RMSNorm (q|k|v, gate|up) and SwiGLU (down), in both entry points; K = 1203
+  // spans several GEMV activation stages; K = 37 has a partial vec4.
+  { entry: "gemv", N: 67, K: 37, T: 1, norm: true, bias: true },
+  { entry: "gemv", N: 19, K: 1203, T: 5, norm: true },
+  { entry: "gemv", N: 67, K: 37, T: 3, swiglu: true, accumulate: true },
+  { entry: "gemv", N: 19, K: 1203, T: 1, swiglu: true },
+  { entry: "gemm", N: 67, K: 37, T: 70, norm: true },
+  { entry: "gemm", N: 130, K: 300, T: 9, swiglu: true, accumulate: true },
 ];
+
+/** silu(g) * u as f64. */
+function swiglu(g: number, u: number): number {
+  return g / (1 + Math.exp(-g)) * u;
+}
 
 Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
   // Each output is a sum of K products plus bias and the accumulated value, all f32 from exact
@@ -304,7 +286,30 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       // LOGIT_ROWS: n_rows is larger than the rows to compute; those must be left alone.
       const nRows = c.logitRows ? c.T + 5 : c.T;
       const allRows = nRows + 2; // y has rows past the computed ones
-      const x = rng.array(allRows * c.K);
+      // x: the stored activations ([rows, 2K] for SWIGLU_INPUT); in: the matmul's input.
+      const xWidth = c.swiglu ? 2 * c.K : c.K;
+      const x = c.swiglu ? rng.array(allRows * xWidth, -4, 4) : rng.array(allRows * xWidth);
+      const normW = rng.array(c.K, 0.5, 1.5);
+      const normWs = stored(normW, p);
+      const EPS = 1e-5;
+      const inp = new Float64Array(allRows * c.K);
+      for (let r = 0; r < allRows; r++) {
+        let inv = 1;
+        if (c.norm) {
+          let ss = 0;
+          for (let k = 0; k < c.K; k++) ss += x[r * xWidth + k] ** 2;
+          inv = 1 / Math.sqrt(ss / c.K + EPS);
+        }
+        for (let k = 0; k < c.K; k++) {
+          inp[r * c.K + k] = c.swiglu
+            ? swiglu(x[r * xWidth + k], x[r * xWidth + c.K + k])
+            : x[r * c.K + k] * (c.norm ? inv * normWs[k] : 1);
+        }
+      }
+      // Each input element carries its own rounding: RMSNorm's sum of K squares, inverseSqrt
+      // (2 ULP) and two products; SwiGLU's exp ((3 + 2|g|) ULP with |g| <= 4), division and
+      // product. Both stay under (K + 16) u relative, added to the matmul bound below.
+      const inputRel = c.norm || c.swiglu ? (c.K + 16) * U32 : 0;
       const w = rng.array(c.N * c.K);
       const bias = rng.array(c.N);
       // Without ACCUMULATE y starts as the sentinel, so rows not computed must keep it.
@@ -331,6 +336,9 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
             ACCUMULATE: c.accumulate ?? false,
             HAS_BIAS: c.bias ?? false,
             LOGIT_ROWS: c.logitRows ?? false,
+            NORM_INPUT: c.norm ?? false,
+            EPS,
+            SWIGLU_INPUT: c.swiglu ?? false,
           },
         },
         [
@@ -339,6 +347,7 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
           wt,
           h.upload(c.bias ? bias : [0]),
           y,
+          h.upload(normW, p),
         ],
         groups,
       );
@@ -349,9 +358,10 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
         for (let n = 0; n < c.N; n++) {
           let s = 0, mag = 0;
           for (let k = 0; k < c.K; k++) {
-            s += x[r * c.K + k] * ws[n * c.K + k];
-            mag += Math.abs(x[r * c.K + k] * ws[n * c.K + k]);
+            s += inp[r * c.K + k] * ws[n * c.K + k];
+            mag += Math.abs(inp[r * c.K + k] * ws[n * c.K + k]);
           }
+          const inMag = mag;
           if (c.bias) {
             s += bias[n];
             mag += Math.abs(bias[n]);
@@ -362,12 +372,13 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
           }
           const m = c.K + 3;
           want[r * c.N + n] = s;
-          tol[r * c.N + n] = (m * U32 / (1 - m * U32)) * mag;
+          tol[r * c.N + n] = (m * U32 / (1 - m * U32)) * mag + inputRel * inMag;
         }
       }
       const what = `${c.entry} ${p} N=${c.N} K=${c.K} T=${c.T}` +
         `${c.accumulate ? " ACCUMULATE" : ""}${c.bias ? " HAS_BIAS" : ""}` +
-        `${c.logitRows ? " LOGIT_ROWS" : ""}${c.groups ? ` grid ${c.groups}` : ""}`;
+        `${c.logitRows ? " LOGIT_ROWS" : ""}${c.norm ? " NORM_INPUT" : ""}` +
+        `${c.swiglu ? " SWIGLU_INPUT" : ""}${c.groups ? ` grid ${c.groups}` : ""}`;
       margin(what, assertClose(await h.readF32(y), want, (i) => tol[i], what));
     }
   });

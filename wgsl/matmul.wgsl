@@ -1,21 +1,31 @@
-// Linear layers: y[t, n] (+)= sum_k x[t, k] * w[n, k] (+ bias[n]).
-// x: f32 activations [rows, K]; w: weights [N, KP] in `W` precision, rows zero-padded to KP
-// (a multiple of 4) so they load as vec4; y: f32 [rows, N].
+// Linear layers: y[t, n] (+)= sum_k in[t, k] * w[n, k] (+ bias[n]).
+// x: f32 activations; w: weights [N, KP] in `W` precision, rows zero-padded to KP (a multiple of
+// 4) so they load as vec4; y: f32 [rows, N].
+// The input `in` is x itself [rows, K], or, fused so the layer needs no extra dispatch:
+//  - NORM_INPUT: rmsnorm(x[t]) * norm_w, the row's root mean square computed here;
+//  - SWIGLU_INPUT: silu(gate) * up of the fused gate|up projection x [rows, 2K].
 // Two entry points: `gemv` for few rows (decode; memory bound, streams each weight row once for
 // all rows) and `gemm` for many rows (prefill; 64x64 register-tiled).
 
 override N: u32;            // output features
-override K: u32;            // input features (row stride of x)
+override K: u32;            // input features
 override KP: u32;           // padded input features (row stride of w), multiple of 4
 override ACCUMULATE: bool = false; // y += result (residual connection) instead of y = result
 override HAS_BIAS: bool = false;
 override LOGIT_ROWS: bool = false; // the row count is fwd.n_logit_rows instead of fwd.n_rows
+override NORM_INPUT: bool = false;   // in = rmsnorm(x) * norm_w
+override EPS: f32 = 1e-5;            // RMSNorm epsilon (NORM_INPUT)
+override SWIGLU_INPUT: bool = false; // in = silu(x[:, :K]) * x[:, K:]
 
 @group(0) @binding(0) var<uniform> fwd: Forward;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<W>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_w: array<W>; // [K] (NORM_INPUT)
+
+// 1 / rms of each input row of this workgroup (gemv: batch rows; gemm: the tile's 64 rows).
+var<workgroup> inv_rms: array<f32, 64>;
 
 fn row_count() -> u32 {
   if (LOGIT_ROWS) { return fwd.n_logit_rows; }
@@ -30,13 +40,42 @@ fn store(t: u32, n: u32, v: f32) {
   y[i] = r;
 }
 
-fn x4(t: u32, k: u32) -> vec4<f32> {
-  // K need not be a multiple of 4: the tail reads zeros, matching w's zero padding.
-  let b = t * K + k;
-  if (k + 3u < K) { return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]); }
+// Input element (t, k) before any norm scaling.
+fn xin(t: u32, k: u32) -> f32 {
+  if (SWIGLU_INPUT) {
+    let g = x[t * 2u * K + k];
+    return g / (1.0 + exp(-g)) * x[t * 2u * K + K + k];
+  }
+  return x[t * K + k];
+}
+
+// Input elements (t, k .. k+3); `local` indexes inv_rms. K need not be a multiple of 4: the
+// tail reads zeros, matching w's zero padding.
+fn x4(t: u32, k: u32, local: u32) -> vec4<f32> {
   var v = vec4<f32>(0.0);
-  for (var i = 0u; i < 4u; i++) { if (k + i < K) { v[i] = x[b + i]; } }
+  if (k + 3u < K) {
+    v = vec4<f32>(xin(t, k), xin(t, k + 1u), xin(t, k + 2u), xin(t, k + 3u));
+    if (NORM_INPUT) {
+      v *= inv_rms[local] * vec4<f32>(
+        f32(norm_w[k]), f32(norm_w[k + 1u]), f32(norm_w[k + 2u]), f32(norm_w[k + 3u]));
+    }
+    return v;
+  }
+  for (var i = 0u; i < 4u; i++) {
+    if (k + i < K) {
+      var e = xin(t, k + i);
+      if (NORM_INPUT) { e *= inv_rms[local] * f32(norm_w[k + i]); }
+      v[i] = e;
+    }
+  }
   return v;
+}
+
+// Sum of squares of row t over the k this thread owns (k = first, first + stride, ...).
+fn sum_squares(t: u32, first: u32, stride: u32) -> f32 {
+  var s = 0.0;
+  for (var k = first; k < K; k += stride) { let e = x[t * K + k]; s += e * e; }
+  return s;
 }
 
 // ---- GEMV: one workgroup computes GEMV_COLS outputs for up to GEMV_MAX_ROWS rows ----
@@ -61,6 +100,15 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let rows = min(row_count(), GEMV_MAX_ROWS);
   let k4n = KP / 4u;
   let base = min(n, N - 1u) * k4n;
+  if (NORM_INPUT) {
+    for (var t = 0u; t < rows; t++) { partial[t * 64u + tid] = sum_squares(t, tid, 64u); }
+    workgroupBarrier();
+    if (tid < rows) {
+      var ss = 0.0;
+      for (var i = 0u; i < 64u; i++) { ss += partial[tid * 64u + i]; }
+      inv_rms[tid] = inverseSqrt(ss / f32(K) + EPS);
+    }
+  }
   var acc: array<f32, 8>;
   for (var t = 0u; t < GEMV_MAX_ROWS; t++) { acc[t] = 0.0; }
   var a0 = 0.0;
@@ -70,7 +118,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     for (var e = tid; e < rows * XS; e += 64u) {
       let t = e / XS;
       let i = e % XS;
-      if (i < m) { xs4[t * XS + i] = x4(t, (kb + i) * 4u); }
+      if (i < m) { xs4[t * XS + i] = x4(t, (kb + i) * 4u, t); }
     }
     workgroupBarrier();
     if (rows == 1u) {
@@ -106,6 +154,19 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let rows = row_count();
   let n0 = wg.x * TILE;
   let t0 = wg.y * TILE;
+  if (NORM_INPUT) {
+    // 4 threads per tile row; xs is scratch until the main loop.
+    let r = tid / 4u;
+    var ss = 0.0;
+    if (t0 + r < rows) { ss = sum_squares(t0 + r, tid % 4u, 4u); }
+    xs[tid] = ss;
+    workgroupBarrier();
+    if (tid < TILE) {
+      let total = xs[tid * 4u] + xs[tid * 4u + 1u] + xs[tid * 4u + 2u] + xs[tid * 4u + 3u];
+      inv_rms[tid] = inverseSqrt(total / f32(K) + EPS);
+    }
+    workgroupBarrier();
+  }
   var acc: array<f32, 16>;
   for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
   let k4n = KP / 4u;
@@ -115,7 +176,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let kq = (tid % 4u) * 4u;
     let k = kb + kq;
     var xv = vec4<f32>(0.0);
-    if (t0 + r < rows && k < K) { xv = x4(t0 + r, k); }
+    if (t0 + r < rows && k < K) { xv = x4(t0 + r, k, r); }
     var wv = vec4<f32>(0.0);
     if (n0 + r < N && k < KP) { wv = vec4<f32>(w[(n0 + r) * k4n + k / 4u]); }
     for (var i = 0u; i < 4u; i++) {
