@@ -106,24 +106,11 @@ export async function readBuffers(
   return out;
 }
 
-/** Copies a buffer range to the host (one ~11 ms round trip in Deno 2.9: call rarely). */
+/** Copies a buffer prefix to the host (one ~11 ms round trip in Deno 2.9: call rarely). */
 export async function readBuffer(
   device: GPUDevice,
   src: GPUBuffer,
   byteLength: number,
-  offset = 0,
 ): Promise<ArrayBuffer> {
-  const size = Math.ceil(byteLength / 4) * 4;
-  const staging = device.createBuffer({
-    size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(src, offset, staging, 0, size);
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const out = staging.getMappedRange().slice(0, byteLength);
-  staging.unmap();
-  staging.destroy();
-  return out;
+  return (await readBuffers(device, [{ buffer: src, bytes: byteLength }]))[0];
 }

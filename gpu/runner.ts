@@ -425,7 +425,7 @@ export class ModelRunner {
     const c = this.config;
     const B = this.opts.maxBatch;
     return [
-      await this.#rmsnorm(this.#x, this.#finalNorm, this.#xf, true),
+      await this.#finalRmsnorm(),
       ...await this.#matmul(this.#xf, this.#lmHead, this.#logits, c.vocabSize, c.dim, {
         logitRows: true,
       }),
@@ -446,14 +446,12 @@ export class ModelRunner {
     ];
   }
 
-  #rmsnorm(x: GpuTensor, w: GpuTensor, y: GpuTensor, gather: boolean): Promise<Dispatch> {
+  /** x_final = rmsnorm(x) of the rows that need logits (gathered). */
+  #finalRmsnorm(): Promise<Dispatch> {
     return this.#kernel(
-      {
-        file: "rmsnorm.wgsl",
-        constants: { DIM: this.config.dim, EPS: this.config.normEps, GATHER: gather },
-      },
-      [this.#fwd, x, w, this.#gather, y],
-      (rows, lr) => [gather ? lr : rows, 1, 1],
+      { file: "rmsnorm.wgsl", constants: { DIM: this.config.dim, EPS: this.config.normEps } },
+      [this.#fwd, this.#x, this.#finalNorm, this.#gather, this.#xf],
+      (_rows, lr) => [lr, 1, 1],
     );
   }
 

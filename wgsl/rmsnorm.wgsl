@@ -1,10 +1,9 @@
-// RMSNorm: y[r, :] = x[src, :] / sqrt(mean(x[src, :]^2) + EPS) * weight.
-// src = r, or gather[r] when GATHER (the final norm only normalises the rows whose logits are
-// needed: the last row of a prefill chunk, every row of a decode batch).
+// Final RMSNorm: y[r, :] = x[src, :] / sqrt(mean(x[src, :]^2) + EPS) * weight, src = gather[r]
+// for r < fwd.n_logit_rows: only the rows whose logits are needed (the last row of a prefill
+// chunk, every row of a decode batch). The layers' norms run inside their matmuls (matmul.wgsl).
 
 override DIM: u32;             // row length
 override EPS: f32;             // epsilon inside the square root
-override GATHER: bool = false; // read source rows through `gather`, count = fwd.n_logit_rows
 
 @group(0) @binding(0) var<uniform> fwd: Forward;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -17,11 +16,8 @@ var<workgroup> sums: array<f32, 64>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let r = wg.x;
-  var src = r;
-  if (GATHER) {
-    if (r >= fwd.n_logit_rows) { return; }
-    src = gather[r];
-  } else if (r >= fwd.n_rows) { return; }
+  if (r >= fwd.n_logit_rows) { return; }
+  let src = gather[r];
   var s = 0.0;
   for (var i = tid; i < DIM; i += 64u) { let v = x[src * DIM + i]; s += v * v; }
   sums[tid] = s;
