@@ -29,7 +29,7 @@ import { answerRows, type CalibrationSample, calibrationSet, fillerText } from "
 import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "./duo_import.ts";
 import { probeForward } from "./probe.ts";
 import { parsePlan, type Plan, type PlanInput } from "./schema.ts";
-import type { LayerAttentionPlan, ResolvedPlan } from "./types.ts";
+import { layerAttention, type LayerAttentionPlan, type ResolvedPlan } from "./types.ts";
 
 export type IdentifyMethod = "ablate" | "retrieval-score" | "razor";
 export const METHODS: readonly IdentifyMethod[] = ["ablate", "retrieval-score", "razor"];
@@ -206,15 +206,11 @@ function resolvedPlan(
   recent: number,
   streamingOf: (layer: number) => number[],
 ): ResolvedPlan {
-  const all = Array.from({ length: nKvHeads }, (_, h) => h);
   const layers: LayerAttentionPlan[] = Array.from({ length: nLayers }, (_, l) => {
     const str = streamingOf(l);
-    const ret = all.filter((h) => !str.includes(h));
-    return {
-      kind: str.length === 0 ? "retrieval" : ret.length === 0 ? "streaming" : "mixed",
-      retrievalKvHeads: ret,
-      streamingKvHeads: all.filter((h) => str.includes(h)),
-    };
+    return layerAttention(
+      Array.from({ length: nKvHeads }, (_, h) => str.includes(h) ? "streaming" : "retrieval"),
+    );
   });
   const mixed = layers.some((l) => l.kind === "mixed");
   const anyStreaming = layers.some((l) => l.streamingKvHeads.length > 0);

@@ -3,7 +3,7 @@
 
 import type { ModelConfig } from "../model/types.ts";
 import { loadPlanFile, parsePlan, type Plan, PlanError, PlanFileNotFoundError } from "./schema.ts";
-import type { LayerAttentionPlan, LayerKind, ResolvedPlan } from "./types.ts";
+import { type HeadKind, layerAttention, type ResolvedPlan } from "./types.ts";
 
 export interface SinkRecentOptions {
   /** Attention-sink tokens kept by streaming heads (default: the plan's, else 64). */
@@ -42,24 +42,12 @@ function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
 }
 
-function layerFromHeads(kinds: readonly ("retrieval" | "streaming")[]): LayerAttentionPlan {
-  const retrievalKvHeads: number[] = [];
-  const streamingKvHeads: number[] = [];
-  kinds.forEach((k, h) => (k === "retrieval" ? retrievalKvHeads : streamingKvHeads).push(h));
-  const kind: LayerKind = streamingKvHeads.length === 0
-    ? "retrieval"
-    : retrievalKvHeads.length === 0
-    ? "streaming"
-    : "mixed";
-  return { kind, retrievalKvHeads, streamingKvHeads };
-}
-
 /** Expands a validated plan for `config`; rejects a plan made for another model shape. */
 export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"): ResolvedPlan {
   checkPlanFits(plan, config, planName);
   const nLayers = config.nLayers;
   const nKvHeads = config.nKvHeads;
-  let perLayer: ("retrieval" | "streaming")[][];
+  let perLayer: HeadKind[][];
   switch (plan.mode) {
     case "full":
       perLayer = range(nLayers).map(() => Array(nKvHeads).fill("retrieval"));
@@ -79,7 +67,7 @@ export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"):
     mode: plan.mode,
     sink: plan.sink,
     recent: plan.recent,
-    layers: perLayer.map(layerFromHeads),
+    layers: perLayer.map((kinds) => layerAttention(kinds)),
   };
 }
 

@@ -6,8 +6,13 @@ export type PlanMode = "full" | "streaming" | "duo" | "zigzag";
 /** retrieval: every KV head full; streaming: every KV head sink+recent; mixed: a duo layer. */
 export type LayerKind = "retrieval" | "streaming" | "mixed";
 
+/** The cache a KV head keeps: the plan schema's head kinds (`HeadKindSchema`). */
+export type HeadKind = "retrieval" | "streaming";
+
 export interface LayerAttentionPlan {
   kind: LayerKind;
+  /** Per KV head (index = head), the cache it keeps; the cache layout groups heads by it. */
+  kvHeadKinds: HeadKind[];
   /** KV head indices (ascending) that keep the full cache. */
   retrievalKvHeads: number[];
   /** KV head indices (ascending) that keep only sink + recent tokens. */
@@ -21,4 +26,17 @@ export interface ResolvedPlan {
   /** Most recent tokens kept by streaming heads, the current one included. */
   recent: number;
   layers: LayerAttentionPlan[];
+}
+
+/** A layer's plan from the kind of each of its KV heads. */
+export function layerAttention(kvHeadKinds: readonly HeadKind[]): LayerAttentionPlan {
+  const retrievalKvHeads: number[] = [];
+  const streamingKvHeads: number[] = [];
+  kvHeadKinds.forEach((k, h) => (k === "retrieval" ? retrievalKvHeads : streamingKvHeads).push(h));
+  const kind: LayerKind = streamingKvHeads.length === 0
+    ? "retrieval"
+    : retrievalKvHeads.length === 0
+    ? "streaming"
+    : "mixed";
+  return { kind, kvHeadKinds: [...kvHeadKinds], retrievalKvHeads, streamingKvHeads };
 }

@@ -3,7 +3,7 @@
 import { getGpu, type Precision } from "../gpu/device.ts";
 import { ModelRunner, type SamplingParams } from "../gpu/runner.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
-import type { LayerKind, PlanMode, ResolvedPlan } from "../plans/types.ts";
+import { layerAttention, type PlanMode, type ResolvedPlan } from "../plans/types.ts";
 
 export const gpu = await getGpu();
 export const precisions: Precision[] = gpu.hasF16 ? ["f32", "f16"] : ["f32"];
@@ -50,13 +50,7 @@ export function plan(
         (mode === "streaming" ? "streaming" : "retrieval");
       if (mode === "full") spec = "retrieval";
       const ret: number[] = spec === "retrieval" ? all : spec === "streaming" ? [] : spec;
-      const str = all.filter((h) => !ret.includes(h));
-      const kind: LayerKind = str.length === 0
-        ? "retrieval"
-        : ret.length === 0
-        ? "streaming"
-        : "mixed";
-      return { kind, retrievalKvHeads: [...ret], streamingKvHeads: str };
+      return layerAttention(all.map((h) => ret.includes(h) ? "retrieval" : "streaming"));
     }),
   };
 }

@@ -7,7 +7,7 @@ import { argmax, CpuLlama, ropeInvFreq } from "./reference/cpu_llama.ts";
 import { paramCount, PRESETS, randomModel, tinyConfig } from "../model/random.ts";
 import { loadModel } from "../model/load.ts";
 import type { HostTensor, ModelConfig, ModelWeights } from "../model/types.ts";
-import type { ResolvedPlan } from "../plans/types.ts";
+import { layerAttention, type ResolvedPlan } from "../plans/types.ts";
 
 const MODELS = new URL("../../shared/models/", import.meta.url).pathname;
 
@@ -23,16 +23,10 @@ function planWith(
     sink,
     recent,
     layers: Array.from({ length: config.nLayers }, (_, l) => {
-      const streamingKvHeads = heads(l);
-      const retrievalKvHeads = [...Array(config.nKvHeads).keys()].filter((h) =>
-        !streamingKvHeads.includes(h)
+      const str = heads(l);
+      return layerAttention(
+        [...Array(config.nKvHeads).keys()].map((h) => str.includes(h) ? "streaming" : "retrieval"),
       );
-      const kind = streamingKvHeads.length === 0
-        ? "retrieval"
-        : retrievalKvHeads.length === 0
-        ? "streaming"
-        : "mixed";
-      return { kind, retrievalKvHeads, streamingKvHeads };
     }),
   };
 }

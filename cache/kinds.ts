@@ -1,0 +1,99 @@
+// Cache kinds: what one kind of KV-head cache holds, and how many bytes that takes.
+//
+// A layer's cache is a list of parts, one per kind its KV heads use (a zigzag layer has one part,
+// a duo layer two). Each kind alone knows its layout: how many token positions a sequence holds in
+// it, how many it reserves up front, whether it draws on the shared page pool, and the `override`
+// constants its WGSL addressing include (`wgsl/cache_<layout>.wgsl`) needs. Everything that counts
+// KV bytes (admission, statistics, metrics, the bench) goes through `CacheGeometry.bytes`, which
+// asks the kinds.
+//
+// Adding a kind: a value in the plan schema's HeadKindSchema, one class here (registered in
+// CACHE_KINDS), its WGSL layout include and the attention/store entry points that use it.
+
+import type { HeadKind } from "../plans/types.ts";
+
+/** What a kind needs to know of a sequence: positions written and pages held. */
+export interface SeqState {
+  readonly tokens: number;
+  readonly pages: readonly number[];
+}
+
+/** Sizes every kind may read (set once per cache). */
+export interface KindParams {
+  pageSize: number;
+  sink: number;
+  recent: number;
+}
+
+export interface CacheKind {
+  /** The head kind of plans, statistics and metrics. */
+  readonly name: HeadKind;
+  /** WGSL addressing include: `wgsl/cache_${layout}.wgsl`. */
+  readonly layout: "paged" | "ring";
+  /** Draws its memory from the shared page pool (one page table serves every such part). */
+  readonly paged: boolean;
+  /** Token positions per KV head that every sequence slot reserves whatever its length. */
+  readonly slotsPerSeq: number;
+  /** Token positions per KV head a sequence in this state occupies (what its bytes count). */
+  slotsHeld(s: SeqState): number;
+  /** Tokens of a sequence of `tokens` positions that this kind keeps. */
+  tokensHeld(tokens: number): number;
+  /** The layout's `override` constants for the attention and store kernels. */
+  constants(maxPagesPerSeq: number): Record<string, number | boolean>;
+}
+
+/** Retrieval heads: every position, in pages of `pageSize` tokens from the shared pool. */
+export class RetrievalPages implements CacheKind {
+  readonly name = "retrieval" as const;
+  readonly layout = "paged" as const;
+  readonly paged = true;
+  readonly slotsPerSeq = 0;
+  constructor(readonly pageSize: number) {}
+
+  slotsHeld(s: SeqState): number {
+    return s.pages.length * this.pageSize;
+  }
+
+  tokensHeld(tokens: number): number {
+    return tokens;
+  }
+
+  constants(maxPagesPerSeq: number) {
+    return { PAGE_SIZE: this.pageSize, MAX_PAGES: maxPagesPerSeq };
+  }
+}
+
+/** Streaming heads: the first `sink` positions and the last `recent`, in a ring per slot. */
+export class StreamingRing implements CacheKind {
+  readonly name = "streaming" as const;
+  readonly layout = "ring" as const;
+  readonly paged = false;
+  constructor(readonly sink: number, readonly recent: number) {}
+
+  get slotsPerSeq(): number {
+    return this.sink + this.recent;
+  }
+
+  slotsHeld(s: SeqState): number {
+    return this.tokensHeld(s.tokens);
+  }
+
+  tokensHeld(tokens: number): number {
+    return Math.min(tokens, this.sink + this.recent);
+  }
+
+  constants(_maxPagesPerSeq: number) {
+    return { SINK: this.sink, RECENT: this.recent };
+  }
+}
+
+/** Every kind, in cache order: within a layer, heads of an earlier kind come first. */
+export const CACHE_KINDS: readonly {
+  name: HeadKind;
+  make: (p: KindParams) => CacheKind;
+}[] = [
+  { name: "retrieval", make: (p) => new RetrievalPages(p.pageSize) },
+  { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent) },
+];
+
+export const KIND_NAMES: readonly HeadKind[] = CACHE_KINDS.map((k) => k.name);
