@@ -13,11 +13,13 @@
 // bench/results/ (or --out). See bench/report.ts for the JSON and bench/model_bench.ts for the
 // method. Targets are printed with their gaps, never asserted.
 
-import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { CacheGeometry } from "../cache/layout.ts";
+import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { pathExists } from "../util/fs.ts";
 import { runServeBench, serveMarkdown } from "./serve.ts";
-import { progress } from "../engine/progress.ts";
+import { progress } from "../util/progress.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
-import { KvGeometry } from "../gpu/kv_cache.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
 import { paramCount, PRESETS, tinyConfig } from "../model/random.ts";
 import type { ModelConfig } from "../model/types.ts";
@@ -70,15 +72,6 @@ function intList(raw: string | undefined, flag: string): number[] | undefined {
   return v;
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests; decode steps 1 vs 8. */
 async function serveBench(model = "../shared/models/stories260K", out = "bench/results") {
   const bar = progress("serve bench");
@@ -114,9 +107,8 @@ async function main(): Promise<number> {
       "prefill-contexts",
       "linearity-contexts",
       "plans",
-      "precision",
-      "sink",
-      "recent",
+      PRECISION_FLAG,
+      ...WINDOW_FLAGS,
       "budget",
       "duo-pattern",
       "kv-cache-mb",
@@ -229,12 +221,13 @@ async function main(): Promise<number> {
   for (const p of planNames) {
     if (!PLAN_NAMES.includes(p)) throw new CliError(`--plans: unknown plan ${p}`);
   }
-  const sink = a.optionalNumber("sink", { integer: true, min: 0 }) ?? 64;
-  const recent = a.optionalNumber("recent", { integer: true, min: 1 }) ?? 256;
+  const window = windowFlags(a);
+  const sink = window.sink ?? 64;
+  const recent = window.recent ?? 256;
   const budget = a.optionalNumber("budget", { min: 0.001, max: 1 }) ?? 0.5;
   const patternArg = a.optionalString("duo-pattern");
   const patternDir = patternArg === "synthetic" ? null : patternArg ??
-    (exists(`${DEFAULT_PATTERN}/full_attention_heads.tsv`) ? DEFAULT_PATTERN : null);
+    (pathExists(`${DEFAULT_PATTERN}/full_attention_heads.tsv`) ? DEFAULT_PATTERN : null);
   const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 }) ?? 1024;
   const batches = intList(a.optionalString("batches"), "batches") ?? [1, 8];
   if (Math.max(...batches) > 64) throw new CliError("--batches: at most 64");
@@ -272,7 +265,7 @@ async function main(): Promise<number> {
   const gpu = await getGpu();
   const precision: Precision = resolvePrecision(
     gpu,
-    a.optionalChoice("precision", ["f16", "f32"] as const),
+    precisionFlag(a),
   );
   const bpe = precision === "f16" ? 2 : 4;
   for (const m of decodeMatrices(config)) {
@@ -449,21 +442,21 @@ async function main(): Promise<number> {
     [1, Math.max(...batches)].filter((s, i, xs) => xs.indexOf(s) === i).map((seqs) => ({
       plan: p,
       ...maxContextFit(
-        new KvGeometry(config, plans.plans[p], precision),
+        new CacheGeometry(config, plans.plans[p], precision),
         kvCacheMb * 2 ** 20,
         seqs,
       ),
     }))
   );
   const l3 = PRESETS["llama-3-8b"];
-  const l3Pattern = patternDir && exists(`${patternDir}/full_attention_heads.tsv`)
+  const l3Pattern = patternDir && pathExists(`${patternDir}/full_attention_heads.tsv`)
     ? patternDir
     : null;
   const l3Plans = benchPlans(l3, { sink: 64, recent: 256, budget: 0.5, patternDir: l3Pattern });
   const T32 = 32768;
   const l3z = managerStats(l3, l3Plans.plans.zigzag, "f16", [T32]);
   const l3d = managerStats(l3, l3Plans.plans.duo, "f16", [T32]);
-  const l3zc = new KvGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
+  const l3zc = new CacheGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
 
   const streamingPrefill = (() => {
     const sc = cells.filter((x) => x.plan === "streaming" && x.prefill_ms).sort((x, y) =>
@@ -558,9 +551,9 @@ async function main(): Promise<number> {
         `pass over a full paged cache at the longest context (merge pass excluded); GB/s counts ` +
         `the K and V bytes once.`,
       kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
-        "context; the longest context that fits is the closed form of KvGeometry with the " +
-        "manager's up-front ring reservation; the Llama-3-8B figure runs the manager on a stub " +
-        "device (no GPU memory).",
+        "context; the longest context that fits is the closed form of CacheGeometry with the " +
+        "manager's up-front ring reservation; the Llama-3-8B figure runs the manager " +
+        "(cache/manager.ts, pure bookkeeping: no GPU memory).",
     },
     model: {
       preset: presetName,

@@ -2,14 +2,27 @@
 // copyBufferToBuffer), the readback floor, and GEMV / GEMM throughput of wgsl/matmul.wgsl.
 
 import { readBuffer } from "../gpu/buffers.ts";
-import { GEMV_OUTPUTS } from "../gpu/runner.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
+import {
+  ATTENTION_GEOMETRY,
+  attentionDecode,
+  decodeGroups,
+  splitsFor,
+} from "../gpu/kernels/attention.ts";
+import { encodeForward, encodeRows } from "../gpu/kernels/common.ts";
+import { bindGroup, type Bound, pipelineOf } from "../gpu/kernels/kernel.ts";
+import {
+  matmul,
+  type MatmulConstants,
+  type MatmulEntry,
+  matmulGroups,
+} from "../gpu/kernels/matmul.ts";
+import { streamRead, streamReadGroups } from "../gpu/kernels/stream_read.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
 import { mulberry32 } from "../model/random.ts";
 import { PassTimer, type Stat, stat } from "./stats.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-const MAX_WG = 65535;
 
 export interface Repeats {
   /** Samples per measurement. */
@@ -104,26 +117,14 @@ export async function measureStreamRead(
   let method: "timestamp" | "wall-slope" = "wall-slope";
   for (const chunked of [false, true]) {
     for (const wgs of workgroupCounts) {
-      const n = Math.min(wgs, MAX_WG);
-      const pipe = await pipelines.get({
-        file: "stream_read.wgsl",
-        constants: { N_VEC4: bytes / 16, WG, CHUNKED: chunked },
-      });
-      const bg = dev.createBindGroup({
-        layout: pipe.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: src } },
-          { binding: 1, resource: { buffer: sink } },
-        ],
-      });
-      const r = await timer.measure((pass) => {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg);
-        pass.dispatchWorkgroups(n);
-      }, rep);
+      const k = streamRead({ N_VEC4: bytes / 16, WG, CHUNKED: chunked });
+      const pipeline = await pipelineOf(pipelines, k, "f32");
+      const d = { pipeline, bindGroup: bindGroup(dev, pipeline, k, { src, sink }) };
+      const groups = streamReadGroups(wgs);
+      const r = await timer.measure((pass) => dispatch(pass, d, groups), rep);
       method = r.method;
       variants.push({
-        workgroups: n,
+        workgroups: groups[0],
         workgroup_size: WG,
         chunked,
         ms: r.ms,
@@ -194,31 +195,38 @@ function uploadWeights(dev: GPUDevice, n: number, kp: number, dtype: Precision, 
   return { buf, bytes };
 }
 
+/** One dispatch of a bound kernel. */
+function dispatch(
+  pass: GPUComputePassEncoder,
+  d: Pick<Bound, "pipeline" | "bindGroup">,
+  groups: [number, number, number],
+): void {
+  pass.setPipeline(d.pipeline);
+  pass.setBindGroup(0, d.bindGroup);
+  pass.dispatchWorkgroups(...groups);
+}
+
 /**
  * GEMV (`rows` <= 8) or GEMM throughput of wgsl/matmul.wgsl for a weight [n, k], dispatched as
- * gpu/runner.ts does. Throws when the weight does not fit one storage binding.
+ * the runner does (gpu/kernels/matmul.ts). Throws when the weight does not fit one storage
+ * binding.
  */
 export async function measureMatmul(
   gpu: Gpu,
   pipelines: Pipelines,
   timer: PassTimer,
   o: {
-    kind: "gemv" | "gemm";
+    kind: MatmulEntry;
     label: string;
     n: number;
     k: number;
     rows: number;
     dtype: Precision;
-    /** Another file with matmul.wgsl's bindings (default matmul.wgsl) and its outputs per GEMV
-     * workgroup (default 4). */
-    file?: string;
-    entry?: string;
-    outputsPerWorkgroup?: number;
-    constants?: Record<string, number>;
+    /** Variant flags (default a plain y = x · Wᵀ). */
+    constants?: Partial<MatmulConstants>;
   },
   rep: Repeats,
 ): Promise<MatmulResult> {
-  const file = o.file ?? "matmul.wgsl";
   const dev = gpu.device;
   const kp = Math.ceil(o.k / 4) * 4;
   const wBytes = o.n * kp * (o.dtype === "f16" ? 2 : 4);
@@ -240,49 +248,32 @@ export async function measureMatmul(
     size: 16,
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
-  dev.queue.writeBuffer(fwd, 0, new Uint32Array([o.rows, o.rows, 0, 1]));
-  const entry = o.entry ?? o.kind;
-  const pipe = await pipelines.get({
-    file,
-    entry,
-    W: o.dtype,
-    KV: o.dtype,
-    constants: {
-      N: o.n,
-      K: o.k,
-      KP: kp,
-      ACCUMULATE: false,
-      HAS_BIAS: false,
-      LOGIT_ROWS: false,
-      ...o.constants,
-    },
+  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, splits: 1 }));
+  const k = matmul(o.kind, {
+    N: o.n,
+    K: o.k,
+    KP: kp,
+    ACCUMULATE: false,
+    HAS_BIAS: false,
+    LOGIT_ROWS: false,
+    NORM_INPUT: false,
+    EPS: 1e-5,
+    SWIGLU_INPUT: false,
+    ...o.constants,
   });
+  const pipeline = await pipelineOf(pipelines, k, o.dtype);
   dev.pushErrorScope("validation");
-  const bg = dev.createBindGroup({
-    layout: pipe.getBindGroupLayout(0),
-    // Binding 5 (norm_w) is read only with NORM_INPUT: any buffer serves.
-    entries: [fwd, x, w, bias, y, bias].map((b, i) => ({ binding: i, resource: { buffer: b } })),
-  });
+  // bias and normW are read only with HAS_BIAS / NORM_INPUT: any buffer serves.
+  const bg = bindGroup(dev, pipeline, k, { fwd, x, w, bias, y, normW: bias });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`${o.label}: ${err.message}`);
-  // Same sizes as gpu/runner.ts: GEMV_OUTPUTS per workgroup; GEMM 64x64 tiles.
-  let size: [number, number, number];
-  if (o.kind === "gemv") {
-    const wgs = Math.ceil(o.n / (o.outputsPerWorkgroup ?? GEMV_OUTPUTS));
-    size = wgs <= MAX_WG ? [wgs, 1, 1] : [MAX_WG, Math.ceil(wgs / MAX_WG), 1];
-  } else {
-    size = [Math.ceil(o.n / 64), Math.ceil(o.rows / 64), 1];
-  }
-  const r = await timer.measure((pass) => {
-    pass.setPipeline(pipe);
-    pass.setBindGroup(0, bg);
-    pass.dispatchWorkgroups(...size);
-  }, rep);
+  const groups = matmulGroups(o.kind, o.n, o.rows);
+  const r = await timer.measure((pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups), rep);
   for (const b of [w, x, y, bias, fwd]) b.destroy();
   const flops = 2 * o.rows * o.n * o.k;
   return {
     kind: o.kind,
-    kernel: `${file}:${entry}`,
+    kernel: k.name,
     label: o.label,
     n: o.n,
     k: o.k,
@@ -315,7 +306,7 @@ export interface AttentionResult {
 
 /**
  * The split-K decode entry of wgsl/attention.wgsl over a full (paged) cache of `context` keys per
- * row, dispatched as gpu/runner.ts does ([rows, heads, ceil(context / 256)]; the merge pass is
+ * row, dispatched as the runner does (gpu/kernels/attention.ts decodeGroups; the merge pass is
  * not included).
  */
 export async function measureAttentionDecode(
@@ -334,7 +325,6 @@ export async function measureAttentionDecode(
 ): Promise<AttentionResult> {
   const dev = gpu.device;
   const PAGE = 16;
-  const SPLIT = 256;
   const pages = Math.ceil((o.context + 1) / PAGE);
   const bpe = o.dtype === "f16" ? 2 : 4;
   const cacheBytes = o.rows * pages * PAGE * o.kvHeads * o.headDim * bpe;
@@ -351,11 +341,17 @@ export async function measureAttentionDecode(
   const table = new Uint32Array(o.rows * pages).map((_, i) => i);
   const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
   dev.queue.writeBuffer(pageTable, 0, table);
-  const rows = new Uint32Array(o.rows * 4);
-  for (let r = 0; r < o.rows; r++) rows.set([r, o.context, r, 1], r * 4);
+  const rows = encodeRows(
+    Array.from({ length: o.rows }, (_, r) => ({
+      slot: r,
+      pos: o.context,
+      firstRow: r,
+      nSeqRows: 1,
+    })),
+  );
   const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
   dev.queue.writeBuffer(rowsBuf, 0, rows);
-  const splits = Math.ceil((o.context + 1) / SPLIT);
+  const splits = splitsFor(o.context + 1);
   const partials = dev.createBuffer({
     size: o.rows * o.heads * splits * (o.headDim + 2) * 4,
     usage: USAGE,
@@ -365,51 +361,36 @@ export async function measureAttentionDecode(
     size: 16,
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
-  dev.queue.writeBuffer(fwd, 0, new Uint32Array([o.rows, o.rows, 0, splits]));
-  const pipe = await pipelines.get({
-    file: "attention.wgsl",
-    entry: "decode",
-    W: o.dtype,
-    KV: o.dtype,
-    constants: {
-      HEAD_DIM: o.headDim,
-      N_HEADS: o.heads,
-      N_KV_HEADS: o.kvHeads,
-      CACHE_HEADS: o.kvHeads,
-      STREAMING: false,
-      SINK: 0,
-      RECENT: 1,
-      PAGE_SIZE: PAGE,
-      MAX_PAGES: pages,
-      GROUP: o.heads / o.kvHeads,
-      Q_HEAD_BASE: 0,
-      SCALE: 1 / Math.sqrt(o.headDim),
-    },
-  });
+  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, splits }));
+  const group = o.heads / o.kvHeads;
+  const kernel = attentionDecode({
+    HEAD_DIM: o.headDim,
+    N_HEADS: o.heads,
+    N_KV_HEADS: o.kvHeads,
+    CACHE_HEADS: o.kvHeads,
+    GROUP: group,
+    Q_HEAD_BASE: 0,
+    SCALE: 1 / Math.sqrt(o.headDim),
+  }, { layout: "paged", constants: { PAGE_SIZE: PAGE, MAX_PAGES: pages } });
+  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM) {
+    throw new Error(`attention decode: head_dim ${o.headDim} is not supported`);
+  }
+  const pipeline = await pipelineOf(pipelines, kernel, o.dtype);
   dev.pushErrorScope("validation");
-  const bg = dev.createBindGroup({
-    layout: pipe.getBindGroupLayout(0),
-    entries: [
-      [0, fwd],
-      [1, rowsBuf],
-      [2, qkv],
-      [3, k],
-      [4, v],
-      [5, pageTable],
-      [6, out],
-      [7, partials],
-    ].map(([binding, buffer]) => ({
-      binding: binding as number,
-      resource: { buffer: buffer as GPUBuffer },
-    })),
+  const bg = bindGroup(dev, pipeline, kernel, {
+    fwd,
+    rows: rowsBuf,
+    qkv,
+    kCache: k,
+    vCache: v,
+    pageTable,
+    out,
+    partials,
   });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`attention decode: ${err.message}`);
-  const r = await timer.measure((pass) => {
-    pass.setPipeline(pipe);
-    pass.setBindGroup(0, bg);
-    pass.dispatchWorkgroups(o.rows, o.heads, splits);
-  }, rep);
+  const groups = decodeGroups(o.rows, o.kvHeads, group, splits);
+  const r = await timer.measure((pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups), rep);
   for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd]) b.destroy();
   const kvBytes = o.rows * o.context * o.kvHeads * o.headDim * 2 * bpe;
   return {

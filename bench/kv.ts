@@ -1,43 +1,35 @@
-// KV-cache figures without a GPU: the manager's own accounting (gpu/kv_cache.ts) run against a
-// stub device that allocates nothing, and the closed form of KvGeometry.
+// KV-cache figures without a GPU: the cache manager's own accounting (cache/manager.ts, pure
+// bookkeeping) and the closed form of CacheGeometry.
 
-import type { Precision } from "../gpu/device.ts";
-import { type CacheStats, KvCacheManager, KvGeometry } from "../gpu/kv_cache.ts";
+import { CacheGeometry, CacheLayout, type KvDtype } from "../cache/layout.ts";
+import { type CacheStats, KvCacheManager } from "../cache/manager.ts";
 import type { ModelConfig } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
-
-/** A GPUDevice stand-in for KvCacheManager: buffers are sized but never allocated. */
-export function stubDevice(maxBinding = Number.MAX_SAFE_INTEGER): GPUDevice {
-  const device = {
-    limits: { maxStorageBufferBindingSize: maxBinding },
-    createBuffer: (d: GPUBufferDescriptor) => ({ size: d.size, label: d.label, destroy() {} }),
-    queue: { writeBuffer() {} },
-  };
-  return device as unknown as GPUDevice;
-}
 
 /** The manager's statistics for sequences of these lengths (each given its pages). */
 export function managerStats(
   config: ModelConfig,
   plan: ResolvedPlan,
-  kvDtype: Precision,
+  kvDtype: KvDtype,
   lengths: number[],
   pageSize = 16,
 ): CacheStats {
-  const g = new KvGeometry(config, plan, kvDtype, pageSize);
-  const maxSeqLen = Math.max(1, ...lengths);
+  const g = new CacheGeometry(config, plan, kvDtype, pageSize);
   const used = g.usedBytes(lengths);
+  // Exactly the rings, the pages these lengths take, and one spare page.
   const budget = lengths.length * g.ringBytes + used.retrieval + g.pageBytes;
-  const m = new KvCacheManager(stubDevice(), config, plan, {
-    budgetBytes: budget,
-    maxSeqs: Math.max(1, lengths.length),
-    maxSeqLen,
-    kvDtype,
-    pageSize,
-  });
+  const m = new KvCacheManager(
+    new CacheLayout(config, plan, {
+      budgetBytes: budget,
+      maxSeqs: Math.max(1, lengths.length),
+      maxSeqLen: Math.max(1, ...lengths),
+      kvDtype,
+      pageSize,
+    }),
+  );
   for (const n of lengths) {
     const seq = m.open()!;
-    if (!m.ensure(seq, n)) throw new Error(`stub manager refused ${n} tokens`);
+    m.reserve(seq, n);
     m.commit(seq, n);
   }
   return m.stats();
@@ -54,14 +46,14 @@ export interface Fit {
 }
 
 /**
- * Closed form of the longest context that fits: the manager reserves `seqs` rings, makes
+ * Closed form of the longest context that fits: the layout reserves `seqs` rings, makes
  * floor((budget - rings) / pageBytes) pages, and a sequence of n tokens takes ceil(n / pageSize).
  */
-export function maxContextFit(g: KvGeometry, budgetBytes: number, seqs: number): Fit {
+export function maxContextFit(g: CacheGeometry, budgetBytes: number, seqs: number): Fit {
   const rings = seqs * g.ringBytes;
   const base = { seqs, budget_bytes: budgetBytes };
   if (rings > budgetBytes) return { ...base, max_context: 0, unbounded: false };
-  if (g.retrievalHeads === 0) return { ...base, max_context: null, unbounded: true };
+  if (!g.paged) return { ...base, max_context: null, unbounded: true };
   const pages = Math.floor((budgetBytes - rings) / g.pageBytes);
   return { ...base, max_context: Math.floor(pages / seqs) * g.pageSize, unbounded: false };
 }

@@ -10,14 +10,15 @@
 // and the submission cost cancel. Prefill: wall time of `prefill(seq, context tokens)` in chunks,
 // up to its single final readback (included; it adds at most one ~11 ms poll interval).
 
+import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
+import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
-import { KvGeometry } from "../gpu/kv_cache.ts";
 import { GREEDY, ModelRunner } from "../gpu/runner.ts";
-import type { SeqCache } from "../gpu/kv_cache.ts";
 import { mulberry32, randomModel } from "../model/random.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import type { BenchPlanName } from "./plans.ts";
+import { profileDecode } from "./profile.ts";
 import { type Stat, stat } from "./stats.ts";
 
 export interface ModelBenchOptions {
@@ -48,8 +49,8 @@ export interface DecodeMeasurement {
   method: "timestamp" | "wall-slope";
   /** Steady wall time per step from the two-count slope. */
   wall_ms_per_token: Stat;
-  /** GPU time of one step: runner.profileDecode's per-dispatch timestamps, summed; each sample
-   * is the fastest of a few profiled steps. */
+  /** GPU time of one step: profileDecode's (bench/profile.ts) per-dispatch timestamps, summed;
+   * each sample is the fastest of a few profiled steps. */
   gpu_ms_per_token: Stat | null;
   /** Median GPU ms per step of each kernel ("file:entry"), from profileDecode. */
   gpu_kernels_ms: Record<string, number> | null;
@@ -74,7 +75,7 @@ export interface Cell {
     bytes: number;
     full_attention_bytes: number;
     ratio_to_full: number;
-    /** KvGeometry.usedBytes([context]) summed: must equal `bytes`. */
+    /** CacheGeometry.usedBytes([context]) summed: must equal `bytes`. */
     closed_form_bytes: number;
   };
 }
@@ -104,7 +105,7 @@ export function decodeMatrices(c: ModelConfig): { label: string; n: number; k: n
 }
 
 /** KV bytes one decode row at `context` reads (K and V of every visible cached position). */
-export function kvReadBytes(g: KvGeometry, context: number): number {
+export function kvReadBytes(g: CacheGeometry, context: number): number {
   return g.tokenBytes(g.retrievalHeads) * context +
     g.tokenBytes(g.streamingHeads) * Math.min(context, g.ringLength);
 }
@@ -124,8 +125,14 @@ function rotate<T>(xs: T[], r: number): T[] {
   return [...xs.slice(k), ...xs.slice(0, k)];
 }
 
+/** A plan's runner and the cache manager that hands out its sequences' pages. */
+interface PlanRunner {
+  runner: ModelRunner;
+  cache: KvCacheManager;
+}
+
 export class ModelBench {
-  readonly runners = new Map<BenchPlanName, ModelRunner>();
+  readonly runners = new Map<BenchPlanName, PlanRunner>();
   readonly maxContext: number;
   #rand: () => number;
 
@@ -148,26 +155,27 @@ export class ModelBench {
     };
     const maxBatch = Math.max(...o.batches);
     for (const [name, plan] of Object.entries(o.plans) as [BenchPlanName, ResolvedPlan][]) {
-      const g = new KvGeometry(o.config, plan, o.precision);
+      const g = new CacheGeometry(o.config, plan, o.precision);
       const perSeq = b.maxContext + o.steps.hi + 1;
       const maxSeqs = maxBatch + 1;
       const budget = maxSeqs * g.ringBytes +
         maxBatch * Math.ceil(perSeq / g.pageSize) * g.pageBytes +
         g.pageBytes;
       try {
-        b.runners.set(
-          name,
-          await ModelRunner.create(gpu, model, {
-            precision: o.precision,
-            plan,
-            prefillChunk: o.prefillChunk,
-            maxBatch,
-            maxDecodeSteps: o.steps.hi,
-            kvCacheBytes: budget,
-            maxSeqLen: perSeq + g.pageSize,
-            maxSeqs,
-          }),
-        );
+        const layout = new CacheLayout(o.config, plan, {
+          budgetBytes: budget,
+          maxSeqs,
+          maxSeqLen: perSeq + g.pageSize,
+          kvDtype: o.precision,
+        });
+        const runner = await ModelRunner.create(gpu, model, {
+          precision: o.precision,
+          layout,
+          prefillChunk: o.prefillChunk,
+          maxBatch,
+          maxDecodeSteps: o.steps.hi,
+        });
+        b.runners.set(name, { runner, cache: new KvCacheManager(layout) });
       } catch (e) {
         throw new Error(
           `plan ${name}: ${
@@ -185,45 +193,52 @@ export class ModelBench {
   }
 
   /** Opens `n` sequences marked as holding `context` positions (no compute). */
-  #openAt(r: ModelRunner, n: number, context: number): SeqCache[] {
+  #openAt({ cache }: PlanRunner, n: number, context: number): SeqCache[] {
     const seqs: SeqCache[] = [];
     for (let i = 0; i < n; i++) {
-      const s = r.cache.open();
+      const s = cache.open();
       if (!s) throw new Error("no free sequence slot");
-      if (!r.cache.ensure(s, context)) throw new Error(`no pages for ${context} tokens`);
-      r.cache.commit(s, context);
+      if (!cache.ensure(s, context)) throw new Error(`no pages for ${context} tokens`);
+      cache.commit(s, context);
       seqs.push(s);
     }
     return seqs;
   }
 
-  async #timeDecode(r: ModelRunner, batch: number, context: number, steps: number) {
+  async #timeDecode(r: PlanRunner, batch: number, context: number, steps: number) {
     const seqs = this.#openAt(r, batch, context);
     const kvBytes = r.cache.stats().total.bytes_used;
+    for (const s of seqs) r.cache.reserve(s, context + steps);
     const toks = this.#tokens(batch);
     const t0 = performance.now();
-    await r.decode(seqs.map((seq, i) => ({ seq, token: toks[i], sampling: GREEDY })), steps);
+    await r.runner.decode(
+      seqs.map((seq, i) => ({ seq, token: toks[i], sampling: GREEDY })),
+      steps,
+    );
     const ms = performance.now() - t0;
     for (const s of seqs) r.cache.close(s);
     return { ms, kvBytes };
   }
 
   /** Per-kernel GPU ns of one decode step of `batch` sequences at `context` (not committed). */
-  async #profileDecode(r: ModelRunner, batch: number, context: number) {
+  async #profileDecode(r: PlanRunner, batch: number, context: number) {
     const seqs = this.#openAt(r, batch, context);
+    for (const s of seqs) r.cache.reserve(s, context + 1);
     const toks = this.#tokens(batch);
-    const prof = await r.profileDecode(
+    const prof = await profileDecode(
+      r.runner,
       seqs.map((seq, i) => ({ seq, token: toks[i], sampling: GREEDY })),
     );
     for (const s of seqs) r.cache.close(s);
     return prof;
   }
 
-  async #timePrefill(r: ModelRunner, n: number): Promise<number> {
+  async #timePrefill(r: PlanRunner, n: number): Promise<number> {
     const seq = r.cache.open()!;
+    r.cache.reserve(seq, n);
     const toks = this.#tokens(n);
     const t0 = performance.now();
-    await r.prefill(seq, toks, GREEDY);
+    await r.runner.prefill(seq, toks, GREEDY);
     const ms = performance.now() - t0;
     r.cache.close(seq);
     return ms;
@@ -322,7 +337,7 @@ export class ModelBench {
     const wBytes = weightBytes(o.config, o.precision);
     for (const name of names) {
       const r = this.runners.get(name)!;
-      const g = r.cache.geometry;
+      const g = r.cache.layout;
       const ctxs = [
         ...new Set([
           ...o.contexts,
@@ -375,6 +390,6 @@ export class ModelBench {
   }
 
   destroy(): void {
-    for (const r of this.runners.values()) r.destroy();
+    for (const r of this.runners.values()) r.runner.destroy();
   }
 }

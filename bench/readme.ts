@@ -8,7 +8,7 @@
 // and heatmaps. The README is never created or touched outside the markers. `--check` changes
 // nothing and exits 1 when a section is out of date.
 
-import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { denoFmt } from "./fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
 import { type ServeBenchResult, serveMarkdown } from "./serve.ts";

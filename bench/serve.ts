@@ -1,10 +1,12 @@
 // `deno task bench --serve`: the engine's throughput as a server sees it. Aggregate decode
-// tokens/s with 1, 4 and 16 concurrent greedy requests through the scheduler (continuous
+// tokens/s with 1, 4 and 16 concurrent greedy requests through the engine (continuous
 // batching), and one sequence at --decode-steps 1 vs 8 (tokens per readback: Deno's ~11 ms
 // readback floor dominates small models). Each figure is the median of several repetitions.
+// The model is loaded once; each batch size and decode-step count gets its own engine over it.
 
-import { Scheduler } from "../engine/scheduler.ts";
-import { setup } from "../engine/setup.ts";
+import { Engine } from "../engine/engine.ts";
+import { getGpu, resolvePrecision } from "../gpu/device.ts";
+import { loadModel } from "../model/load.ts";
 import { type Stat, stat } from "./stats.ts";
 
 export interface ServeBenchOptions {
@@ -29,69 +31,75 @@ export interface ServeBenchResult {
 }
 
 export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchResult> {
-  const maxBatch = Math.max(...o.concurrency);
-  const s = await setup({
-    model: o.model,
-    precision: o.precision ?? "f32",
-    maxBatch,
-    decodeSteps: 8,
-    quiet: true,
-  });
-  const vocab = s.model.config.vocabSize;
+  const model = await loadModel(o.model);
+  const gpu = await getGpu();
+  const precision = resolvePrecision(gpu, o.precision ?? "f32");
+  const vocab = model.config.vocabSize;
   const prompt = (i: number) =>
     Array.from({ length: 8 }, (_, k) => 3 + ((i * 7 + k * 13) % (vocab - 3)));
   const total = (o.concurrency.length + 2) * o.repeats;
   let done = 0;
+  const engines = new Map<string, Engine>();
+  /** An engine decoding `requests` sequences together, `decodeSteps` tokens per readback. */
+  const engineFor = async (requests: number, decodeSteps: number): Promise<Engine> => {
+    const key = `${requests}x${decodeSteps}`;
+    let e = engines.get(key);
+    if (!e) {
+      e = await Engine.create({ model, gpu, precision, maxBatch: requests, decodeSteps });
+      engines.set(key, e);
+    }
+    return e;
+  };
   /** Aggregate tokens/s over the wall time, and the mean per-request decode tokens/s (first
    * token to last, so the prefill and its readback are not counted). */
   const run = async (
     requests: number,
     decodeSteps: number,
   ): Promise<{ aggregate: number; decode: number }> => {
-    const sched = new Scheduler(s.runner, s.model.tokenizer, {
-      maxQueue: requests,
-      maxBatch: requests,
-      decodeSteps,
-    });
+    const engine = await engineFor(requests, decodeSteps);
     const t0 = performance.now();
-    const jobs = Array.from({ length: requests }, (_, i) =>
-      sched.submit({
+    const results = await Promise.all(Array.from({ length: requests }, (_, i) =>
+      engine.generate({
         promptIds: prompt(i),
         maxTokens: o.maxTokens,
         sampling: { temperature: 0 },
         ignoreEos: true,
-      }));
-    const results = await Promise.all(jobs.map((j) => j.result));
+      })));
     const wall = (performance.now() - t0) / 1000;
-    await sched.close();
     o.onProgress?.(++done, total);
     return {
       aggregate: results.reduce((a, r) => a + r.ids.length, 0) / wall,
       decode: results.reduce((a, r) => a + r.decodeTokensPerS, 0) / results.length,
     };
   };
-  await run(1, 8); // warm-up: pipelines, first-use allocations
-  const concurrency = [];
-  for (const c of o.concurrency) {
-    const samples = [];
-    for (let r = 0; r < o.repeats; r++) samples.push((await run(c, 8)).aggregate);
-    concurrency.push({ requests: c, tokens_per_s: stat(samples) });
+  try {
+    // Warm-up: pipelines and first-use allocations, for every engine the runs below use.
+    for (const c of o.concurrency) await (await engineFor(c, 8)).warmUp();
+    await (await engineFor(1, 1)).warmUp();
+    await run(1, 8);
+    const concurrency = [];
+    for (const c of o.concurrency) {
+      const samples = [];
+      for (let r = 0; r < o.repeats; r++) samples.push((await run(c, 8)).aggregate);
+      concurrency.push({ requests: c, tokens_per_s: stat(samples) });
+    }
+    const decodeSteps = [];
+    for (const steps of [1, 8]) {
+      const samples = [];
+      for (let r = 0; r < o.repeats; r++) samples.push((await run(1, steps)).decode);
+      decodeSteps.push({ steps, tokens_per_s: stat(samples) });
+    }
+    return {
+      model: o.model,
+      precision,
+      max_tokens: o.maxTokens,
+      concurrency,
+      decode_steps: decodeSteps,
+      steps_8_over_1: decodeSteps[1].tokens_per_s.median / decodeSteps[0].tokens_per_s.median,
+    };
+  } finally {
+    for (const e of engines.values()) await e.close();
   }
-  const decodeSteps = [];
-  for (const steps of [1, 8]) {
-    const samples = [];
-    for (let r = 0; r < o.repeats; r++) samples.push((await run(1, steps)).decode);
-    decodeSteps.push({ steps, tokens_per_s: stat(samples) });
-  }
-  s.runner.destroy();
-  return {
-    model: o.model,
-    precision: s.runner.precision,
-    max_tokens: o.maxTokens,
-    concurrency,
-    decode_steps: decodeSteps,
-    steps_8_over_1: decodeSteps[1].tokens_per_s.median / decodeSteps[0].tokens_per_s.median,
-  };
 }
 
 /** A Markdown summary with the issue's target (decode steps 8 vs 1 >= 4x). */

@@ -2,37 +2,24 @@
 //   --max-tokens N [--temperature T --top-k K --top-p P --min-p P --seed S]
 //   [--precision f16|f32] [--plan full|streaming|FILE] [--sink N --recent N]
 //   [--chunk N] [--decode-steps N] [--kv-cache-mb N] [--json]
+//
+// An engine with one batch row: the text is printed chunk by chunk as the server streams it.
 
-import { generate } from "../engine/generate.ts";
-import { setup } from "../engine/setup.ts";
-import { CliError, parseArgs, runMain } from "./args.ts";
+import { Engine } from "../engine/engine.ts";
+import type { GenerationResult } from "../engine/request.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { ENGINE_FLAGS, engineFlags } from "./flags.ts";
 
 const USAGE = "usage: deno task generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) " +
   "--max-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S] " +
   "[--precision f16|f32] [--plan full|streaming|FILE] [--json]";
 
+const SAMPLING_FLAGS = ["temperature", "top-k", "top-p", "min-p", "seed"];
+
 async function main(): Promise<number> {
   const a = parseArgs(Deno.args, {
     booleans: ["json", "help"],
-    values: [
-      "model",
-      "tokenizer",
-      "prompt",
-      "prompt-ids",
-      "max-tokens",
-      "temperature",
-      "top-k",
-      "top-p",
-      "min-p",
-      "seed",
-      "precision",
-      "plan",
-      "sink",
-      "recent",
-      "chunk",
-      "decode-steps",
-      "kv-cache-mb",
-    ],
+    values: [...ENGINE_FLAGS, ...SAMPLING_FLAGS, "prompt", "prompt-ids", "max-tokens"],
   });
   if (a.boolean("help")) {
     console.log(USAGE);
@@ -51,79 +38,76 @@ async function main(): Promise<number> {
     }
   }
   const maxTokens = a.number("max-tokens", { integer: true, min: 0 });
-  const temperature = a.optionalNumber("temperature", { min: 0 }) ?? 0;
-  const topK = a.optionalNumber("top-k", { integer: true, min: 0 });
-  const topP = a.optionalNumber("top-p", { min: 0, max: 1 });
-  const minP = a.optionalNumber("min-p", { min: 0, max: 1 });
-  const seed = a.optionalNumber("seed", { integer: true, min: 0 });
-  const chunk = a.optionalNumber("chunk", { integer: true, min: 1 });
-  const decodeSteps = a.optionalNumber("decode-steps", { integer: true, min: 1, max: 64 });
-  const s = await setup({
-    model: a.string("model"),
-    tokenizer: a.optionalString("tokenizer"),
-    precision: a.optionalChoice("precision", ["f16", "f32"] as const),
-    plan: a.optionalString("plan"),
-    sink: a.optionalNumber("sink", { integer: true, min: 0 }),
-    recent: a.optionalNumber("recent", { integer: true, min: 1 }),
-    kvCacheMb: a.optionalNumber("kv-cache-mb", { min: 1 }),
-    prefillChunk: chunk,
-    decodeSteps,
-    maxBatch: 1,
-  });
-  const tok = s.model.tokenizer;
-  if (promptIds === undefined) {
-    if (!tok) {
-      throw new CliError("--prompt needs a tokenizer: pass --tokenizer PATH or use --prompt-ids");
+  const sampling = {
+    temperature: a.optionalNumber("temperature", { min: 0 }) ?? 0,
+    topK: a.optionalNumber("top-k", { integer: true, min: 0 }),
+    topP: a.optionalNumber("top-p", { min: 0, max: 1 }),
+    minP: a.optionalNumber("min-p", { min: 0, max: 1 }),
+    // Reproducible unless asked otherwise: seed 0 when none is given (the server draws one).
+    seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 0,
+  };
+  const engine = await Engine.create({ ...engineFlags(a), maxBatch: 1 });
+  try {
+    const tok = engine.tokenizer;
+    const vocab = engine.config.vocabSize;
+    if (promptIds === undefined) {
+      if (!tok) {
+        throw new CliError("--prompt needs a tokenizer: pass --tokenizer PATH or use --prompt-ids");
+      }
+      promptIds = tok.encode(prompt!);
     }
-    promptIds = tok.encode(prompt!);
-  }
-  const bad = promptIds.find((id) => id >= s.model.config.vocabSize);
-  if (bad !== undefined) {
-    throw new CliError(
-      `--prompt-ids: token ${bad} is outside the vocabulary (${s.model.config.vocabSize})`,
-    );
-  }
-  if (promptIds.length === 0) throw new CliError("the prompt is empty");
-  if (promptIds.length + maxTokens > s.runner.maxSeqLen) {
-    throw new CliError(
-      `--max-tokens: prompt (${promptIds.length}) + max tokens (${maxTokens}) exceed the ` +
-        `context of ${s.runner.maxSeqLen}`,
-    );
-  }
-  const json = a.boolean("json");
-  const enc = new TextEncoder();
-  let printed = "";
-  const sofar: number[] = [];
-  const res = await generate(s.runner, promptIds, {
-    maxTokens,
-    sampling: { temperature, topK, topP, minP, seed },
-    decodeSteps,
-    onTokens: json || !tok ? undefined : (ids) => {
-      // Stream text: print what the full decode adds (multi-byte pieces complete late).
-      sofar.push(...ids);
-      const text = tok.decode(sofar);
-      Deno.stdout.writeSync(enc.encode(text.slice(printed.length)));
-      printed = text;
-    },
-  });
-  const text = tok ? tok.decode(res.ids) : res.ids.join(" ");
-  if (json) {
-    console.log(JSON.stringify({
-      prompt_ids: promptIds,
-      generated_ids: res.ids,
-      text,
-      finish_reason: res.finishReason,
-      precision: s.runner.precision,
-      plan: s.plan.mode,
-      adapter: s.gpu.adapterName,
-      timings: {
+    const bad = promptIds.find((id) => id >= vocab);
+    if (bad !== undefined) {
+      throw new CliError(`--prompt-ids: token ${bad} is outside the vocabulary (${vocab})`);
+    }
+    if (promptIds.length === 0) throw new CliError("the prompt is empty");
+    const context = engine.limits.context;
+    if (promptIds.length + maxTokens > context) {
+      throw new CliError(
+        `--max-tokens: prompt (${promptIds.length}) + max tokens (${maxTokens}) exceed the ` +
+          `context of ${context}`,
+      );
+    }
+    const json = a.boolean("json");
+    const enc = new TextEncoder();
+    let ids: number[] = [];
+    let text = "";
+    let finishReason: GenerationResult["finishReason"] = "length";
+    let timings = { time_to_first_token_ms: 0, decode_ms: 0, decode_tokens_per_s: 0 };
+    // --max-tokens 0: nothing to generate, so nothing is submitted.
+    if (maxTokens > 0) {
+      const job = engine.submit({ promptIds, maxTokens, sampling });
+      for await (const chunk of job.chunks()) {
+        if (!json && tok) Deno.stdout.writeSync(enc.encode(chunk.text));
+      }
+      const res = await job.result;
+      if (res.finishReason === "error") throw new Error(`generation failed: ${res.error}`);
+      ids = res.ids;
+      text = tok ? res.text : res.ids.join(" ");
+      finishReason = res.finishReason;
+      timings = {
         time_to_first_token_ms: res.timeToFirstTokenMs,
         decode_ms: res.decodeMs,
-        decode_tokens_per_s: res.ids.length > 1 ? (res.ids.length - 1) / (res.decodeMs / 1000) : 0,
-      },
-    }));
-  } else {
-    Deno.stdout.writeSync(enc.encode(text.slice(printed.length) + "\n"));
+        decode_tokens_per_s: res.decodeTokensPerS,
+      };
+    }
+    if (json) {
+      console.log(JSON.stringify({
+        prompt_ids: promptIds,
+        generated_ids: ids,
+        text,
+        finish_reason: finishReason,
+        precision: engine.precision,
+        plan: engine.plan.mode,
+        adapter: engine.adapterName,
+        timings,
+      }));
+    } else {
+      // With a tokenizer the text went out chunk by chunk; without one the ids come at the end.
+      Deno.stdout.writeSync(enc.encode((tok ? "" : text) + "\n"));
+    }
+  } finally {
+    await engine.close();
   }
   return 0;
 }

@@ -1,4 +1,4 @@
-// Counters and latency histograms the scheduler keeps; `/metrics` renders them with the cache
+// Counters and latency histograms the engine keeps; `/metrics` renders them with the cache
 // manager's figures in Prometheus' text format (server/prometheus.ts).
 
 /** A cumulative histogram with fixed upper bounds (seconds), as Prometheus expects. */

@@ -6,15 +6,16 @@
 //     [--depths 0.1,0.5,0.9] [--samples N] [--seed S] [--sink 16 --recent 64]
 //     [--precision f16|f32] [--quick] [--out DIR]
 
-import { CliError, parseArgs, runMain } from "../cli/args.ts";
+import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
+import { Engine } from "../engine/engine.ts";
 import { getGpu, resolvePrecision } from "../gpu/device.ts";
-import { ModelRunner } from "../gpu/runner.ts";
 import { loadModel } from "../model/load.ts";
 import type { LoadedModel } from "../model/types.ts";
-import { DEFAULT_DEPTHS, passkeyAccuracy, type PasskeyCell } from "../plans/passkey.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
-import { progress } from "../engine/progress.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { progress } from "../util/progress.ts";
 import { accuracyHeatmap } from "./heatmap.ts";
+import { DEFAULT_DEPTHS, passkeyAccuracy, type PasskeyCell } from "./passkey.ts";
 
 const DEFAULT_MODEL = "../shared/models/passkey-llama";
 export const EVAL_SCHEMA = "zigzag-eval/1";
@@ -77,27 +78,33 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const plans: PlanEval[] = [];
   for (const name of o.plans) {
     const plan = await loadPlanArg(name, o.model.config, { sink: o.sink, recent: o.recent });
-    const runner = await ModelRunner.create(gpu, o.model, {
+    const engine = await Engine.create({
+      model: o.model,
+      gpu,
       precision,
       plan,
       prefillChunk: 256,
       maxBatch: 8,
-      maxDecodeSteps: 8,
+      decodeSteps: 8,
       kvCacheBytes: 256 << 20,
-      maxSeqLen: Math.min(o.model.config.maxSeqLen, maxLen),
+      maxModelLen: Math.min(o.model.config.maxSeqLen, maxLen),
     });
     const bar = o.quiet ? null : progress(`eval ${name}`);
     const t0 = performance.now();
-    const res = await passkeyAccuracy(runner, tokenizer, {
-      lengths: o.lengths,
-      depths: o.depths,
-      samples: o.samples,
-      seed: o.seed,
-      onProgress: (d, t) => bar?.update(d, t),
-    });
+    let res;
+    try {
+      res = await passkeyAccuracy(engine, {
+        lengths: o.lengths,
+        depths: o.depths,
+        samples: o.samples,
+        seed: o.seed,
+        onProgress: (d, t) => bar?.update(d, t),
+      });
+    } finally {
+      await engine.close();
+    }
     const wall = (performance.now() - t0) / 1000;
     bar?.done();
-    runner.destroy();
     const total = res.cells.reduce((a, c) => a + c.total, 0);
     plans.push({
       plan: name,
@@ -197,10 +204,9 @@ async function main(): Promise<number> {
       "depths",
       "samples",
       "seed",
-      "sink",
-      "recent",
-      "precision",
       "out",
+      ...WINDOW_FLAGS,
+      PRECISION_FLAG,
     ],
   });
   if (a.boolean("help")) {
@@ -227,17 +233,20 @@ async function main(): Promise<number> {
     Number,
   );
   if (depths.some((d) => d < 0 || d > 1)) throw new CliError("--depths must lie in [0, 1]");
+  const samples = a.optionalNumber("samples", { integer: true, min: 1 }) ?? (quick ? 2 : 6);
+  const seed = a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1;
+  const window = windowFlags(a);
   const result = await runEval({
     model,
     modelPath,
     plans,
     lengths,
     depths,
-    samples: a.optionalNumber("samples", { integer: true, min: 1 }) ?? (quick ? 2 : 6),
-    seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1,
-    sink: a.optionalNumber("sink", { integer: true, min: 0 }) ?? 16,
-    recent: a.optionalNumber("recent", { integer: true, min: 1 }) ?? 64,
-    precision: a.optionalChoice("precision", ["f16", "f32"] as const),
+    samples,
+    seed,
+    sink: window.sink ?? 16,
+    recent: window.recent ?? 64,
+    precision: precisionFlag(a),
   });
   const out = a.optionalString("out") ?? "eval/results";
   await Deno.mkdir(out, { recursive: true });

@@ -1,7 +1,7 @@
 // An SVG heatmap of pass-key accuracy: rows are context lengths, columns key depths, each cell
 // shaded from red (0%) to green (100%) and labelled with its accuracy.
 
-import type { PasskeyCell } from "../plans/passkey.ts";
+import type { PasskeyCell } from "./passkey.ts";
 
 const CELL_W = 56;
 const CELL_H = 28;

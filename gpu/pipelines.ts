@@ -2,22 +2,30 @@
 //
 // The one variant mechanism: every kernel in wgsl/ is compiled with a generated header that
 // declares the storage types `W` (weights) and `KV` (cache) as f16 or f32 (and `enable f16;`
-// when either is f16), followed by wgsl/common.wgsl. Sizes, flags and masks are WGSL `override`
-// constants supplied as pipeline constants. No other text is ever spliced into a shader.
+// when either is f16), followed by wgsl/common.wgsl, then the spec's includes (whole files of
+// wgsl/, in order: e.g. the KV-cache layout's addressing, `cache_paged.wgsl` or
+// `cache_ring.wgsl`, which define the same functions), then the kernel's file. Sizes, flags and
+// masks are WGSL `override` constants supplied as pipeline constants. No other text is ever
+// spliced into a shader.
 
 export type ScalarType = "f16" | "f32";
 
-export interface KernelSpec {
+/** Values of a kernel's `override` constants by WGSL name; booleans become 0/1. */
+export type Overrides<C> = { readonly [K in keyof C]: number | boolean };
+
+export interface KernelSpec<C extends Overrides<C> = Record<string, number | boolean>> {
   /** File in wgsl/, e.g. "matmul.wgsl". */
   file: string;
   /** Entry point; defaults to "main". */
   entry?: string;
+  /** Files of wgsl/ compiled between common.wgsl and `file` (default none). */
+  includes?: readonly string[];
   /** Weight storage type (default f32). */
   W?: ScalarType;
   /** KV-cache storage type (default f32). */
   KV?: ScalarType;
-  /** Values of the kernel's `override` constants; booleans become 0/1. */
-  constants?: Record<string, number | boolean>;
+  /** Values of the kernel's `override` constants. */
+  constants?: C;
 }
 
 const WGSL_DIR = new URL("../wgsl/", import.meta.url);
@@ -34,12 +42,18 @@ function readKernel(file: string): string {
 }
 
 /** The full source a spec compiles to (exported for tests and debugging). */
-export function kernelSource(spec: KernelSpec): string {
+export function kernelSource<C extends Overrides<C>>(spec: KernelSpec<C>): string {
   const w = spec.W ?? "f32";
   const kv = spec.KV ?? "f32";
   const header = (w === "f16" || kv === "f16" ? "enable f16;\n" : "") +
     `alias W = ${w};\nalias KV = ${kv};\n`;
-  return header + readKernel("common.wgsl") + "\n" + readKernel(spec.file);
+  const files = ["common.wgsl", ...spec.includes ?? [], spec.file];
+  return header + files.map(readKernel).join("\n");
+}
+
+/** The text of one file of wgsl/ (kernel tests compare its constants with TypeScript's). */
+export function wgslFile(file: string): string {
+  return readKernel(file);
 }
 
 export class Pipelines {
@@ -61,12 +75,14 @@ export class Pipelines {
   }
 
   /** Compiles (once) and returns the pipeline for a spec; rejects with the compiler's message. */
-  get(spec: KernelSpec): Promise<GPUComputePipeline> {
+  get<C extends Overrides<C>>(spec: KernelSpec<C>): Promise<GPUComputePipeline> {
     const constants: Record<string, number> = {};
-    for (const [k, v] of Object.entries(spec.constants ?? {}).sort(([a], [b]) => a < b ? -1 : 1)) {
+    const given = Object.entries(spec.constants ?? {}) as [string, number | boolean][];
+    for (const [k, v] of given.sort(([a], [b]) => a < b ? -1 : 1)) {
       constants[k] = typeof v === "boolean" ? (v ? 1 : 0) : v;
     }
-    const moduleKey = `${spec.file}|${spec.W ?? "f32"}|${spec.KV ?? "f32"}`;
+    const files = [...spec.includes ?? [], spec.file].join("+");
+    const moduleKey = `${files}|${spec.W ?? "f32"}|${spec.KV ?? "f32"}`;
     const key = `${moduleKey}|${spec.entry ?? "main"}|${JSON.stringify(constants)}`;
     let p = this.#pipelines.get(key);
     if (!p) {

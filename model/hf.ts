@@ -5,16 +5,17 @@
 // Supported architectures: Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (q/k/v biases).
 // Every tensor's shape is checked against the config before it is used.
 
-import { checkEntry, SafetensorsSet } from "./safetensors.ts";
+import { SafetensorsSet } from "./safetensors.ts";
+import { hostWeights, itemBytes, numel } from "./tensors.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
 import {
-  type HostTensor,
   type LayerWeights,
   type LoadedModel,
   type ModelConfig,
   ModelFormatError,
   type ModelWeights,
   type Tokenizer,
+  type WeightTensor,
 } from "./types.ts";
 
 export const SUPPORTED_HF_ARCHITECTURES = [
@@ -248,35 +249,56 @@ export interface HfLoadOptions {
   noTokenizer?: boolean;
 }
 
-/** Loads a Hugging Face model directory. */
+/** Loads a Hugging Face model directory with every weight on the host as f32 (small models). */
 export async function loadHfModel(dir: string, opts: HfLoadOptions = {}): Promise<LoadedModel> {
-  const config = await readHfConfig(dir);
-  const st = await SafetensorsSet.openDir(dir);
-  let weights: ModelWeights;
+  const m = await openHfModel(dir, opts);
   try {
-    if (!config.tiedEmbeddings && !st.has("lm_head.weight")) config.tiedEmbeddings = true;
-    const shapes = hfTensorShapes(config);
-    // Validate every tensor's presence, dtype and shape before reading any data.
-    let total = 0;
-    for (const [name, shape] of shapes) {
-      const e = await st.entry(name);
-      checkEntry(e, shape);
-      total += e.end - e.begin;
-    }
+    const total = m.weightBytes;
     let done = 0;
     opts.onProgress?.(0, total);
-    const t = new Map<string, HostTensor>();
-    for (const [name, shape] of shapes) {
-      const tensor = await st.read(name, shape);
-      t.set(name, tensor);
-      done += tensor.data.length * (tensor.sourceDtype === "f32" ? 4 : 2);
+    const weights = await hostWeights(m.weights, (bytes) => {
+      done += bytes;
       opts.onProgress?.(done, total);
+    });
+    return { source: dir, config: m.config, weights, tokenizer: m.tokenizer };
+  } finally {
+    m.close();
+  }
+}
+
+/** A Hugging Face model whose weights stay on disk until read (`close` when done with them). */
+export interface OpenModel {
+  source: string;
+  config: ModelConfig;
+  weights: ModelWeights<WeightTensor>;
+  tokenizer: Tokenizer | null;
+  /** Bytes of tensor data in the files. */
+  weightBytes: number;
+  close(): void;
+}
+
+/**
+ * Opens a Hugging Face model directory: config, every tensor's header entry (presence, dtype and
+ * shape checked before any data is read) and the tokenizer. No weight data is read.
+ */
+export async function openHfModel(dir: string, opts: HfLoadOptions = {}): Promise<OpenModel> {
+  const config = await readHfConfig(dir);
+  const st = await SafetensorsSet.openDir(dir);
+  let weights: ModelWeights<WeightTensor>;
+  let weightBytes = 0;
+  try {
+    if (!config.tiedEmbeddings && !st.has("lm_head.weight")) config.tiedEmbeddings = true;
+    const t = new Map<string, WeightTensor>();
+    for (const [name, shape] of hfTensorShapes(config)) {
+      const w = await st.lazy(name, shape);
+      t.set(name, w);
+      weightBytes += numel(w) * itemBytes(w);
     }
     const get = (n: string) => t.get(n)!;
-    const layers: LayerWeights[] = [];
+    const layers: LayerWeights<WeightTensor>[] = [];
     for (let l = 0; l < config.nLayers; l++) {
       const p = `model.layers.${l}.`;
-      const lw: LayerWeights = {
+      const lw: LayerWeights<WeightTensor> = {
         attnNorm: get(p + "input_layernorm.weight"),
         wq: get(p + "self_attn.q_proj.weight"),
         wk: get(p + "self_attn.k_proj.weight"),
@@ -301,10 +323,25 @@ export async function loadHfModel(dir: string, opts: HfLoadOptions = {}): Promis
       finalNorm: get("model.norm.weight"),
       lmHead: config.tiedEmbeddings ? tokenEmbedding : get("lm_head.weight"),
     };
-  } finally {
+  } catch (e) {
     st.close();
+    throw e;
   }
+  let tokenizer: Tokenizer | null;
+  try {
+    tokenizer = await loadHfTokenizer(dir, config, opts);
+  } catch (e) {
+    st.close();
+    throw e;
+  }
+  return { source: dir, config, weights, tokenizer, weightBytes, close: () => st.close() };
+}
 
+async function loadHfTokenizer(
+  dir: string,
+  config: ModelConfig,
+  opts: HfLoadOptions,
+): Promise<Tokenizer | null> {
   let tokenizer: Tokenizer | null = null;
   if (!opts.noTokenizer) {
     const tokPath = opts.tokenizerPath ?? dir;
@@ -324,5 +361,5 @@ export async function loadHfModel(dir: string, opts: HfLoadOptions = {}): Promis
       throw new ModelFormatError(`${tokFile}: tokenizer not found`);
     }
   }
-  return { source: dir, config, weights, tokenizer };
+  return tokenizer;
 }

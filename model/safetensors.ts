@@ -6,7 +6,7 @@
 //
 // Errors are ModelFormatError and always name the file and, where one is involved, the tensor.
 
-import { type HostTensor, ModelFormatError } from "./types.ts";
+import { type HostTensor, ModelFormatError, type WeightTensor } from "./types.ts";
 
 /** Bytes per element of the dtypes we can convert. */
 const DTYPE_SIZE: Record<string, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -318,6 +318,19 @@ export class SafetensorsFile {
     };
   }
 
+  #busy: Promise<unknown> = Promise.resolve();
+
+  /** Raw bytes [begin, begin + length) of the file; reads on one handle are serialised. */
+  readAt(begin: number, length: number): Promise<Uint8Array> {
+    const run = this.#busy.then(async () => {
+      const bytes = new Uint8Array(length);
+      await readFully(this.file, begin, bytes, this.path);
+      return bytes;
+    });
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
   close(): void {
     try {
       this.file.close();
@@ -467,6 +480,31 @@ export class SafetensorsSet {
     const f = await this.fileFor(name);
     if (!f.entries.has(name)) await this.entry(name); // throws the shard-specific message
     return await f.read(name, expectedShape);
+  }
+
+  /**
+   * A tensor read on demand: only its header entry is checked now; `readRaw` reads element
+   * ranges from its shard later (the set must stay open until the last read).
+   */
+  async lazy(name: string, expectedShape?: number[]): Promise<WeightTensor> {
+    const e = await this.entry(name);
+    checkEntry(e, expectedShape);
+    const item = DTYPE_SIZE[e.dtype];
+    const count = numel(e.shape);
+    return {
+      name,
+      shape: e.shape.slice(),
+      sourceDtype: SOURCE_DTYPE[e.dtype],
+      readRaw: async (offset, n) => {
+        if (offset < 0 || n < 0 || offset + n > count) {
+          throw new RangeError(
+            `${e.file}: tensor "${name}": elements [${offset}, ${offset + n}) ` +
+              `outside its ${count}`,
+          );
+        }
+        return await (await this.fileFor(name)).readAt(e.begin + offset * item, n * item);
+      },
+    };
   }
 
   close(): void {

@@ -38,36 +38,52 @@ export interface ModelConfig {
   eosIds: number[];
 }
 
+export type SourceDtype = "f32" | "f16" | "bf16";
+
+/**
+ * A weight tensor that may still be on disk: its shape, the dtype the file stores, and a reader
+ * of any element range in that dtype's raw little-endian bytes. The GPU upload streams tensors
+ * through it chunk by chunk, so no whole model is ever held on the host.
+ */
+export interface WeightTensor {
+  name: string;
+  shape: number[];
+  sourceDtype: SourceDtype;
+  /** Raw bytes of elements [offset, offset + count) (row-major), in `sourceDtype`. */
+  readRaw(offset: number, count: number): Promise<Uint8Array>;
+}
+
 /** A dense row-major tensor on the host; `sourceDtype` is what the file stored. */
 export interface HostTensor {
   name: string;
   shape: number[];
-  sourceDtype: "f32" | "f16" | "bf16";
+  sourceDtype: SourceDtype;
   data: Float32Array;
 }
 
-/** Linear weights are stored as [out, in] row-major (Hugging Face and llama2.c layout). */
-export interface LayerWeights {
-  attnNorm: HostTensor; // [dim]
-  wq: HostTensor; // [nHeads*headDim, dim]
-  wk: HostTensor; // [nKvHeads*headDim, dim]
-  wv: HostTensor; // [nKvHeads*headDim, dim]
-  wo: HostTensor; // [dim, nHeads*headDim]
-  bq?: HostTensor; // [nHeads*headDim] (Qwen2)
-  bk?: HostTensor; // [nKvHeads*headDim]
-  bv?: HostTensor; // [nKvHeads*headDim]
-  ffnNorm: HostTensor; // [dim]
-  wGate: HostTensor; // [hiddenDim, dim]  (llama2.c w1)
-  wDown: HostTensor; // [dim, hiddenDim]  (llama2.c w2)
-  wUp: HostTensor; // [hiddenDim, dim]    (llama2.c w3)
+/** Linear weights are stored as [out, in] row-major (Hugging Face and llama2.c layout). `T` is
+ * HostTensor for weights on the host, WeightTensor for weights that may still be on disk. */
+export interface LayerWeights<T = HostTensor> {
+  attnNorm: T; // [dim]
+  wq: T; // [nHeads*headDim, dim]
+  wk: T; // [nKvHeads*headDim, dim]
+  wv: T; // [nKvHeads*headDim, dim]
+  wo: T; // [dim, nHeads*headDim]
+  bq?: T; // [nHeads*headDim] (Qwen2)
+  bk?: T; // [nKvHeads*headDim]
+  bv?: T; // [nKvHeads*headDim]
+  ffnNorm: T; // [dim]
+  wGate: T; // [hiddenDim, dim]  (llama2.c w1)
+  wDown: T; // [dim, hiddenDim]  (llama2.c w2)
+  wUp: T; // [hiddenDim, dim]    (llama2.c w3)
 }
 
-export interface ModelWeights {
-  tokenEmbedding: HostTensor; // [vocab, dim]
-  layers: LayerWeights[];
-  finalNorm: HostTensor; // [dim]
+export interface ModelWeights<T = HostTensor> {
+  tokenEmbedding: T; // [vocab, dim]
+  layers: LayerWeights<T>[];
+  finalNorm: T; // [dim]
   /** [vocab, dim]; the same object as tokenEmbedding when tied. */
-  lmHead: HostTensor;
+  lmHead: T;
 }
 
 export interface ChatMessage {

@@ -5,26 +5,14 @@
 // Message content is a string or an array of text parts. `logprobs: true` returns the sampled
 // tokens' log-probabilities; `top_logprobs` may be 0 or 1 (the sampler keeps no top-k list).
 
-import { Hono } from "hono";
+import type { Hono } from "hono";
 import { z } from "zod";
-import type { GenerationResult } from "../engine/scheduler.ts";
+import type { GenerationResult } from "../engine/request.ts";
 import type { ChatMessage, Tokenizer } from "../model/types.ts";
-import { parseBody } from "../server/body.ts";
 import type { ServerContext } from "../server/context.ts";
 import { badField } from "../server/errors.ts";
-import {
-  checkModel,
-  checkStopIds,
-  finishReason,
-  needTokenizer,
-  requestId,
-  resultOf,
-  samplingOf,
-  startJob,
-  streamJob,
-  tokenText,
-  usage,
-} from "../server/generation.ts";
+import * as gen from "../server/generation.ts";
+import { needTokenizer, postRoute } from "../server/route.ts";
 import { fields, samplingFields } from "../server/schemas.ts";
 
 const TextPart = z.object({
@@ -76,7 +64,7 @@ function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], top: bo
   const enc = new TextEncoder();
   return {
     content: ids.map((id, i) => {
-      const token = tokenText(tok, id);
+      const token = gen.tokenText(tok, id);
       const entry = { token, logprob: lps[i], bytes: Array.from(enc.encode(token)) };
       return { ...entry, top_logprobs: top ? [entry] : [] };
     }),
@@ -84,13 +72,10 @@ function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], top: bo
 }
 
 export function chatRoute(ctx: ServerContext): Hono {
-  const app = new Hono();
-  app.post("/v1/chat/completions", async (c) => {
-    const r = ctx.engine();
-    const body = await parseBody(c, ChatRequest);
-    checkModel(ctx, body.model);
-    const tok = needTokenizer(r, "messages");
-    if (!r.chat) {
+  return postRoute(ctx, "/v1/chat/completions", ChatRequest, async (c, engine, body) => {
+    const tok = needTokenizer(engine, "messages");
+    const chat = ctx.chat;
+    if (!chat) {
       throw badField(
         "messages",
         `the model \`${ctx.modelId}\` has no chat template (none in tokenizer_config.json or ` +
@@ -100,23 +85,20 @@ export function chatRoute(ctx: ServerContext): Hono {
     }
     let prompt: number[];
     try {
-      prompt = r.chat.encode(messagesOf(body), body.add_generation_prompt ?? true);
+      prompt = chat.encode(messagesOf(body), body.add_generation_prompt ?? true);
     } catch (e) {
       throw badField("messages", `the chat template failed: ${(e as Error).message}`);
     }
     // Without a limit: as much as the context (and the KV pool) leaves.
-    const maxTokens = body.max_completion_tokens ?? body.max_tokens ??
-      Math.max(1, r.scheduler.maxNewTokens(prompt.length));
-    const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
-    const job = startJob(c, r, {
+    const job = gen.startGeneration(c, engine, body, {
       promptIds: prompt,
-      maxTokens,
-      sampling: samplingOf(body, 1),
-      stopStrings: stop,
-      stopIds: checkStopIds(r, body.stop_token_ids, "stop_token_ids"),
-      ignoreEos: body.ignore_eos ?? false,
-    }, "messages");
-    const id = requestId("chatcmpl");
+      maxTokens: body.max_completion_tokens ?? body.max_tokens ??
+        Math.max(1, engine.limits.maxNewTokens(prompt.length)),
+      defaultTemperature: 1,
+      promptField: "messages",
+      stopIdField: "stop_token_ids",
+    });
+    const id = gen.requestId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "chat.completion.chunk", created, model: ctx.modelId };
     const top = (body.top_logprobs ?? 0) > 0;
@@ -136,7 +118,7 @@ export function chatRoute(ctx: ServerContext): Hono {
         ...u,
       };
       let first = true;
-      return streamJob(c, job, {
+      return gen.streamJob(c, job, {
         chunk: (ch) => {
           const out = [];
           if (first) {
@@ -161,14 +143,19 @@ export function chatRoute(ctx: ServerContext): Hono {
           ...(first ? [roleChunk] : []),
           {
             ...head,
-            choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(res) }],
+            choices: [{
+              index: 0,
+              delta: {},
+              logprobs: null,
+              finish_reason: gen.finishReason(res),
+            }],
             ...u,
           },
-          ...(includeUsage ? [{ ...head, choices: [], usage: usage(res) }] : []),
+          ...(includeUsage ? [{ ...head, choices: [], usage: gen.usage(res) }] : []),
         ],
       });
     }
-    const res = await resultOf(job);
+    const res = await gen.resultOf(job);
     return c.json({
       id,
       object: "chat.completion",
@@ -178,11 +165,10 @@ export function chatRoute(ctx: ServerContext): Hono {
         index: 0,
         message: { role: "assistant", content: res.text },
         logprobs: body.logprobs ? logprobsOf(tok, res.ids, res.logprobs, top) : null,
-        finish_reason: finishReason(res),
+        finish_reason: gen.finishReason(res),
         stop_reason: res.stopReason,
       }],
-      usage: usage(res),
+      usage: gen.usage(res),
     });
   });
-  return app;
 }

@@ -5,26 +5,14 @@
 // `top_logprobs` holds just the sampled token. Not supported (400 naming the field): n > 1,
 // best_of > 1, echo, suffix, penalties, logit_bias.
 
-import { Hono } from "hono";
+import type { Hono } from "hono";
 import { z } from "zod";
-import type { GenerationResult } from "../engine/scheduler.ts";
+import type { GenerationResult } from "../engine/request.ts";
 import type { Tokenizer } from "../model/types.ts";
-import { parseBody } from "../server/body.ts";
 import type { ServerContext } from "../server/context.ts";
 import { badField } from "../server/errors.ts";
-import {
-  checkModel,
-  checkStopIds,
-  finishReason,
-  promptIds,
-  requestId,
-  resultOf,
-  samplingOf,
-  startJob,
-  streamJob,
-  tokenText,
-  usage,
-} from "../server/generation.ts";
+import * as gen from "../server/generation.ts";
+import { postRoute } from "../server/route.ts";
 import { fields, samplingFields, tokenId } from "../server/schemas.ts";
 
 const ids = z.array(tokenId).min(1);
@@ -66,7 +54,7 @@ function logprobsOf(
   offsets: number[],
   top: boolean,
 ) {
-  const tokens = ids.map((id) => tokenText(tok, id));
+  const tokens = ids.map((id) => gen.tokenText(tok, id));
   return {
     tokens,
     token_logprobs: lps,
@@ -76,32 +64,24 @@ function logprobsOf(
 }
 
 export function completionsRoute(ctx: ServerContext): Hono {
-  const app = new Hono();
-  app.post("/v1/completions", async (c) => {
-    const r = ctx.engine();
-    const body = await parseBody(c, CompletionRequest);
-    checkModel(ctx, body.model);
-    const prompt = promptIds(r, onePrompt(body.prompt), "prompt");
-    const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
-    const job = startJob(c, r, {
-      promptIds: prompt,
+  return postRoute(ctx, "/v1/completions", CompletionRequest, async (c, engine, body) => {
+    const job = gen.startGeneration(c, engine, body, {
+      promptIds: gen.promptIds(engine, onePrompt(body.prompt), "prompt"),
       maxTokens: body.max_tokens ?? 16,
-      sampling: samplingOf(body, 1),
-      stopStrings: stop,
-      stopIds: checkStopIds(r, body.stop_token_ids, "stop_token_ids"),
-      ignoreEos: body.ignore_eos ?? false,
-    }, "prompt");
-    const id = requestId("cmpl");
+      defaultTemperature: 1,
+      promptField: "prompt",
+      stopIdField: "stop_token_ids",
+    });
+    const id = gen.requestId("cmpl");
     const created = Math.floor(Date.now() / 1000);
-    const model = ctx.modelId;
-    const tok = r.session.model.tokenizer;
+    const tok = engine.tokenizer;
     const wantLogprobs = body.logprobs != null;
     const top = (body.logprobs ?? 0) > 0;
-    const head = { id, object: "text_completion", created, model };
+    const head = { id, object: "text_completion", created, model: ctx.modelId };
 
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage ?? false;
-      return streamJob(c, job, {
+      return gen.streamJob(c, job, {
         chunk: (ch) => {
           return [{
             ...head,
@@ -117,14 +97,14 @@ export function completionsRoute(ctx: ServerContext): Hono {
         end: (res: GenerationResult) => [
           {
             ...head,
-            choices: [{ index: 0, text: "", logprobs: null, finish_reason: finishReason(res) }],
+            choices: [{ index: 0, text: "", logprobs: null, finish_reason: gen.finishReason(res) }],
             ...(includeUsage ? { usage: null } : {}),
           },
-          ...(includeUsage ? [{ ...head, choices: [], usage: usage(res) }] : []),
+          ...(includeUsage ? [{ ...head, choices: [], usage: gen.usage(res) }] : []),
         ],
       });
     }
-    const res = await resultOf(job);
+    const res = await gen.resultOf(job);
     return c.json({
       ...head,
       choices: [{
@@ -133,11 +113,10 @@ export function completionsRoute(ctx: ServerContext): Hono {
         logprobs: wantLogprobs
           ? logprobsOf(tok, res.ids, res.logprobs, res.textOffsets, top)
           : null,
-        finish_reason: finishReason(res),
+        finish_reason: gen.finishReason(res),
         stop_reason: res.stopReason,
       }],
-      usage: usage(res),
+      usage: gen.usage(res),
     });
   });
-  return app;
 }

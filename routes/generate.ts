@@ -9,23 +9,12 @@
 // Streamed: `data: {token_ids, text, logprobs?}` per readback, then the answer less text and
 //           token_ids, then `data: [DONE]`.
 
-import { Hono } from "hono";
+import type { Hono } from "hono";
 import { z } from "zod";
-import type { GenerationResult } from "../engine/scheduler.ts";
-import { parseBody } from "../server/body.ts";
+import type { GenerationResult } from "../engine/request.ts";
 import type { ServerContext } from "../server/context.ts";
-import {
-  checkModel,
-  checkStopIds,
-  finishReason,
-  promptIds,
-  requestId,
-  resultOf,
-  samplingOf,
-  startJob,
-  streamJob,
-  usage,
-} from "../server/generation.ts";
+import * as gen from "../server/generation.ts";
+import { postRoute } from "../server/route.ts";
 import { fields, samplingFields, tokenId } from "../server/schemas.ts";
 
 export const GenerateRequest = z.object({
@@ -47,33 +36,21 @@ export const GenerateRequest = z.object({
 });
 
 export function generateRoute(ctx: ServerContext): Hono {
-  const app = new Hono();
-  app.post("/v1/generate", async (c) => {
-    const r = ctx.engine();
-    const body = await parseBody(c, GenerateRequest);
-    checkModel(ctx, body.model);
-    const ids = promptIds(r, body.prompt, "prompt");
-    const stops = body.stop == null ? [] : Array.isArray(body.stop) ? body.stop : [body.stop];
-    const stopStrings = stops.filter((s): s is string => typeof s === "string");
-    const stopIds = checkStopIds(r, [
-      ...stops.filter((s): s is number => typeof s === "number"),
-      ...(body.stop_token_ids ?? []),
-    ], "stop");
-    const job = startJob(c, r, {
-      promptIds: ids,
+  return postRoute(ctx, "/v1/generate", GenerateRequest, async (c, engine, body) => {
+    const job = gen.startGeneration(c, engine, body, {
+      promptIds: gen.promptIds(engine, body.prompt, "prompt"),
       maxTokens: body.max_tokens ?? 16,
-      sampling: samplingOf(body, 0),
-      stopIds,
-      stopStrings,
-      ignoreEos: body.ignore_eos ?? false,
-    }, "prompt");
-    const id = requestId("gen");
+      defaultTemperature: 0,
+      promptField: "prompt",
+      stopIdField: "stop",
+    });
+    const id = gen.requestId("gen");
     const summary = (res: GenerationResult) => ({
       id,
       model: ctx.modelId,
-      finish_reason: finishReason(res),
+      finish_reason: gen.finishReason(res),
       stop_reason: res.stopReason,
-      usage: usage(res),
+      usage: gen.usage(res),
       time_to_first_token_ms: res.timeToFirstTokenMs,
       decode_tokens_per_s: res.decodeTokensPerS,
       queue_ms: res.queueMs,
@@ -81,7 +58,7 @@ export function generateRoute(ctx: ServerContext): Hono {
       cache: res.cache,
     });
     if (body.stream) {
-      return streamJob(c, job, {
+      return gen.streamJob(c, job, {
         chunk: (ch) => [{
           token_ids: ch.ids,
           text: ch.text,
@@ -90,7 +67,7 @@ export function generateRoute(ctx: ServerContext): Hono {
         end: (res) => [summary(res)],
       });
     }
-    const res = await resultOf(job);
+    const res = await gen.resultOf(job);
     return c.json({
       ...summary(res),
       text: res.text,
@@ -98,5 +75,4 @@ export function generateRoute(ctx: ServerContext): Hono {
       ...(body.logprobs ? { logprobs: res.logprobs } : {}),
     });
   });
-  return app;
 }

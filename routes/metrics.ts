@@ -15,21 +15,20 @@ export function metricsRoute(ctx: ServerContext): Hono {
       "1 once the model is loaded and the server accepts requests",
       ctx.state === "ready" ? 1 : 0,
     );
-    const r = ctx.ready;
-    if (r) {
-      const s = r.scheduler;
-      const m = s.metrics;
-      const st = r.session.runner.cache.stats();
-      const kinds = ["retrieval", "streaming"] as const;
+    const engine = ctx.loadedEngine;
+    if (engine) {
+      const m = engine.metrics;
+      const st = engine.cacheReport();
+      const kinds = engine.cacheKinds;
       e.gauge(
         "zigzag_requests_running",
         "Requests admitted to the batch (prefilling or decoding)",
-        s.running,
+        st.requests.running,
       )
         .gauge(
           "zigzag_requests_waiting",
           "Requests queued for a batch slot or KV memory",
-          s.waiting,
+          st.requests.waiting,
         )
         .gauge(
           "zigzag_kv_cache_usage_ratio",

@@ -6,7 +6,7 @@ import type { ServerContext } from "../server/context.ts";
 export function modelsRoute(ctx: ServerContext): Hono {
   const app = new Hono();
   app.get("/v1/models", (c) => {
-    const r = ctx.engine();
+    const engine = ctx.engine();
     return c.json({
       object: "list",
       data: [{
@@ -15,7 +15,7 @@ export function modelsRoute(ctx: ServerContext): Hono {
         created: Math.floor(ctx.startedAt / 1000),
         owned_by: "zigzag",
         root: ctx.config.model,
-        max_model_len: r.session.runner.maxSeqLen,
+        max_model_len: engine.limits.context,
       }],
     });
   });

@@ -2,9 +2,9 @@
 // Every error names where the bad value came from (`--max-batch` or `ZIGZAG_MAX_BATCH`), so a
 // container's one log line says what to fix.
 
-import { CliError, parseArgs } from "../cli/args.ts";
-import type { Precision } from "../gpu/device.ts";
+import type { Precision } from "../engine/engine.ts";
 import type { HubOptions } from "../model/hub.ts";
+import { CliError, parseArgs } from "../util/args.ts";
 
 /** The README's default model (a Hugging Face repo id). */
 export const DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct";

@@ -1,44 +1,38 @@
-// What every route reads: the configuration, the loading state and, once loaded, the session
-// (model, plan, runner), the scheduler and the chat formatter.
+// What every route reads: the configuration, the loading state and, once loaded, the engine and
+// the chat formatter.
 
 import { type ChatFormatter, chatFormatter } from "../engine/chat.ts";
-import { Scheduler } from "../engine/scheduler.ts";
-import { type Session, setup } from "../engine/setup.ts";
-import { GpuUnavailableError } from "../gpu/device.ts";
-import { GREEDY } from "../gpu/runner.ts";
-import { CacheExhaustedError } from "../gpu/kv_cache.ts";
+import { CacheExhaustedError, Engine, GpuUnavailableError } from "../engine/engine.ts";
 import { downloadModel, HubError, isRepoId } from "../model/hub.ts";
 import { ModelFormatError } from "../model/types.ts";
-import { type Progress, progress } from "../engine/progress.ts";
 import { PlanError } from "../plans/schema.ts";
+import { pathExists } from "../util/fs.ts";
+import { type Progress, progress } from "../util/progress.ts";
 import { ConfigError, type ServerConfig } from "./config.ts";
 import { ApiError } from "./errors.ts";
 
 export type ServerState = "loading" | "ready" | "failed" | "draining";
 
-export interface Ready {
-  session: Session;
-  scheduler: Scheduler;
-  chat: ChatFormatter | null;
-}
-
 export class ServerContext {
   state: ServerState = "loading";
   /** Why the server is not ready (for /health). */
   reason = "loading the model";
-  ready: Ready | null = null;
+  /** The engine once loaded and warmed up; routes call engine(), which answers 503 before. */
+  loadedEngine: Engine | null = null;
+  /** The model's chat formatter (or --chat-template's); null when there is no template. */
+  chat: ChatFormatter | null = null;
   readonly modelId: string;
   readonly startedAt = Date.now();
 
   constructor(readonly config: ServerConfig, readonly log: (line: string) => void = () => {}) {
     this.modelId = config.servedModelName ??
-      (isRepoId(config.model) && !localPathExists(config.model)
+      (isRepoId(config.model) && !pathExists(config.model)
         ? config.model
         : modelName(config.model));
   }
 
   /** The loaded engine, or a 503 while loading or shutting down. */
-  engine(): Ready {
+  engine(): Engine {
     if (this.state === "draining") {
       throw new ApiError(
         503,
@@ -51,7 +45,7 @@ export class ServerContext {
         },
       );
     }
-    if (!this.ready) {
+    if (!this.loadedEngine) {
       throw new ApiError(
         503,
         `the model is not ready: ${this.reason}`,
@@ -61,7 +55,7 @@ export class ServerContext {
         { "Retry-After": "5" },
       );
     }
-    return this.ready;
+    return this.loadedEngine;
   }
 
   /**
@@ -71,7 +65,7 @@ export class ServerContext {
   async preflight(): Promise<void> {
     const cfg = this.config;
     const src = (k: string) => cfg.sources[k] ?? `--${k}`;
-    if (localPathExists(cfg.model) || !isRepoId(cfg.model)) {
+    if (pathExists(cfg.model) || !isRepoId(cfg.model)) {
       await checkModelPath(cfg.model, src("model"));
     }
     const plan = cfg.plan;
@@ -91,7 +85,7 @@ export class ServerContext {
   /** A local model path, or a hub repo id downloaded into the hub cache (HF_HOME). */
   async #resolveModel(source: string): Promise<string> {
     const cfg = this.config;
-    if (localPathExists(cfg.model) || !isRepoId(cfg.model)) {
+    if (pathExists(cfg.model) || !isRepoId(cfg.model)) {
       await checkModelPath(cfg.model, source);
       return cfg.model;
     }
@@ -134,9 +128,9 @@ export class ServerContext {
     return name === this.modelId || name === m || name === modelName(m);
   }
 
-  /** Loads the model, builds the runner and the scheduler. Throws ConfigError naming the flag
-   * or variable at fault. */
-  async load(): Promise<Ready> {
+  /** Loads the model and builds the engine (runner, cache, scheduler), then warms it up.
+   * Throws ConfigError naming the flag or variable at fault. */
+  async load(): Promise<Engine> {
     const cfg = this.config;
     const t0 = performance.now();
     const src = (k: string) => cfg.sources[k] ?? `--${k}`;
@@ -156,51 +150,51 @@ export class ServerContext {
         );
       }
     }
-    let session: Session;
+    let engine: Engine;
     try {
-      session = await setup({
+      engine = await Engine.create({
         model: modelPath,
         tokenizer: cfg.tokenizer,
         precision: cfg.precision,
         plan: cfg.plan,
         sink: cfg.sink,
         recent: cfg.recent,
-        kvCacheMb: cfg.kvCacheMb,
+        kvCacheBytes: cfg.kvCacheMb === undefined ? undefined : cfg.kvCacheMb * (1 << 20),
         maxBatch: cfg.maxBatch,
+        maxQueue: cfg.maxQueue,
         prefillChunk: cfg.prefillChunk,
         decodeSteps: cfg.decodeSteps,
-        maxSeqLen: cfg.maxModelLen,
+        maxModelLen: cfg.maxModelLen,
         quiet: !Deno.stderr.isTerminal(),
       });
     } catch (e) {
       throw explainLoadError(e, cfg, src);
     }
-    await warmUp(session);
-    let chat: ChatFormatter | null = null;
-    const tok = session.model.tokenizer;
-    if (tok) {
-      try {
-        chat = chatFormatter(tok, chatOverride);
-      } catch (e) {
-        throw new ConfigError(
-          chatOverride ? src("chat-template") : src("model"),
-          chatOverride ? cfg.chatTemplate : cfg.model,
-          `bad chat template: ${(e as Error).message}`,
-        );
+    try {
+      await engine.warmUp();
+      const tok = engine.tokenizer;
+      if (tok) {
+        try {
+          this.chat = chatFormatter(tok, chatOverride);
+        } catch (e) {
+          throw new ConfigError(
+            chatOverride ? src("chat-template") : src("model"),
+            chatOverride ? cfg.chatTemplate : cfg.model,
+            `bad chat template: ${(e as Error).message}`,
+          );
+        }
+      } else if (chatOverride) {
+        throw new ConfigError(src("chat-template"), cfg.chatTemplate, "the model has no tokenizer");
       }
-    } else if (chatOverride) {
-      throw new ConfigError(src("chat-template"), cfg.chatTemplate, "the model has no tokenizer");
+    } catch (e) {
+      await engine.close();
+      throw e;
     }
-    const scheduler = new Scheduler(session.runner, tok, {
-      maxBatch: cfg.maxBatch,
-      maxQueue: cfg.maxQueue,
-      decodeSteps: cfg.decodeSteps,
-    });
-    this.ready = { session, scheduler, chat };
+    this.loadedEngine = engine;
     if (this.state === "loading") this.state = "ready";
     this.reason = "";
-    const r = session.runner;
-    const c = session.model.config;
+    const c = engine.config;
+    const limits = engine.limits;
     if (cfg.plan === undefined) {
       this.log(
         "zigzag: no plan given: running `full` attention (every KV head keeps its whole cache). " +
@@ -212,42 +206,13 @@ export class ServerContext {
     }
     this.log(
       `zigzag: ready in ${((performance.now() - t0) / 1000).toFixed(1)}s: model ${this.modelId} ` +
-        `(${c.architecture}, ${c.nLayers} layers, context ${r.maxSeqLen}), plan ${session.plan.mode}, ` +
-        `${r.precision} on ${session.gpu.adapterName}, KV cache ${r.cache.numPages} pages of ` +
-        `${r.cache.pageSize} tokens, max batch ${scheduler.maxBatch}, ${scheduler.decodeSteps} ` +
-        `tokens per readback${chat ? `, chat template from ${chat.source}` : ""}`,
+        `(${c.architecture}, ${c.nLayers} layers, context ${limits.context}), plan ` +
+        `${engine.plan.mode}, ${engine.precision} on ${engine.adapterName}, KV cache ` +
+        `${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
+        `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback` +
+        (this.chat ? `, chat template from ${this.chat.source}` : ""),
     );
-    return this.ready;
-  }
-}
-
-/** One short prefill and decode, so the first request does not pay for shader compilation. */
-async function warmUp(s: Session): Promise<void> {
-  const r = s.runner;
-  const seq = r.cache.open();
-  if (!seq) return;
-  try {
-    const n = Math.min(9, r.maxSeqLen - 2);
-    const first = await r.prefill(
-      seq,
-      new Array(n).fill(Math.max(0, s.model.config.bosId)),
-      GREEDY,
-    );
-    await r.decode(
-      [{ seq, token: first.token, sampling: GREEDY }],
-      Math.min(2, r.opts.maxDecodeSteps),
-    );
-  } finally {
-    r.cache.close(seq);
-  }
-}
-
-function localPathExists(p: string): boolean {
-  try {
-    Deno.statSync(p);
-    return true;
-  } catch {
-    return false;
+    return engine;
   }
 }
 

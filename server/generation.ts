@@ -1,74 +1,51 @@
-// What the generation routes share: prompts to token ids, sampling fields to SamplingParams,
-// submitting to the scheduler (with the client's disconnect wired to cancellation) and SSE.
+// What the generation routes share: prompts to token ids, the request's sampling and stop fields
+// to a GenerationRequest submitted to the engine (the client's disconnect cancels it), results,
+// and SSE.
 
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
+import type { Engine } from "../engine/engine.ts";
 import {
   DrainingError,
   type GenerationChunk,
-  type GenerationRequest,
   type GenerationResult,
   type Job,
   QueueFullError,
-} from "../engine/scheduler.ts";
-import type { SamplingParams } from "../gpu/runner.ts";
+  RequestTooLargeError,
+  type SamplingParams,
+} from "../engine/request.ts";
 import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import type { Tokenizer } from "../model/types.ts";
-import type { Ready, ServerContext } from "./context.ts";
 import { ApiError, badField } from "./errors.ts";
-
-/** Checks a request's `model` field: absent, or a name this server answers to. */
-export function checkModel(ctx: ServerContext, model: string | null | undefined): void {
-  if (model === undefined || model === null) return;
-  if (!ctx.acceptsModel(model)) {
-    throw new ApiError(
-      404,
-      `model: the model \`${model}\` does not exist; this server serves \`${ctx.modelId}\``,
-      "invalid_request_error",
-      "model",
-      "model_not_found",
-    );
-  }
-}
-
-/** The tokenizer, or a 400 on `field` saying text needs one. */
-export function needTokenizer(r: Ready, field: string): Tokenizer {
-  const tok = r.session.model.tokenizer;
-  if (!tok) {
-    throw badField(field, "this model has no tokenizer: send token ids", "no_tokenizer");
-  }
-  return tok;
-}
+import { checkTokenIds, needTokenizer } from "./route.ts";
 
 /** Token ids of a prompt given as text or as ids; checks ids against the vocabulary. */
-export function promptIds(r: Ready, prompt: string | number[], field: string): number[] {
+export function promptIds(engine: Engine, prompt: string | number[], field: string): number[] {
   let ids: number[];
   if (typeof prompt === "string") {
-    ids = needTokenizer(r, field).encode(prompt);
+    ids = needTokenizer(engine, field).encode(prompt);
   } else {
     ids = prompt;
-    const vocab = r.session.model.config.vocabSize;
-    const bad = ids.findIndex((id) => id >= vocab);
-    if (bad >= 0) {
-      throw badField(
-        `${field}[${bad}]`,
-        `token id ${ids[bad]} is outside the vocabulary (${vocab})`,
-      );
-    }
+    checkTokenIds(engine, ids, field);
   }
   if (ids.length === 0) throw badField(field, "the prompt is empty");
   return ids;
 }
 
-export interface SamplingBody {
+/** The fields of a generation body that shape sampling and stopping, snake_case as in the API. */
+export interface GenerationBody {
   temperature?: number | null;
   top_p?: number | null;
   top_k?: number | null;
   min_p?: number | null;
   seed?: number | null;
+  /** Stop strings, and (for /v1/generate) stop token ids. */
+  stop?: string | number | (string | number)[] | null;
+  stop_token_ids?: number[] | null;
+  ignore_eos?: boolean | null;
 }
 
-export function samplingOf(b: SamplingBody, defaultTemperature: number): SamplingParams {
+export function samplingOf(b: GenerationBody, defaultTemperature: number): SamplingParams {
   const s: SamplingParams = { temperature: b.temperature ?? defaultTemperature };
   if (b.top_p != null) s.topP = b.top_p;
   if (b.top_k != null && b.top_k > 0) s.topK = b.top_k;
@@ -78,40 +55,63 @@ export function samplingOf(b: SamplingBody, defaultTemperature: number): Samplin
   return s;
 }
 
-/** Checks stop ids against the vocabulary. */
-export function checkStopIds(r: Ready, ids: number[] | null | undefined, field: string): number[] {
-  const vocab = r.session.model.config.vocabSize;
-  (ids ?? []).forEach((id, i) => {
-    if (id >= vocab) {
-      throw badField(`${field}[${i}]`, `token id ${id} is outside the vocabulary (${vocab})`);
-    }
-  });
-  return ids ?? [];
+/** `stop` (a value or a list of strings and ids) and `stop_token_ids` as strings and ids; the
+ * ids are checked against the vocabulary and named `stopIdField[i]`. */
+export function stopsOf(
+  engine: Engine,
+  b: GenerationBody,
+  stopIdField: string,
+): { stopStrings: string[]; stopIds: number[] } {
+  const stops = b.stop == null ? [] : Array.isArray(b.stop) ? b.stop : [b.stop];
+  const stopIds = [
+    ...stops.filter((s): s is number => typeof s === "number"),
+    ...(b.stop_token_ids ?? []),
+  ];
+  checkTokenIds(engine, stopIds, stopIdField);
+  return { stopStrings: stops.filter((s): s is string => typeof s === "string"), stopIds };
+}
+
+export interface GenerationSpec {
+  promptIds: number[];
+  maxTokens: number;
+  /** The temperature when the body gives none. */
+  defaultTemperature: number;
+  /** The field a prompt that can never fit is reported on. */
+  promptField: string;
+  /** The field stop token ids are reported on. */
+  stopIdField: string;
 }
 
 /**
- * Queues a request: a 400 when it can never fit (naming `promptField` or max_tokens), 429 when
- * the queue is full, 503 while shutting down. The client's disconnect cancels it.
+ * Submits a generation: a 400 when it can never fit (naming the prompt field or max_tokens), 429
+ * when the queue is full, 503 while shutting down. The client's disconnect cancels it.
  */
-export function startJob(
+export function startGeneration(
   c: Context,
-  r: Ready,
-  req: GenerationRequest,
-  promptField: string,
+  engine: Engine,
+  body: GenerationBody,
+  spec: GenerationSpec,
 ): Job {
-  if (req.stopStrings?.length) needTokenizer(r, "stop");
-  const fit = r.scheduler.fitError(req.promptIds.length, req.maxTokens);
-  if (fit) {
-    throw badField(
-      fit.field === "prompt" ? promptField : "max_tokens",
-      fit.message,
-      "context_length_exceeded",
-    );
-  }
-  let job: Job;
+  const sampling = samplingOf(body, spec.defaultTemperature);
+  const stops = stopsOf(engine, body, spec.stopIdField);
+  if (stops.stopStrings.length) needTokenizer(engine, "stop");
   try {
-    job = r.scheduler.submit(req);
+    return engine.submit({
+      promptIds: spec.promptIds,
+      maxTokens: spec.maxTokens,
+      sampling,
+      ...stops,
+      ignoreEos: body.ignore_eos ?? false,
+      signal: c.req.raw.signal,
+    });
   } catch (e) {
+    if (e instanceof RequestTooLargeError) {
+      throw badField(
+        e.field === "prompt" ? spec.promptField : "max_tokens",
+        e.message,
+        "context_length_exceeded",
+      );
+    }
     if (e instanceof QueueFullError) {
       throw new ApiError(429, e.message + "; retry later", "rate_limit_error", null, "queue_full", {
         "Retry-After": "1",
@@ -122,11 +122,6 @@ export function startJob(
     }
     throw e;
   }
-  // The signal may also fire after a normal finish: cancel() is a no-op then.
-  const signal = c.req.raw.signal;
-  if (signal.aborted) job.cancel();
-  else signal.addEventListener("abort", () => job.cancel(), { once: true });
-  return job;
 }
 
 /** A finished job's result, or the error it ended with (500). */

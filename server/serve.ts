@@ -16,7 +16,7 @@ export interface Server {
   url: string | null;
   /** Settles when loading ends; rejects with the ConfigError that stopped it. */
   loaded: Promise<void>;
-  /** Graceful stop; resolves once the listener is closed and the scheduler is idle. */
+  /** Graceful stop; resolves once the listener is closed and the engine is closed. */
   shutdown(graceS?: number): Promise<void>;
 }
 
@@ -60,21 +60,23 @@ export function startServer(config: ServerConfig, opts: StartOptions = {}): Serv
     stopping ??= (async () => {
       ctx.state = "draining";
       ctx.reason = "shutting down";
-      const s = ctx.ready?.scheduler;
-      if (s) {
-        s.stopAccepting();
-        const busy = s.running + s.waiting;
+      const engine = ctx.loadedEngine;
+      if (engine) {
+        engine.stopAccepting();
+        const busy = engine.running + engine.waiting;
         if (busy > 0) log(`zigzag: shutting down: ${busy} request(s) get ${graceS}s to finish`);
         let timer: ReturnType<typeof setTimeout> | undefined;
         const late = new Promise<"late">((
           r,
         ) => (timer = setTimeout(() => r("late"), graceS * 1000)));
-        const how = await Promise.race([s.idle(), late]);
+        const how = await Promise.race([engine.idle(), late]);
         clearTimeout(timer);
         if (how === "late") {
-          log(`zigzag: grace period over: cancelling ${s.running + s.waiting} request(s)`);
+          log(
+            `zigzag: grace period over: cancelling ${engine.running + engine.waiting} request(s)`,
+          );
         }
-        await s.close();
+        await engine.close();
       }
       // Lets responses that are being written (the last SSE events) go out.
       await listener?.shutdown();

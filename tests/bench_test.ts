@@ -4,10 +4,10 @@
 // resampled plans and the README section tool.
 
 import assert from "node:assert/strict";
-import { KvGeometry } from "../gpu/kv_cache.ts";
+import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
+import { KvCacheManager } from "../cache/manager.ts";
 import { PRESETS, tinyConfig } from "../model/random.ts";
-import { managerStats, maxContextFit, stubDevice } from "../bench/kv.ts";
-import { KvCacheManager } from "../gpu/kv_cache.ts";
+import { managerStats, maxContextFit } from "../bench/kv.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
 import { lineChart, niceTicks } from "../bench/svg.ts";
@@ -211,22 +211,24 @@ Deno.test("bench: longest context that fits = what the cache manager admits", ()
   const plans = benchPlans(c, { sink: 4, recent: 12, budget: 0.5, patternDir: null });
   for (const name of ["full", "duo", "zigzag"] as const) {
     for (const seqs of [1, 3]) {
-      const g = new KvGeometry(c, plans.plans[name], "f16");
+      const g = new CacheGeometry(c, plans.plans[name], "f16");
       const budget = 50_000 + seqs * g.ringBytes;
       const fit = maxContextFit(g, budget, seqs);
       assert.ok(fit.max_context! > 0);
-      const m = new KvCacheManager(stubDevice(), c, plans.plans[name], {
-        budgetBytes: budget,
-        maxSeqs: seqs,
-        maxSeqLen: 1 << 20,
-        kvDtype: "f16",
-      });
+      const m = new KvCacheManager(
+        new CacheLayout(c, plans.plans[name], {
+          budgetBytes: budget,
+          maxSeqs: seqs,
+          maxSeqLen: 1 << 20,
+          kvDtype: "f16",
+        }),
+      );
       const all = Array.from({ length: seqs }, () => m.open()!);
       for (const s of all) assert.ok(m.ensure(s, fit.max_context!), `${name}: fits`);
       assert.ok(!m.ensure(all[0], fit.max_context! + 1), `${name}: one more token does not`);
     }
   }
-  const s = maxContextFit(new KvGeometry(c, plans.plans.streaming, "f16"), 1 << 20, 8);
+  const s = maxContextFit(new CacheGeometry(c, plans.plans.streaming, "f16"), 1 << 20, 8);
   assert.equal(s.unbounded, true);
 });
 
@@ -241,7 +243,7 @@ Deno.test("bench: Llama-3-8B at 32k, 50% zigzag holds <= 0.52x the full KV bytes
   const p = benchPlans(c, { sink: 64, recent: 256, budget: 0.5, patternDir: dir });
   assert.equal(p.summaries.zigzag.retrieval_layers.length, 16);
   const st = managerStats(c, p.plans.zigzag, "f16", [32768]);
-  const used = new KvGeometry(c, p.plans.zigzag, "f16").usedBytes([32768]);
+  const used = new CacheGeometry(c, p.plans.zigzag, "f16").usedBytes([32768]);
   assert.equal(st.total.bytes_used, used.retrieval + used.streaming);
   assert.equal(st.full_attention_bytes, 32768 * 2 * 32 * 8 * 128 * 2);
   // 16 retrieval layers hold everything; 16 streaming layers 320 tokens.

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { CliError, parseArgs } from "../cli/args.ts";
+import { CliError, parseArgs } from "../util/args.ts";
 
 const spec = { booleans: ["verbose", "dry-run"], values: ["out", "budget", "mode", "n"] } as const;
 

@@ -1,7 +1,9 @@
 // Shared set-up for tests that run whole models on the GPU.
 
+import { CacheLayout } from "../cache/layout.ts";
+import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Precision } from "../gpu/device.ts";
-import { ModelRunner, type SamplingParams } from "../gpu/runner.ts";
+import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import { layerAttention, type PlanMode, type ResolvedPlan } from "../plans/types.ts";
 
@@ -15,21 +17,121 @@ export function asModel(config: ModelConfig, weights: ModelWeights): LoadedModel
   return { source: "random", config, weights, tokenizer: null };
 }
 
-export function makeRunner(
+/** A cache manager that knows which sequences it opened. */
+export class TestCache extends KvCacheManager {
+  readonly #open = new WeakSet<SeqCache>();
+
+  override open(): SeqCache | null {
+    const seq = super.open();
+    if (seq) this.#open.add(seq);
+    return seq;
+  }
+
+  override close(seq: SeqCache): void {
+    this.#open.delete(seq);
+    super.close(seq);
+  }
+
+  owns(seq: SeqCache): boolean {
+    return this.#open.has(seq);
+  }
+}
+
+/**
+ * A runner with its cache manager beside it (`cache`), paired as the engine pairs them:
+ * `prefill`, `evaluate` and `decode` of sequences that `cache` opened reserve the positions they
+ * write before the runner runs and commit them after, so a test reads as it would against one
+ * object. Sequences of another manager pass straight to the runner: their caller reserves and
+ * commits.
+ */
+export class TestRunner {
+  constructor(readonly runner: ModelRunner, readonly cache: TestCache) {}
+
+  get opts(): ModelRunner["opts"] {
+    return this.runner.opts;
+  }
+
+  get layout(): CacheLayout {
+    return this.runner.layout;
+  }
+
+  /** Runs `forward` with each sequence's next `n` positions reserved before and committed
+   * after (sequences `cache` opened only). */
+  async #around<T>(spans: [SeqCache, number][], forward: () => Promise<T>): Promise<T> {
+    const mine = spans.filter(([seq]) => this.cache.owns(seq));
+    for (const [seq, n] of mine) this.cache.reserve(seq, seq.tokens + n);
+    const out = await forward();
+    for (const [seq, n] of mine) this.cache.commit(seq, seq.tokens + n);
+    return out;
+  }
+
+  prefill(
+    seq: SeqCache,
+    tokens: number[],
+    sampling: SamplingParams,
+    opts: Parameters<ModelRunner["prefill"]>[3] = {},
+  ): ReturnType<ModelRunner["prefill"]> {
+    return this.#around(
+      [[seq, tokens.length]],
+      () => this.runner.prefill(seq, tokens, sampling, opts),
+    );
+  }
+
+  evaluate(
+    seq: SeqCache,
+    tokens: number[],
+    rows: number[],
+    opts: { chunk?: number } = {},
+  ): ReturnType<ModelRunner["evaluate"]> {
+    return this.#around(
+      [[seq, tokens.length]],
+      () => this.runner.evaluate(seq, tokens, rows, opts),
+    );
+  }
+
+  decode(
+    batch: DecodeRow[],
+    steps: number,
+    opts: { readLogits?: boolean } = {},
+  ): ReturnType<ModelRunner["decode"]> {
+    return this.#around(
+      batch.map((b) => [b.seq, steps]),
+      () => this.runner.decode(batch, steps, opts),
+    );
+  }
+
+  attentionCallsPerLayer(): number[] {
+    return this.runner.attentionCallsPerLayer();
+  }
+
+  destroy(): void {
+    this.runner.destroy();
+  }
+}
+
+/** A runner over a cache of `kvMb` MiB with maxBatch + 1 sequence slots (as the engine sizes
+ * it), and the manager of that cache. */
+export async function makeRunner(
   model: LoadedModel,
   precision: Precision,
   plan: ResolvedPlan,
   o: { chunk?: number; maxBatch?: number; steps?: number; maxSeqLen?: number; kvMb?: number } = {},
-): Promise<ModelRunner> {
-  return ModelRunner.create(gpu, model, {
-    precision,
-    plan,
-    prefillChunk: o.chunk ?? 64,
-    maxBatch: o.maxBatch ?? 4,
-    maxDecodeSteps: o.steps ?? 8,
-    kvCacheBytes: (o.kvMb ?? 32) * (1 << 20),
+): Promise<TestRunner> {
+  const maxBatch = o.maxBatch ?? 4;
+  const layout = new CacheLayout(model.config, plan, {
+    budgetBytes: (o.kvMb ?? 32) * (1 << 20),
+    maxSeqs: maxBatch + 1,
     maxSeqLen: o.maxSeqLen ?? model.config.maxSeqLen,
+    kvDtype: precision,
   });
+  const runner = await ModelRunner.create(gpu, model, {
+    precision,
+    layout,
+    prefillChunk: o.chunk ?? 64,
+    maxBatch,
+    maxDecodeSteps: o.steps ?? 8,
+  });
+  return new TestRunner(runner, new TestCache(layout));
 }
 
 /** A plan built directly in the resolved form: per layer either a kind or retrieval KV heads. */
@@ -69,7 +171,7 @@ export const GREEDY: SamplingParams = { temperature: 0 };
  * `perReadback` at a time. Returns the first-step logits and every generated token.
  */
 export async function gpuGreedy(
-  runner: ModelRunner,
+  runner: TestRunner,
   prompt: number[],
   steps: number,
   o: { chunk?: number; perReadback?: number } = {},

@@ -5,16 +5,17 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../model/load.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
-import { answerRows, calibrationSet, passkeyPrompt } from "../plans/calibration.ts";
+import { Engine } from "../engine/engine.ts";
+import { passkeyAccuracy, passkeyCorrect } from "../eval/passkey.ts";
+import { answerRows, calibrationSet, passkeyPrompt } from "../identify/calibration.ts";
+import { identify, type IdentifyOptions } from "../identify/identify.ts";
+import { probeForward } from "../identify/probe.ts";
 import { heatmapSvg } from "../plans/heatmap.ts";
-import { identify, type IdentifyOptions } from "../plans/identify.ts";
-import { passkeyAccuracy, passkeyCorrect } from "../plans/passkey.ts";
-import { probeForward } from "../plans/probe.ts";
 import { resolvePlan } from "../plans/resolve.ts";
 import { loadPlanFile } from "../plans/schema.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import type { LoadedModel } from "../model/types.ts";
-import { asModel, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
+import { asModel, gpu, gpuTest, maxAbsDiff, plan } from "./gpu_helpers.ts";
 import { PLANTED_KV_HEAD, PLANTED_LAYER, plantedModel } from "./planted_model.ts";
 
 const PASSKEY = "../shared/models/passkey-llama";
@@ -44,18 +45,22 @@ async function accuracy(
   samples: number,
   seed: number,
 ): Promise<Record<number, number>> {
-  const runner = await makeRunner(model, "f32", p, {
-    chunk: 256,
+  const engine = await Engine.create({
+    model,
+    gpu,
+    precision: "f32",
+    plan: p,
+    prefillChunk: 256,
     maxBatch: 10,
-    steps: 8,
-    maxSeqLen: Math.max(...lengths) + 16,
-    kvMb: 96,
+    decodeSteps: 8,
+    maxModelLen: Math.max(...lengths) + 16,
+    kvCacheBytes: 96 << 20,
   });
   try {
-    const r = await passkeyAccuracy(runner, model.tokenizer!, { lengths, samples, seed });
+    const r = await passkeyAccuracy(engine, { lengths, samples, seed });
     return r.byLength;
   } finally {
-    runner.destroy();
+    await engine.close();
   }
 }
 
@@ -131,11 +136,17 @@ Deno.test("CPU attention probe agrees with the GPU runner", gpuTest, async () =>
       },
     });
     assert.ok(Math.abs(sums - rows.length * config.nLayers * config.nHeads) < 1e-4);
-    const runner = await makeRunner(model, "f32", plan(config, "full", 0, 1), { chunk: 32 });
-    const seq = runner.cache.open()!;
-    const gpuOut = await runner.evaluate(seq, tokens, rows);
-    runner.cache.close(seq);
-    runner.destroy();
+    const engine = await Engine.create({
+      model,
+      gpu,
+      precision: "f32",
+      plan: plan(config, "full", 0, 1),
+      prefillChunk: 32,
+      maxBatch: 4,
+      kvCacheBytes: 32 << 20,
+    });
+    const gpuOut = await engine.score(tokens, rows);
+    await engine.close();
     rows.forEach((_, i) => {
       assert.ok(maxAbsDiff(cpu.hidden[i], gpuOut.hidden[i]) < 1e-3, style);
       assert.ok(maxAbsDiff(cpu.logits[i], gpuOut.logits[i]) < 1e-3, style);
@@ -289,7 +300,7 @@ Deno.test("plan identify CLI: razor on passkey-llama writes the plan, scores and
       args: [
         "run",
         "-A",
-        "plans/cli.ts",
+        "cli/plan.ts",
         "identify",
         "--model",
         PASSKEY,

@@ -1,19 +1,24 @@
-// A small harness for testing one WGSL kernel at a time: builds the pipeline through the same
-// `Pipelines` variant mechanism the runner uses, makes buffers from typed arrays, records one or
-// more dispatches in a single submission and reads buffers back.
+// A small harness for testing one WGSL kernel at a time: builds the pipeline and bind group
+// through the kernel family modules (gpu/kernels/*.ts) and the `Pipelines` variant mechanism the
+// runner uses, makes buffers from typed arrays, records one or more dispatches in a single
+// submission and reads buffers back.
 
-import { createTensor, GpuTensor, readBuffer } from "../gpu/buffers.ts";
+import { createTensor, type GpuTensor, readBuffer } from "../gpu/buffers.ts";
 import { getGpu, type Gpu, GpuUnavailableError } from "../gpu/device.ts";
-import { type KernelSpec, Pipelines, type ScalarType } from "../gpu/pipelines.ts";
+import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "../gpu/kernels/common.ts";
+import {
+  bindGroup,
+  type BindingIndices,
+  type BufferSet,
+  type Groups,
+  type Kernel,
+  pipelineOf,
+} from "../gpu/kernels/kernel.ts";
+import { Pipelines, type ScalarType } from "../gpu/pipelines.ts";
 import { mulberry32 } from "../model/random.ts";
 
 /** One token row of a forward (wgsl/common.wgsl `Row`). */
-export interface RowSpec {
-  slot: number;
-  pos: number;
-  firstRow: number;
-  nSeqRows: number;
-}
+export type RowSpec = RowParams;
 
 /** The `Forward` uniform (wgsl/common.wgsl). */
 export interface ForwardSpec {
@@ -22,14 +27,21 @@ export interface ForwardSpec {
   nSplits?: number;
 }
 
-export type Binding = GPUBuffer | GpuTensor | null;
-
-/** One dispatch: a kernel variant, its bindings by index (null: not used by this entry point,
- * left out as the runner does) and its workgroup counts. */
+/** One dispatch: a kernel of a family module, a buffer for each of its named bindings, and its
+ * workgroup counts. */
 export interface DispatchSpec {
-  spec: KernelSpec;
-  bindings: Binding[];
-  groups: [number, number, number];
+  kernel: Kernel;
+  buffers: BufferSet<BindingIndices>;
+  groups: Groups;
+}
+
+/** A DispatchSpec, its buffers checked against the kernel's binding names. */
+export function call<B extends BindingIndices>(
+  kernel: Kernel<B>,
+  buffers: BufferSet<B>,
+  groups: Groups,
+): DispatchSpec {
+  return { kernel, buffers: buffers as BufferSet<BindingIndices>, groups };
 }
 
 export class KernelHarness {
@@ -93,44 +105,35 @@ export class KernelHarness {
   forward(f: ForwardSpec): GPUBuffer {
     const buf = this.device.createBuffer({
       label: "forward",
-      size: 16,
+      size: FORWARD_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
     this.#owned.push(buf);
     this.device.queue.writeBuffer(
       buf,
       0,
-      new Uint32Array([f.nRows, f.nLogitRows ?? 0, 0, f.nSplits ?? 1]),
+      encodeForward({ rows: f.nRows, logitRows: f.nLogitRows ?? 0, splits: f.nSplits ?? 1 }),
     );
     return buf;
   }
 
   /** An array<Row> buffer. */
   rows(rows: RowSpec[]): GpuTensor {
-    return this.upload(
-      rows.flatMap((r) => [r.slot, r.pos, r.firstRow, r.nSeqRows]),
-      "u32",
-      "rows",
-    );
+    return this.upload(encodeRows(rows), "u32", "rows");
   }
 
-  /** Records the dispatches in one compute pass, submits, and rejects on a validation error. */
-  async run(dispatches: DispatchSpec[]): Promise<void> {
-    const pipelines = await Promise.all(dispatches.map((d) => this.pipelines.get(d.spec)));
+  /** Records the dispatches in one compute pass with storage precision `p` (W and KV), submits,
+   * and rejects on a validation error. */
+  async run(p: ScalarType, dispatches: DispatchSpec[]): Promise<void> {
+    const pipelines = await Promise.all(
+      dispatches.map((d) => pipelineOf(this.pipelines, d.kernel, p)),
+    );
     this.device.pushErrorScope("validation");
     const enc = this.device.createCommandEncoder();
     const pass = enc.beginComputePass();
     dispatches.forEach((d, i) => {
-      const bindGroup = this.device.createBindGroup({
-        layout: pipelines[i].getBindGroupLayout(0),
-        entries: d.bindings.flatMap((b, j) =>
-          b === null
-            ? []
-            : [{ binding: j, resource: { buffer: b instanceof GpuTensor ? b.buffer : b } }]
-        ),
-      });
       pass.setPipeline(pipelines[i]);
-      pass.setBindGroup(0, bindGroup);
+      pass.setBindGroup(0, bindGroup(this.device, pipelines[i], d.kernel, d.buffers));
       pass.dispatchWorkgroups(...d.groups);
     });
     pass.end();
@@ -140,8 +143,13 @@ export class KernelHarness {
   }
 
   /** One dispatch. */
-  dispatch(spec: KernelSpec, bindings: Binding[], groups: [number, number, number]): Promise<void> {
-    return this.run([{ spec, bindings, groups }]);
+  dispatch<B extends BindingIndices>(
+    p: ScalarType,
+    kernel: Kernel<B>,
+    buffers: BufferSet<B>,
+    groups: Groups,
+  ): Promise<void> {
+    return this.run(p, [call(kernel, buffers, groups)]);
   }
 
   async readF32(t: GpuTensor): Promise<Float32Array> {

@@ -14,10 +14,39 @@
 //  - kernels with exp / cos / inverseSqrt: WGSL's accuracy of those builtins (see each test).
 
 import assert from "node:assert/strict";
+import { CACHE_KINDS, RetrievalPages, StreamingRing } from "../cache/kinds.ts";
 import { uploadMatrix } from "../gpu/buffers.ts";
-import type { ScalarType } from "../gpu/pipelines.ts";
+import {
+  ATTENTION_FILE,
+  ATTENTION_GEOMETRY,
+  type AttentionConstants,
+  attentionDecode,
+  attentionMerge,
+  attentionPrefill,
+  decodeGroups,
+  mergeGroups,
+  prefillGroups,
+  splitsFor,
+} from "../gpu/kernels/attention.ts";
+import { CACHE_LAYOUTS, type CachePartKernel } from "../gpu/kernels/cache_layout.ts";
+import { FORWARD_BYTES, ROW_WORDS } from "../gpu/kernels/common.ts";
+import { DECODE_STEP_FILE, DECODE_STEP_MAX_ROWS, decodeStep } from "../gpu/kernels/decode_step.ts";
+import { embed } from "../gpu/kernels/embed.ts";
+import { kvStore } from "../gpu/kernels/kv_store.ts";
+import { matmul, MATMUL_FILE, MATMUL_GEOMETRY, matmulGroups } from "../gpu/kernels/matmul.ts";
+import { rmsnorm } from "../gpu/kernels/rmsnorm.ts";
+import { rope } from "../gpu/kernels/rope.ts";
+import {
+  encodeSampling,
+  sample,
+  SAMPLE_FILE,
+  SAMPLING_BYTES,
+  type SamplingParams,
+} from "../gpu/kernels/sample.ts";
+import { type ScalarType, wgslFile } from "../gpu/pipelines.ts";
 import {
   assertClose,
+  call,
   type DispatchSpec,
   KernelHarness,
   Rng,
@@ -70,6 +99,60 @@ async function perPrecision(
   }
 }
 
+// ---- kernel contracts ------------------------------------------------------------------------
+
+/** The value of `const NAME = <n>u;` in a WGSL file. */
+function wgslConst(file: string, name: string): number {
+  const m = wgslFile(file).match(new RegExp(`\\bconst ${name} = (\\d+)u;`));
+  assert.ok(m, `${file} declares no const ${name}`);
+  return Number(m[1]);
+}
+
+/** The fields of a WGSL struct. */
+function structFields(file: string, name: string): string[] {
+  const m = wgslFile(file).match(new RegExp(`struct ${name} \\{([^}]*)\\}`));
+  assert.ok(m, `${file} declares no struct ${name}`);
+  return m[1].split("\n").map((l) => l.replace(/\/\/.*/, "").trim()).filter((l) => l !== "");
+}
+
+Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL", () => {
+  for (const [name, value] of Object.entries(MATMUL_GEOMETRY)) {
+    assert.equal(wgslConst(MATMUL_FILE, name), value, `matmul ${name}`);
+  }
+  const { MAX_HEAD_DIM, ...attention } = ATTENTION_GEOMETRY;
+  for (const [name, value] of Object.entries(attention)) {
+    assert.equal(wgslConst(ATTENTION_FILE, name), value, `attention ${name}`);
+  }
+  // The prefill query tile holds BQ rows of at most MAX_HEAD_DIM dims.
+  const qs = wgslFile(ATTENTION_FILE).match(/var<workgroup> q_s: array<f32, (\d+)>/);
+  assert.equal(Number(qs?.[1]), ATTENTION_GEOMETRY.BQ * MAX_HEAD_DIM);
+  // decode_step advances each row with one thread of its single workgroup.
+  assert.match(
+    wgslFile(DECODE_STEP_FILE),
+    new RegExp(`@workgroup_size\\(${DECODE_STEP_MAX_ROWS}\\)`),
+  );
+  // Structs of 4-byte fields, laid out by gpu/kernels/common.ts and sample.ts.
+  assert.equal(structFields("common.wgsl", "Forward").length * 4, FORWARD_BYTES);
+  assert.equal(structFields("common.wgsl", "Row").length, ROW_WORDS);
+  assert.equal(structFields(SAMPLE_FILE, "Sampling").length * 4, SAMPLING_BYTES);
+  // Every cache kind's layout include defines the same functions and exactly the overrides the
+  // kind's constants name; attention.wgsl and kv_store.wgsl know no layout of their own.
+  const params = { pageSize: 16, sink: 4, recent: 8 };
+  for (const { make } of CACHE_KINDS) {
+    const kind = make(params);
+    const src = wgslFile(CACHE_LAYOUTS[kind.layout].include);
+    for (const fn of ["cache_entry", "sink_end", "window_start", "holds"]) {
+      assert.match(src, new RegExp(`\\bfn ${fn}\\(`), `${kind.layout}: fn ${fn}`);
+    }
+    const overrides = [...src.matchAll(/^override (\w+)/gm)].map((m) => m[1]).sort();
+    assert.deepEqual(overrides, Object.keys(kind.constants(1)).sort(), kind.layout);
+  }
+  for (const file of [ATTENTION_FILE, "kv_store.wgsl"]) {
+    const code = wgslFile(file).replace(/\/\/.*$/gm, "");
+    assert.doesNotMatch(code, /\b(STREAMING|SINK|RECENT|PAGE_SIZE|MAX_PAGES|page_table)\b/, file);
+  }
+});
+
 // ---- embed ----------------------------------------------------------------------------------
 
 Deno.test("embed.wgsl gathers table rows", gpuTest, async (t) => {
@@ -82,8 +165,14 @@ Deno.test("embed.wgsl gathers table rows", gpuTest, async (t) => {
     const x = h.filled((n + 1) * DIM, SENTINEL);
     // One workgroup more than n_rows: the extra row must be left alone.
     await h.dispatch(
-      { file: "embed.wgsl", W: p, KV: p, constants: { DIM } },
-      [h.forward({ nRows: n }), h.upload([...tokens, 1], "u32"), h.upload(table, p), x],
+      p,
+      embed({ DIM }),
+      {
+        fwd: h.forward({ nRows: n }),
+        tokens: h.upload([...tokens, 1], "u32"),
+        table: h.upload(table, p),
+        x,
+      },
       [n + 1, 1, 1],
     );
     const tab = stored(table, p);
@@ -115,7 +204,7 @@ Deno.test("rmsnorm.wgsl (final norm, gathered rows)", gpuTest, async (t) => {
     const x = rng.array(N * DIM, -2, 2);
     const w = rng.array(DIM, 0.5, 1.5);
     const ws = stored(w, p);
-    const spec = { file: "rmsnorm.wgsl", W: p, KV: p, constants: { DIM, EPS } };
+    const kernel = rmsnorm({ DIM, EPS });
     const xb = h.upload(x);
     const wb = h.upload(w, p);
 
@@ -123,8 +212,15 @@ Deno.test("rmsnorm.wgsl (final norm, gathered rows)", gpuTest, async (t) => {
       const gather = [4, 0, 2];
       const y = h.filled((gather.length + 1) * DIM, SENTINEL);
       await h.dispatch(
-        spec,
-        [h.forward({ nRows: N, nLogitRows: gather.length }), xb, wb, h.upload(gather, "u32"), y],
+        p,
+        kernel,
+        {
+          fwd: h.forward({ nRows: N, nLogitRows: gather.length }),
+          x: xb,
+          weight: wb,
+          gather: h.upload(gather, "u32"),
+          y,
+        },
         [gather.length + 1, 1, 1],
       );
       const want = new Float32Array((gather.length + 1) * DIM).fill(SENTINEL);
@@ -162,24 +258,20 @@ Deno.test("rope.wgsl, INTERLEAVED and rotate-half", gpuTest, async (t) => {
         invFreq[half - 1] /= 8;
         const buf = h.upload(qkv);
         await h.dispatch(
+          p,
+          rope({
+            HEAD_DIM: headDim,
+            N_HEADS: NH,
+            N_KV_HEADS: NKV,
+            ROW_STRIDE: stride,
+            INTERLEAVED: interleaved,
+          }),
           {
-            file: "rope.wgsl",
-            W: p,
-            KV: p,
-            constants: {
-              HEAD_DIM: headDim,
-              N_HEADS: NH,
-              N_KV_HEADS: NKV,
-              ROW_STRIDE: stride,
-              INTERLEAVED: interleaved,
-            },
+            fwd: h.forward({ nRows: n }),
+            rows: h.rows(positions.map((pos) => ({ slot: 0, pos, firstRow: 0, nSeqRows: n }))),
+            invFreq: h.upload(invFreq),
+            qkv: buf,
           },
-          [
-            h.forward({ nRows: n }),
-            h.rows(positions.map((pos) => ({ slot: 0, pos, firstRow: 0, nSeqRows: n }))),
-            h.upload(invFreq),
-            buf,
-          ],
           [n + 1, 1, 1], // the extra row (>= n_rows) must stay as it was
         );
         const want = Float64Array.from(qkv);
@@ -302,36 +394,28 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const wt = h.adopt(uploadMatrix(h.device, w, c.N, c.K, p, "w", 4));
       assert.deepEqual(wt.shape, [c.N, KP]);
       const y = h.upload(y0);
-      const groups: [number, number, number] = c.groups ??
-        (c.entry === "gemv"
-          ? [Math.ceil(c.N / 8), 1, 1] // 8 outputs per workgroup
-          : [Math.ceil(c.N / 64), Math.ceil(c.T / 64), 1]);
+      const groups = c.groups ?? matmulGroups(c.entry, c.N, c.T);
       await h.dispatch(
+        p,
+        matmul(c.entry, {
+          N: c.N,
+          K: c.K,
+          KP,
+          ACCUMULATE: c.accumulate ?? false,
+          HAS_BIAS: c.bias ?? false,
+          LOGIT_ROWS: c.logitRows ?? false,
+          NORM_INPUT: c.norm ?? false,
+          EPS,
+          SWIGLU_INPUT: c.swiglu ?? false,
+        }),
         {
-          file: "matmul.wgsl",
-          entry: c.entry,
-          W: p,
-          KV: p,
-          constants: {
-            N: c.N,
-            K: c.K,
-            KP,
-            ACCUMULATE: c.accumulate ?? false,
-            HAS_BIAS: c.bias ?? false,
-            LOGIT_ROWS: c.logitRows ?? false,
-            NORM_INPUT: c.norm ?? false,
-            EPS,
-            SWIGLU_INPUT: c.swiglu ?? false,
-          },
-        },
-        [
-          h.forward({ nRows, nLogitRows: c.logitRows ? c.T : 1 }),
-          h.upload(x),
-          wt,
-          h.upload(c.bias ? bias : [0]),
+          fwd: h.forward({ nRows, nLogitRows: c.logitRows ? c.T : 1 }),
+          x: h.upload(x),
+          w: wt,
+          bias: h.upload(c.bias ? bias : [0]),
           y,
-          h.upload(normW, p),
-        ],
+          normW: h.upload(normW, p),
+        },
         groups,
       );
       const ws = stored(w, p);
@@ -526,7 +610,7 @@ class CacheImage {
     this.vBuf.set(this.v.get(slot)!.subarray(j * s, (j + 1) * s), entry * s);
   }
 
-  constants() {
+  constants(): AttentionConstants {
     const c = this.c;
     return {
       HEAD_DIM: c.headDim,
@@ -535,13 +619,17 @@ class CacheImage {
       N_HEADS: c.nHeads,
       N_KV_HEADS: c.nKvHeads,
       CACHE_HEADS: c.cacheHeads,
-      STREAMING: !!c.streaming,
-      SINK: c.streaming?.sink ?? 0,
-      RECENT: c.streaming?.recent ?? 1,
-      PAGE_SIZE: c.pageSize ?? 16,
-      MAX_PAGES: this.maxPages,
       SCALE: 1 / Math.sqrt(c.headDim),
     };
+  }
+
+  /** The cache part's layout and its constants, as the cache kind gives them. */
+  part(): CachePartKernel {
+    const c = this.c;
+    const kind = c.streaming
+      ? new StreamingRing(c.streaming.sink, c.streaming.recent)
+      : new RetrievalPages(c.pageSize ?? 16);
+    return { layout: kind.layout, constants: kind.constants(this.maxPages) };
   }
 }
 
@@ -655,39 +743,48 @@ Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
           for (let e = 0; e < c.nHeads * hd; e++) qkv[r * stride + e] *= 2;
         }
         const constants = img.constants();
+        const part = img.part();
         const fwdRows = h.rows(f.rows);
         const qkvBuf = h.upload(qkv);
         const kBuf = h.upload(img.kBuf, p);
         const vBuf = h.upload(img.vBuf, p);
         const pt = h.upload(img.pageTable, "u32");
         const out = h.filled(n * outDim, SENTINEL);
-        const spec = (entry: string) => ({ file: "attention.wgsl", entry, W: p, KV: p, constants });
+        const cache = {
+          rows: fwdRows,
+          qkv: qkvBuf,
+          kCache: kBuf,
+          vCache: vBuf,
+          pageTable: pt,
+          out,
+        };
         let splits = 1;
         if (f.kind === "prefill") {
           await h.dispatch(
-            spec("prefill"),
-            [h.forward({ nRows: n }), fwdRows, qkvBuf, kBuf, vBuf, pt, out, null],
-            [Math.ceil(n / 16), nq, 1],
+            p,
+            attentionPrefill(constants, part),
+            { fwd: h.forward({ nRows: n }), ...cache },
+            prefillGroups(n, nq),
           );
         } else {
           const maxPos = Math.max(...f.rows.map((row) => row.pos + 1));
-          splits = Math.ceil(maxPos / 256);
+          splits = splitsFor(maxPos);
           const fwd = h.forward({ nRows: n, nLogitRows: n, nSplits: splits });
           const partials = h.filled(n * c.nHeads * splits * (hd + 2), SENTINEL);
           // With one split `decode` writes the output itself and `merge` is not run.
-          const steps: DispatchSpec[] = [{
-            spec: spec("decode"),
-            bindings: [fwd, fwdRows, qkvBuf, kBuf, vBuf, pt, out, partials],
-            groups: [n, c.cacheHeads * Math.ceil(group / 8), splits],
-          }];
-          if (splits > 1) {
-            steps.push({
-              spec: spec("merge"),
-              bindings: [fwd, null, null, null, null, null, out, partials],
-              groups: [n, nq, 1],
-            });
+          const steps: DispatchSpec[] = [
+            call(
+              attentionDecode(constants, part),
+              { fwd, ...cache, partials },
+              decodeGroups(n, c.cacheHeads, group, splits),
+            ),
+          ];
+          const merge = mergeGroups(n, nq, splits);
+          assert.equal(merge === null, splits === 1);
+          if (merge) {
+            steps.push(call(attentionMerge(constants, part), { fwd, out, partials }, merge));
           }
-          await h.run(steps);
+          await h.run(p, steps);
         }
         const want = new Float64Array(n * outDim).fill(SENTINEL);
         const tol = new Float64Array(n * outDim);
@@ -746,23 +843,21 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
       const pt = h.upload(pageTable, "u32");
       for (const rows of forwards) {
         const qkv = rng.array(rows.length * stride);
+        const pages = new RetrievalPages(PS);
         await h.dispatch(
+          p,
+          kvStore(
+            { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
+            { layout: pages.layout, constants: pages.constants(MAXP) },
+          ),
           {
-            file: "kv_store.wgsl",
-            W: p,
-            KV: p,
-            constants: {
-              HEAD_DIM: HD,
-              N_HEADS: NH,
-              N_KV_HEADS: NKV,
-              KV_HEAD_BASE: BASE,
-              CACHE_HEADS: CH,
-              STREAMING: false,
-              PAGE_SIZE: PS,
-              MAX_PAGES: MAXP,
-            },
+            fwd: h.forward({ nRows: rows.length }),
+            rows: h.rows(rows),
+            qkv: h.upload(qkv),
+            kCache: k,
+            vCache: v,
+            pageTable: pt,
           },
-          [h.forward({ nRows: rows.length }), h.rows(rows), h.upload(qkv), k, v, pt],
           [rows.length + 1, 1, 1],
         );
         for (const [r, row] of rows.entries()) {
@@ -807,30 +902,20 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
       ];
       for (const rows of forwards) {
         const qkv = rng.array(rows.length * stride);
+        const kind = new StreamingRing(SINK, RECENT);
         await h.dispatch(
+          p,
+          kvStore(
+            { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
+            { layout: kind.layout, constants: kind.constants(1) },
+          ),
           {
-            file: "kv_store.wgsl",
-            W: p,
-            KV: p,
-            constants: {
-              HEAD_DIM: HD,
-              N_HEADS: NH,
-              N_KV_HEADS: NKV,
-              KV_HEAD_BASE: BASE,
-              CACHE_HEADS: CH,
-              STREAMING: true,
-              SINK,
-              RECENT,
-            },
+            fwd: h.forward({ nRows: rows.length }),
+            rows: h.rows(rows),
+            qkv: h.upload(qkv),
+            kCache: k,
+            vCache: v,
           },
-          [
-            h.forward({ nRows: rows.length }),
-            h.rows(rows),
-            h.upload(qkv),
-            k,
-            v,
-            h.upload([0], "u32"),
-          ],
           [rows.length, 1, 1],
         );
         for (const [r, row] of rows.entries()) {
@@ -874,12 +959,12 @@ Deno.test("decode_step.wgsl chains decode steps", gpuTest, async (t) => {
     const step = h.upload([1], "u32");
     const fwd = h.forward({ nRows: N, nLogitRows: N });
     // Two steps in one submission, as the runner records them, starting at step 1.
-    const d = {
-      spec: { file: "decode_step.wgsl", W: p, KV: p, constants: { MAX_ROWS } },
-      bindings: [fwd, rowsBuf, tokens, sampled, step],
-      groups: [1, 1, 1] as [number, number, number],
-    };
-    await h.run([d, d]);
+    const d = call(
+      decodeStep({ MAX_ROWS }),
+      { fwd, rows: rowsBuf, tokens, sampled, step },
+      [1, 1, 1],
+    );
+    await h.run(p, [d, d]);
     assert.deepEqual([...await h.readU32(step)], [3]);
     // Rows < n_rows take the token sampled at step 2; the others keep theirs.
     assert.deepEqual([...await h.readU32(tokens)], [1012, 1013, 1014, 1015, 5, 6]);
@@ -890,27 +975,7 @@ Deno.test("decode_step.wgsl chains decode steps", gpuTest, async (t) => {
 
 // ---- sample ---------------------------------------------------------------------------------
 
-interface Sampling {
-  temperature: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  seed?: number;
-}
-
-/** The per-row `Sampling` structs, laid out as the runner writes them. */
-function samplingWords(params: Sampling[]): Uint32Array {
-  const buf = new ArrayBuffer(params.length * 32);
-  const f = new Float32Array(buf), u = new Uint32Array(buf);
-  params.forEach((s, i) => {
-    f[i * 8] = s.temperature;
-    f[i * 8 + 1] = s.topP ?? 1;
-    f[i * 8 + 2] = s.minP ?? 0;
-    u[i * 8 + 3] = s.topK ?? 0;
-    u[i * 8 + 4] = (s.seed ?? 0) >>> 0;
-  });
-  return u;
-}
+type Sampling = SamplingParams;
 
 /** sample.wgsl's counter-based RNG: PCG hash of (hash of the seed) + position. */
 function pcg(v: number): number {
@@ -1012,17 +1077,18 @@ async function runSampler(
   const sampled = h.filled((step + 1) * maxRows, 0xdeadbeef, "u32");
   const logprobs = h.filled((step + 1) * maxRows, SENTINEL);
   await h.dispatch(
-    { file: "sample.wgsl", W: p, KV: p, constants: { VOCAB: vocab, MAX_ROWS: maxRows } },
-    [
-      h.forward({ nRows: tokenRows.length, nLogitRows: n }),
-      h.rows(tokenRows),
-      h.upload(gather, "u32"),
-      h.upload(samplingWords(params), "u32"),
-      h.upload(logits),
+    p,
+    sample({ VOCAB: vocab, MAX_ROWS: maxRows }),
+    {
+      fwd: h.forward({ nRows: tokenRows.length, nLogitRows: n }),
+      rows: h.rows(tokenRows),
+      gather: h.upload(gather, "u32"),
+      params: h.upload(new Uint32Array(encodeSampling(params)), "u32"),
+      logits: h.upload(logits),
       sampled,
       logprobs,
-      h.upload([step], "u32"),
-    ],
+      step: h.upload([step], "u32"),
+    },
     [n + 1, 1, 1], // one workgroup past n_logit_rows, which must do nothing
   );
   const tokens = await h.readU32(sampled);

@@ -57,7 +57,7 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
     const alone: Gen[] = [];
     for (const b of bodies) alone.push(await generate(server.url, b));
     const tAlone = performance.now() - t1;
-    const chunk = server.ctx.ready!.scheduler.prefillBudget;
+    const chunk = server.ctx.loadedEngine!.limits.prefillBudget;
     assert.ok(together[PROMPTS.length - 1].usage.prompt_tokens > 2 * chunk);
     together.forEach((g, i) => {
       assert.equal(g.token_ids.length > 0, true);
@@ -67,7 +67,7 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
     });
     // Batched decode shares one forward per step: far faster than one request after another.
     assert.ok(tBatch < tAlone, `batched ${tBatch.toFixed(0)} ms vs alone ${tAlone.toFixed(0)} ms`);
-    const m = server.ctx.ready!.scheduler.metrics;
+    const m = server.ctx.loadedEngine!.metrics;
     assert.ok(m.decodeRows / m.decodeCalls > 1, "decode calls carried several sequences");
     const s = await cacheStats(server.url);
     assert.equal(s.sequences, 0);
@@ -111,7 +111,7 @@ Deno.test(
         assert.equal(after.total.pages_used, 0);
         assert.equal(after.total.pages_free, after.pages_total);
         // It stopped long before its 480 tokens.
-        const m = server.ctx.ready!.scheduler.metrics;
+        const m = server.ctx.loadedEngine!.metrics;
         assert.equal(m.finished.get("cancelled"), 1);
         assert.ok(m.generationTokens < 400, `${m.generationTokens} tokens generated`);
       });
@@ -128,7 +128,7 @@ Deno.test(
         assert.equal((await p).name, "AbortError");
         const after = await waitForStats(server.url, (s) => s.sequences === 0);
         assert.equal(after.total.pages_free, after.pages_total);
-        assert.equal(server.ctx.ready!.scheduler.metrics.finished.get("cancelled"), 2);
+        assert.equal(server.ctx.loadedEngine!.metrics.finished.get("cancelled"), 2);
       });
 
       await t.step("the server still answers", async () => {
@@ -159,10 +159,10 @@ Deno.test("a queue of 1 under 3 simultaneous long requests answers 429", serverT
     const e = (await first.r.json()).error;
     assert.equal(e.type, "rate_limit_error");
     assert.equal(e.code, "queue_full");
-    const sched = server.ctx.ready!.scheduler;
-    assert.equal(sched.running, 1);
-    assert.equal(sched.waiting, 1);
-    assert.equal(sched.metrics.rejected.get("queue_full"), 1);
+    const engine = server.ctx.loadedEngine!;
+    assert.equal(engine.running, 1);
+    assert.equal(engine.waiting, 1);
+    assert.equal(engine.metrics.rejected.get("queue_full"), 1);
     // Let the two long ones go; the server is free again for a new request.
     ac.abort();
     await Promise.allSettled(pending);

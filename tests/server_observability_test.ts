@@ -159,7 +159,7 @@ Deno.test(
       const streamingHeads = LAYERS.filter((k) => k === "streaming").length * 4;
       const pageBytes = 16 * tokenBytes(retrievalHeads);
       const ring = SINK + RECENT;
-      const cache = server.ctx.ready!.session.runner.cache;
+      const layout = server.ctx.loadedEngine!.layout;
 
       await t.step("idle", async () => {
         const s = await (await fetch(`${server.url}/v1/cache/stats`)).json();
@@ -176,7 +176,7 @@ Deno.test(
         );
         assert.equal(s.total.bytes_used, 0);
         assert.equal(s.sequences, 0);
-        assert.equal(s.pages_total, cache.numPages);
+        assert.equal(s.pages_total, layout.numPages);
       });
 
       await t.step("while three requests run", async () => {
@@ -219,10 +219,10 @@ Deno.test(
         assert.equal(s.full_attention_bytes, sum * tokenBytes(20));
         assert.equal(s.ratio_to_full, s.total.bytes_used / s.full_attention_bytes);
         // ... and the manager's own closed form agrees.
-        const used = cache.geometry.usedBytes(lengths);
+        const used = layout.usedBytes(lengths);
         assert.equal(s.retrieval.bytes_used, used.retrieval);
         assert.equal(s.streaming.bytes_used, used.streaming);
-        assert.equal(s.full_attention_bytes, cache.geometry.fullBytes(sum));
+        assert.equal(s.full_attention_bytes, layout.fullBytes(sum));
         assert.ok(s.ratio_to_full < 1, "the plan saves memory");
 
         const res = await fetch(`${server.url}/metrics`);
@@ -248,14 +248,14 @@ Deno.test(
       });
 
       await t.step("after: everything returned, counters and histograms filled", async () => {
-        for (let i = 0; i < 100 && server.ctx.ready!.scheduler.running > 0; i++) {
+        for (let i = 0; i < 100 && server.ctx.loadedEngine!.running > 0; i++) {
           await new Promise((r) => setTimeout(r, 20));
         }
         const g =
           await (await post(`${server.url}/v1/generate`, { prompt: "The cat", max_tokens: 9 }))
             .json();
         assert.equal(g.cache.tokens, g.usage.prompt_tokens + 8);
-        const used = cache.geometry.usedBytes([g.cache.tokens]);
+        const used = layout.usedBytes([g.cache.tokens]);
         assert.equal(g.cache.retrieval_bytes, used.retrieval);
         assert.equal(g.cache.streaming_bytes, used.streaming);
         const s = await (await fetch(`${server.url}/v1/cache/stats`)).json();

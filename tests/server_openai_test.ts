@@ -179,7 +179,7 @@ Deno.test(
           assert.ok(g.time_to_first_token_ms > 0 && g.decode_tokens_per_s > 0);
           // Positions fed: the prompt and every generated token but the last.
           const positions = cli.prompt_ids.length + N - 1;
-          const geo = server.ctx.ready!.session.runner.cache.geometry;
+          const geo = server.ctx.loadedEngine!.layout;
           const used = geo.usedBytes([positions]);
           assert.equal(g.cache.tokens, positions);
           assert.equal(g.cache.retrieval_bytes, used.retrieval);

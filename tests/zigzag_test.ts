@@ -2,14 +2,14 @@
 // against the CPU reference with the same sink + recent mask; the cache manager's bookkeeping.
 
 import assert from "node:assert/strict";
-import { KvCacheManager, KvGeometry } from "../gpu/kv_cache.ts";
+import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
+import { KvCacheManager } from "../cache/manager.ts";
 import { loadModel } from "../model/load.ts";
 import { mulberry32, randomModel, tinyConfig } from "../model/random.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
 import {
   asModel,
-  gpu,
   gpuGreedy,
   gpuTest,
   makeRunner,
@@ -114,27 +114,33 @@ Deno.test(
     const zig = plan(config, "zigzag", 4, 12, ["streaming", "retrieval", "streaming", "retrieval"]);
     await t.step("random finish and cancel", async () => {
       const r = await makeRunner(model, "f32", zig, { maxBatch: 4 });
-      const cache = r.cache;
+      // The runner only runs: the caller allocates (reserve) before a forward, commits after.
+      const cache = new KvCacheManager(r.layout);
       const total = cache.freePages;
       const rand = mulberry32(9);
       for (let round = 0; round < 12; round++) {
         const seqs = [cache.open()!, cache.open()!, cache.open()!];
         const lengths = seqs.map(() => 1 + Math.floor(rand() * 60));
         for (let i = 0; i < seqs.length; i++) {
+          cache.reserve(seqs[i], seqs[i].tokens + lengths[i]);
           await r.prefill(seqs[i], prompt(lengths[i], round * 3 + i), { temperature: 0 }, {
             sample: false,
           });
+          cache.commit(seqs[i], seqs[i].tokens + lengths[i]);
         }
         // Decode a few steps for two of them.
+        const decoding = seqs.slice(0, 2);
+        for (const seq of decoding) cache.reserve(seq, seq.tokens + 3);
         const d = await r.decode(
-          seqs.slice(0, 2).map((seq) => ({ seq, token: 5, sampling: { temperature: 0 } })),
+          decoding.map((seq) => ({ seq, token: 5, sampling: { temperature: 0 } })),
           3,
         );
+        for (const seq of decoding) cache.commit(seq, seq.tokens + 3);
         assert.equal(d.tokens.length, 2);
         lengths[0] += 3;
         lengths[1] += 3;
         const st = cache.stats();
-        const want = cache.geometry.usedBytes(lengths);
+        const want = cache.layout.usedBytes(lengths);
         assert.equal(st.retrieval.bytes_used, want.retrieval);
         assert.equal(st.streaming.bytes_used, want.streaming);
         assert.equal(st.total.tokens, lengths.reduce((a, b) => a + b, 0));
@@ -156,7 +162,7 @@ Deno.test(
         (_, l): "retrieval" | "streaming" => l % 2 ? "retrieval" : "streaming",
       );
       const zp = plan(big, "zigzag", 64, 256, layers);
-      const g = new KvGeometry(big, zp, "f16", 16);
+      const g = new CacheGeometry(big, zp, "f16", 16);
       const n = 32768;
       const perTokenLayer = 2 * 8 * 128 * 2; // K and V, 8 heads, 128 dims, 2 bytes
       const full = n * 32 * perTokenLayer;
@@ -170,13 +176,15 @@ Deno.test(
     });
 
     await t.step("budget: a sequence that cannot get pages is refused, others untouched", () => {
-      const small = new KvCacheManager(gpu.device, config, zig, {
-        // Rings: 3 seqs x 16 slots x 8 KB/slot-set = 24 KB; pages of 8 KB: (128 - 24) / 8 = 13.
-        budgetBytes: 128 * 1024,
-        maxSeqs: 3,
-        maxSeqLen: 512,
-        kvDtype: "f32",
-      });
+      const small = new KvCacheManager(
+        new CacheLayout(config, zig, {
+          // Rings: 3 seqs x 16 slots x 8 KB/slot-set = 24 KB; pages of 8 KB: (128 - 24) / 8 = 13.
+          budgetBytes: 128 * 1024,
+          maxSeqs: 3,
+          maxSeqLen: 512,
+          kvDtype: "f32",
+        }),
+      );
       const a = small.open()!;
       assert.ok(small.ensure(a, 100));
       const before = [...a.pages];
@@ -193,7 +201,7 @@ Deno.test(
       assert.equal(small.freePages, small.numPages);
       assert.throws(
         () =>
-          new KvCacheManager(gpu.device, config, zig, {
+          new CacheLayout(config, zig, {
             budgetBytes: 1024,
             maxSeqs: 3,
             maxSeqLen: 512,
@@ -201,7 +209,6 @@ Deno.test(
           }),
         /kv-cache-mb/,
       );
-      small.destroy();
     });
   },
 );

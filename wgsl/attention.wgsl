@@ -1,13 +1,14 @@
-// Causal attention with GQA over one KV-cache shape, for the query heads
+// Causal attention with GQA over one KV-cache part, for the query heads
 // [Q_HEAD_BASE, Q_HEAD_BASE + N_Q_HEADS) of every row.
 //
 // Keys of a row's own forward (positions >= the sequence's first position in this forward) are
-// read from the fresh fused q|k|v rows; older keys come from the cache:
-//  - STREAMING = false: a paged cache; position j lives in page page_table[slot][j / PAGE_SIZE].
-//  - STREAMING = true: the sink + recent ring of the row's slot; key j is visible from query i
-//    when j <= i and (j < SINK or i - j < RECENT). Key tiles entirely outside the sink and the
-//    window are never visited, so cost grows as n * (SINK + RECENT), not n^2.
-// Keys are stored after RoPE at their original positions and are never re-rotated.
+// read from the fresh fused q|k|v rows; older keys come from the cache, addressed by the layout
+// include (cache_paged.wgsl or cache_ring.wgsl: `cache_entry`). The layout also says which keys a
+// query sees (`sink_end`, `window_start`, `holds`): all of [0, i] for pages; for the sink +
+// recent ring key j is visible from query i when j <= i and (j < SINK or i - j < RECENT). Key
+// tiles outside the visible ranges are never visited, so a ring's cost grows as
+// n * (SINK + RECENT), not n^2. Keys are stored after RoPE at their original positions and are
+// never re-rotated.
 //
 // Entry points: `prefill` (tiles of 16 query rows of one sequence, online softmax over 16-key
 // tiles), `decode` (one query row and KV head per workgroup serving the head's query group,
@@ -20,11 +21,6 @@ override Q_HEAD_BASE: u32;    // first query head of this dispatch
 override N_HEADS: u32;        // query heads of the model (output row = N_HEADS * HEAD_DIM)
 override N_KV_HEADS: u32;     // KV heads of the model (fused row = (N_HEADS + 2 N_KV_HEADS) dims)
 override CACHE_HEADS: u32;    // KV heads held by this cache buffer (KV heads from Q_HEAD_BASE/GROUP)
-override STREAMING: bool;     // sink + recent ring instead of pages
-override SINK: u32 = 0u;      // attention-sink tokens kept by the ring
-override RECENT: u32 = 1u;    // most recent tokens kept by the ring (the current one included)
-override PAGE_SIZE: u32 = 16u; // tokens per page
-override MAX_PAGES: u32 = 1u; // page-table entries per slot (row stride of page_table)
 override SCALE: f32;          // softmax scale, 1/sqrt(HEAD_DIM)
 
 @group(0) @binding(0) var<uniform> fwd: Forward;
@@ -32,24 +28,13 @@ override SCALE: f32;          // softmax scale, 1/sqrt(HEAD_DIM)
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<KV>;
 @group(0) @binding(4) var<storage, read> v_cache: array<KV>;
-@group(0) @binding(5) var<storage, read> page_table: array<u32>;
+// @binding(5): the layout's (cache_paged.wgsl: the page table).
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;       // prefill/merge output
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;  // decode split-K partials
 
 const NEG = -3.0e38;
 
 fn row_stride() -> u32 { return (N_HEADS + 2u * N_KV_HEADS) * HEAD_DIM; }
-
-// Index of key position j's entry (dim 0) in the cache buffers, for cache head ch.
-fn cache_index(slot: u32, j: u32, ch: u32) -> u32 {
-  if (STREAMING) {
-    var s = j;
-    if (j >= SINK) { s = SINK + (j - SINK) % RECENT; }
-    return ((slot * (SINK + RECENT) + s) * CACHE_HEADS + ch) * HEAD_DIM;
-  }
-  let page = page_table[slot * MAX_PAGES + j / PAGE_SIZE];
-  return ((page * PAGE_SIZE + j % PAGE_SIZE) * CACHE_HEADS + ch) * HEAD_DIM;
-}
 
 const FRESH = 0x80000000u; // key_index flag: the key is in the fresh q|k|v rows, not the cache
 
@@ -59,7 +44,7 @@ const FRESH = 0x80000000u; // key_index flag: the key is in the fresh q|k|v rows
 fn key_index(row: Row, r: u32, j: u32, kvh: u32) -> u32 {
   let pos0 = row.pos - (r - row.first_row);
   if (j >= pos0) { return FRESH | (row.first_row + (j - pos0)); }
-  return cache_index(row.slot, j, kvh - Q_HEAD_BASE / GROUP);
+  return cache_entry(row.slot, j, kvh - Q_HEAD_BASE / GROUP);
 }
 
 // Element d of the key (which = 0) or value (which = 1) at `idx` (from key_index).
@@ -87,8 +72,7 @@ fn load4(idx: u32, kvh: u32, d: u32, which: u32) -> vec4<f32> {
 
 fn visible(i: u32, j: u32) -> bool {
   if (j > i) { return false; }
-  if (!STREAMING) { return true; }
-  return j < SINK || i - j < RECENT;
+  return holds(i, j);
 }
 
 // ---- prefill: 16 query rows x 16-key tiles, 64 threads ----
@@ -127,15 +111,10 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let my_row = tid / 4u;
   let lane = tid % 4u;
 
-  // Key ranges: [0, end_a) then [start_b, qb + 1). Without the streaming mask all of [0, qb].
-  var end_a = 0u;
-  var start_b = 0u;
-  if (STREAMING) {
-    end_a = min(SINK, qb + 1u);
-    var w0 = 0u;
-    if (qa + 1u > RECENT) { w0 = qa + 1u - RECENT; }
-    start_b = max(end_a, w0);
-  }
+  // Key ranges: [0, end_a) then [start_b, qb + 1), the layout's visible keys of the tile's rows
+  // (for pages end_a = start_b = 0: all of [0, qb]).
+  let end_a = sink_end(qb);
+  let start_b = max(end_a, window_start(qa));
   let tiles_a = (end_a + BK - 1u) / BK;
   let tiles = tiles_a + (qb + 1u - start_b + BK - 1u) / BK;
   for (var it = 0u; it < tiles; it++) {
@@ -216,20 +195,14 @@ var<workgroup> acc_s: array<f32, 2048>;  // [subset][MAX_G][HEAD_DIM] partial ou
 
 // The v-th visible key position of a query at position i (sink first, then the window).
 fn nth_key(i: u32, v: u32) -> u32 {
-  if (!STREAMING) { return v; }
-  let na = min(SINK, i + 1u);
+  let na = sink_end(i);
   if (v < na) { return v; }
-  var w0 = 0u;
-  if (i + 1u > RECENT) { w0 = i + 1u - RECENT; }
-  return max(na, w0) + (v - na);
+  return max(na, window_start(i)) + (v - na);
 }
 
 fn visible_count(i: u32) -> u32 {
-  if (!STREAMING) { return i + 1u; }
-  let na = min(SINK, i + 1u);
-  var w0 = 0u;
-  if (i + 1u > RECENT) { w0 = i + 1u - RECENT; }
-  return na + (i + 1u - max(na, w0));
+  let na = sink_end(i);
+  return na + (i + 1u - max(na, window_start(i)));
 }
 
 @compute @workgroup_size(64)

@@ -2,7 +2,7 @@
 // only, and writes every score into the plan so that it can be re-thresholded later.
 //
 // Methods
-// - ablate (default; GPU engine): for each layer (zigzag) or KV head (duo), the calibration set
+// - ablate (default; GPU engine, `Engine.score`): for each layer (zigzag) or KV head (duo), the calibration set
 //   runs with only that unit streaming (sink + recent) and is compared with full attention on the
 //   answer rows: the deviation DuoAttention trains on (mean squared difference of the final-norm
 //   hidden states) and the drop of the answers' log-probability. A unit's score is
@@ -21,15 +21,15 @@
 // For the attention-pattern methods a KV head scores the max over its query heads and a layer the
 // max over its KV heads (a layer is needed when any of its heads retrieves).
 
-import { getGpu, type Gpu, type Precision } from "../gpu/device.ts";
-import { ModelRunner } from "../gpu/runner.ts";
+import { Engine, type Precision } from "../engine/engine.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
 import { mulberry32 } from "../model/random.ts";
 import type { LoadedModel } from "../model/types.ts";
+import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "../plans/duo_import.ts";
+import { parsePlan, type Plan, type PlanInput } from "../plans/schema.ts";
+import { layerAttention, type LayerAttentionPlan, type ResolvedPlan } from "../plans/types.ts";
 import { answerRows, type CalibrationSample, calibrationSet, fillerText } from "./calibration.ts";
-import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "./duo_import.ts";
 import { probeForward } from "./probe.ts";
-import { parsePlan, type Plan, type PlanInput } from "./schema.ts";
-import { layerAttention, type LayerAttentionPlan, type ResolvedPlan } from "./types.ts";
 
 export type IdentifyMethod = "ablate" | "retrieval-score" | "razor";
 export const METHODS: readonly IdentifyMethod[] = ["ablate", "retrieval-score", "razor"];
@@ -276,34 +276,31 @@ async function ablate(
   tracker.plan(setTokens * (1 + units.length));
   if (opts.mode === "zigzag" && rounds > 0) tracker.plan(setTokens * (1 + rounds * m * m));
 
+  /** The calibration set scored under `plan`, one document at a time (one cache slot). */
   const run = async (plan: ResolvedPlan, note: string): Promise<Outcome> => {
-    const runner = await ModelRunner.create(gpu, model, {
+    const engine = await Engine.create({
+      model,
+      gpu,
       precision,
       plan,
       prefillChunk: opts.chunk ?? 256,
       maxBatch: 32,
-      maxDecodeSteps: 1,
-      kvCacheBytes: 2 * bytesPerToken * (maxLen + 64) + (1 << 20),
-      maxSeqLen: maxLen,
       maxSeqs: 1,
+      decodeSteps: 1,
+      kvCacheBytes: 2 * bytesPerToken * (maxLen + 64) + (1 << 20),
+      maxModelLen: maxLen,
     });
     const out: Outcome = { hidden: [], logprob: [] };
     try {
       for (let s = 0; s < cal.length; s++) {
         const { rows, targets } = rowsOf[s];
-        const seq = runner.cache.open();
-        if (!seq) throw new Error("no free sequence slot");
-        try {
-          const r = await runner.evaluate(seq, cal[s].tokens, rows);
-          out.hidden.push(r.hidden);
-          out.logprob.push(r.logits.map((lg, i) => logSoftmaxAt(lg, targets[i])));
-        } finally {
-          runner.cache.close(seq);
-        }
+        const r = await engine.score(cal[s].tokens, rows);
+        out.hidden.push(r.hidden);
+        out.logprob.push(r.logits.map((lg, i) => logSoftmaxAt(lg, targets[i])));
         tracker.add(cal[s].tokens.length, note);
       }
     } finally {
-      runner.destroy();
+      await engine.close();
     }
     return out;
   };

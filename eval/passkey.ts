@@ -3,9 +3,10 @@
 // of the answer's length + 1 tokens; correct when the text starts with " " + digits and no further
 // digit follows (exact match of ' '+digits, as in passkey-llama's eval.json).
 
-import { GREEDY, type ModelRunner } from "../gpu/runner.ts";
+import type { Engine } from "../engine/engine.ts";
+import { GREEDY } from "../engine/request.ts";
 import type { Tokenizer } from "../model/types.ts";
-import { type PasskeyPrompt, passkeyPrompt } from "./calibration.ts";
+import { type PasskeyPrompt, passkeyPrompt } from "../identify/calibration.ts";
 
 export interface PasskeyOptions {
   lengths: number[];
@@ -16,7 +17,7 @@ export interface PasskeyOptions {
   seed: number;
   digits?: number;
   haystack?: string;
-  /** Called after each batch. */
+  /** Called as each prompt's answer comes back. */
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -66,67 +67,41 @@ export function passkeyCorrect(output: string, answer: string): boolean {
 }
 
 /**
- * Runs the pass-key evaluation on a runner (its plan decides the attention). Prompts are prefilled
- * one by one and decoded together, `runner.opts.maxBatch` at a time. The runner's maxSeqLen must
- * leave room for the answer after the longest prompt (length + 8 is plenty for 5 digits).
+ * Runs the pass-key evaluation on an engine (its plan decides the attention): every prompt is
+ * submitted at once as a greedy request of its answer's length + 1 tokens, EOS ignored, and the
+ * engine batches them. Its context must leave room for the answer after the longest prompt
+ * (length + 8 is plenty for 5 digits).
  */
 export async function passkeyAccuracy(
-  runner: ModelRunner,
-  tokenizer: Tokenizer,
+  engine: Engine,
   opts: PasskeyOptions,
 ): Promise<PasskeyResult> {
+  const tokenizer = engine.tokenizer;
+  if (!tokenizer) throw new Error("passkeyAccuracy: the model has no tokenizer");
   const prompts = passkeyPrompts(tokenizer, opts);
-  const outputs: PasskeyResult["outputs"] = [];
-  let forwardTokens = 0;
-  const batch = Math.max(1, Math.min(runner.opts.maxBatch, runner.cache.maxSeqs));
-  for (let b0 = 0; b0 < prompts.length; b0 += batch) {
-    const group = prompts.slice(b0, b0 + batch);
-    const seqs = group.map(() => {
-      const s = runner.cache.open();
-      if (!s) throw new Error("passkeyAccuracy: no free sequence slot");
-      return s;
+  let done = 0;
+  const results = await Promise.all(prompts.map(async (p) => {
+    const res = await engine.generate({
+      promptIds: p.tokens,
+      maxTokens: tokenizer.encode(p.answer, { addSpecialTokens: false }).length + 1,
+      sampling: GREEDY,
+      ignoreEos: true,
     });
-    try {
-      const first: number[] = [];
-      for (let i = 0; i < group.length; i++) {
-        const r = await runner.prefill(seqs[i], group[i].tokens, GREEDY);
-        first.push(r.token);
-        forwardTokens += group[i].tokens.length;
-      }
-      const want = Math.max(...group.map((p) =>
-        tokenizer.encode(p.answer, { addSpecialTokens: false }).length
-      )) + 1;
-      const generated = first.map((t) => [t]);
-      while (generated[0].length < want) {
-        const steps = Math.min(runner.opts.maxDecodeSteps, want - generated[0].length);
-        const d = await runner.decode(
-          seqs.map((seq, i) => ({
-            seq,
-            token: generated[i][generated[i].length - 1],
-            sampling: GREEDY,
-          })),
-          steps,
-        );
-        d.tokens.forEach((t, i) =>
-          generated[i].push(...t)
-        );
-        forwardTokens += steps * group.length;
-      }
-      group.forEach((p, i) => {
-        const output = tokenizer.decode(generated[i]);
-        outputs.push({
-          length: p.length,
-          depth: p.depth,
-          answer: p.answer,
-          output,
-          ok: passkeyCorrect(output, p.answer),
-        });
-      });
-    } finally {
-      for (const s of seqs) runner.cache.close(s);
-    }
-    opts.onProgress?.(Math.min(b0 + batch, prompts.length), prompts.length);
-  }
+    opts.onProgress?.(++done, prompts.length);
+    return res;
+  }));
+  const outputs: PasskeyResult["outputs"] = prompts.map((p, i) => {
+    const output = results[i].text;
+    return {
+      length: p.length,
+      depth: p.depth,
+      answer: p.answer,
+      output,
+      ok: passkeyCorrect(output, p.answer),
+    };
+  });
+  // Every position that went through a forward pass: the prompt and the fed decode tokens.
+  const forwardTokens = results.reduce((a, r) => a + (r.cache?.tokens ?? 0), 0);
   const cells: PasskeyCell[] = [];
   for (const o of outputs) {
     let cell = cells.find((c) => c.length === o.length && c.depth === o.depth);

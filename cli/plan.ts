@@ -6,14 +6,15 @@
 //     [--mode zigzag|duo] [--lengths 512,1024] [--samples N] [--seed S] [--sink N --recent N] \
 //     --out plan.json [--svg heatmap.svg]
 
-import { CliError, parseArgs, runMain } from "../cli/args.ts";
-import { progress } from "../engine/progress.ts";
 import { getGpu, resolvePrecision } from "../gpu/device.ts";
+import { identify, METHODS } from "../identify/identify.ts";
 import { loadModel } from "../model/load.ts";
-import { type DuoConfig, importDuo, parseDuoConfig } from "./duo_import.ts";
-import { heatmapSvg } from "./heatmap.ts";
-import { identify, METHODS } from "./identify.ts";
-import { type Plan, savePlan } from "./schema.ts";
+import { type DuoConfig, importDuo, parseDuoConfig } from "../plans/duo_import.ts";
+import { heatmapSvg } from "../plans/heatmap.ts";
+import { type Plan, savePlan } from "../plans/schema.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { progress } from "../util/progress.ts";
+import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "./flags.ts";
 
 export const USAGE = `usage: deno task plan <command> [flags]
 
@@ -115,8 +116,7 @@ async function importDuoCommand(argv: string[]): Promise<number> {
       "architecture",
       "head-dim",
       "source",
-      "sink",
-      "recent",
+      ...WINDOW_FLAGS,
     ],
   });
   if (args.positionals.length > 0) {
@@ -135,8 +135,7 @@ async function importDuoCommand(argv: string[]): Promise<number> {
   }
   const headDim = args.optionalNumber("head-dim", { integer: true, min: 1 });
   const source = args.optionalString("source");
-  const sink = args.optionalNumber("sink", { integer: true, min: 0 });
-  const recent = args.optionalNumber("recent", { integer: true, min: 1 });
+  const { sink, recent } = windowFlags(args);
 
   const tsv = await readFlagFile("tsv", tsvPath);
   let config: DuoConfig | undefined;
@@ -209,9 +208,8 @@ async function identifyCommand(argv: string[]): Promise<number> {
       "seed",
       "needles",
       "haystack",
-      "sink",
-      "recent",
-      "precision",
+      ...WINDOW_FLAGS,
+      PRECISION_FLAG,
       "chunk",
       "rounds",
       "out",
@@ -229,9 +227,10 @@ async function identifyCommand(argv: string[]): Promise<number> {
   const samples = args.optionalNumber("samples", { integer: true, min: 1 }) ?? 2;
   const seed = args.optionalNumber("seed", { integer: true, min: 0 }) ?? 0;
   const needles = args.optionalNumber("needles", { integer: true, min: 1, max: 64 }) ?? 1;
-  const sink = args.optionalNumber("sink", { integer: true, min: 0 }) ?? 64;
-  const recent = args.optionalNumber("recent", { integer: true, min: 1 }) ?? 256;
-  const precisionArg = args.optionalChoice("precision", ["f16", "f32"] as const);
+  const window = windowFlags(args);
+  const sink = window.sink ?? 64;
+  const recent = window.recent ?? 256;
+  const precisionArg = precisionFlag(args);
   const chunk = args.optionalNumber("chunk", { integer: true, min: 1, max: 4096 });
   const rounds = args.optionalNumber("rounds", { integer: true, min: 0, max: 100 });
   const out = args.string("out");

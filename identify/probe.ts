@@ -6,7 +6,7 @@
 // It processes the whole sequence layer by layer (full causal attention, no KV cache), in f32
 // storage with f64 accumulation, with the same RoPE frequencies as the GPU runner.
 
-import { ropeInvFreq } from "../gpu/runner.ts";
+import { ropeInvFreq } from "../model/rope.ts";
 import type { ModelConfig, ModelWeights } from "../model/types.ts";
 
 export interface ProbeOptions {

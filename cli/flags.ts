@@ -1,0 +1,58 @@
+// Flags the tools share (`deno task generate`, `eval`, `bench`, `plan`), declared and read in one
+// place so that each means the same everywhere: the streaming window, the precision, and the
+// flags an engine is built from.
+
+import type { EngineOptions, Precision } from "../engine/engine.ts";
+import type { Args } from "../util/args.ts";
+
+/** --sink N --recent N: the streaming window of a plan's streaming heads. */
+export const WINDOW_FLAGS = ["sink", "recent"] as const;
+
+/** --precision f16|f32. */
+export const PRECISION_FLAG = "precision";
+
+/** The flags `engineFlags` reads. */
+export const ENGINE_FLAGS = [
+  "model",
+  "tokenizer",
+  PRECISION_FLAG,
+  "plan",
+  ...WINDOW_FLAGS,
+  "kv-cache-mb",
+  "chunk",
+  "decode-steps",
+] as const;
+
+/** The streaming window, each side undefined when not given. */
+export function windowFlags(a: Args): { sink?: number; recent?: number } {
+  return {
+    sink: a.optionalNumber("sink", { integer: true, min: 0 }),
+    recent: a.optionalNumber("recent", { integer: true, min: 1 }),
+  };
+}
+
+export function precisionFlag(a: Args): Precision | undefined {
+  return a.optionalChoice(PRECISION_FLAG, ["f16", "f32"] as const);
+}
+
+/** An engine's options from ENGINE_FLAGS (--model required). */
+export function engineFlags(a: Args): EngineOptions {
+  const prefillChunk = a.optionalNumber("chunk", { integer: true, min: 1 });
+  const decodeSteps = a.optionalNumber("decode-steps", { integer: true, min: 1, max: 64 });
+  const model = a.string("model");
+  const tokenizer = a.optionalString("tokenizer");
+  const precision = precisionFlag(a);
+  const plan = a.optionalString("plan");
+  const window = windowFlags(a);
+  const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 });
+  return {
+    model,
+    tokenizer,
+    precision,
+    plan,
+    ...window,
+    kvCacheBytes: kvCacheMb === undefined ? undefined : kvCacheMb * (1 << 20),
+    prefillChunk,
+    decodeSteps,
+  };
+}

@@ -1,0 +1,643 @@
+// The engine: every generation in zigzag runs here (the server's routes, the CLI, the pass-key
+// eval, the serving bench, the warm-up), and teacher-forced scoring for plan identification.
+//
+// It owns the model runner and the KV-cache manager. One loop, as vLLM v1's: each iteration
+//   1. applies cancellations (a cancelled request's slot and pages go back to the pool at once),
+//   2. schedules: the policy (engine/scheduler.ts) admits queued requests, picks the prompt
+//      pieces to prefill and the sequences to decode,
+//   3. allocates: the cache manager assigns the pages those positions need (`reserve`) and
+//      records them as written (`commit`) as their forward is issued,
+//   4. runs: the runner prefills each piece (only a prompt's last piece samples and reads back),
+//      then ONE batched decode of `decodeSteps` tokens for every running sequence,
+//   5. applies the outputs: hands the sampled tokens to each request's output (engine/output.ts:
+//      stops and text), streams one chunk per readback and finishes the requests that are over.
+
+import { CacheLayout } from "../cache/layout.ts";
+import { KIND_NAMES } from "../cache/kinds.ts";
+import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
+import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
+import { GREEDY, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
+import { loadModel } from "../model/load.ts";
+import type { LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
+import { loadPlanArg } from "../plans/resolve.ts";
+import type { HeadKind, ResolvedPlan } from "../plans/types.ts";
+import { progress } from "../util/progress.ts";
+import { EngineMetrics } from "./metrics.ts";
+import { RequestOutput } from "./output.ts";
+import {
+  type CacheFootprint,
+  DrainingError,
+  type FinishReason,
+  type GenerationRequest,
+  type GenerationResult,
+  Job,
+  type JobWriter,
+  QueueFullError,
+  RequestTooLargeError,
+} from "./request.ts";
+import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
+
+// What callers need to name the engine's failures and settings without reaching below it.
+export { CacheExhaustedError } from "../cache/layout.ts";
+export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
+
+export interface EngineOptions {
+  /** A model path (llama2.c file or directory, Hugging Face directory) or a model loaded already. */
+  model: string | LoadedModel;
+  /** Tokenizer path, when it is not beside the model (with a model path only). */
+  tokenizer?: string;
+  /** The device (default: the process's shared one). */
+  gpu?: Gpu;
+  /** Weights and KV cache (default f16 where the adapter has it). */
+  precision?: Precision;
+  /** "full", "streaming", a plan file, or a resolved plan (default "full"). */
+  plan?: string | ResolvedPlan;
+  /** Override the named plan's streaming window. */
+  sink?: number;
+  recent?: number;
+  /** KV-cache budget (default 256 MiB). */
+  kvCacheBytes?: number;
+  /** Sequences decoded together, at most 64 (default 8). */
+  maxBatch?: number;
+  /** Sequences that hold cache at once (default maxBatch + 1: room for `score` beside a full
+   * batch). */
+  maxSeqs?: number;
+  /** Requests that may wait for admission; more are refused with QueueFullError (default: no
+   * limit). */
+  maxQueue?: number;
+  /** Prompt tokens per prefill forward, and per loop iteration (default 128). */
+  prefillChunk?: number;
+  /** Tokens per readback (default 8). */
+  decodeSteps?: number;
+  /** Longest sequence served (default: the model's context). */
+  maxModelLen?: number;
+  /** No progress bar while loading (it is drawn only on a terminal anyway). */
+  quiet?: boolean;
+}
+
+/** The sizes of `EngineOptions` that shape the runner and its cache. */
+export type RunnerSizes =
+  & Pick<
+    EngineOptions,
+    "kvCacheBytes" | "maxBatch" | "maxSeqs" | "prefillChunk" | "decodeSteps" | "maxModelLen"
+  >
+  & { precision: Precision };
+
+/**
+ * The runner an engine with these options runs, over a cache laid out for `plan` (the engine's
+ * defaults for what is not given). Exported for tests that drive a runner directly.
+ */
+export function createRunner(
+  gpu: Gpu,
+  model: LoadedModel,
+  plan: ResolvedPlan,
+  o: RunnerSizes,
+): Promise<ModelRunner> {
+  const maxBatch = o.maxBatch ?? 8;
+  const layout = new CacheLayout(model.config, plan, {
+    budgetBytes: o.kvCacheBytes ?? 256 * (1 << 20),
+    maxSeqs: o.maxSeqs ?? maxBatch + 1,
+    maxSeqLen: o.maxModelLen ?? model.config.maxSeqLen,
+    kvDtype: o.precision,
+  });
+  return ModelRunner.create(gpu, model, {
+    precision: o.precision,
+    layout,
+    prefillChunk: o.prefillChunk ?? 128,
+    maxBatch,
+    maxDecodeSteps: o.decodeSteps ?? 8,
+  });
+}
+
+/** The request as the loop tracks it. */
+class RequestState implements RequestView {
+  phase: "waiting" | "prefill" | "decode" | "done" = "waiting";
+  seq: SeqCache | null = null;
+  prefilled = 0;
+  /** Sampled but not fed back yet. */
+  lastToken = -1;
+  admittedAt = 0;
+  firstTokenAt = 0;
+
+  constructor(
+    readonly job: Job,
+    readonly writer: JobWriter,
+    readonly output: RequestOutput,
+    readonly sampling: SamplingParams,
+    /** Counted in the metrics (the warm-up is not). */
+    readonly metered: boolean,
+  ) {}
+
+  get promptTokens(): number {
+    return this.job.request.promptIds.length;
+  }
+
+  get maxTokens(): number {
+    return this.job.request.maxTokens;
+  }
+
+  get generated(): number {
+    return this.output.ids.length;
+  }
+
+  get cachedTokens(): number {
+    return this.seq?.tokens ?? 0;
+  }
+
+  get pagesHeld(): number {
+    return this.seq?.pages.length ?? 0;
+  }
+
+  get cancelled(): boolean {
+    return this.job.cancelled;
+  }
+}
+
+/** A running request's cache use, as /v1/cache/stats lists it. */
+export interface SequenceReport {
+  id: number;
+  state: string;
+  tokens: number;
+  pages: number;
+}
+
+export class Engine {
+  readonly metrics = new EngineMetrics();
+  readonly limits: EngineLimits;
+  readonly maxQueue: number;
+  /** The cache's kinds, in the order statistics and metrics list them. */
+  readonly cacheKinds: readonly HeadKind[] = KIND_NAMES;
+  readonly #runner: ModelRunner;
+  readonly #cache: KvCacheManager;
+  readonly #scheduler: Scheduler;
+  #waiting: RequestState[] = [];
+  #prefilling: RequestState[] = [];
+  #decoding: RequestState[] = [];
+  #accepting = true;
+  #closed = false;
+  #closing: Promise<void> | null = null;
+  #wakeLoop: (() => void) | null = null;
+  #idle: (() => void)[] = [];
+  #nextId = 1;
+  readonly #loop: Promise<void>;
+
+  private constructor(
+    readonly model: LoadedModel,
+    readonly plan: ResolvedPlan,
+    /** How the plan was named: "full", "streaming", a file, or a resolved plan's mode. */
+    readonly planSource: string,
+    readonly precision: Precision,
+    readonly adapterName: string,
+    runner: ModelRunner,
+    maxQueue: number,
+  ) {
+    this.#runner = runner;
+    this.#cache = new KvCacheManager(runner.layout);
+    const ro = runner.opts;
+    this.limits = new EngineLimits(
+      runner.maxSeqLen,
+      Math.min(ro.maxBatch, this.#cache.maxSeqs),
+      ro.maxDecodeSteps,
+      Math.max(1, ro.prefillChunk),
+      runner.layout,
+    );
+    this.#scheduler = new Scheduler(this.limits);
+    this.maxQueue = maxQueue;
+    this.#loop = this.#run();
+  }
+
+  /** Loads what is not given (model, device, plan), sizes the cache and builds the runner. */
+  static async create(o: EngineOptions): Promise<Engine> {
+    let model: LoadedModel;
+    if (typeof o.model === "string") {
+      const bar = o.quiet ? null : progress("loading model");
+      model = await loadModel(o.model, {
+        tokenizerPath: o.tokenizer,
+        onProgress: (done, total) => bar?.update(done, total),
+      });
+      bar?.done();
+    } else {
+      model = o.model;
+    }
+    const gpu = o.gpu ?? await getGpu();
+    const precision = resolvePrecision(gpu, o.precision);
+    const plan = typeof o.plan === "object"
+      ? o.plan
+      : await loadPlanArg(o.plan ?? "full", model.config, { sink: o.sink, recent: o.recent });
+    const runner = await createRunner(gpu, model, plan, { ...o, precision });
+    const planSource = typeof o.plan === "object" ? o.plan.mode : o.plan ?? "full";
+    return new Engine(
+      model,
+      plan,
+      planSource,
+      precision,
+      gpu.adapterName,
+      runner,
+      o.maxQueue ?? Infinity,
+    );
+  }
+
+  get config(): ModelConfig {
+    return this.model.config;
+  }
+
+  get tokenizer(): Tokenizer | null {
+    return this.model.tokenizer;
+  }
+
+  /** The cache's geometry and sizes (pages, slots, the byte formula). */
+  get layout(): CacheLayout {
+    return this.#runner.layout;
+  }
+
+  /** Requests admitted (prefilling or decoding). */
+  get running(): number {
+    return this.#prefilling.length + this.#decoding.length;
+  }
+
+  /** Requests queued for admission. */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  get accepting(): boolean {
+    return this.#accepting;
+  }
+
+  // ---- requests ---------------------------------------------------------------------------
+
+  /** Queues a request. Throws RequestTooLargeError, DrainingError or QueueFullError. */
+  submit(req: GenerationRequest): Job {
+    return this.#submit(req, true);
+  }
+
+  /** A request start to finish; rejects when it ended in an error. */
+  async generate(req: GenerationRequest): Promise<GenerationResult> {
+    const res = await this.submit(req).result;
+    if (res.finishReason === "error") throw new Error(`generation failed: ${res.error}`);
+    return res;
+  }
+
+  /** One short prefill and decode, so the first request does not pay for shader compilation. */
+  async warmUp(): Promise<void> {
+    const ctx = this.limits.context;
+    const steps = Math.min(2, this.limits.decodeSteps, Math.max(0, ctx - 2));
+    const n = Math.min(9, ctx - 1 - steps);
+    // A pool too small for a readback of overshoot still gets its prefill warmed.
+    const maxTokens = this.limits.fitError(n, 1 + steps) ? 1 : 1 + steps;
+    const res = await this.#submit({
+      promptIds: new Array(n).fill(Math.max(0, this.config.bosId)),
+      maxTokens,
+      sampling: GREEDY,
+      ignoreEos: true,
+    }, false).result;
+    if (res.finishReason === "error") throw new Error(`warm-up failed: ${res.error}`);
+  }
+
+  /**
+   * Teacher-forced scoring: feeds `promptIds` and returns, for each index in `rows`, the hidden
+   * state after the final norm and the logits predicting the next token. Runs beside the loop in
+   * a cache slot of its own; throws when the cache has no room for it besides what running
+   * requests may claim.
+   */
+  async score(
+    promptIds: number[],
+    rows: number[],
+  ): Promise<{ hidden: Float32Array[]; logits: Float32Array[] }> {
+    const cache = this.#cache;
+    const need = this.layout.pagesFor(promptIds.length);
+    const reserved = this.#scheduler.reservedPages(this.#runningStates());
+    const seq = need > cache.freePages - reserved ? null : cache.open();
+    if (!seq) {
+      throw new Error(
+        `score: the KV cache has no room for ${promptIds.length} tokens beside ` +
+          `${this.running} running request(s)`,
+      );
+    }
+    try {
+      return await this.#runner.evaluate(this.#allocate(seq, promptIds.length), promptIds, rows);
+    } finally {
+      cache.close(seq);
+    }
+  }
+
+  // ---- figures ----------------------------------------------------------------------------
+
+  /** The running requests' cache use, oldest first. */
+  sequences(): SequenceReport[] {
+    return this.#runningStates()
+      .sort((a, b) => a.job.id - b.job.id)
+      .map((r) => ({
+        id: r.job.id,
+        state: r.phase,
+        tokens: r.seq!.tokens,
+        pages: r.seq!.pages.length,
+      }));
+  }
+
+  /** What /v1/cache/stats answers: the manager's figures, the requests, geometry and plan. */
+  cacheReport() {
+    const cache = this.#cache;
+    const g = this.layout;
+    const plan = this.plan;
+    const c = this.config;
+    const count = (k: string) => plan.layers.filter((l) => l.kind === k).length;
+    return {
+      ...cache.stats(),
+      pages_total: cache.numPages,
+      max_sequences: cache.maxSeqs,
+      requests: { running: this.running, waiting: this.waiting },
+      per_sequence: this.sequences(),
+      geometry: {
+        kv_dtype: this.precision,
+        page_size: cache.pageSize,
+        page_bytes: g.pageBytes,
+        ring_length: g.ringLength,
+        ring_bytes: g.ringBytes,
+        retrieval_kv_heads: g.retrievalHeads,
+        streaming_kv_heads: g.streamingHeads,
+        full_token_bytes: g.tokenBytes(c.nLayers * c.nKvHeads),
+      },
+      plan: {
+        mode: plan.mode,
+        source: this.planSource,
+        sink: plan.sink,
+        recent: plan.recent,
+        layers_by_kind: {
+          retrieval: count("retrieval"),
+          streaming: count("streaming"),
+          mixed: count("mixed"),
+        },
+        layers: plan.layers.map((l) => ({
+          kind: l.kind,
+          retrieval_kv_heads: l.retrievalKvHeads,
+          streaming_kv_heads: l.streamingKvHeads,
+        })),
+      },
+    };
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------------
+
+  /** Refuses new requests from now on (queued and running ones go on). */
+  stopAccepting(): void {
+    this.#accepting = false;
+  }
+
+  /** Resolves when nothing is queued or running. */
+  idle(): Promise<void> {
+    if (this.running === 0 && this.waiting === 0) return Promise.resolve();
+    return new Promise((r) => this.#idle.push(r));
+  }
+
+  /** Cancels every queued and running request. */
+  cancelAll(): void {
+    for (const r of [...this.#waiting, ...this.#runningStates()]) r.job.cancel();
+  }
+
+  /** Cancels everything, stops the loop and frees the GPU memory. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.stopAccepting();
+      this.cancelAll();
+      await this.idle();
+      this.#closed = true;
+      this.#wake();
+      await this.#loop;
+      this.#runner.destroy();
+    })();
+    return this.#closing;
+  }
+
+  // ---- the loop ---------------------------------------------------------------------------
+
+  #submit(req: GenerationRequest, metered: boolean): Job {
+    if (req.promptIds.length === 0) throw new RequestTooLargeError("prompt", "the prompt is empty");
+    if (!(req.maxTokens >= 1)) throw new RequestTooLargeError("max_tokens", "max_tokens < 1");
+    const fit = this.limits.fitError(req.promptIds.length, req.maxTokens);
+    if (fit) throw fit;
+    if (!this.#accepting) throw new DrainingError();
+    const s = req.sampling;
+    // Unseeded sampling: a fresh seed per request (the GPU RNG is keyed by seed and position).
+    const sampling = s.temperature > 0 && s.seed === undefined
+      ? { ...s, seed: Math.floor(Math.random() * 0x7fffffff) }
+      : s;
+    // The job's cancel hook runs only once the job is handed out, when `state` exists.
+    const { job, writer } = Job.open(metered ? this.#nextId++ : 0, req, () => this.#cancel(state));
+    const output = new RequestOutput(req, this.config.eosIds, this.tokenizer);
+    const state = new RequestState(job, writer, output, sampling, metered);
+    this.#waiting.push(state);
+    // A free batch row takes it at once; only requests that must wait count against the queue.
+    this.#admit();
+    if (this.#waiting.length > this.maxQueue) {
+      this.#waiting.splice(this.#waiting.indexOf(state), 1);
+      this.metrics.countRejected("queue_full");
+      throw new QueueFullError(this.maxQueue);
+    }
+    const signal = req.signal;
+    // The signal may also fire after a normal finish: cancel() is a no-op then.
+    if (signal?.aborted) job.cancel();
+    else signal?.addEventListener("abort", () => job.cancel(), { once: true });
+    this.#wake();
+    return job;
+  }
+
+  /** A queued request ends at once; a running one at the next iteration boundary. */
+  #cancel(r: RequestState): void {
+    if (r.phase === "waiting") {
+      const i = this.#waiting.indexOf(r);
+      if (i >= 0) this.#waiting.splice(i, 1);
+      this.#finish(r, "cancelled");
+    }
+    this.#wake();
+  }
+
+  #wake(): void {
+    this.#wakeLoop?.();
+    this.#wakeLoop = null;
+  }
+
+  #runningStates(): RequestState[] {
+    return [...this.#prefilling, ...this.#decoding];
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#closed) {
+      this.#dropCancelled();
+      this.#admit();
+      if (this.running === 0) {
+        if (this.waiting > 0) continue;
+        for (const r of this.#idle.splice(0)) r();
+        if (this.#closed) break;
+        await new Promise<void>((r) => (this.#wakeLoop = r));
+        continue;
+      }
+      const sampled = await this.#prefillStep();
+      this.#dropCancelled();
+      const decoded = await this.#decodeStep();
+      // Prefill pieces that sample nothing never wait for the GPU: let HTTP handlers run.
+      if (!sampled && !decoded) await new Promise((r) => setTimeout(r, 0));
+    }
+  }
+
+  #dropCancelled(): void {
+    for (const r of this.#runningStates()) if (r.cancelled) this.#finish(r, "cancelled");
+  }
+
+  /** Schedules admissions; each admitted request gets a cache slot. */
+  #admit(): void {
+    const cache = this.#cache;
+    const { admit, unfit } = this.#scheduler.admit(this.#waiting, this.#runningStates(), {
+      freePages: cache.freePages,
+      freeSlots: cache.freeSlots,
+    });
+    for (const r of unfit) {
+      this.#waiting.splice(this.#waiting.indexOf(r), 1);
+      this.#finish(r, "error", new Error("the KV cache cannot hold this request"));
+    }
+    for (const r of admit) {
+      const seq = cache.open();
+      if (!seq) throw new Error("the scheduler admitted a request without a free cache slot");
+      this.#waiting.splice(this.#waiting.indexOf(r), 1);
+      r.seq = seq;
+      r.phase = "prefill";
+      r.admittedAt = performance.now();
+      if (r.metered) this.metrics.queueTime.observe((r.admittedAt - r.job.arrival) / 1000);
+      this.#prefilling.push(r);
+    }
+  }
+
+  /** Prefills this iteration's prompt pieces; true when a prompt's last piece sampled. */
+  async #prefillStep(): Promise<boolean> {
+    let sampled = false;
+    for (const work of this.#scheduler.prefill(this.#prefilling)) {
+      const r = work.request;
+      if (r.cancelled) continue;
+      const seq = r.seq!;
+      const tokens = r.job.request.promptIds.slice(r.prefilled, r.prefilled + work.tokens);
+      let first;
+      try {
+        const at = this.#allocate(seq, tokens.length);
+        first = await this.#runner.prefill(at, tokens, r.sampling, { sample: work.last });
+      } catch (e) {
+        this.#finish(r, "error", e);
+        continue;
+      }
+      r.prefilled += tokens.length;
+      if (!work.last) continue;
+      sampled = true;
+      r.firstTokenAt = performance.now();
+      this.#prefilling.splice(this.#prefilling.indexOf(r), 1);
+      r.phase = "decode";
+      this.#decoding.push(r);
+      if (r.cancelled) continue;
+      this.#applyTokens(r, [first.token], [first.logprob]);
+    }
+    return sampled;
+  }
+
+  /** One batched decode for every decoding sequence; false when there were none. */
+  async #decodeStep(): Promise<boolean> {
+    const work = this.#scheduler.decode(this.#decoding);
+    if (!work) return false;
+    const { batch, steps } = work;
+    let out;
+    try {
+      const rows = batch.map((r) => ({
+        seq: this.#allocate(r.seq!, steps),
+        token: r.lastToken,
+        sampling: r.sampling,
+      }));
+      out = await this.#runner.decode(rows, steps);
+    } catch (e) {
+      for (const r of batch) this.#finish(r, "error", e);
+      return true;
+    }
+    const metered = batch.filter((r) => r.metered).length;
+    if (metered > 0) {
+      this.metrics.decodeCalls++;
+      this.metrics.decodeRows += metered;
+    }
+    batch.forEach((r, i) => {
+      if (r.cancelled || r.phase === "done") return;
+      this.#applyTokens(r, out.tokens[i], out.logprobs[i]);
+    });
+    return true;
+  }
+
+  /**
+   * Allocates the pages of the next `n` positions of `seq` and commits them, returning the
+   * sequence as the forward that writes them must see it (starting at the old length). The
+   * positions count as written from the moment their forward is issued, so the statistics read
+   * while the GPU works show pages and tokens that agree.
+   */
+  #allocate(seq: SeqCache, n: number): SeqCache {
+    this.#cache.reserve(seq, seq.tokens + n);
+    const at: SeqCache = { id: seq.id, slot: seq.slot, pages: [...seq.pages], tokens: seq.tokens };
+    this.#cache.commit(seq, seq.tokens + n);
+    return at;
+  }
+
+  /** Hands sampled tokens to the request's output; streams the chunk; finishes it when over. */
+  #applyTokens(r: RequestState, tokens: number[], logprobs: number[]): void {
+    r.lastToken = tokens[tokens.length - 1];
+    r.writer.push(r.output.accept(tokens, logprobs));
+    if (r.output.finishReason !== null) {
+      this.#finish(r, r.output.finishReason, undefined, r.output.stopReason);
+    }
+  }
+
+  #finish(
+    r: RequestState,
+    reason: FinishReason,
+    error?: unknown,
+    stopReason: string | number | null = null,
+  ): void {
+    if (r.phase === "done") return;
+    const now = performance.now();
+    let cache: CacheFootprint | null = null;
+    if (r.seq) {
+      cache = this.#cache.footprint(r.seq);
+      this.#cache.close(r.seq);
+    }
+    for (const list of [this.#prefilling, this.#decoding]) {
+      const i = list.indexOf(r);
+      if (i >= 0) list.splice(i, 1);
+    }
+    r.phase = "done";
+    const arrival = r.job.arrival;
+    const n = r.output.ids.length;
+    const ttft = r.firstTokenAt ? r.firstTokenAt - arrival : 0;
+    const decodeMs = r.firstTokenAt ? now - r.firstTokenAt : 0;
+    if (r.metered) {
+      const m = this.metrics;
+      if (r.firstTokenAt) m.timeToFirstToken.observe(ttft / 1000);
+      if (n > 1) m.timePerOutputToken.observe(decodeMs / 1000 / (n - 1));
+      m.e2eLatency.observe((now - arrival) / 1000);
+      m.promptTokens += r.prefilled;
+      m.generationTokens += n;
+      m.countFinished(reason);
+    }
+    r.writer.settle({
+      ids: r.output.ids,
+      logprobs: r.output.logprobs,
+      text: r.output.text,
+      textOffsets: r.output.textOffsets,
+      finishReason: reason,
+      stopReason,
+      error: error === undefined
+        ? undefined
+        : error instanceof Error
+        ? error.message
+        : String(error),
+      promptTokens: r.promptTokens,
+      timeToFirstTokenMs: ttft,
+      decodeMs,
+      decodeTokensPerS: n > 1 && decodeMs > 0 ? (n - 1) / (decodeMs / 1000) : 0,
+      queueMs: (r.admittedAt || now) - arrival,
+      e2eMs: now - arrival,
+      cache,
+    });
+    this.#wake();
+  }
+}

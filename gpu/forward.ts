@@ -1,0 +1,378 @@
+// The forward program: every dispatch of a forward pass, built once per runner and recorded as
+// often as it runs. It reads as llama2.c's `forward` does:
+//
+//   x = embed(tokens)
+//   for each layer:
+//     x += Wo · attention(rope(Wqkv · rmsnorm(x)))      over each cache part of the layer
+//     x += Wdown · swiglu(Wgate_up · rmsnorm(x))
+//   logits = lm_head · rmsnorm(x)                        for the rows that need logits
+//   token = sample(logits)
+//
+// The layers' RMSNorms and the SwiGLU run inside the matmuls that read them (matmul.ts). A layer
+// of one kind has one cache part and one attention kernel; a duo layer has a part per kind. Each
+// dispatch knows its workgroup counts for a forward's shape (rows, logit rows, key splits), or
+// that it does not run at that shape (the GEMV/GEMM pair, the split-K merge).
+
+import type { ModelConfig } from "../model/types.ts";
+import type { GpuTensor } from "./buffers.ts";
+import type { Precision } from "./device.ts";
+import {
+  attentionDecode,
+  attentionMerge,
+  attentionPrefill,
+  decodeGroups,
+  mergeGroups,
+  prefillGroups,
+} from "./kernels/attention.ts";
+import { decodeStep, decodeStepGroups } from "./kernels/decode_step.ts";
+import { embed, embedGroups } from "./kernels/embed.ts";
+import {
+  bind,
+  type BindingIndices,
+  type Bound,
+  type BufferSet,
+  type Groups,
+  type Kernel,
+} from "./kernels/kernel.ts";
+import { kvStore, kvStoreGroups } from "./kernels/kv_store.ts";
+import { matmul, type MatmulConstants, matmulEntry, matmulGroups } from "./kernels/matmul.ts";
+import { rmsnorm, rmsnormGroups } from "./kernels/rmsnorm.ts";
+import { rope, ropeGroups } from "./kernels/rope.ts";
+import { sample, sampleGroups } from "./kernels/sample.ts";
+import type { KvBuffers, KvPartBuffers } from "./kv_buffers.ts";
+import type { Pipelines } from "./pipelines.ts";
+import type { ModelTensors } from "./weights.ts";
+
+/** What a forward's dispatches depend on (the values of the `Forward` uniform). */
+export interface ForwardShape {
+  rows: number;
+  logitRows: number;
+  splits: number;
+}
+
+export interface Dispatch extends Bound {
+  /** Workgroup counts at this shape, or null when the dispatch does not run at it. */
+  groups: (s: ForwardShape) => Groups | null;
+}
+
+/** The runner's activation and per-forward input buffers (gpu/runner.ts allocates them). */
+export interface Activations {
+  /** uniform Forward. */
+  fwd: GPUBuffer;
+  tokens: GpuTensor;
+  rows: GpuTensor;
+  /** Logits row -> token row. */
+  gather: GpuTensor;
+  sampling: GpuTensor;
+  /** [0]: decode step within the submission. */
+  step: GpuTensor;
+  x: GpuTensor;
+  qkv: GpuTensor;
+  attn: GpuTensor;
+  gateUp: GpuTensor;
+  /** Final-norm hidden states of the logits rows. */
+  xFinal: GpuTensor;
+  logits: GpuTensor;
+  partials: GpuTensor;
+  /** [decode steps, maxBatch] tokens and their log-probabilities. */
+  sampled: GpuTensor;
+  logprobs: GpuTensor;
+  /** Bound where a kernel declares a binding its variant never reads (bias, norm). */
+  unused: GpuTensor;
+}
+
+export type Mode = "prefill" | "decode";
+
+export interface Programs {
+  /** Embedding and every layer, for a prefill chunk and for a decode batch. */
+  body: Record<Mode, Dispatch[]>;
+  /** Final norm and LM head of the logits rows. */
+  head: Dispatch[];
+  sample: Dispatch[];
+  /** Chains decode steps: next input = the token just sampled. */
+  advance: Dispatch[];
+  /** Attention dispatches each layer's prefill issues: 1, or 2 for a duo layer. */
+  attentionCalls: number[];
+}
+
+export interface ForwardSources {
+  pipelines: Pipelines;
+  precision: Precision;
+  config: ModelConfig;
+  weights: ModelTensors;
+  act: Activations;
+  kv: KvBuffers;
+  maxBatch: number;
+}
+
+export async function buildPrograms(s: ForwardSources): Promise<Programs> {
+  const f = new ForwardBuilder(s);
+  const prefill = await f.body("prefill");
+  return {
+    body: { prefill, decode: await f.body("decode") },
+    head: await f.head(),
+    sample: [await f.sample()],
+    advance: [await f.advance()],
+    attentionCalls: f.attentionCalls,
+  };
+}
+
+class ForwardBuilder {
+  readonly attentionCalls: number[] = [];
+  readonly #c: ModelConfig;
+  readonly #a: Activations;
+
+  constructor(readonly s: ForwardSources) {
+    this.#c = s.config;
+    this.#a = s.act;
+  }
+
+  /** Every dispatch of a forward's body, as llama2.c's `forward` orders it. */
+  async body(mode: Mode): Promise<Dispatch[]> {
+    const d = [await this.#embed()];
+    for (let l = 0; l < this.#c.nLayers; l++) {
+      d.push(...await this.#attentionBlock(l, mode), ...await this.#feedForwardBlock(l));
+    }
+    return d;
+  }
+
+  /** x = token embeddings. */
+  #embed(): Promise<Dispatch> {
+    const a = this.#a;
+    return this.#dispatch(
+      embed({ DIM: this.#c.dim }),
+      { fwd: a.fwd, tokens: a.tokens, table: this.s.weights.embedding, x: a.x },
+      (s) => embedGroups(s.rows),
+    );
+  }
+
+  /** x += Wo · attention(rope(Wqkv · rmsnorm(x))), over each cache part of the layer. */
+  async #attentionBlock(l: number, mode: Mode): Promise<Dispatch[]> {
+    const c = this.#c;
+    const w = this.s.weights.layers[l];
+    const a = this.#a;
+    const qkvDim = a.qkv.shape[1];
+    const d = await this.#matmul(a.x, w.wqkv, a.qkv, qkvDim, c.dim, {
+      bias: w.bqkv,
+      norm: w.attnNorm,
+    });
+    d.push(
+      await this.#dispatch(
+        rope({
+          HEAD_DIM: c.headDim,
+          N_HEADS: c.nHeads,
+          N_KV_HEADS: c.nKvHeads,
+          ROW_STRIDE: qkvDim,
+          INTERLEAVED: c.ropeStyle === "interleaved",
+        }),
+        { fwd: a.fwd, rows: a.rows, invFreq: this.s.weights.invFreq, qkv: a.qkv },
+        (s) => ropeGroups(s.rows),
+      ),
+    );
+    const parts = this.s.kv.layers[l];
+    let calls = 0;
+    for (const part of parts) {
+      const att = await this.#attention(part, mode);
+      d.push(...att);
+      calls += att.length;
+    }
+    if (mode === "prefill") this.attentionCalls[l] = calls;
+    // Stored after attention has read the fresh keys, so a ring slot is never overwritten early.
+    for (const part of parts) d.push(await this.#kvStore(part));
+    d.push(
+      ...await this.#matmul(a.attn, w.wo, a.x, c.dim, c.nHeads * c.headDim, { accumulate: true }),
+    );
+    return d;
+  }
+
+  /** x += Wdown · swiglu(Wgate_up · rmsnorm(x)). */
+  async #feedForwardBlock(l: number): Promise<Dispatch[]> {
+    const c = this.#c;
+    const w = this.s.weights.layers[l];
+    const a = this.#a;
+    return [
+      ...await this.#matmul(a.x, w.wGateUp, a.gateUp, 2 * c.hiddenDim, c.dim, { norm: w.ffnNorm }),
+      ...await this.#matmul(a.gateUp, w.wDown, a.x, c.dim, c.hiddenDim, {
+        accumulate: true,
+        swiglu: true,
+      }),
+    ];
+  }
+
+  /** x_final = rmsnorm(x) of the logits rows (gathered); logits = LM head · x_final. */
+  async head(): Promise<Dispatch[]> {
+    const c = this.#c;
+    const a = this.#a;
+    const norm = await this.#dispatch(
+      rmsnorm({ DIM: c.dim, EPS: c.normEps }),
+      { fwd: a.fwd, x: a.x, weight: this.s.weights.finalNorm, gather: a.gather, y: a.xFinal },
+      (s) => rmsnormGroups(s.logitRows),
+    );
+    const lmHead = this.s.weights.lmHead;
+    return [
+      norm,
+      ...await this.#matmul(a.xFinal, lmHead, a.logits, c.vocabSize, c.dim, { logitRows: true }),
+    ];
+  }
+
+  /** One token per logits row, into the step's row of `sampled`. */
+  sample(): Promise<Dispatch> {
+    const a = this.#a;
+    return this.#dispatch(
+      sample({ VOCAB: this.#c.vocabSize, MAX_ROWS: this.s.maxBatch }),
+      {
+        fwd: a.fwd,
+        rows: a.rows,
+        gather: a.gather,
+        params: a.sampling,
+        logits: a.logits,
+        sampled: a.sampled,
+        logprobs: a.logprobs,
+        step: a.step,
+      },
+      (s) => sampleGroups(s.logitRows),
+    );
+  }
+
+  advance(): Promise<Dispatch> {
+    const a = this.#a;
+    return this.#dispatch(
+      decodeStep({ MAX_ROWS: this.s.maxBatch }),
+      { fwd: a.fwd, rows: a.rows, tokens: a.tokens, sampled: a.sampled, step: a.step },
+      () => decodeStepGroups(),
+    );
+  }
+
+  /** Attention of the part's query heads over its cache: one prefill dispatch, or the split-K
+   * decode and its merge. */
+  async #attention(part: KvPartBuffers, mode: Mode): Promise<Dispatch[]> {
+    const c = this.#c;
+    const a = this.#a;
+    const group = c.nHeads / c.nKvHeads;
+    const constants = {
+      HEAD_DIM: c.headDim,
+      GROUP: group,
+      Q_HEAD_BASE: part.kvHeadBase * group,
+      N_HEADS: c.nHeads,
+      N_KV_HEADS: c.nKvHeads,
+      CACHE_HEADS: part.heads,
+      SCALE: 1 / Math.sqrt(c.headDim),
+    };
+    const cache = this.#cachePart(part);
+    const buffers = { ...this.#cacheBuffers(part), out: a.attn, partials: a.partials };
+    const nq = part.heads * group;
+    if (mode === "prefill") {
+      return [
+        await this.#dispatch(
+          attentionPrefill(constants, cache),
+          buffers,
+          (s) => prefillGroups(s.rows, nq),
+        ),
+      ];
+    }
+    return [
+      // Writes the output itself when there is one split, else partials that merge combines.
+      await this.#dispatch(
+        attentionDecode(constants, cache),
+        buffers,
+        (s) => decodeGroups(s.rows, part.heads, group, s.splits),
+      ),
+      await this.#dispatch(
+        attentionMerge(constants, cache),
+        buffers,
+        (s) => mergeGroups(s.rows, nq, s.splits),
+      ),
+    ];
+  }
+
+  /** The cache part's fresh keys and values into its cache. */
+  #kvStore(part: KvPartBuffers): Promise<Dispatch> {
+    const c = this.#c;
+    return this.#dispatch(
+      kvStore({
+        HEAD_DIM: c.headDim,
+        N_HEADS: c.nHeads,
+        N_KV_HEADS: c.nKvHeads,
+        KV_HEAD_BASE: part.kvHeadBase,
+        CACHE_HEADS: part.heads,
+      }, this.#cachePart(part)),
+      this.#cacheBuffers(part),
+      (s) => kvStoreGroups(s.rows),
+    );
+  }
+
+  #cachePart(part: KvPartBuffers) {
+    return { layout: part.kind.layout, constants: this.s.kv.layout.constants(part.kind) };
+  }
+
+  /** What the attention and KV-store kernels of a part read: the fused rows and the cache. */
+  #cacheBuffers(part: KvPartBuffers) {
+    const a = this.#a;
+    return {
+      fwd: a.fwd,
+      rows: a.rows,
+      qkv: a.qkv,
+      kCache: part.k,
+      vCache: part.v,
+      pageTable: this.s.kv.pageTable,
+    };
+  }
+
+  /**
+   * y (+)= in · Wᵀ (+ bias), where `in` is x, rmsnorm(x) * norm (`norm`), or silu(gate) * up of
+   * a fused gate|up x (`swiglu`). Returns the GEMV and the GEMM dispatch; the forward's row count
+   * (its logits rows with `logitRows`) picks the one that runs.
+   */
+  #matmul(
+    x: GpuTensor,
+    w: GpuTensor,
+    y: GpuTensor,
+    n: number,
+    k: number,
+    o: {
+      accumulate?: boolean;
+      bias?: GpuTensor | null;
+      logitRows?: boolean;
+      norm?: GpuTensor;
+      swiglu?: boolean;
+    } = {},
+  ): Promise<Dispatch[]> {
+    const constants: MatmulConstants = {
+      N: n,
+      K: k,
+      KP: w.shape[1],
+      ACCUMULATE: o.accumulate ?? false,
+      HAS_BIAS: !!o.bias,
+      LOGIT_ROWS: o.logitRows ?? false,
+      NORM_INPUT: !!o.norm,
+      EPS: this.#c.normEps,
+      SWIGLU_INPUT: o.swiglu ?? false,
+    };
+    const a = this.#a;
+    const buffers = {
+      fwd: a.fwd,
+      x,
+      w,
+      bias: o.bias ?? a.unused,
+      y,
+      normW: o.norm ?? a.unused,
+    };
+    const rowsOf = (s: ForwardShape) => o.logitRows ? s.logitRows : s.rows;
+    return Promise.all(
+      (["gemv", "gemm"] as const).map((entry) =>
+        this.#dispatch(matmul(entry, constants), buffers, (s) => {
+          const rows = rowsOf(s);
+          return matmulEntry(rows) === entry ? matmulGroups(entry, n, rows) : null;
+        })
+      ),
+    );
+  }
+
+  async #dispatch<B extends BindingIndices>(
+    k: Kernel<B>,
+    buffers: BufferSet<B>,
+    groups: Dispatch["groups"],
+  ): Promise<Dispatch> {
+    return { ...await bind(this.s.pipelines, k, buffers, this.s.precision), groups };
+  }
+}

@@ -1,0 +1,34 @@
+// wgsl/kv_store.wgsl: writes a forward's fresh keys and values into one KV-cache part, compiled
+// with the part's layout include (cache_layout.ts); one workgroup per token row.
+
+import { CACHE_LAYOUTS, type CachePartKernel } from "./cache_layout.ts";
+import { type Groups, kernel } from "./kernel.ts";
+
+export const KV_STORE_FILE = "kv_store.wgsl";
+
+export interface KvStoreConstants {
+  HEAD_DIM: number;
+  /** Query heads of the model (offset of the keys in a fused row). */
+  N_HEADS: number;
+  N_KV_HEADS: number;
+  /** First KV head held by this part. */
+  KV_HEAD_BASE: number;
+  /** KV heads held by this part. */
+  CACHE_HEADS: number;
+}
+
+export function kvStore(c: KvStoreConstants, part: CachePartKernel) {
+  const layout = CACHE_LAYOUTS[part.layout];
+  return kernel(
+    KV_STORE_FILE,
+    "main",
+    { ...c, ...part.constants },
+    { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4, ...layout.bindings },
+    [layout.include],
+  );
+}
+
+/** One workgroup per token row. */
+export function kvStoreGroups(rows: number): Groups {
+  return [rows, 1, 1];
+}
