@@ -131,9 +131,14 @@ export class CacheGeometry {
 
   /** The byte formula: what a sequence in this state occupies, per kind and in total. */
   bytes(s: SeqState): KindBytes {
+    return this.kindBytes((k) => k.slotsHeld(s));
+  }
+
+  /** Bytes of each kind when it holds `slots(kind)` token positions per KV head. */
+  protected kindBytes(slots: (k: CacheKind) => number): KindBytes {
     const out = { total: 0 } as KindBytes;
     for (const k of this.kinds) {
-      const b = k.slotsHeld(s) * this.tokenBytes(this.headsOf(k.name));
+      const b = slots(k) * this.tokenBytes(this.headsOf(k.name));
       out[k.name] = b;
       out.total += b;
     }
@@ -216,13 +221,7 @@ export class CacheLayout extends CacheGeometry {
 
   /** Bytes allocated for each kind. */
   reservedBytes(): KindBytes {
-    const out = { total: 0 } as KindBytes;
-    for (const k of this.kinds) {
-      const b = this.capacity(k) * this.tokenBytes(this.headsOf(k.name));
-      out[k.name] = b;
-      out.total += b;
-    }
-    return out;
+    return this.kindBytes((k) => this.capacity(k));
   }
 
   /** The layout's `override` constants for a kind's kernels. */

@@ -14,6 +14,19 @@ import type { ModelConfig } from "./types.ts";
 
 export type FakeDtype = "bf16" | "f16" | "f32";
 
+/** What Llama and Mistral 7-8B configs share (32 layers of 4096, 32 query heads of 128). */
+const BASE_8B = {
+  hidden_act: "silu",
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: false,
+  torch_dtype: "bfloat16",
+};
+
 /** config.json of the architectures the shipped plans are for (plans/shipped/). */
 export const FAKE_PRESETS: Record<string, Record<string, unknown>> = {
   // togethercomputer/Llama-2-7B-32K-Instruct (its linear RoPE scaling is left out: zigzag reads
@@ -69,20 +82,12 @@ function llama(o: Record<string, unknown>): Record<string, unknown> {
   return {
     architectures: ["LlamaForCausalLM"],
     model_type: "llama",
-    hidden_act: "silu",
-    hidden_size: 4096,
-    intermediate_size: 14336,
-    num_hidden_layers: 32,
-    num_attention_heads: 32,
-    num_key_value_heads: 8,
+    ...BASE_8B,
     vocab_size: 128256,
-    rms_norm_eps: 1e-5,
     rope_scaling: null,
-    tie_word_embeddings: false,
     attention_bias: false,
     bos_token_id: 128000,
     eos_token_id: 128009,
-    torch_dtype: "bfloat16",
     ...o,
   };
 }
@@ -91,21 +96,13 @@ function mistral(o: Record<string, unknown>): Record<string, unknown> {
   return {
     architectures: ["MistralForCausalLM"],
     model_type: "mistral",
-    hidden_act: "silu",
-    hidden_size: 4096,
-    intermediate_size: 14336,
-    num_hidden_layers: 32,
-    num_attention_heads: 32,
-    num_key_value_heads: 8,
+    ...BASE_8B,
     vocab_size: 32000,
     max_position_embeddings: 32768,
-    rms_norm_eps: 1e-5,
     rope_theta: 1000000,
     sliding_window: null,
-    tie_word_embeddings: false,
     bos_token_id: 1,
     eos_token_id: 2,
-    torch_dtype: "bfloat16",
     ...o,
   };
 }

@@ -307,9 +307,24 @@ Deno.test("resolvePlan yields per-layer kinds and head lists", () => {
     sink: 64,
     recent: 256,
     layers: [
-      { kind: "retrieval", retrievalKvHeads: [0, 1], streamingKvHeads: [] },
-      { kind: "streaming", retrievalKvHeads: [], streamingKvHeads: [0, 1] },
-      { kind: "mixed", retrievalKvHeads: [1], streamingKvHeads: [0] },
+      {
+        kind: "retrieval",
+        kvHeadKinds: ["retrieval", "retrieval"],
+        retrievalKvHeads: [0, 1],
+        streamingKvHeads: [],
+      },
+      {
+        kind: "streaming",
+        kvHeadKinds: ["streaming", "streaming"],
+        retrievalKvHeads: [],
+        streamingKvHeads: [0, 1],
+      },
+      {
+        kind: "mixed",
+        kvHeadKinds: ["streaming", "retrieval"],
+        retrievalKvHeads: [1],
+        streamingKvHeads: [0],
+      },
     ],
   });
   const zigzag = parsePlan(
@@ -326,9 +341,24 @@ Deno.test("resolvePlan yields per-layer kinds and head lists", () => {
     sink: 4,
     recent: 16,
     layers: [
-      { kind: "streaming", retrievalKvHeads: [], streamingKvHeads: [0, 1] },
-      { kind: "retrieval", retrievalKvHeads: [0, 1], streamingKvHeads: [] },
-      { kind: "streaming", retrievalKvHeads: [], streamingKvHeads: [0, 1] },
+      {
+        kind: "streaming",
+        kvHeadKinds: ["streaming", "streaming"],
+        retrievalKvHeads: [],
+        streamingKvHeads: [0, 1],
+      },
+      {
+        kind: "retrieval",
+        kvHeadKinds: ["retrieval", "retrieval"],
+        retrievalKvHeads: [0, 1],
+        streamingKvHeads: [],
+      },
+      {
+        kind: "streaming",
+        kvHeadKinds: ["streaming", "streaming"],
+        retrievalKvHeads: [],
+        streamingKvHeads: [0, 1],
+      },
     ],
   });
 });
@@ -345,11 +375,21 @@ Deno.test("builtin full and streaming plans", async () => {
   });
   assert.equal(full.sink, 64);
   assert.equal(full.recent, 256);
-  const all = { kind: "retrieval", retrievalKvHeads: [0, 1, 2], streamingKvHeads: [] };
+  const all = {
+    kind: "retrieval",
+    kvHeadKinds: ["retrieval", "retrieval", "retrieval"],
+    retrievalKvHeads: [0, 1, 2],
+    streamingKvHeads: [],
+  };
   assert.deepEqual(resolvePlan(full, config).layers, [all, all]);
 
   const streaming = builtinPlan("streaming", config, { sink: 4, recent: 32 });
-  const none = { kind: "streaming", retrievalKvHeads: [], streamingKvHeads: [0, 1, 2] };
+  const none = {
+    kind: "streaming",
+    kvHeadKinds: ["streaming", "streaming", "streaming"],
+    retrievalKvHeads: [],
+    streamingKvHeads: [0, 1, 2],
+  };
   assert.deepEqual(resolvePlan(streaming, config), {
     mode: "streaming",
     sink: 4,
@@ -472,7 +512,7 @@ Deno.test("budget rounding is ceil, robust to float error", () => {
 
 async function cli(...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "plans/cli.ts", ...args],
+    args: ["run", "-A", "cli/plan.ts", ...args],
     stdout: "piped",
     stderr: "piped",
   }).output();
