@@ -19,6 +19,7 @@ export const ENGINE_FLAGS = [
   "plan",
   ...WINDOW_FLAGS,
   "kv-cache-mb",
+  "max-model-len",
   "chunk",
   "decode-steps",
 ] as const;
@@ -45,6 +46,7 @@ export function engineFlags(a: Args): EngineOptions {
   const plan = a.optionalString("plan");
   const window = windowFlags(a);
   const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 });
+  const maxModelLen = a.optionalNumber("max-model-len", { integer: true, min: 2 });
   return {
     model,
     tokenizer,
@@ -54,5 +56,6 @@ export function engineFlags(a: Args): EngineOptions {
     kvCacheBytes: kvCacheMb === undefined ? undefined : kvCacheMb * (1 << 20),
     prefillChunk,
     decodeSteps,
+    maxModelLen,
   };
 }

@@ -1,7 +1,7 @@
 // deno task generate --model PATH [--tokenizer PATH] (--prompt TEXT | --prompt-ids 1,2,3)
 //   --max-tokens N [--temperature T --top-k K --top-p P --min-p P --seed S]
 //   [--precision f16|f32] [--plan full|streaming|FILE] [--sink N --recent N]
-//   [--chunk N] [--decode-steps N] [--kv-cache-mb N] [--json]
+//   [--chunk N] [--decode-steps N] [--kv-cache-mb N] [--max-model-len N] [--json]
 //
 // An engine with one batch row: the text is printed chunk by chunk as the server streams it.
 

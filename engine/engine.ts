@@ -12,7 +12,7 @@
 //   5. applies the outputs: hands the sampled tokens to each request's output (engine/output.ts:
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
-import { CacheLayout } from "../cache/layout.ts";
+import { CacheExhaustedError, CacheLayout } from "../cache/layout.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
@@ -38,7 +38,7 @@ import {
 import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 // What callers need to name the engine's failures and settings without reaching below it.
-export { CacheExhaustedError } from "../cache/layout.ts";
+export { CacheExhaustedError };
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
 export interface EngineOptions {
@@ -100,6 +100,17 @@ export function createRunner(
     maxSeqLen: o.maxModelLen ?? model.config.maxSeqLen,
     kvDtype: o.precision,
   });
+  // An explicit context the pool cannot hold for even one sequence is refused at start-up, with
+  // the longest one that fits (the model's own default context is served up to the pool).
+  const fits = layout.numPages * layout.pageSize;
+  if (o.maxModelLen !== undefined && layout.paged && fits < o.maxModelLen) {
+    throw new CacheExhaustedError(
+      `--max-model-len ${o.maxModelLen}: the KV cache (--kv-cache-mb ${
+        (layout.budgetBytes / (1 << 20)).toFixed(0)
+      }) holds at most ${fits} tokens of one sequence; use --max-model-len ${fits} or raise ` +
+        "--kv-cache-mb",
+    );
+  }
   return ModelRunner.create(gpu, model, {
     precision: o.precision,
     layout,

@@ -1,6 +1,8 @@
 // Adapter and device acquisition. Requests the adapter's own buffer limits (Deno otherwise caps
 // storage bindings at 128 MiB) and `shader-f16` when the adapter has it.
 
+import { ValidationWatch } from "./limits.ts";
+
 export type Precision = "f16" | "f32";
 
 export interface Gpu {
@@ -11,6 +13,8 @@ export interface Gpu {
   hasF16: boolean;
   hasTimestamps: boolean;
   limits: GPUSupportedLimits;
+  /** Validation errors no error scope caught; the runner checks it after every readback. */
+  validation: ValidationWatch;
 }
 
 export class GpuUnavailableError extends Error {
@@ -67,6 +71,7 @@ async function createGpu(): Promise<Gpu> {
   device.addEventListener("uncapturederror", (e) => {
     console.error("zigzag: WebGPU error:", (e as GPUUncapturedErrorEvent).error.message);
   });
+  const validation = new ValidationWatch(device);
   return {
     device,
     adapterName: adapter.info.description || adapter.info.device || "unknown adapter",
@@ -74,6 +79,7 @@ async function createGpu(): Promise<Gpu> {
     hasF16,
     hasTimestamps,
     limits: device.limits,
+    validation,
   };
 }
 

@@ -14,7 +14,7 @@
 import type { CacheLayout } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
 import type { LoadedModel, ModelConfig } from "../model/types.ts";
-import { createTensor, type GpuTensor, readBuffer, readBuffers } from "./buffers.ts";
+import { createTensor, type GpuTensor, readBuffers } from "./buffers.ts";
 import type { Gpu, Precision } from "./device.ts";
 import {
   type Activations,
@@ -29,6 +29,7 @@ import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
 import { encodeSampling, SAMPLING_BYTES, type SamplingParams } from "./kernels/sample.ts";
 import { KvBuffers } from "./kv_buffers.ts";
+import { checkBufferPlan, type PlannedBuffer, withValidation } from "./limits.ts";
 import { Pipelines } from "./pipelines.ts";
 import { destroyWeights, type ModelTensors, uploadWeights } from "./weights.ts";
 
@@ -110,27 +111,42 @@ export class ModelRunner {
     this.kv = new KvBuffers(gpu.device, opts.layout);
   }
 
+  /**
+   * Checks every weight and activation buffer against the adapter's limits (naming the first
+   * that does not fit) before anything is allocated, then uploads and builds inside a validation
+   * error scope, so that a GPU validation error is an exception, never wrong output.
+   */
   static async create(gpu: Gpu, model: LoadedModel, opts: RunnerOptions): Promise<ModelRunner> {
     validateModel(model.config, opts.layout);
-    const r = new ModelRunner(gpu, model, opts);
-    r.#weights = uploadWeights(
-      gpu.device,
-      model.config,
-      model.weights,
-      opts.layout,
-      opts.precision,
-    );
-    r.#act = r.#allocateActivations();
-    r.#programs = await buildPrograms({
-      pipelines: r.pipelines,
-      precision: opts.precision,
-      config: model.config,
-      weights: r.#weights,
-      act: r.#act,
-      kv: r.kv,
-      maxBatch: opts.maxBatch,
+    checkBufferPlan(gpu.limits, runnerBuffers(model.config, opts));
+    return await withValidation(gpu.device, "building the model on the GPU", async () => {
+      const r = new ModelRunner(gpu, model, opts);
+      r.#weights = uploadWeights(
+        gpu.device,
+        model.config,
+        model.weights,
+        opts.layout,
+        opts.precision,
+      );
+      r.#act = r.#allocateActivations();
+      r.#programs = await buildPrograms({
+        pipelines: r.pipelines,
+        precision: opts.precision,
+        config: model.config,
+        weights: r.#weights,
+        act: r.#act,
+        kv: r.kv,
+        maxBatch: opts.maxBatch,
+      });
+      return r;
     });
-    return r;
+  }
+
+  /** Reads buffers back; a validation error since the last readback throws instead. */
+  async #read(what: string, parts: { buffer: GPUBuffer; bytes: number }[]): Promise<ArrayBuffer[]> {
+    const out = await readBuffers(this.device, parts);
+    this.gpu.validation.check(what);
+    return out;
   }
 
   /** Attention kernel calls (dispatch sequences) each layer issues: 1, or 2 for a duo layer. */
@@ -283,7 +299,7 @@ export class ModelRunner {
       }
       // A prompt prefilled in parts: only its last part samples (and waits for the GPU).
       if (opts.sample === false) return { token: -1, logprob: 0 };
-      const [tok, lp] = await readBuffers(this.device, [
+      const [tok, lp] = await this.#read("prefill", [
         { buffer: this.#act.sampled.buffer, bytes: 4 },
         { buffer: this.#act.logprobs.buffer, bytes: 4 },
       ]);
@@ -293,7 +309,9 @@ export class ModelRunner {
       };
       if (opts.readLogits) {
         out.logits = new Float32Array(
-          await readBuffer(this.device, this.#act.logits.buffer, this.config.vocabSize * 4),
+          (await this.#read("prefill", [
+            { buffer: this.#act.logits.buffer, bytes: this.config.vocabSize * 4 },
+          ]))[0],
         );
       }
       return out;
@@ -330,7 +348,7 @@ export class ModelRunner {
           const logitRows = group.map((r) => r - c0);
           const headShape = this.#stage({ seqs: [chunk], reach: n, logitRows });
           this.#submit((pass) => this.#record(pass, [p.head], headShape));
-          const [h, l] = await readBuffers(this.device, [
+          const [h, l] = await this.#read("evaluate", [
             { buffer: this.#act.xFinal.buffer, bytes: group.length * D * 4 },
             { buffer: this.#act.logits.buffer, bytes: group.length * V * 4 },
           ]);
@@ -378,7 +396,7 @@ export class ModelRunner {
         }
       });
       const maxB = this.opts.maxBatch;
-      const [tokBuf, lpBuf] = await readBuffers(this.device, [
+      const [tokBuf, lpBuf] = await this.#read("decode", [
         { buffer: this.#act.sampled.buffer, bytes: steps * maxB * 4 },
         { buffer: this.#act.logprobs.buffer, bytes: steps * maxB * 4 },
       ]);
@@ -391,7 +409,7 @@ export class ModelRunner {
       if (opts.readLogits) {
         const V = this.config.vocabSize;
         const all = new Float32Array(
-          await readBuffer(this.device, this.#act.logits.buffer, B * V * 4),
+          (await this.#read("decode", [{ buffer: this.#act.logits.buffer, bytes: B * V * 4 }]))[0],
         );
         out.logits = batch.map((_, i) => all.slice(i * V, (i + 1) * V));
       }
@@ -424,6 +442,44 @@ export class ModelRunner {
 }
 
 // ---- helpers -------------------------------------------------------------------------------
+
+/**
+ * Every weight and activation buffer the runner binds whole, with its size (the KV cache's are
+ * checked by KvBuffers, naming --kv-cache-mb). Mirrors uploadWeights and #allocateActivations:
+ * matmul weights are padded to a multiple of 4 columns, activations are f32.
+ */
+export function runnerBuffers(c: ModelConfig, opts: RunnerOptions): PlannedBuffer[] {
+  const w = opts.precision === "f16" ? 2 : 4;
+  const pad = (k: number) => Math.ceil(k / 4) * 4;
+  const qDim = c.nHeads * c.headDim;
+  const qkvDim = qDim + 2 * c.nKvHeads * c.headDim;
+  const rows = Math.max(opts.prefillChunk, opts.maxBatch);
+  const B = opts.maxBatch;
+  const out: PlannedBuffer[] = [
+    { name: "embed (token embedding)", bytes: c.vocabSize * c.dim * w, bound: true },
+    { name: "lm_head", bytes: c.vocabSize * pad(c.dim) * w, bound: true },
+  ];
+  for (let l = 0; l < c.nLayers; l++) {
+    out.push(
+      { name: `wqkv L${l} (q|k|v projections)`, bytes: qkvDim * pad(c.dim) * w, bound: true },
+      { name: `wo L${l}`, bytes: c.dim * pad(qDim) * w, bound: true },
+      { name: `w_gate_up L${l}`, bytes: 2 * c.hiddenDim * pad(c.dim) * w, bound: true },
+      { name: `w_down L${l}`, bytes: c.dim * pad(c.hiddenDim) * w, bound: true },
+    );
+  }
+  const splits = splitsFor(opts.layout.maxSeqLen);
+  out.push(
+    { name: "activation qkv", bytes: rows * qkvDim * 4, bound: true },
+    { name: "activation gate_up", bytes: rows * 2 * c.hiddenDim * 4, bound: true },
+    { name: "activation logits", bytes: B * c.vocabSize * 4, bound: true },
+    {
+      name: `attention partials (batch ${B}, ${splits} splits at context ${opts.layout.maxSeqLen})`,
+      bytes: B * c.nHeads * splits * (c.headDim + 2) * 4,
+      bound: true,
+    },
+  );
+  return out;
+}
 
 function validateModel(c: ModelConfig, layout: CacheLayout): void {
   if (layout.plan.layers.length !== c.nLayers) {
