@@ -52,6 +52,20 @@ Deno.test("validation errors become exceptions", gpuTest, async () => {
   gpu.validation.check("decode"); // once reported, cleared
 });
 
+/** Runs `deno task generate`'s entry point with these flags; its exit code and output. */
+async function generateCli(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "cli/generate.ts", ...args],
+    cwd: new URL("..", import.meta.url),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr).trim() };
+}
+
 // vocab 16,500 x dim 4096 in f16 is 135,168,000 bytes: just over llvmpipe's 128 MiB binding.
 const BIG = { vocabSize: 16500, dim: 4096, nHeads: 32, nKvHeads: 8, headDim: 128, hiddenDim: 64 };
 
@@ -92,30 +106,21 @@ Deno.test("generate exits 1 with one line when a tensor does not fit", gpuTest, 
         tie_word_embeddings: true,
       },
     });
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "cli/generate.ts",
-        "--model",
-        dir,
-        "--prompt-ids",
-        "1,2,3",
-        "--max-tokens",
-        "2",
-        "--precision",
-        "f16",
-        "--json",
-      ],
-      cwd: new URL("..", import.meta.url),
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr).trim();
-    assert.equal(out.code, 1, stderr);
-    assert.equal(new TextDecoder().decode(out.stdout), "", "no output on failure");
-    const lines = stderr.split("\n").filter((l) => l.startsWith("error:"));
-    assert.equal(lines.length, 1, stderr);
+    const out = await generateCli([
+      "--model",
+      dir,
+      "--prompt-ids",
+      "1,2,3",
+      "--max-tokens",
+      "2",
+      "--precision",
+      "f16",
+      "--json",
+    ]);
+    assert.equal(out.code, 1, out.stderr);
+    assert.equal(out.stdout, "", "no output on failure");
+    const lines = out.stderr.split("\n").filter((l) => l.startsWith("error:"));
+    assert.equal(lines.length, 1, out.stderr);
     assert.match(lines[0], /embed \(token embedding\).*maxStorageBufferBindingSize/);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -126,31 +131,25 @@ Deno.test("generate refuses a --max-model-len the KV cache cannot hold", gpuTest
   const stories = decodeURIComponent(
     new URL("../../shared/models/stories260K", import.meta.url).pathname,
   );
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "cli/generate.ts",
-      "--model",
-      stories,
-      "--prompt-ids",
-      "1,2",
-      "--max-tokens",
-      "2",
-      "--precision",
-      "f32",
-      "--kv-cache-mb",
-      "1",
-      "--max-model-len",
-      "4096",
-    ],
-    cwd: new URL("..", import.meta.url),
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stderr = new TextDecoder().decode(out.stderr).trim();
-  assert.equal(out.code, 1, stderr);
+  const out = await generateCli([
+    "--model",
+    stories,
+    "--prompt-ids",
+    "1,2",
+    "--max-tokens",
+    "2",
+    "--precision",
+    "f32",
+    "--kv-cache-mb",
+    "1",
+    "--max-model-len",
+    "4096",
+  ]);
+  assert.equal(out.code, 1, out.stderr);
   // stories260K: 5 layers x 4 KV heads x head_dim 8, K and V in f32: a 16-token page is
   // 16 * 2 * 160 * 4 = 20,480 bytes, so 1 MiB holds 51 pages = 816 tokens.
-  assert.match(stderr, /--max-model-len 4096: .* holds at most 816 tokens .*--max-model-len 816/);
+  assert.match(
+    out.stderr,
+    /--max-model-len 4096: .* holds at most 816 tokens .*--max-model-len 816/,
+  );
 });
