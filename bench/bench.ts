@@ -525,7 +525,7 @@ async function main(): Promise<number> {
       decode:
         `${
           gpu.hasTimestamps
-            ? "GPU time of one decode step from timestamp-query (runner.profileDecode: every " +
+            ? "GPU time of one decode step from timestamp-query (bench/profile.ts profileDecode: every " +
               "dispatch in its own timed pass, summed; each sample is the fastest of " +
               `${profiles} profiled steps, which rejects steps slowed by other work on the ` +
               "adapter; the two-count wall slope is kept as wall_ms_per_token). Wall slope: "
