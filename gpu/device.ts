@@ -52,22 +52,7 @@ async function createGpu(): Promise<Gpu> {
   }
   const hasF16 = adapter.features.has("shader-f16");
   const hasTimestamps = adapter.features.has("timestamp-query");
-  const requiredFeatures: GPUFeatureName[] = [];
-  if (hasF16) requiredFeatures.push("shader-f16");
-  if (hasTimestamps) requiredFeatures.push("timestamp-query");
-  const a = adapter.limits;
-  const device = await adapter.requestDevice({
-    requiredFeatures,
-    requiredLimits: {
-      maxBufferSize: a.maxBufferSize,
-      maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
-      maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
-      maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
-      maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX,
-      maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
-    },
-  });
+  const device = await adapter.requestDevice(deviceRequest(adapter));
   device.addEventListener("uncapturederror", (e) => {
     console.error("zigzag: WebGPU error:", (e as GPUUncapturedErrorEvent).error.message);
   });
@@ -80,6 +65,26 @@ async function createGpu(): Promise<Gpu> {
     hasTimestamps,
     limits: device.limits,
     validation,
+  };
+}
+
+/** What zigzag asks of an adapter: its own buffer and workgroup limits (Deno otherwise caps
+ * storage bindings at 128 MiB), and `shader-f16` and `timestamp-query` where it has them. */
+export function deviceRequest(adapter: GPUAdapter): GPUDeviceDescriptor {
+  const a = adapter.limits;
+  const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[])
+    .filter((f) => adapter.features.has(f));
+  return {
+    requiredFeatures,
+    requiredLimits: {
+      maxBufferSize: a.maxBufferSize,
+      maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
+      maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
+    },
   };
 }
 

@@ -3,11 +3,13 @@
 // The WebGPU adapter this process gets (the same request as gpu/device.ts: high-performance, the
 // adapter's own buffer limits, shader-f16 and timestamp-query when offered), proven by one compute
 // dispatch and its readback. Prints one line per fact; --json writes them all (info, features,
-// limits, kind) for scripts/gpu_run.sh and scripts/gpu_summary.ts. Imports nothing from the
-// project, so it runs whatever state the engine is in.
+// limits, kind) for scripts/gpu_run.sh and scripts/gpu_summary.ts. Imports only gpu/device.ts's
+// request (which imports no package), so it runs whatever state the engine is in.
 //
 // Exit status: 0 an adapter that ran a compute shader, 3 no adapter, 4 an adapter whose device or
 // dispatch failed.
+
+import { deviceRequest } from "../gpu/device.ts";
 
 interface AdapterReport {
   found: boolean;
@@ -109,23 +111,7 @@ async function probe(): Promise<AdapterReport> {
   r.limits = limitsOf(adapter.limits);
 
   try {
-    const a = adapter.limits;
-    const requiredFeatures: GPUFeatureName[] = [];
-    for (const f of ["shader-f16", "timestamp-query"] as GPUFeatureName[]) {
-      if (adapter.features.has(f)) requiredFeatures.push(f);
-    }
-    const device = await adapter.requestDevice({
-      requiredFeatures,
-      requiredLimits: {
-        maxBufferSize: a.maxBufferSize,
-        maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
-        maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
-        maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
-        maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
-        maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX,
-        maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
-      },
-    });
+    const device = await adapter.requestDevice(deviceRequest(adapter));
     r.device_limits = limitsOf(device.limits);
     device.pushErrorScope("validation");
     // One dispatch: out[i] = in[i] * 2 + i over 4096 elements, read back and checked.
