@@ -1,4 +1,6 @@
 // deno task bench --serve [--model PATH] [--out DIR]: the serving throughput (bench/serve.ts).
+// deno task bench --scale [--scale-only context,load,logits,million] ...: 8B layouts and
+//   million-token contexts (bench/scale.ts; `deno task bench --scale --help`); only that.
 // deno task bench [--quick] [--kernels | --kernels-only] [--preset NAME] [--layers N] [--vocab N|auto]
 //   [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..] [--prefill-max N]
 //   [--linearity-contexts a,b,..]
@@ -18,6 +20,7 @@ import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
 import { runServeBench, serveMarkdown } from "./serve.ts";
+import { scaleMain } from "./scale.ts";
 import { progress } from "../util/progress.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
@@ -47,9 +50,11 @@ import {
 import { denoFmt } from "./fmt.ts";
 import { PassTimer } from "./stats.ts";
 
-const USAGE = `usage: deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
-  [...Object.keys(PRESETS), "tiny"].join("|")
-}]
+const USAGE =
+  `usage: deno task bench --scale [--scale-only context,load,logits,million] (see --scale --help)
+       deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
+    [...Object.keys(PRESETS), "tiny"].join("|")
+  }]
   [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
@@ -93,6 +98,10 @@ async function serveBench(model = "../shared/models/stories260K", out = "bench/r
 }
 
 async function main(): Promise<number> {
+  // --scale runs only the scale bench, with flags of its own.
+  if (Deno.args.includes("--scale")) {
+    return await scaleMain(Deno.args.filter((x) => x !== "--scale"));
+  }
   const started = performance.now();
   const a = parseArgs(Deno.args, {
     booleans: ["quick", "kernels", "kernels-only", "serve", "help"],

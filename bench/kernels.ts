@@ -7,9 +7,15 @@ import {
   ATTENTION_GEOMETRY,
   attentionDecode,
   decodeGroups,
+  maxSplitsFor,
   splitsFor,
 } from "../gpu/kernels/attention.ts";
-import { encodeForward, encodeRows } from "../gpu/kernels/common.ts";
+import {
+  CACHE_SHARD_BYTES,
+  encodeCacheShard,
+  encodeForward,
+  encodeRows,
+} from "../gpu/kernels/common.ts";
 import { bindGroup, type Bound, pipelineOf } from "../gpu/kernels/kernel.ts";
 import {
   matmul,
@@ -248,9 +254,20 @@ export async function measureMatmul(
     size: 16,
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
-  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, splits: 1 }));
+  dev.queue.writeBuffer(
+    fwd,
+    0,
+    encodeForward({
+      rows: o.rows,
+      logitRows: o.rows,
+      splits: 1,
+      keysPerSplit: ATTENTION_GEOMETRY.SPLIT_KEYS,
+    }),
+  );
   const k = matmul(o.kind, {
     N: o.n,
+    N_OFFSET: 0,
+    Y_STRIDE: o.n,
     K: o.k,
     KP: kp,
     ACCUMULATE: false,
@@ -351,7 +368,12 @@ export async function measureAttentionDecode(
   );
   const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
   dev.queue.writeBuffer(rowsBuf, 0, rows);
-  const splits = splitsFor(o.context + 1);
+  // Split as the runner does at this context and batch (capped splits, more keys each).
+  const plan = splitsFor(
+    o.context + 1,
+    maxSplitsFor(o.context + 1, o.rows, o.heads, o.headDim),
+  );
+  const splits = plan.splits;
   const partials = dev.createBuffer({
     size: o.rows * o.heads * splits * (o.headDim + 2) * 4,
     usage: USAGE,
@@ -361,7 +383,13 @@ export async function measureAttentionDecode(
     size: 16,
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
-  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, splits }));
+  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, ...plan }));
+  // One shard: the whole cache is one binding here.
+  const shard = dev.createBuffer({
+    size: CACHE_SHARD_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
   const group = o.heads / o.kvHeads;
   const kernel = attentionDecode({
     HEAD_DIM: o.headDim,
@@ -371,7 +399,15 @@ export async function measureAttentionDecode(
     GROUP: group,
     Q_HEAD_BASE: 0,
     SCALE: 1 / Math.sqrt(o.headDim),
-  }, { layout: "paged", constants: { PAGE_SIZE: PAGE, MAX_PAGES: pages } });
+  }, {
+    layout: "paged",
+    constants: {
+      PAGE_SIZE: PAGE,
+      MAX_PAGES: pages,
+      PAGES_PER_SHARD: o.rows * pages,
+      CACHE_SHARDS: 1,
+    },
+  });
   if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM) {
     throw new Error(`attention decode: head_dim ${o.headDim} is not supported`);
   }
@@ -386,12 +422,13 @@ export async function measureAttentionDecode(
     pageTable,
     out,
     partials,
+    shard,
   });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`attention decode: ${err.message}`);
   const groups = decodeGroups(o.rows, o.kvHeads, group, splits);
   const r = await timer.measure((pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups), rep);
-  for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd]) b.destroy();
+  for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd, shard]) b.destroy();
   const kvBytes = o.rows * o.context * o.kvHeads * o.headDim * 2 * bpe;
   return {
     kernel: "attention.wgsl:decode",

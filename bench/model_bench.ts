@@ -167,6 +167,7 @@ export class ModelBench {
           maxSeqs,
           maxSeqLen: perSeq + g.pageSize,
           kvDtype: o.precision,
+          limits: gpu.limits,
         });
         const runner = await ModelRunner.create(gpu, model, {
           precision: o.precision,

@@ -2,8 +2,9 @@
 //
 // A layer's cache is a list of parts, one per kind its KV heads use (a zigzag layer has one part,
 // a duo layer two). Each kind alone knows its layout: how many token positions a sequence holds in
-// it, how many it reserves up front, whether it draws on the shared page pool, and the `override`
-// constants its WGSL addressing include (`wgsl/cache_<layout>.wgsl`) needs. Everything that counts
+// it, how many it reserves up front, whether it draws on the shared page pool, the unit its
+// buffers are sharded by (a page, or a sequence slot's ring) and the `override` constants its WGSL
+// addressing include (`wgsl/cache_<layout>.wgsl`) needs. Everything that counts
 // KV bytes (admission, statistics, metrics, the bench) goes through `CacheGeometry.bytes`, which
 // asks the kinds.
 //
@@ -25,6 +26,16 @@ export interface KindParams {
   recent: number;
 }
 
+/** What a kind's kernel constants depend on beyond the kind itself (CacheLayout sets them). */
+export interface KindSizes {
+  /** Page-table entries per sequence slot. */
+  maxPagesPerSeq: number;
+  /** Shard units (pages, or sequence slots) each shard buffer holds. */
+  unitsPerShard: number;
+  /** Shard buffers each part of the kind is split into. */
+  shards: number;
+}
+
 export interface CacheKind {
   /** The head kind of plans, statistics and metrics. */
   readonly name: HeadKind;
@@ -34,12 +45,15 @@ export interface CacheKind {
   readonly paged: boolean;
   /** Token positions per KV head that every sequence slot reserves whatever its length. */
   readonly slotsPerSeq: number;
+  /** Token positions of one shard unit: the kind's buffers are split into shards of whole units
+   * (a page of the pool, or one sequence slot's ring). */
+  readonly unitPositions: number;
   /** Token positions per KV head a sequence in this state occupies (what its bytes count). */
   slotsHeld(s: SeqState): number;
   /** Tokens of a sequence of `tokens` positions that this kind keeps. */
   tokensHeld(tokens: number): number;
   /** The layout's `override` constants for the attention and store kernels. */
-  constants(maxPagesPerSeq: number): Record<string, number | boolean>;
+  constants(s: KindSizes): Record<string, number | boolean>;
 }
 
 /** Retrieval heads: every position, in pages of `pageSize` tokens from the shared pool. */
@@ -50,6 +64,10 @@ export class RetrievalPages implements CacheKind {
   readonly slotsPerSeq = 0;
   constructor(readonly pageSize: number) {}
 
+  get unitPositions(): number {
+    return this.pageSize;
+  }
+
   slotsHeld(s: SeqState): number {
     return s.pages.length * this.pageSize;
   }
@@ -58,8 +76,13 @@ export class RetrievalPages implements CacheKind {
     return tokens;
   }
 
-  constants(maxPagesPerSeq: number) {
-    return { PAGE_SIZE: this.pageSize, MAX_PAGES: maxPagesPerSeq };
+  constants(s: KindSizes) {
+    return {
+      PAGE_SIZE: this.pageSize,
+      MAX_PAGES: s.maxPagesPerSeq,
+      PAGES_PER_SHARD: s.unitsPerShard,
+      CACHE_SHARDS: s.shards,
+    };
   }
 }
 
@@ -74,6 +97,10 @@ export class StreamingRing implements CacheKind {
     return this.sink + this.recent;
   }
 
+  get unitPositions(): number {
+    return this.slotsPerSeq;
+  }
+
   slotsHeld(s: SeqState): number {
     return this.tokensHeld(s.tokens);
   }
@@ -82,8 +109,13 @@ export class StreamingRing implements CacheKind {
     return Math.min(tokens, this.sink + this.recent);
   }
 
-  constants(_maxPagesPerSeq: number) {
-    return { SINK: this.sink, RECENT: this.recent };
+  constants(s: KindSizes) {
+    return {
+      SINK: this.sink,
+      RECENT: this.recent,
+      SLOTS_PER_SHARD: s.unitsPerShard,
+      CACHE_SHARDS: s.shards,
+    };
   }
 }
 

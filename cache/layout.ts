@@ -3,11 +3,41 @@
 //
 // `CacheGeometry` needs no budget: per layer the parts (a kind and the KV heads it holds, in
 // cache order), and `bytes(seq)`, the one formula every byte count in zigzag comes from.
-// `CacheLayout` adds the sizes the GPU buffers and the page pool are built with.
+// `CacheLayout` adds the sizes the GPU buffers and the page pool are built with, including how
+// each kind's buffers are sharded: a part whose pool (or rings) would exceed one storage binding
+// is split into several buffers of whole units, page p in shard p / pagesPerShard (rings: slot s
+// in shard s / slotsPerShard), so that any context fits an adapter that binds 128 MiB and every
+// index within a shard stays far below 2^32.
 
 import type { ModelConfig } from "../model/types.ts";
 import type { HeadKind, ResolvedPlan } from "../plans/types.ts";
 import { CACHE_KINDS, type CacheKind, KIND_NAMES, type SeqState } from "./kinds.ts";
+
+/** The adapter limits a cache's buffers must respect (GPUSupportedLimits has both). */
+export interface BufferLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+}
+
+/** WebGPU's default limits, which every adapter meets: the sizing when none is given. */
+export const DEFAULT_BUFFER_LIMITS: BufferLimits = {
+  maxStorageBufferBindingSize: 128 << 20,
+  maxBufferSize: 256 << 20,
+};
+
+/** Largest shard buffer whatever the adapter binds: its element indices stay below 2^31 (the
+ * attention kernel flags fresh keys with bit 31), in f16 as in f32. */
+export const MAX_SHARD_BYTES = 2 ** 31;
+
+/** How the buffers of every part of one kind are split. */
+export interface KindShards {
+  /** Shard buffers (of K, and as many of V) per part. */
+  count: number;
+  /** Units (pages of the pool, or sequence slots) per shard; the last shard may hold fewer. */
+  unitsPerShard: number;
+  /** Units in all: pages of the pool (paged kinds) or sequence slots (rings). */
+  units: number;
+}
 
 export type KvDtype = "f16" | "f32";
 
@@ -178,6 +208,9 @@ export interface CacheSizing {
   kvDtype: KvDtype;
   /** Tokens per page (default 16). */
   pageSize?: number;
+  /** The adapter's buffer limits (`gpu.limits`), which size the shards; default WebGPU's
+   * defaults (128 MiB bindings). Tests pass tiny ones to force several shards. */
+  limits?: BufferLimits;
 }
 
 /** A geometry sized by a byte budget: pages in the pool, sequence slots, page-table rows. */
@@ -187,6 +220,9 @@ export class CacheLayout extends CacheGeometry {
   readonly maxPagesPerSeq: number;
   readonly numPages: number;
   readonly budgetBytes: number;
+  /** Bytes a shard buffer may take: the binding and buffer limits, at most MAX_SHARD_BYTES. */
+  readonly maxShardBytes: number;
+  readonly #shards = new Map<HeadKind, KindShards>();
 
   constructor(config: ModelConfig, plan: ResolvedPlan, s: CacheSizing) {
     super(config, plan, s.kvDtype, s.pageSize ?? 16);
@@ -212,6 +248,52 @@ export class CacheLayout extends CacheGeometry {
         } MB page of the retrieval layers`,
       );
     }
+    const limits = s.limits ?? DEFAULT_BUFFER_LIMITS;
+    this.maxShardBytes = Math.min(
+      limits.maxStorageBufferBindingSize,
+      limits.maxBufferSize,
+      MAX_SHARD_BYTES,
+    );
+    for (const kind of this.kinds) this.#shards.set(kind.name, this.#shardsOf(kind));
+  }
+
+  /** Shards of whole units, each sized for the kind's largest part. */
+  #shardsOf(kind: CacheKind): KindShards {
+    const units = kind.paged ? this.numPages : this.maxSeqs;
+    const heads = Math.max(
+      0,
+      ...this.layers.flatMap((l) => l.parts.filter((p) => p.kind === kind).map((p) => p.heads)),
+    );
+    const unitBytes = this.#unitBytes(kind, heads);
+    if (units === 0 || unitBytes === 0) {
+      return { count: 1, unitsPerShard: Math.max(1, units), units };
+    }
+    const fit = Math.floor(this.maxShardBytes / unitBytes);
+    if (fit === 0) {
+      throw new CacheExhaustedError(
+        `one ${kind.paged ? "page" : "sequence's ring"} of a ${kind.name} layer needs ` +
+          `${mb(unitBytes)} MB but the adapter binds at most ${mb(this.maxShardBytes)} MB`,
+      );
+    }
+    const unitsPerShard = Math.min(fit, units);
+    return { count: Math.ceil(units / unitsPerShard), unitsPerShard, units };
+  }
+
+  /** Bytes of one unit of the kind's K (or V) buffer for a part of `heads` KV heads. */
+  #unitBytes(kind: CacheKind, heads: number): number {
+    return kind.unitPositions * heads * this.config.headDim * this.bytesPerElement;
+  }
+
+  /** How the kind's buffers are split into shards. */
+  shards(kind: CacheKind): KindShards {
+    return this.#shards.get(kind.name)!;
+  }
+
+  /** Bytes of shard `shard` of one K (or V) buffer of a part of `heads` KV heads. */
+  shardBytes(kind: CacheKind, heads: number, shard: number): number {
+    const s = this.shards(kind);
+    const units = Math.min(s.unitsPerShard, s.units - shard * s.unitsPerShard);
+    return units * this.#unitBytes(kind, heads);
   }
 
   /** Token positions one part of this kind holds in its buffers (all slots or all pages). */
@@ -226,7 +308,12 @@ export class CacheLayout extends CacheGeometry {
 
   /** The layout's `override` constants for a kind's kernels. */
   constants(kind: CacheKind): Record<string, number | boolean> {
-    return kind.constants(this.maxPagesPerSeq);
+    const s = this.shards(kind);
+    return kind.constants({
+      maxPagesPerSeq: this.maxPagesPerSeq,
+      unitsPerShard: s.unitsPerShard,
+      shards: s.count,
+    });
   }
 }
 

@@ -18,7 +18,8 @@ import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
 import { GREEDY, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
 import { loadModel } from "../model/load.ts";
-import type { LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
+import { weightBytes } from "../model/tensors.ts";
+import type { AnyTensor, LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
 import type { HeadKind, ResolvedPlan } from "../plans/types.ts";
 import { progress } from "../util/progress.ts";
@@ -43,7 +44,7 @@ export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
 export interface EngineOptions {
   /** A model path (llama2.c file or directory, Hugging Face directory) or a model loaded already. */
-  model: string | LoadedModel;
+  model: string | LoadedModel<AnyTensor>;
   /** Tokenizer path, when it is not beside the model (with a model path only). */
   tokenizer?: string;
   /** The device (default: the process's shared one). */
@@ -89,9 +90,9 @@ export type RunnerSizes =
  */
 export function createRunner(
   gpu: Gpu,
-  model: LoadedModel,
+  model: LoadedModel<AnyTensor>,
   plan: ResolvedPlan,
-  o: RunnerSizes,
+  o: RunnerSizes & { onUploadBytes?: (bytes: number) => void },
 ): Promise<ModelRunner> {
   const maxBatch = o.maxBatch ?? 8;
   const layout = new CacheLayout(model.config, plan, {
@@ -99,6 +100,7 @@ export function createRunner(
     maxSeqs: o.maxSeqs ?? maxBatch + 1,
     maxSeqLen: o.maxModelLen ?? model.config.maxSeqLen,
     kvDtype: o.precision,
+    limits: gpu.limits,
   });
   // An explicit context the pool cannot hold for even one sequence is refused at start-up, with
   // the longest one that fits (the model's own default context is served up to the pool).
@@ -117,6 +119,7 @@ export function createRunner(
     prefillChunk: o.prefillChunk ?? 128,
     maxBatch,
     maxDecodeSteps: o.decodeSteps ?? 8,
+    onUploadBytes: o.onUploadBytes,
   });
 }
 
@@ -190,10 +193,12 @@ export class Engine {
   #wakeLoop: (() => void) | null = null;
   #idle: (() => void)[] = [];
   #nextId = 1;
+  /** The engine opened the model's files (closed with the engine). */
+  #ownsModel = false;
   readonly #loop: Promise<void>;
 
   private constructor(
-    readonly model: LoadedModel,
+    readonly model: LoadedModel<AnyTensor>,
     readonly plan: ResolvedPlan,
     /** How the plan was named: "full", "streaming", a file, or a resolved plan's mode. */
     readonly planSource: string,
@@ -219,33 +224,47 @@ export class Engine {
 
   /** Loads what is not given (model, device, plan), sizes the cache and builds the runner. */
   static async create(o: EngineOptions): Promise<Engine> {
-    let model: LoadedModel;
+    // A model given by path is opened lazily: its config, plan, cache geometry and every buffer
+    // are checked before a byte of weights is read, and the upload streams them from disk.
+    let model: LoadedModel<AnyTensor>;
+    const owned = typeof o.model === "string";
     if (typeof o.model === "string") {
-      const bar = o.quiet ? null : progress("loading model");
-      model = await loadModel(o.model, {
-        tokenizerPath: o.tokenizer,
-        onProgress: (done, total) => bar?.update(done, total),
-      });
-      bar?.done();
+      model = await loadModel(o.model, { tokenizerPath: o.tokenizer, lazy: true });
     } else {
       model = o.model;
     }
-    const gpu = o.gpu ?? await getGpu();
-    const precision = resolvePrecision(gpu, o.precision);
-    const plan = typeof o.plan === "object"
-      ? o.plan
-      : await loadPlanArg(o.plan ?? "full", model.config, { sink: o.sink, recent: o.recent });
-    const runner = await createRunner(gpu, model, plan, { ...o, precision });
-    const planSource = typeof o.plan === "object" ? o.plan.mode : o.plan ?? "full";
-    return new Engine(
-      model,
-      plan,
-      planSource,
-      precision,
-      gpu.adapterName,
-      runner,
-      o.maxQueue ?? Infinity,
-    );
+    let runner: ModelRunner;
+    try {
+      const gpu = o.gpu ?? await getGpu();
+      const precision = resolvePrecision(gpu, o.precision);
+      const plan = typeof o.plan === "object"
+        ? o.plan
+        : await loadPlanArg(o.plan ?? "full", model.config, { sink: o.sink, recent: o.recent });
+      const bar = o.quiet ? null : progress("loading model");
+      const total = weightBytes(model.weights);
+      let done = 0;
+      runner = await createRunner(gpu, model, plan, {
+        ...o,
+        precision,
+        onUploadBytes: (bytes) => bar?.update(done += bytes, total),
+      });
+      bar?.done();
+      const planSource = typeof o.plan === "object" ? o.plan.mode : o.plan ?? "full";
+      const engine = new Engine(
+        model,
+        plan,
+        planSource,
+        precision,
+        gpu.adapterName,
+        runner,
+        o.maxQueue ?? Infinity,
+      );
+      if (owned) engine.#ownsModel = true;
+      return engine;
+    } catch (e) {
+      if (owned) model.close?.();
+      throw e;
+    }
   }
 
   get config(): ModelConfig {
@@ -416,6 +435,7 @@ export class Engine {
       this.#wake();
       await this.#loop;
       this.#runner.destroy();
+      if (this.#ownsModel) this.model.close?.();
     })();
     return this.#closing;
   }

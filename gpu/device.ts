@@ -12,6 +12,8 @@ export interface Gpu {
   backend: string;
   hasF16: boolean;
   hasTimestamps: boolean;
+  /** A CPU implementation (llvmpipe, lavapipe, SwiftShader): compute runs on the host's cores. */
+  isCpu: boolean;
   limits: GPUSupportedLimits;
   /** Validation errors no error scope caught; the runner checks it after every readback. */
   validation: ValidationWatch;
@@ -57,12 +59,14 @@ async function createGpu(): Promise<Gpu> {
     console.error("zigzag: WebGPU error:", (e as GPUUncapturedErrorEvent).error.message);
   });
   const validation = new ValidationWatch(device);
+  const adapterName = adapter.info.description || adapter.info.device || "unknown adapter";
   return {
     device,
-    adapterName: adapter.info.description || adapter.info.device || "unknown adapter",
+    adapterName,
     backend: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "default",
     hasF16,
     hasTimestamps,
+    isCpu: /llvmpipe|lavapipe|swiftshader/i.test(`${adapterName} ${adapter.info.vendor}`),
     limits: device.limits,
     validation,
   };

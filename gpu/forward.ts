@@ -9,7 +9,8 @@
 //   token = sample(logits)
 //
 // The layers' RMSNorms and the SwiGLU run inside the matmuls that read them (matmul.ts). A layer
-// of one kind has one cache part and one attention kernel; a duo layer has a part per kind. Each
+// of one kind has one cache part and one attention kernel; a duo layer has a part per kind (a
+// part whose cache is split into shards runs its attention and KV store once per shard). Each
 // dispatch knows its workgroup counts for a forward's shape (rows, logit rows, key splits), or
 // that it does not run at that shape (the GEMV/GEMM pair, the split-K merge).
 
@@ -20,9 +21,13 @@ import {
   attentionDecode,
   attentionMerge,
   attentionPrefill,
+  type DecodeEntry,
+  decodeEntry,
   decodeGroups,
+  maxSplitsFor,
   mergeGroups,
   prefillGroups,
+  splitsFor,
 } from "./kernels/attention.ts";
 import { decodeStep, decodeStepGroups } from "./kernels/decode_step.ts";
 import { embed, embedGroups } from "./kernels/embed.ts";
@@ -41,13 +46,15 @@ import { rope, ropeGroups } from "./kernels/rope.ts";
 import { sample, sampleGroups } from "./kernels/sample.ts";
 import type { KvBuffers, KvPartBuffers } from "./kv_buffers.ts";
 import type { Pipelines } from "./pipelines.ts";
-import type { ModelTensors } from "./weights.ts";
+import type { GpuMatrix, ModelTensors } from "./weights.ts";
 
 /** What a forward's dispatches depend on (the values of the `Forward` uniform). */
 export interface ForwardShape {
   rows: number;
   logitRows: number;
   splits: number;
+  /** Visible keys per split of decode attention. */
+  keysPerSplit: number;
 }
 
 export interface Dispatch extends Bound {
@@ -73,7 +80,11 @@ export interface Activations {
   /** Final-norm hidden states of the logits rows. */
   xFinal: GpuTensor;
   logits: GpuTensor;
+  /** Decode attention's split-K partials [maxBatch, nHeads, maxSplits, headDim + 2], which also
+   * carry a split's softmax state from one cache shard's dispatch to the next. */
   partials: GpuTensor;
+  /** Prefill attention's softmax max and sum [maxRows, nHeads, 2] between shard dispatches. */
+  carry: GpuTensor;
   /** [decode steps, maxBatch] tokens and their log-probabilities. */
   sampled: GpuTensor;
   logprobs: GpuTensor;
@@ -91,7 +102,8 @@ export interface Programs {
   sample: Dispatch[];
   /** Chains decode steps: next input = the token just sampled. */
   advance: Dispatch[];
-  /** Attention dispatches each layer's prefill issues: 1, or 2 for a duo layer. */
+  /** Attention kernel calls each layer's prefill issues, one per cache part (whatever its
+   * shards): 1, or 2 for a duo layer. */
   attentionCalls: number[];
 }
 
@@ -129,21 +141,24 @@ class ForwardBuilder {
 
   /** Every dispatch of a forward's body, as llama2.c's `forward` orders it. */
   async body(mode: Mode): Promise<Dispatch[]> {
-    const d = [await this.#embed()];
+    const d = await this.#embed();
     for (let l = 0; l < this.#c.nLayers; l++) {
       d.push(...await this.#attentionBlock(l, mode), ...await this.#feedForwardBlock(l));
     }
     return d;
   }
 
-  /** x = token embeddings. */
-  #embed(): Promise<Dispatch> {
+  /** x = token embeddings: one gather per row part of the table. */
+  #embed(): Promise<Dispatch[]> {
     const a = this.#a;
-    return this.#dispatch(
-      embed({ DIM: this.#c.dim }),
-      { fwd: a.fwd, tokens: a.tokens, table: this.s.weights.embedding, x: a.x },
-      (s) => embedGroups(s.rows),
-    );
+    const table = this.s.weights.embedding;
+    return Promise.all(table.parts.map((part) =>
+      this.#dispatch(
+        embed({ DIM: this.#c.dim, STRIDE: table.stride, ROW_BASE: part.rowStart, ROWS: part.rows }),
+        { fwd: a.fwd, tokens: a.tokens, table: part.tensor, x: a.x },
+        (s) => embedGroups(s.rows),
+      )
+    ));
   }
 
   /** x += Wo · attention(rope(Wqkv · rmsnorm(x))), over each cache part of the layer. */
@@ -152,10 +167,7 @@ class ForwardBuilder {
     const w = this.s.weights.layers[l];
     const a = this.#a;
     const qkvDim = a.qkv.shape[1];
-    const d = await this.#matmul(a.x, w.wqkv, a.qkv, qkvDim, c.dim, {
-      bias: w.bqkv,
-      norm: w.attnNorm,
-    });
+    const d = await this.#matmul(a.x, w.wqkv, a.qkv, { bias: w.bqkv, norm: w.attnNorm });
     d.push(
       await this.#dispatch(
         rope({
@@ -172,30 +184,25 @@ class ForwardBuilder {
     const parts = this.s.kv.layers[l];
     let calls = 0;
     for (const part of parts) {
-      const att = await this.#attention(part, mode);
-      d.push(...att);
-      calls += att.length;
+      d.push(...await this.#attention(part, mode));
+      calls++;
     }
     if (mode === "prefill") this.attentionCalls[l] = calls;
     // Stored after attention has read the fresh keys, so a ring slot is never overwritten early.
-    for (const part of parts) d.push(await this.#kvStore(part));
+    for (const part of parts) d.push(...await this.#kvStore(part));
     d.push(
-      ...await this.#matmul(a.attn, w.wo, a.x, c.dim, c.nHeads * c.headDim, { accumulate: true }),
+      ...await this.#matmul(a.attn, w.wo, a.x, { accumulate: true }),
     );
     return d;
   }
 
   /** x += Wdown · swiglu(Wgate_up · rmsnorm(x)). */
   async #feedForwardBlock(l: number): Promise<Dispatch[]> {
-    const c = this.#c;
     const w = this.s.weights.layers[l];
     const a = this.#a;
     return [
-      ...await this.#matmul(a.x, w.wGateUp, a.gateUp, 2 * c.hiddenDim, c.dim, { norm: w.ffnNorm }),
-      ...await this.#matmul(a.gateUp, w.wDown, a.x, c.dim, c.hiddenDim, {
-        accumulate: true,
-        swiglu: true,
-      }),
+      ...await this.#matmul(a.x, w.wGateUp, a.gateUp, { norm: w.ffnNorm }),
+      ...await this.#matmul(a.gateUp, w.wDown, a.x, { accumulate: true, swiglu: true }),
     ];
   }
 
@@ -211,7 +218,7 @@ class ForwardBuilder {
     const lmHead = this.s.weights.lmHead;
     return [
       norm,
-      ...await this.#matmul(a.xFinal, lmHead, a.logits, c.vocabSize, c.dim, { logitRows: true }),
+      ...await this.#matmul(a.xFinal, lmHead, a.logits, { logitRows: true }),
     ];
   }
 
@@ -243,8 +250,9 @@ class ForwardBuilder {
     );
   }
 
-  /** Attention of the part's query heads over its cache: one prefill dispatch, or the split-K
-   * decode and its merge. */
+  /** Attention of the part's query heads over its cache: a prefill dispatch, or a split-K decode
+   * dispatch, per shard of the part in shard order (the softmax state passes from one to the
+   * next), then the decode's merge. */
   async #attention(part: KvPartBuffers, mode: Mode): Promise<Dispatch[]> {
     const c = this.#c;
     const a = this.#a;
@@ -259,45 +267,66 @@ class ForwardBuilder {
       SCALE: 1 / Math.sqrt(c.headDim),
     };
     const cache = this.#cachePart(part);
-    const buffers = { ...this.#cacheBuffers(part), out: a.attn, partials: a.partials };
+    const buffers = (shard: number) => ({
+      ...this.#cacheBuffers(part, shard),
+      out: a.attn,
+      partials: a.partials,
+      carry: a.carry,
+    });
     const nq = part.heads * group;
+    const shards = part.shards.map((_, s) => s);
     if (mode === "prefill") {
-      return [
-        await this.#dispatch(
+      return await Promise.all(shards.map((s) =>
+        this.#dispatch(
           attentionPrefill(constants, cache),
-          buffers,
-          (s) => prefillGroups(s.rows, nq),
-        ),
-      ];
+          buffers(s),
+          (f) => prefillGroups(f.rows, nq),
+        )
+      ));
     }
+    // The last shard writes the output itself when there is one split, else partials that
+    // merge combines. Splits of one block run `decode`, longer ones (the split cap reached)
+    // `decode_long`.
+    const decode = (entry: DecodeEntry) =>
+      Promise.all(shards.map((s) =>
+        this.#dispatch(
+          attentionDecode(constants, cache, entry),
+          buffers(s),
+          (f) =>
+            decodeEntry(f.keysPerSplit) === entry
+              ? decodeGroups(f.rows, part.heads, group, f.splits)
+              : null,
+        )
+      ));
+    const L = this.s.kv.layout;
+    const maxSplits = maxSplitsFor(L.maxSeqLen, this.s.maxBatch, c.nHeads, c.headDim);
+    const longSplits = decodeEntry(splitsFor(L.maxSeqLen, maxSplits).keysPerSplit) !== "decode";
     return [
-      // Writes the output itself when there is one split, else partials that merge combines.
-      await this.#dispatch(
-        attentionDecode(constants, cache),
-        buffers,
-        (s) => decodeGroups(s.rows, part.heads, group, s.splits),
-      ),
+      ...await decode("decode"),
+      // Built only where the runner's context can reach the split cap.
+      ...longSplits ? await decode("decode_long") : [],
       await this.#dispatch(
         attentionMerge(constants, cache),
-        buffers,
-        (s) => mergeGroups(s.rows, nq, s.splits),
+        buffers(0),
+        (f) => mergeGroups(f.rows, nq, f.splits),
       ),
     ];
   }
 
-  /** The cache part's fresh keys and values into its cache. */
-  #kvStore(part: KvPartBuffers): Promise<Dispatch> {
+  /** The cache part's fresh keys and values into its cache: one dispatch per shard. */
+  #kvStore(part: KvPartBuffers): Promise<Dispatch[]> {
     const c = this.#c;
-    return this.#dispatch(
-      kvStore({
-        HEAD_DIM: c.headDim,
-        N_HEADS: c.nHeads,
-        N_KV_HEADS: c.nKvHeads,
-        KV_HEAD_BASE: part.kvHeadBase,
-        CACHE_HEADS: part.heads,
-      }, this.#cachePart(part)),
-      this.#cacheBuffers(part),
-      (s) => kvStoreGroups(s.rows),
+    const k = kvStore({
+      HEAD_DIM: c.headDim,
+      N_HEADS: c.nHeads,
+      N_KV_HEADS: c.nKvHeads,
+      KV_HEAD_BASE: part.kvHeadBase,
+      CACHE_HEADS: part.heads,
+    }, this.#cachePart(part));
+    return Promise.all(
+      part.shards.map((_, s) =>
+        this.#dispatch(k, this.#cacheBuffers(part, s), (f) => kvStoreGroups(f.rows))
+      ),
     );
   }
 
@@ -305,30 +334,32 @@ class ForwardBuilder {
     return { layout: part.kind.layout, constants: this.s.kv.layout.constants(part.kind) };
   }
 
-  /** What the attention and KV-store kernels of a part read: the fused rows and the cache. */
-  #cacheBuffers(part: KvPartBuffers) {
+  /** What the attention and KV-store kernels of a part read: the fused rows and one shard of
+   * the cache, with its index. */
+  #cacheBuffers(part: KvPartBuffers, shard: number) {
     const a = this.#a;
+    const s = part.shards[shard];
     return {
       fwd: a.fwd,
       rows: a.rows,
       qkv: a.qkv,
-      kCache: part.k,
-      vCache: part.v,
+      kCache: s.k,
+      vCache: s.v,
+      shard: s.index,
       pageTable: this.s.kv.pageTable,
     };
   }
 
   /**
    * y (+)= in · Wᵀ (+ bias), where `in` is x, rmsnorm(x) * norm (`norm`), or silu(gate) * up of
-   * a fused gate|up x (`swiglu`). Returns the GEMV and the GEMM dispatch; the forward's row count
-   * (its logits rows with `logitRows`) picks the one that runs.
+   * a fused gate|up x (`swiglu`). Per row part of W (gpu/weights.ts), the GEMV and the GEMM
+   * dispatch writing that part's output columns; the forward's row count (its logits rows with
+   * `logitRows`) picks the one that runs.
    */
   #matmul(
     x: GpuTensor,
-    w: GpuTensor,
+    w: GpuMatrix,
     y: GpuTensor,
-    n: number,
-    k: number,
     o: {
       accumulate?: boolean;
       bias?: GpuTensor | null;
@@ -337,35 +368,37 @@ class ForwardBuilder {
       swiglu?: boolean;
     } = {},
   ): Promise<Dispatch[]> {
-    const constants: MatmulConstants = {
-      N: n,
-      K: k,
-      KP: w.shape[1],
-      ACCUMULATE: o.accumulate ?? false,
-      HAS_BIAS: !!o.bias,
-      LOGIT_ROWS: o.logitRows ?? false,
-      NORM_INPUT: !!o.norm,
-      EPS: this.#c.normEps,
-      SWIGLU_INPUT: o.swiglu ?? false,
-    };
     const a = this.#a;
-    const buffers = {
-      fwd: a.fwd,
-      x,
-      w,
-      bias: o.bias ?? a.unused,
-      y,
-      normW: o.norm ?? a.unused,
-    };
     const rowsOf = (s: ForwardShape) => o.logitRows ? s.logitRows : s.rows;
-    return Promise.all(
-      (["gemv", "gemm"] as const).map((entry) =>
+    return Promise.all(w.parts.flatMap((part) => {
+      const constants: MatmulConstants = {
+        N: part.rows,
+        N_OFFSET: part.rowStart,
+        Y_STRIDE: w.rows,
+        K: w.cols,
+        KP: w.stride,
+        ACCUMULATE: o.accumulate ?? false,
+        HAS_BIAS: !!o.bias,
+        LOGIT_ROWS: o.logitRows ?? false,
+        NORM_INPUT: !!o.norm,
+        EPS: this.#c.normEps,
+        SWIGLU_INPUT: o.swiglu ?? false,
+      };
+      const buffers = {
+        fwd: a.fwd,
+        x,
+        w: part.tensor,
+        bias: o.bias ?? a.unused,
+        y,
+        normW: o.norm ?? a.unused,
+      };
+      return (["gemv", "gemm"] as const).map((entry) =>
         this.#dispatch(matmul(entry, constants), buffers, (s) => {
           const rows = rowsOf(s);
-          return matmulEntry(rows) === entry ? matmulGroups(entry, n, rows) : null;
+          return matmulEntry(rows) === entry ? matmulGroups(entry, part.rows, rows) : null;
         })
-      ),
-    );
+      );
+    }));
   }
 
   async #dispatch<B extends BindingIndices>(

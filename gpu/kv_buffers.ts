@@ -1,49 +1,65 @@
-// The KV cache's GPU memory: one K and one V buffer per part of every layer, and the page table.
+// The KV cache's GPU memory: per part of every layer its K and V buffers, split into the shards
+// the layout decides, and the page table.
 //
-// The layout (cache/layout.ts) says what each part holds; this module only allocates it, checks
-// every buffer against the adapter's binding limit (naming the layer and kind), and keeps the GPU
-// page table in step with the page lists the cache manager hands out.
+// The layout (cache/layout.ts) says what each part holds and how its buffers are sharded (page p
+// of the pool in shard p / pagesPerShard, a ring's slot s in shard s / slotsPerShard, each shard
+// within one storage binding); this module only allocates the shards, checks each against the
+// adapter's limits (naming layer, kind, K or V and shard), keeps one tiny uniform per shard index
+// (`CacheShard`, what a dispatch over that shard binds) and keeps the GPU page table in step with
+// the page lists the cache manager hands out.
 
-import { type CacheLayout, type CachePartLayout, mb } from "../cache/layout.ts";
-import { CacheExhaustedError } from "../cache/layout.ts";
+import type { CacheLayout, CachePartLayout } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
 import { STORAGE } from "./buffers.ts";
+import { CACHE_SHARD_BYTES, encodeCacheShard } from "./kernels/common.ts";
+import { checkBufferPlan, type PlannedBuffer } from "./limits.ts";
+
+/** One shard of a part: its K and V buffers, and the uniform holding its index. */
+export interface KvShard {
+  k: GPUBuffer;
+  v: GPUBuffer;
+  index: GPUBuffer;
+}
 
 /** One layer part's buffers: the KV heads [kvHeadBase, kvHeadBase + heads) in cache order. */
 export interface KvPartBuffers extends CachePartLayout {
-  k: GPUBuffer;
-  v: GPUBuffer;
+  /** In shard order: shard s holds units [s, s + 1) * unitsPerShard of the part's kind. */
+  shards: KvShard[];
 }
 
 export class KvBuffers {
-  /** Per layer, one buffer pair per part. */
+  /** Per layer, the buffers of each part. */
   readonly layers: KvPartBuffers[][];
   /** u32 [maxSeqs, maxPagesPerSeq]: page of each slot's i-th page. */
   readonly pageTable: GPUBuffer;
+  /** Uniform `CacheShard` of each shard index, shared by every part. */
+  readonly #shardIndex: GPUBuffer[];
   /** Per slot: the sequence whose pages are in its row (the object: ids are per manager), and
    * how many of them. */
   #rows: { seq: SeqCache | null; pages: number }[];
 
   constructor(readonly device: GPUDevice, readonly layout: CacheLayout) {
-    const limit = device.limits.maxStorageBufferBindingSize;
     const g = layout;
+    checkBufferPlan(device.limits, kvBufferPlan(g));
+    const most = Math.max(1, ...g.kinds.map((k) => g.shards(k).count));
+    this.#shardIndex = Array.from({ length: most }, (_, s) => {
+      const b = device.createBuffer({
+        label: `kv shard index ${s}`,
+        size: CACHE_SHARD_BYTES,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      });
+      device.queue.writeBuffer(b, 0, encodeCacheShard(s));
+      return b;
+    });
     this.layers = g.layers.map((l, li) =>
       l.parts.map((part) => {
-        const tokens = g.capacity(part.kind);
-        const size = Math.max(4, tokens * part.heads * g.config.headDim * g.bytesPerElement);
-        if (size > limit) {
-          throw new CacheExhaustedError(
-            `layer ${li} ${part.kind.name} cache needs one ${mb(size)} MB buffer but the adapter ` +
-              `binds at most ${mb(limit)} MB: lower --kv-cache-mb or --max-batch`,
-          );
-        }
-        const mk = (name: string) =>
-          device.createBuffer({
-            label: `kv ${part.kind.name} ${name} L${li}`,
-            size,
-            usage: STORAGE,
-          });
-        return { ...part, k: mk("k"), v: mk("v") };
+        const shards = Array.from({ length: g.shards(part.kind).count }, (_, s) => {
+          const size = Math.max(4, g.shardBytes(part.kind, part.heads, s));
+          const mk = (name: string) =>
+            device.createBuffer({ label: kvLabel(part, li, name, s), size, usage: STORAGE });
+          return { k: mk("k"), v: mk("v"), index: this.#shardIndex[s] };
+        });
+        return { ...part, shards };
       })
     );
     this.pageTable = device.createBuffer({
@@ -87,10 +103,35 @@ export class KvBuffers {
   destroy(): void {
     for (const l of this.layers) {
       for (const p of l) {
-        p.k.destroy();
-        p.v.destroy();
+        for (const s of p.shards) {
+          s.k.destroy();
+          s.v.destroy();
+        }
       }
     }
+    for (const b of this.#shardIndex) b.destroy();
     this.pageTable.destroy();
   }
+}
+
+function kvLabel(part: CachePartLayout, layer: number, kv: string, shard: number): string {
+  return `kv ${part.kind.name} ${kv} L${layer} shard ${shard}`;
+}
+
+/** Every KV-cache buffer the layout allocates, each bound whole: one K and one V per shard of
+ * every part, and the page table. */
+export function kvBufferPlan(g: CacheLayout): PlannedBuffer[] {
+  const out: PlannedBuffer[] = [];
+  g.layers.forEach((l, li) => {
+    for (const part of l.parts) {
+      for (let s = 0; s < g.shards(part.kind).count; s++) {
+        const bytes = g.shardBytes(part.kind, part.heads, s);
+        for (const kv of ["k", "v"]) {
+          out.push({ name: kvLabel(part, li, kv, s), bytes, bound: true });
+        }
+      }
+    }
+  });
+  out.push({ name: "page table", bytes: g.maxSeqs * g.maxPagesPerSeq * 4, bound: true });
+  return out;
 }

@@ -13,7 +13,7 @@
 
 import type { CacheLayout } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
-import type { LoadedModel, ModelConfig } from "../model/types.ts";
+import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
 import { createTensor, type GpuTensor, readBuffers } from "./buffers.ts";
 import type { Gpu, Precision } from "./device.ts";
 import {
@@ -23,7 +23,7 @@ import {
   type ForwardShape,
   type Programs,
 } from "./forward.ts";
-import { ATTENTION_GEOMETRY, splitsFor } from "./kernels/attention.ts";
+import { ATTENTION_GEOMETRY, CARRY_FLOATS, maxSplitsFor, splitsFor } from "./kernels/attention.ts";
 import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kernels/common.ts";
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
@@ -31,7 +31,14 @@ import { encodeSampling, SAMPLING_BYTES, type SamplingParams } from "./kernels/s
 import { KvBuffers } from "./kv_buffers.ts";
 import { checkBufferPlan, type PlannedBuffer, withValidation } from "./limits.ts";
 import { Pipelines } from "./pipelines.ts";
-import { destroyWeights, type ModelTensors, uploadWeights } from "./weights.ts";
+import {
+  type ConvertOn,
+  destroyWeights,
+  type ModelTensors,
+  partLimit,
+  uploadWeights,
+  weightBuffers,
+} from "./weights.ts";
 
 export type { SamplingParams };
 
@@ -47,6 +54,13 @@ export interface RunnerOptions {
   maxBatch: number;
   /** Most decode steps recorded in one submission. */
   maxDecodeSteps: number;
+  /** Largest weight-matrix part in bytes (default: what the adapter binds); tests lower it to
+   * split small matrices. */
+  bindingLimit?: number;
+  /** Where checkpoint dtypes are converted (default: the host on CPU adapters, else the GPU). */
+  convertOn?: ConvertOn;
+  /** Source bytes of weights uploaded so far (progress). */
+  onUploadBytes?: (bytes: number) => void;
 }
 
 export interface Sampled {
@@ -95,7 +109,7 @@ export class ModelRunner {
 
   private constructor(
     readonly gpu: Gpu,
-    readonly model: LoadedModel,
+    readonly model: LoadedModel<AnyTensor>,
     readonly opts: RunnerOptions,
   ) {
     this.device = gpu.device;
@@ -107,7 +121,7 @@ export class ModelRunner {
       throw new Error(`--max-batch is at most ${DECODE_STEP_MAX_ROWS}`);
     }
     this.maxRows = Math.max(opts.prefillChunk, opts.maxBatch);
-    this.maxSplits = splitsFor(this.maxSeqLen);
+    this.maxSplits = runnerSplits(this.config, opts);
     this.kv = new KvBuffers(gpu.device, opts.layout);
   }
 
@@ -116,17 +130,29 @@ export class ModelRunner {
    * that does not fit) before anything is allocated, then uploads and builds inside a validation
    * error scope, so that a GPU validation error is an exception, never wrong output.
    */
-  static async create(gpu: Gpu, model: LoadedModel, opts: RunnerOptions): Promise<ModelRunner> {
+  static async create(
+    gpu: Gpu,
+    model: LoadedModel<AnyTensor>,
+    opts: RunnerOptions,
+  ): Promise<ModelRunner> {
     validateModel(model.config, opts.layout);
-    checkBufferPlan(gpu.limits, runnerBuffers(model.config, opts));
+    checkBufferPlan(gpu.limits, runnerBuffers(model.config, opts, gpu.limits, tiedHead(model)));
     return await withValidation(gpu.device, "building the model on the GPU", async () => {
       const r = new ModelRunner(gpu, model, opts);
-      r.#weights = uploadWeights(
+      r.#weights = await uploadWeights(
         gpu.device,
+        r.pipelines,
         model.config,
         model.weights,
         opts.layout,
         opts.precision,
+        {
+          bindingLimit: opts.bindingLimit,
+          onBytes: opts.onUploadBytes,
+          // Measured on llvmpipe (2 layers of Llama-3-8B, bf16 -> f16): 35 s on the host, 45 s in
+          // its compute pass, which is a loop on the same cores.
+          convertOn: opts.convertOn ?? (gpu.isCpu ? "host" : "gpu"),
+        },
       );
       r.#act = r.#allocateActivations();
       r.#programs = await buildPrograms({
@@ -184,6 +210,7 @@ export class ModelRunner {
       xFinal: t([B, c.dim], "x_final"),
       logits: t([B, c.vocabSize], "logits"),
       partials: t([B, c.nHeads, this.maxSplits, c.headDim + 2], "attn partials"),
+      carry: t([R, c.nHeads, CARRY_FLOATS], "attn carry"),
       sampled: t([S, B], "sampled", "u32"),
       logprobs: t([S, B], "logprobs"),
       unused: t([4], "unused binding"),
@@ -228,7 +255,11 @@ export class ModelRunner {
       q.writeBuffer(a.step.buffer, 0, new Uint32Array([0]));
       q.writeBuffer(a.sampling.buffer, 0, encodeSampling(f.sampling));
     }
-    const shape = { rows: rows.length, logitRows: f.logitRows.length, splits: splitsFor(end) };
+    const shape = {
+      rows: rows.length,
+      logitRows: f.logitRows.length,
+      ...splitsFor(end, this.maxSplits),
+    };
     q.writeBuffer(a.fwd, 0, encodeForward(shape));
     return shape;
   }
@@ -445,40 +476,62 @@ export class ModelRunner {
 
 /**
  * Every weight and activation buffer the runner binds whole, with its size (the KV cache's are
- * checked by KvBuffers, naming --kv-cache-mb). Mirrors uploadWeights and #allocateActivations:
- * matmul weights are padded to a multiple of 4 columns, activations are f32.
+ * checked by KvBuffers, shard by shard): the weight parts uploadWeights creates
+ * (weightBuffers, the same plan), and the activations #allocateActivations creates (f32).
  */
-export function runnerBuffers(c: ModelConfig, opts: RunnerOptions): PlannedBuffer[] {
-  const w = opts.precision === "f16" ? 2 : 4;
-  const pad = (k: number) => Math.ceil(k / 4) * 4;
-  const qDim = c.nHeads * c.headDim;
-  const qkvDim = qDim + 2 * c.nKvHeads * c.headDim;
+export function runnerBuffers(
+  c: ModelConfig,
+  opts: RunnerOptions,
+  limits: GPUSupportedLimits,
+  tied = c.tiedEmbeddings,
+): PlannedBuffer[] {
+  const qkvDim = (c.nHeads + 2 * c.nKvHeads) * c.headDim;
   const rows = Math.max(opts.prefillChunk, opts.maxBatch);
   const B = opts.maxBatch;
-  const out: PlannedBuffer[] = [
-    { name: "embed (token embedding)", bytes: c.vocabSize * c.dim * w, bound: true },
-    { name: "lm_head", bytes: c.vocabSize * pad(c.dim) * w, bound: true },
-  ];
-  for (let l = 0; l < c.nLayers; l++) {
-    out.push(
-      { name: `wqkv L${l} (q|k|v projections)`, bytes: qkvDim * pad(c.dim) * w, bound: true },
-      { name: `wo L${l}`, bytes: c.dim * pad(qDim) * w, bound: true },
-      { name: `w_gate_up L${l}`, bytes: 2 * c.hiddenDim * pad(c.dim) * w, bound: true },
-      { name: `w_down L${l}`, bytes: c.dim * pad(c.hiddenDim) * w, bound: true },
-    );
-  }
-  const splits = splitsFor(opts.layout.maxSeqLen);
+  const out = weightBuffers(c, opts.precision, partLimit(limits, opts.bindingLimit), tied);
+  const splits = runnerSplits(c, opts);
   out.push(
-    { name: "activation qkv", bytes: rows * qkvDim * 4, bound: true },
-    { name: "activation gate_up", bytes: rows * 2 * c.hiddenDim * 4, bound: true },
-    { name: "activation logits", bytes: B * c.vocabSize * 4, bound: true },
+    // Rows are the larger of a prefill chunk and a decode batch: the flags that shrink them.
+    {
+      name: `activation x (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
+      bytes: rows * c.dim * 4,
+      bound: true,
+    },
+    {
+      name: `activation qkv (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
+      bytes: rows * qkvDim * 4,
+      bound: true,
+    },
+    {
+      name:
+        `activation gate_up (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
+      bytes: rows * 2 * c.hiddenDim * 4,
+      bound: true,
+    },
+    {
+      name: `activation logits (batch ${B}: lower --max-batch)`,
+      bytes: B * c.vocabSize * 4,
+      bound: true,
+    },
     {
       name: `attention partials (batch ${B}, ${splits} splits at context ${opts.layout.maxSeqLen})`,
       bytes: B * c.nHeads * splits * (c.headDim + 2) * 4,
       bound: true,
     },
+    { name: "attention carry", bytes: rows * c.nHeads * CARRY_FLOATS * 4, bound: true },
   );
   return out;
+}
+
+/** Key splits of the runner's decode partials: capped (longer contexts take more keys per
+ * split), so the partials stay small at any context and batch. */
+function runnerSplits(c: ModelConfig, opts: RunnerOptions): number {
+  return maxSplitsFor(opts.layout.maxSeqLen, opts.maxBatch, c.nHeads, c.headDim);
+}
+
+/** Whether the model's LM head is its embedding matrix (uploaded once). */
+function tiedHead(model: LoadedModel<AnyTensor>): boolean {
+  return model.weights.lmHead === model.weights.tokenEmbedding;
 }
 
 function validateModel(c: ModelConfig, layout: CacheLayout): void {

@@ -3,17 +3,21 @@
 //   `tokenizer.bin` next to it (none found: tokenizer null);
 // - a directory (or a `config.json` / `*.safetensors` / index file inside one): Hugging Face.
 
-import { loadHfModel } from "./hf.ts";
+import { loadHfModel, openHfModel } from "./hf.ts";
 import { loadLlama2c } from "./llama2c.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
-import { type LoadedModel, ModelFormatError, type Tokenizer } from "./types.ts";
+import { type AnyTensor, type LoadedModel, ModelFormatError, type Tokenizer } from "./types.ts";
 
 export interface LoadOptions {
   /** Tokenizer to use: a llama2.c `.bin`, a `tokenizer.json`, or a directory holding one. */
   tokenizerPath?: string;
   /** Progress in bytes of weights read. */
   onProgress?: (done: number, total: number) => void;
+  /** Leave a Hugging Face model's weights on disk (WeightTensors read on demand: the GPU upload
+   * streams them); `close()` the model when done. llama2.c checkpoints are small and always
+   * read whole. */
+  lazy?: boolean;
 }
 
 function dirname(path: string): string {
@@ -72,19 +76,38 @@ async function findLlama2cTokenizer(dir: string, vocabSize: number): Promise<str
 }
 
 /** Loads a model from a llama2.c `.bin` checkpoint or a Hugging Face directory. */
-export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+export function loadModel(
+  path: string,
+  opts: LoadOptions & { lazy: true },
+): Promise<LoadedModel<AnyTensor>>;
+export function loadModel(path: string, opts?: LoadOptions): Promise<LoadedModel>;
+export async function loadModel(
+  path: string,
+  opts: LoadOptions = {},
+): Promise<LoadedModel<AnyTensor>> {
   const info = await statOrThrow(path, "model path");
+  const hf = async (dir: string): Promise<LoadedModel<AnyTensor>> => {
+    if (!opts.lazy) return await loadHfModel(dir, opts);
+    const m = await openHfModel(dir, opts);
+    return {
+      source: dir,
+      config: m.config,
+      weights: m.weights,
+      tokenizer: m.tokenizer,
+      close: m.close,
+    };
+  };
   if (info.isDirectory) {
     const checkpoint = await findLlama2cCheckpoint(path);
     if (checkpoint) return await loadModel(checkpoint, opts);
-    return await loadHfModel(path, opts);
+    return await hf(path);
   }
   const base = basename(path);
   if (
     base === "config.json" || base.endsWith(".safetensors") ||
     base === "model.safetensors.index.json"
   ) {
-    return await loadHfModel(dirname(path), opts);
+    return await hf(dirname(path));
   }
   if (!base.endsWith(".bin")) {
     throw new ModelFormatError(

@@ -86,3 +86,12 @@ export async function hostWeights(
   }
   return mapWeights(w, (t) => read.get(t)!);
 }
+
+/** Bytes the checkpoint stores for every distinct tensor (host tensors count as f32). */
+export function weightBytes(w: ModelWeights<HostTensor | WeightTensor>): number {
+  const seen = new Set<HostTensor | WeightTensor>();
+  mapWeights(w, (t) => seen.add(t));
+  let total = 0;
+  for (const t of seen) total += numel(t) * ("readRaw" in t ? itemBytes(t) : 4);
+  return total;
+}

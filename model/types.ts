@@ -1,6 +1,6 @@
 // The model description every loader produces and every consumer (GPU runner, CPU reference,
-// plans, cache manager) reads. Weights live on the host as f32 until the runner uploads them in
-// the precision it runs at.
+// plans, cache manager) reads. Weights are host f32 tensors (small models) or WeightTensors still
+// on disk, which the runner streams to the GPU in the precision it runs at.
 
 /** How RoPE pairs the dimensions of a head: llama2.c rotates interleaved pairs (2i, 2i+1); Hugging
  * Face Llama checkpoints rotate the two halves (i, i + headDim/2). */
@@ -61,6 +61,9 @@ export interface HostTensor {
   data: Float32Array;
 }
 
+/** A weight tensor on the host or still on disk. */
+export type AnyTensor = HostTensor | WeightTensor;
+
 /** Linear weights are stored as [out, in] row-major (Hugging Face and llama2.c layout). `T` is
  * HostTensor for weights on the host, WeightTensor for weights that may still be on disk. */
 export interface LayerWeights<T = HostTensor> {
@@ -104,12 +107,16 @@ export interface Tokenizer {
   applyChatTemplate?(messages: ChatMessage[], addGenerationPrompt: boolean): string;
 }
 
-export interface LoadedModel {
+/** A model ready to run. `T` is HostTensor when every weight is on the host (small models, the
+ * CPU reference), WeightTensor when they stay on disk until the GPU upload streams them. */
+export interface LoadedModel<T extends AnyTensor = HostTensor> {
   /** Directory or file the model came from. */
   source: string;
   config: ModelConfig;
-  weights: ModelWeights;
+  weights: ModelWeights<T>;
   tokenizer: Tokenizer | null;
+  /** Releases the files a lazily loaded model reads from. */
+  close?(): void;
 }
 
 /** An error a user can act on: names the file (and tensor) involved. */

@@ -18,7 +18,7 @@
 #        bench-smollm2  the full-depth SmolLM2-135M shapes (30 layers, vocab 49152), long contexts
 #        fake-8b        deno task fake-model --preset llama3-8b-1048k --layers 2 --dtype bf16
 #        generate-8b    deno task generate on it (--prompt-ids 1,2,3 --max-tokens 8 --json)
-#        bench-scale    deno task bench --scale, when `deno task bench --help` offers it
+#        bench-scale    deno task bench --scale: context, logits, million, then the 32-layer load
 #        serve          deno task bench --serve (stories260K)
 #   4. writes OUT_DIR: run.log (every step's output), summary.json, report.md (every bench's
 #      Markdown), bench-quick.json, bench-smollm2.json, bench-scale.json, serve.json: at most 8
@@ -307,13 +307,13 @@ if [ "$SHRINK" = 1 ]; then
   step tests "$(bud 95 150)" deno test -A --no-check --cached-only --parallel \
     --filter '/embed|rmsnorm|kv_store|batched decode|every plan equals full/' "${TESTS[@]}"
 else
-  step tests "$(bud 95 600)" deno test -A --no-check --cached-only --parallel "${TESTS[@]}"
+  step tests "$(bud 80 600)" deno test -A --no-check --cached-only --parallel "${TESTS[@]}"
 fi
 
 Q=() # shrunk cells for the dry run: same code path, fewer and smaller cells
 [ "$SHRINK" = 1 ] && Q=(--plans full,duo,zigzag --max-context 512 --contexts 512
   --prefill-contexts 256 --reps 1 --prefill-reps 1 --profiles 1 --batches 1 --reference-mb 16)
-step bench-quick "$(bud 60 180)" deno task bench --quick "${Q[@]}" --out "$WORK/bench-quick"
+step bench-quick "$(bud 50 180)" deno task bench --quick "${Q[@]}" --out "$WORK/bench-quick"
 
 if [ "$SHRINK" = 1 ]; then
   S=(--layers 2 --vocab auto --plans full,zigzag --max-context 512 --contexts 512
@@ -324,15 +324,15 @@ else
   S=(--max-context 32768 --contexts 2048,8192,32768 --prefill-contexts 2048,8192 --reps 3
     --prefill-reps 2)
 fi
-step bench-smollm2 "$(bud 100 180)" deno task bench --preset smollm2-135m --kernels "${S[@]}" \
+step bench-smollm2 "$(bud 80 180)" deno task bench --preset smollm2-135m --kernels "${S[@]}" \
   --out "$WORK/bench-smollm2"
 
 if wanted fake-8b || wanted generate-8b; then
   L3_MADE=1
-  step fake-8b "$(bud 35 60)" deno task fake-model --preset llama3-8b-1048k \
+  step fake-8b "$(bud 20 60)" deno task fake-model --preset llama3-8b-1048k \
     --layers "$([ "$SHRINK" = 1 ] && echo 1 || echo 2)" --dtype bf16 --out "$L3"
   if [ -f "$L3/config.json" ]; then
-    step generate-8b "$(bud 50 120)" deno task generate --model "$L3" \
+    step generate-8b "$(bud 30 120)" deno task generate --model "$L3" \
       --prompt-ids 1,2,3 --max-tokens 8 --json
     grep '^{' "$WORK/steps/generate-8b.log" 2>/dev/null | tail -1 >"$WORK/generate.json"
   elif wanted generate-8b; then
@@ -342,15 +342,20 @@ fi
 
 if wanted bench-scale; then
   if timeout -k 5 30 deno task bench --help 2>&1 | grep -q -- '--scale'; then
+    # The 2-layer steps first, then the full-depth load (writes a ~16 GB checkpoint); the bench
+    # writes its results after each step, so a cut-off run keeps what it finished.
+    SC=(--scale-only context,logits,million,load --layers 32 --decode-tokens 8)
+    [ "$SHRINK" = 1 ] && SC=(--scale-only context)
     # shellcheck disable=SC2086 # ZIGZAG_GPU_SCALE_ARGS is a list of words
-    step bench-scale "$(bud 60 120)" deno task bench --scale ${ZIGZAG_GPU_SCALE_ARGS:-} --out "$WORK/bench-scale"
+    step bench-scale "$(bud 170 120)" deno task bench --scale "${SC[@]}" ${ZIGZAG_GPU_SCALE_ARGS:-} \
+      --out "$WORK/bench-scale"
   else
     skip bench-scale "not offered: deno task bench --help has no --scale"
   fi
 fi
 
 if [ "$HAVE_SHARED" = 1 ]; then
-  step serve "$(bud 40 120)" deno task bench --serve --model ../shared/models/stories260K --out "$WORK/serve"
+  step serve "$(bud 30 120)" deno task bench --serve --model ../shared/models/stories260K --out "$WORK/serve"
 elif wanted serve; then
   skip serve "no ../shared/models/stories260K"
 fi

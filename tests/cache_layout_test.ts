@@ -4,7 +4,14 @@
 
 import assert from "node:assert/strict";
 import { CACHE_KINDS, KIND_NAMES, RetrievalPages, StreamingRing } from "../cache/kinds.ts";
-import { CacheGeometry, CacheLayout, mb } from "../cache/layout.ts";
+import {
+  CacheExhaustedError,
+  CacheGeometry,
+  CacheLayout,
+  DEFAULT_BUFFER_LIMITS,
+  MAX_SHARD_BYTES,
+  mb,
+} from "../cache/layout.ts";
 import { tinyConfig } from "../model/random.ts";
 import { type HeadKind, layerAttention, type ResolvedPlan } from "../plans/types.ts";
 
@@ -30,12 +37,25 @@ Deno.test("cache kinds: what each keeps of a sequence", () => {
   assert.equal(pages.slotsPerSeq, 0);
   assert.equal(pages.tokensHeld(100), 100);
   assert.equal(pages.slotsHeld({ tokens: 17, pages: [4, 9, 2] }), 24, "3 pages of 8");
-  assert.deepEqual(pages.constants(5), { PAGE_SIZE: 8, MAX_PAGES: 5 });
+  assert.equal(pages.unitPositions, 8, "shards hold whole pages");
+  const sizes = { maxPagesPerSeq: 5, unitsPerShard: 3, shards: 2 };
+  assert.deepEqual(pages.constants(sizes), {
+    PAGE_SIZE: 8,
+    MAX_PAGES: 5,
+    PAGES_PER_SHARD: 3,
+    CACHE_SHARDS: 2,
+  });
   const ring = new StreamingRing(2, 6);
   assert.equal(ring.slotsPerSeq, 8);
   assert.deepEqual([0, 5, 8, 9, 1000].map((n) => ring.tokensHeld(n)), [0, 5, 8, 8, 8]);
   assert.equal(ring.slotsHeld({ tokens: 3, pages: [0, 1] }), 3, "pages are not the ring's");
-  assert.deepEqual(ring.constants(5), { SINK: 2, RECENT: 6 });
+  assert.equal(ring.unitPositions, 8, "shards hold whole rings");
+  assert.deepEqual(ring.constants(sizes), {
+    SINK: 2,
+    RECENT: 6,
+    SLOTS_PER_SHARD: 3,
+    CACHE_SHARDS: 2,
+  });
 });
 
 Deno.test("cache geometry: parts per layer in cache order, and the byte formula", () => {
@@ -90,8 +110,22 @@ Deno.test("cache layout: a budget gives pages, rows, capacities and reserved byt
     streaming: 16 * 192,
     total: 80 * 192, // 15360: 1024 B of the budget is less than a page
   });
-  assert.deepEqual(l.constants(l.kind(R)), { PAGE_SIZE: 8, MAX_PAGES: 7 });
-  assert.deepEqual(l.constants(l.kind(S)), { SINK: 2, RECENT: 6 });
+  // WebGPU's default limits by default: one shard of each kind at this size.
+  assert.deepEqual(l.shards(l.kind(R)), { count: 1, unitsPerShard: 8, units: 8 });
+  assert.deepEqual(l.shards(l.kind(S)), { count: 1, unitsPerShard: 2, units: 2 });
+  assert.equal(l.maxShardBytes, DEFAULT_BUFFER_LIMITS.maxStorageBufferBindingSize);
+  assert.deepEqual(l.constants(l.kind(R)), {
+    PAGE_SIZE: 8,
+    MAX_PAGES: 7,
+    PAGES_PER_SHARD: 8,
+    CACHE_SHARDS: 1,
+  });
+  assert.deepEqual(l.constants(l.kind(S)), {
+    SINK: 2,
+    RECENT: 6,
+    SLOTS_PER_SHARD: 2,
+    CACHE_SHARDS: 1,
+  });
   // A huge budget stops at what the page-table rows can use: 2 x 7 pages.
   const big = new CacheLayout(config, plan, {
     budgetBytes: 1 << 30,
@@ -103,4 +137,101 @@ Deno.test("cache layout: a budget gives pages, rows, capacities and reserved byt
   assert.equal(big.numPages, 14);
   assert.equal(mb(1 << 20), "1.0");
   assert.equal(mb(1536), "0.001");
+});
+
+Deno.test("cache layout: shards of whole units within the binding and buffer limits", () => {
+  const sizing = { budgetBytes: 16384, maxSeqs: 2, maxSeqLen: 50, kvDtype: "f16" as const };
+  const at = (binding: number, buffer = 1 << 30) =>
+    new CacheLayout(config, plan, {
+      ...sizing,
+      pageSize: 8,
+      limits: { maxStorageBufferBindingSize: binding, maxBufferSize: buffer },
+    });
+  // The largest retrieval part (layer 1) has 4 heads: a page of its K is 8 x 4 x 8 x 2 = 512 B;
+  // the largest streaming part (layer 2) has 4 heads: a ring of 8 positions is 512 B too.
+  const l = at(1100);
+  assert.deepEqual(l.shards(l.kind(R)), { count: 4, unitsPerShard: 2, units: 8 });
+  assert.deepEqual(l.shards(l.kind(S)), { count: 1, unitsPerShard: 2, units: 2 });
+  assert.deepEqual(l.constants(l.kind(R)), {
+    PAGE_SIZE: 8,
+    MAX_PAGES: 7,
+    PAGES_PER_SHARD: 2,
+    CACHE_SHARDS: 4,
+  });
+  // Layer 0's retrieval part has 2 heads: its shards are half the size, same pages each.
+  assert.equal(l.shardBytes(l.kind(R), 4, 0), 1024);
+  assert.equal(l.shardBytes(l.kind(R), 2, 3), 512);
+  // maxBufferSize counts too; 3 pages per shard leave a last shard of 2.
+  const m = at(1 << 20, 1600);
+  assert.deepEqual(m.shards(m.kind(R)), { count: 3, unitsPerShard: 3, units: 8 });
+  assert.equal(m.shardBytes(m.kind(R), 4, 2), 2 * 512);
+  // One unit per shard; the bytes of the shards add up to the reserved bytes.
+  const one = at(512);
+  assert.deepEqual(one.shards(one.kind(R)), { count: 8, unitsPerShard: 1, units: 8 });
+  assert.deepEqual(one.shards(one.kind(S)), { count: 2, unitsPerShard: 1, units: 2 });
+  for (const k of [one.kind(R), one.kind(S)]) {
+    let sum = 0;
+    for (const layer of one.layers) {
+      for (const p of layer.parts.filter((p) => p.kind === k)) {
+        for (let s = 0; s < one.shards(k).count; s++) sum += 2 * one.shardBytes(k, p.heads, s);
+      }
+    }
+    assert.equal(sum, one.reservedBytes()[k.name], k.name);
+  }
+  // Not even one page (or ring) fits a binding: refused, naming the kind.
+  assert.throws(() => at(511), CacheExhaustedError);
+  assert.throws(() => at(511), /one page of a retrieval layer needs 0\.000 MB/);
+});
+
+Deno.test("cache layout: 1M- and 4M-token caches shard so every index stays within u32", () => {
+  // Llama-3-8B shapes, full attention: 32 layers x 8 KV heads x 128 dims.
+  const big = tinyConfig({
+    nLayers: 32,
+    nHeads: 32,
+    nKvHeads: 8,
+    dim: 4096,
+    headDim: 128,
+    maxSeqLen: 1 << 22,
+  });
+  const full: ResolvedPlan = {
+    mode: "full",
+    sink: 0,
+    recent: 1,
+    layers: Array.from({ length: 32 }, () => layerAttention(new Array(8).fill(R))),
+  };
+  const cases = [
+    { tokens: 1 << 20, dtype: "f16" as const, binding: 128 << 20, shards: 16 },
+    { tokens: 1 << 22, dtype: "f16" as const, binding: 128 << 20, shards: 64 },
+    { tokens: 1 << 22, dtype: "f32" as const, binding: 128 << 20, shards: 128 },
+    // An adapter binding 4 GiB: shards stop at MAX_SHARD_BYTES (2 GiB).
+    { tokens: 1 << 22, dtype: "f16" as const, binding: 2 ** 32 - 4, shards: 4 },
+  ];
+  for (const c of cases) {
+    const g = new CacheGeometry(big, full, c.dtype);
+    const l = new CacheLayout(big, full, {
+      budgetBytes: g.fullBytes(c.tokens),
+      maxSeqs: 1,
+      maxSeqLen: c.tokens,
+      kvDtype: c.dtype,
+      limits: { maxStorageBufferBindingSize: c.binding, maxBufferSize: 2 ** 40 },
+    });
+    const what = `${c.tokens} tokens ${c.dtype}, binding ${mb(c.binding)} MB`;
+    assert.equal(l.numPages * l.pageSize, c.tokens, what);
+    const kind = l.kind(R);
+    const s = l.shards(kind);
+    assert.equal(s.count, c.shards, what);
+    const heads = 8, hd = 128;
+    // The element index of the last entry of a shard (local page unitsPerShard - 1, last
+    // position, last head, last dim): below 2^31 (bit 31 flags fresh keys in attention), while
+    // the same index over one unsharded buffer would not fit in u32 at 4M tokens.
+    const lastLocal = ((s.unitsPerShard * l.pageSize - 1) * heads + heads - 1) * hd + hd - 1;
+    assert.ok(lastLocal < 2 ** 31, `${what}: local index ${lastLocal}`);
+    assert.ok(l.shardBytes(kind, heads, 0) <= Math.min(c.binding, MAX_SHARD_BYTES), what);
+    if (c.tokens === 1 << 22) assert.ok(c.tokens * heads * hd >= 2 ** 32, "unsharded overflows");
+    // The page index itself and pages per shard x page size stay small.
+    assert.ok(l.numPages < 2 ** 32 && s.unitsPerShard * l.pageSize < 2 ** 32);
+    let total = 0;
+    for (let i = 0; i < s.count; i++) total += l.shardBytes(kind, heads, i);
+    assert.equal(total * 2 * 32, l.reservedBytes().total, `${what}: shards add up`);
+  }
 });

@@ -1,10 +1,10 @@
 // Shared set-up for tests that run whole models on the GPU.
 
-import { CacheLayout } from "../cache/layout.ts";
+import { type BufferLimits, CacheLayout } from "../cache/layout.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Precision } from "../gpu/device.ts";
 import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
-import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
+import type { AnyTensor, LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import { layerAttention, type PlanMode, type ResolvedPlan } from "../plans/types.ts";
 
 export const gpu = await getGpu();
@@ -110,12 +110,21 @@ export class TestRunner {
 }
 
 /** A runner over a cache of `kvMb` MiB with maxBatch + 1 sequence slots (as the engine sizes
- * it), and the manager of that cache. */
+ * it), and the manager of that cache; the cache's buffers are sharded to fit `kvLimits`
+ * (default the adapter's limits). */
 export async function makeRunner(
-  model: LoadedModel,
+  model: LoadedModel<AnyTensor>,
   precision: Precision,
   plan: ResolvedPlan,
-  o: { chunk?: number; maxBatch?: number; steps?: number; maxSeqLen?: number; kvMb?: number } = {},
+  o: {
+    chunk?: number;
+    maxBatch?: number;
+    steps?: number;
+    maxSeqLen?: number;
+    kvMb?: number;
+    bindingLimit?: number;
+    kvLimits?: BufferLimits;
+  } = {},
 ): Promise<TestRunner> {
   const maxBatch = o.maxBatch ?? 4;
   const layout = new CacheLayout(model.config, plan, {
@@ -123,6 +132,7 @@ export async function makeRunner(
     maxSeqs: maxBatch + 1,
     maxSeqLen: o.maxSeqLen ?? model.config.maxSeqLen,
     kvDtype: precision,
+    limits: o.kvLimits ?? gpu.limits,
   });
   const runner = await ModelRunner.create(gpu, model, {
     precision,
@@ -130,6 +140,7 @@ export async function makeRunner(
     prefillChunk: o.chunk ?? 64,
     maxBatch,
     maxDecodeSteps: o.steps ?? 8,
+    bindingLimit: o.bindingLimit,
   });
   return new TestRunner(runner, new TestCache(layout));
 }

@@ -5,7 +5,14 @@
 
 import { createTensor, type GpuTensor, readBuffer } from "../gpu/buffers.ts";
 import { getGpu, type Gpu, GpuUnavailableError } from "../gpu/device.ts";
-import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "../gpu/kernels/common.ts";
+import {
+  CACHE_SHARD_BYTES,
+  encodeCacheShard,
+  encodeForward,
+  encodeRows,
+  FORWARD_BYTES,
+  type RowParams,
+} from "../gpu/kernels/common.ts";
 import {
   bindGroup,
   type BindingIndices,
@@ -25,6 +32,8 @@ export interface ForwardSpec {
   nRows: number;
   nLogitRows?: number;
   nSplits?: number;
+  /** Visible keys per decode split (default SPLIT_KEYS, 256). */
+  nKeysPerSplit?: number;
 }
 
 /** One dispatch: a kernel of a family module, a buffer for each of its named bindings, and its
@@ -112,8 +121,25 @@ export class KernelHarness {
     this.device.queue.writeBuffer(
       buf,
       0,
-      encodeForward({ rows: f.nRows, logitRows: f.nLogitRows ?? 0, splits: f.nSplits ?? 1 }),
+      encodeForward({
+        rows: f.nRows,
+        logitRows: f.nLogitRows ?? 0,
+        splits: f.nSplits ?? 1,
+        keysPerSplit: f.nKeysPerSplit ?? 256,
+      }),
     );
+    return buf;
+  }
+
+  /** The `CacheShard` uniform of shard `index`. */
+  shard(index: number): GPUBuffer {
+    const buf = this.device.createBuffer({
+      label: `shard ${index}`,
+      size: CACHE_SHARD_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.#owned.push(buf);
+    this.device.queue.writeBuffer(buf, 0, encodeCacheShard(index));
     return buf;
   }
 

@@ -19,16 +19,17 @@ import { uploadMatrix } from "../gpu/buffers.ts";
 import {
   ATTENTION_FILE,
   ATTENTION_GEOMETRY,
-  type AttentionConstants,
   attentionDecode,
   attentionMerge,
   attentionPrefill,
+  CARRY_FLOATS,
   decodeGroups,
+  MAX_SPLITS,
   mergeGroups,
   prefillGroups,
   splitsFor,
 } from "../gpu/kernels/attention.ts";
-import { CACHE_LAYOUTS, type CachePartKernel } from "../gpu/kernels/cache_layout.ts";
+import { CACHE_LAYOUTS } from "../gpu/kernels/cache_layout.ts";
 import { FORWARD_BYTES, ROW_WORDS } from "../gpu/kernels/common.ts";
 import { DECODE_STEP_FILE, DECODE_STEP_MAX_ROWS, decodeStep } from "../gpu/kernels/decode_step.ts";
 import { embed } from "../gpu/kernels/embed.ts";
@@ -55,6 +56,7 @@ import {
   U16,
   U32,
 } from "./kernel_harness.ts";
+import { attentionRef, type AttnConfig, CacheImage } from "./attention_reference.ts";
 
 const harness = await KernelHarness.create();
 const h = harness as KernelHarness;
@@ -138,14 +140,27 @@ Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL"
   // Every cache kind's layout include defines the same functions and exactly the overrides the
   // kind's constants name; attention.wgsl and kv_store.wgsl know no layout of their own.
   const params = { pageSize: 16, sink: 4, recent: 8 };
+  const sizes = { maxPagesPerSeq: 1, unitsPerShard: 1, shards: 1 };
   for (const { make } of CACHE_KINDS) {
     const kind = make(params);
     const src = wgslFile(CACHE_LAYOUTS[kind.layout].include);
-    for (const fn of ["cache_entry", "sink_end", "window_start", "holds"]) {
+    for (
+      const fn of [
+        "cache_shard",
+        "cache_entry",
+        "first_shard",
+        "last_shard",
+        "shard_holds_any",
+        "sink_end",
+        "window_start",
+        "holds",
+      ]
+    ) {
       assert.match(src, new RegExp(`\\bfn ${fn}\\(`), `${kind.layout}: fn ${fn}`);
     }
     const overrides = [...src.matchAll(/^override (\w+)/gm)].map((m) => m[1]).sort();
-    assert.deepEqual(overrides, Object.keys(kind.constants(1)).sort(), kind.layout);
+    assert.deepEqual(overrides, Object.keys(kind.constants(sizes)).sort(), kind.layout);
+    assert.ok(overrides.includes("CACHE_SHARDS"), `${kind.layout}: CACHE_SHARDS`);
   }
   for (const file of [ATTENTION_FILE, "kv_store.wgsl"]) {
     const code = wgslFile(file).replace(/\/\/.*$/gm, "");
@@ -155,29 +170,35 @@ Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL"
 
 // ---- embed ----------------------------------------------------------------------------------
 
-Deno.test("embed.wgsl gathers table rows", gpuTest, async (t) => {
+Deno.test("embed.wgsl gathers table rows, over row parts of a padded table", gpuTest, async (t) => {
   await perPrecision(t, async (p) => {
     const rng = new Rng(101);
     const VOCAB = 50, DIM = 100; // DIM not a multiple of the 64 threads
-    const table = rng.array(VOCAB * DIM);
-    const tokens = [7, 0, 49, 7, 23];
+    const STRIDE = 104; // rows padded as the tied LM head stores them
+    const table = rng.array(VOCAB * STRIDE);
+    const tokens = [7, 0, 49, 7, 23, 20, 19];
     const n = tokens.length;
     const x = h.filled((n + 1) * DIM, SENTINEL);
-    // One workgroup more than n_rows: the extra row must be left alone.
-    await h.dispatch(
-      p,
-      embed({ DIM }),
-      {
-        fwd: h.forward({ nRows: n }),
-        tokens: h.upload([...tokens, 1], "u32"),
-        table: h.upload(table, p),
-        x,
-      },
-      [n + 1, 1, 1],
-    );
+    const fwd = h.forward({ nRows: n });
+    const tokenBuf = h.upload([...tokens, 1], "u32");
+    // Two parts, [0, 20) and [20, 50), one dispatch each; one workgroup more than n_rows: the
+    // extra row must be left alone.
+    for (const [base, rows] of [[0, 20], [20, 30]]) {
+      await h.dispatch(
+        p,
+        embed({ DIM, STRIDE, ROW_BASE: base, ROWS: rows }),
+        {
+          fwd,
+          tokens: tokenBuf,
+          table: h.upload(table.subarray(base * STRIDE, (base + rows) * STRIDE), p),
+          x,
+        },
+        [n + 1, 1, 1],
+      );
+    }
     const tab = stored(table, p);
     const want = new Float32Array((n + 1) * DIM).fill(SENTINEL);
-    tokens.forEach((tok, r) => want.set(tab.subarray(tok * DIM, (tok + 1) * DIM), r * DIM));
+    tokens.forEach((tok, r) => want.set(tab.subarray(tok * STRIDE, tok * STRIDE + DIM), r * DIM));
     // f16 -> f32 is exact: the gather must be bit-exact.
     assert.deepEqual(await h.readF32(x), want);
   });
@@ -315,6 +336,8 @@ interface MatmulCase {
   swiglu?: boolean;
   /** Workgroup grid; default as the runner dispatches. */
   groups?: [number, number, number];
+  /** Row parts the weight is split into (one dispatch each); default 1. */
+  parts?: number;
 }
 
 const MATMUL_CASES: MatmulCase[] = [
@@ -343,6 +366,11 @@ const MATMUL_CASES: MatmulCase[] = [
   { entry: "gemv", N: 19, K: 1203, T: 1, swiglu: true },
   { entry: "gemm", N: 67, K: 37, T: 70, norm: true },
   { entry: "gemm", N: 130, K: 300, T: 9, swiglu: true, accumulate: true },
+  // Row-split weights: parts of 23 (not a multiple of GEMV_COLS) and 64+ columns (gemm tiles).
+  { entry: "gemv", N: 67, K: 37, T: 3, parts: 3, bias: true, accumulate: true },
+  { entry: "gemv", N: 67, K: 37, T: 1, parts: 2, norm: true },
+  { entry: "gemm", N: 130, K: 300, T: 65, parts: 2, bias: true, norm: true },
+  { entry: "gemm", N: 130, K: 300, T: 9, parts: 3, swiglu: true, accumulate: true },
 ];
 
 /** silu(g) * u as f64. */
@@ -391,33 +419,47 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const y0 = c.accumulate
         ? rng.array(allRows * c.N)
         : new Float32Array(allRows * c.N).fill(SENTINEL);
-      const wt = h.adopt(uploadMatrix(h.device, w, c.N, c.K, p, "w", 4));
-      assert.deepEqual(wt.shape, [c.N, KP]);
       const y = h.upload(y0);
-      const groups = c.groups ?? matmulGroups(c.entry, c.N, c.T);
-      await h.dispatch(
-        p,
-        matmul(c.entry, {
-          N: c.N,
-          K: c.K,
-          KP,
-          ACCUMULATE: c.accumulate ?? false,
-          HAS_BIAS: c.bias ?? false,
-          LOGIT_ROWS: c.logitRows ?? false,
-          NORM_INPUT: c.norm ?? false,
-          EPS,
-          SWIGLU_INPUT: c.swiglu ?? false,
-        }),
-        {
-          fwd: h.forward({ nRows, nLogitRows: c.logitRows ? c.T : 1 }),
-          x: h.upload(x),
-          w: wt,
-          bias: h.upload(c.bias ? bias : [0]),
-          y,
-          normW: h.upload(normW, p),
-        },
-        groups,
-      );
+      const xt = h.upload(x);
+      const bt = h.upload(c.bias ? bias : [0]);
+      const nt = h.upload(normW, p);
+      // A weight split into row parts (gpu/weights.ts): one dispatch per part, each writing its
+      // columns [N_OFFSET, N_OFFSET + part rows) of the whole-width y.
+      const parts = c.parts ?? 1;
+      const per = Math.ceil(c.N / parts);
+      for (let n0 = 0; n0 < c.N; n0 += per) {
+        const rows = Math.min(per, c.N - n0);
+        const wt = h.adopt(
+          uploadMatrix(h.device, w.subarray(n0 * c.K, (n0 + rows) * c.K), rows, c.K, p, "w", 4),
+        );
+        assert.deepEqual(wt.shape, [rows, KP]);
+        const groups = c.groups ?? matmulGroups(c.entry, rows, c.T);
+        await h.dispatch(
+          p,
+          matmul(c.entry, {
+            N: rows,
+            N_OFFSET: n0,
+            Y_STRIDE: c.N,
+            K: c.K,
+            KP,
+            ACCUMULATE: c.accumulate ?? false,
+            HAS_BIAS: c.bias ?? false,
+            LOGIT_ROWS: c.logitRows ?? false,
+            NORM_INPUT: c.norm ?? false,
+            EPS,
+            SWIGLU_INPUT: c.swiglu ?? false,
+          }),
+          {
+            fwd: h.forward({ nRows, nLogitRows: c.logitRows ? c.T : 1 }),
+            x: xt,
+            w: wt,
+            bias: bt,
+            y,
+            normW: nt,
+          },
+          groups,
+        );
+      }
       const ws = stored(w, p);
       const want = Float64Array.from(y0);
       const tol = new Float64Array(want.length);
@@ -445,29 +487,14 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const what = `${c.entry} ${p} N=${c.N} K=${c.K} T=${c.T}` +
         `${c.accumulate ? " ACCUMULATE" : ""}${c.bias ? " HAS_BIAS" : ""}` +
         `${c.logitRows ? " LOGIT_ROWS" : ""}${c.norm ? " NORM_INPUT" : ""}` +
-        `${c.swiglu ? " SWIGLU_INPUT" : ""}${c.groups ? ` grid ${c.groups}` : ""}`;
+        `${c.swiglu ? " SWIGLU_INPUT" : ""}${c.groups ? ` grid ${c.groups}` : ""}` +
+        `${c.parts ? ` ${c.parts} parts` : ""}`;
       margin(what, assertClose(await h.readF32(y), want, (i) => tol[i], what));
     }
   });
 });
 
 // ---- attention ------------------------------------------------------------------------------
-
-interface AttnConfig {
-  name: string;
-  headDim: number;
-  nHeads: number;
-  nKvHeads: number;
-  /** First KV head held by the cache (Q_HEAD_BASE = kvHeadBase * group) and how many. */
-  kvHeadBase: number;
-  cacheHeads: number;
-  streaming?: { sink: number; recent: number };
-  pageSize?: number;
-  /** One prefill chunk of one sequence: positions [pos0, pos0 + n). */
-  prefill: { slot: number; pos0: number; n: number }[];
-  /** One decode batch: a row per sequence, at position pos. */
-  decode: { slot: number; pos: number }[];
-}
 
 const ATTN_CONFIGS: AttnConfig[] = [
   {
@@ -548,161 +575,6 @@ const ATTN_CONFIGS: AttnConfig[] = [
   },
 ];
 
-/** Host-side KV cache of one config: logical keys/values per slot and the GPU layout of them. */
-class CacheImage {
-  readonly stride: number; // floats per position: cacheHeads * headDim
-  readonly k: Map<number, Float32Array> = new Map(); // slot -> [pos][cacheHeads][headDim]
-  readonly v: Map<number, Float32Array> = new Map();
-  readonly maxPages: number;
-  readonly pageTable: Uint32Array;
-  readonly kBuf: Float32Array;
-  readonly vBuf: Float32Array;
-
-  /** `lengths`: cached positions per slot (the keys before each row's forward). */
-  constructor(readonly c: AttnConfig, lengths: Map<number, number>, rng: Rng) {
-    this.stride = c.cacheHeads * c.headDim;
-    const slots = Math.max(...lengths.keys()) + 1;
-    for (const [slot, len] of lengths) {
-      this.k.set(slot, rng.array(len * this.stride));
-      this.v.set(slot, rng.array(len * this.stride));
-    }
-    // Everything the kernels must never read is NaN: it would poison any output it reaches.
-    if (c.streaming) {
-      const ring = c.streaming.sink + c.streaming.recent;
-      this.maxPages = 1;
-      this.pageTable = new Uint32Array(1);
-      this.kBuf = new Float32Array(slots * ring * this.stride).fill(NaN);
-      this.vBuf = new Float32Array(slots * ring * this.stride).fill(NaN);
-      // Write positions in order, as decoding would: later ones overwrite the ring.
-      for (const [slot, len] of lengths) {
-        for (let j = 0; j < len; j++) this.#put(slot, j, slot * ring + this.ringIndex(j));
-      }
-    } else {
-      const ps = c.pageSize!;
-      this.maxPages = Math.ceil((Math.max(...lengths.values()) + 64) / ps);
-      // Physical pages shuffled over all slots, plus a NaN page for every unmapped entry.
-      const nPages = slots * this.maxPages + 1;
-      const order = rng.permutation(nPages);
-      const poison = order[nPages - 1];
-      this.pageTable = new Uint32Array(slots * this.maxPages).fill(poison);
-      this.kBuf = new Float32Array(nPages * ps * this.stride).fill(NaN);
-      this.vBuf = new Float32Array(nPages * ps * this.stride).fill(NaN);
-      for (const [slot, len] of lengths) {
-        for (let pg = 0; pg * ps < len; pg++) {
-          this.pageTable[slot * this.maxPages + pg] = order[slot * this.maxPages + pg];
-        }
-        for (let j = 0; j < len; j++) {
-          const page = this.pageTable[slot * this.maxPages + Math.floor(j / ps)];
-          this.#put(slot, j, page * ps + (j % ps));
-        }
-      }
-    }
-  }
-
-  ringIndex(j: number): number {
-    const { sink, recent } = this.c.streaming!;
-    return j < sink ? j : sink + ((j - sink) % recent);
-  }
-
-  #put(slot: number, j: number, entry: number): void {
-    const s = this.stride;
-    this.kBuf.set(this.k.get(slot)!.subarray(j * s, (j + 1) * s), entry * s);
-    this.vBuf.set(this.v.get(slot)!.subarray(j * s, (j + 1) * s), entry * s);
-  }
-
-  constants(): AttentionConstants {
-    const c = this.c;
-    return {
-      HEAD_DIM: c.headDim,
-      GROUP: c.nHeads / c.nKvHeads,
-      Q_HEAD_BASE: c.kvHeadBase * (c.nHeads / c.nKvHeads),
-      N_HEADS: c.nHeads,
-      N_KV_HEADS: c.nKvHeads,
-      CACHE_HEADS: c.cacheHeads,
-      SCALE: 1 / Math.sqrt(c.headDim),
-    };
-  }
-
-  /** The cache part's layout and its constants, as the cache kind gives them. */
-  part(): CachePartKernel {
-    const c = this.c;
-    const kind = c.streaming
-      ? new StreamingRing(c.streaming.sink, c.streaming.recent)
-      : new RetrievalPages(c.pageSize ?? 16);
-    return { layout: kind.layout, constants: kind.constants(this.maxPages) };
-  }
-}
-
-/**
- * Reference attention output of one row and query head. Keys at positions >= pos0 (this
- * forward's) come from the fused rows, older ones from the cache as stored (KV-rounded).
- */
-function attentionRef(
-  c: AttnConfig,
-  qkv: Float32Array,
-  r: number,
-  row: RowSpec,
-  head: number,
-  cacheK: Float32Array,
-  cacheV: Float32Array,
-): { out: Float64Array; tol: number } {
-  const hd = c.headDim;
-  const stride = (c.nHeads + 2 * c.nKvHeads) * hd;
-  const kvh = Math.floor(head / (c.nHeads / c.nKvHeads));
-  const ch = kvh - c.kvHeadBase;
-  const pos0 = row.pos - (r - row.firstRow);
-  const i = row.pos;
-  const scale = 1 / Math.sqrt(hd);
-  const q = qkv.subarray(r * stride + head * hd, r * stride + (head + 1) * hd);
-  const keys: { k: ArrayLike<number>; v: ArrayLike<number> }[] = [];
-  for (let j = 0; j <= i; j++) {
-    if (c.streaming && !(j < c.streaming.sink || i - j < c.streaming.recent)) continue;
-    if (j >= pos0) {
-      const fr = row.firstRow + (j - pos0);
-      const kOff = fr * stride + (c.nHeads + kvh) * hd;
-      const vOff = fr * stride + (c.nHeads + c.nKvHeads + kvh) * hd;
-      keys.push({ k: qkv.subarray(kOff, kOff + hd), v: qkv.subarray(vOff, vOff + hd) });
-    } else {
-      const off = (j * c.cacheHeads + ch) * hd;
-      keys.push({ k: cacheK.subarray(off, off + hd), v: cacheV.subarray(off, off + hd) });
-    }
-  }
-  let mx = -Infinity, sMag = 0, vMax = 0;
-  const scores = keys.map(({ k, v }) => {
-    let s = 0, m = 0;
-    for (let d = 0; d < hd; d++) {
-      s += q[d] * k[d];
-      m += Math.abs(q[d] * k[d]);
-      vMax = Math.max(vMax, Math.abs(v[d]));
-    }
-    mx = Math.max(mx, s * scale);
-    sMag = Math.max(sMag, m * scale);
-    return s * scale;
-  });
-  const out = new Float64Array(hd);
-  let l = 0;
-  keys.forEach(({ v }, n) => {
-    const p = Math.exp(scores[n] - mx);
-    l += p;
-    for (let d = 0; d < hd; d++) out[d] += p * v[d];
-  });
-  for (let d = 0; d < hd; d++) out[d] /= l;
-  // Error budget, relative to max|v| over the visible keys:
-  //  - each score is off by <= delta = gamma_(hd+2) * sum|q k| * scale (q is scaled in f32 first,
-  //    then a dot product of hd terms); a score error moves its softmax weight by delta relative;
-  //  - exp is within (3 + 2|x|) ULP (WGSL). Scores lie in [-sMag, sMag], so every exp(s - max)
-  //    has |x| <= 2 sMag; the running max of the online softmax (prefill: per 16-key tile;
-  //    decode: per split, then merge) rises by <= 2 sMag in all, so the rescale factors applied
-  //    to a weight contribute <= 3 ULP each plus 2 * 2 sMag ULP together;
-  //  - weights perturbed by eps relative move the normalised output by <= 2 eps max|v|, and the
-  //    numerator and denominator sums of n terms add gamma_n max|v| each.
-  const n = keys.length;
-  const delta = (hd + 2) * U32 * sMag;
-  const expErr = (3 * (n / 16 + 3) + 8 * sMag) * 2 ** -23;
-  const tol = vMax * (2 * (delta + expErr) + 2 * (n + 2) * U32);
-  return { out, tol };
-}
-
 Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
   await perPrecision(t, async (p) => {
     for (const c of ATTN_CONFIGS) {
@@ -757,19 +629,29 @@ Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
           vCache: vBuf,
           pageTable: pt,
           out,
+          shard: h.shard(0),
         };
         let splits = 1;
         if (f.kind === "prefill") {
+          // One shard: the carry is never read or written.
+          const carry = h.filled(n * c.nHeads * CARRY_FLOATS, SENTINEL);
           await h.dispatch(
             p,
             attentionPrefill(constants, part),
-            { fwd: h.forward({ nRows: n }), ...cache },
+            { fwd: h.forward({ nRows: n }), ...cache, carry },
             prefillGroups(n, nq),
           );
         } else {
           const maxPos = Math.max(...f.rows.map((row) => row.pos + 1));
-          splits = splitsFor(maxPos);
-          const fwd = h.forward({ nRows: n, nLogitRows: n, nSplits: splits });
+          const plan = splitsFor(maxPos, MAX_SPLITS);
+          assert.equal(plan.keysPerSplit, ATTENTION_GEOMETRY.SPLIT_KEYS);
+          splits = plan.splits;
+          const fwd = h.forward({
+            nRows: n,
+            nLogitRows: n,
+            nSplits: splits,
+            nKeysPerSplit: plan.keysPerSplit,
+          });
           const partials = h.filled(n * c.nHeads * splits * (hd + 2), SENTINEL);
           // With one split `decode` writes the output itself and `merge` is not run.
           const steps: DispatchSpec[] = [
@@ -848,7 +730,14 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
           p,
           kvStore(
             { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
-            { layout: pages.layout, constants: pages.constants(MAXP) },
+            {
+              layout: pages.layout,
+              constants: pages.constants({
+                maxPagesPerSeq: MAXP,
+                unitsPerShard: nPages,
+                shards: 1,
+              }),
+            },
           ),
           {
             fwd: h.forward({ nRows: rows.length }),
@@ -857,6 +746,7 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
             kCache: k,
             vCache: v,
             pageTable: pt,
+            shard: h.shard(0),
           },
           [rows.length + 1, 1, 1],
         );
@@ -907,7 +797,10 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
           p,
           kvStore(
             { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
-            { layout: kind.layout, constants: kind.constants(1) },
+            {
+              layout: kind.layout,
+              constants: kind.constants({ maxPagesPerSeq: 1, unitsPerShard: SLOTS, shards: 1 }),
+            },
           ),
           {
             fwd: h.forward({ nRows: rows.length }),
@@ -915,6 +808,7 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
             qkv: h.upload(qkv),
             kCache: k,
             vCache: v,
+            shard: h.shard(0),
           },
           [rows.length, 1, 1],
         );

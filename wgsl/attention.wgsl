@@ -10,10 +10,20 @@
 // n * (SINK + RECENT), not n^2. Keys are stored after RoPE at their original positions and are
 // never re-rotated.
 //
+// Shards: a part whose cache is split over CACHE_SHARDS buffer pairs is attended by one dispatch
+// per shard (`shard`), each over the keys its shard holds (`cache_shard`; the fresh keys belong
+// to the slot's last shard), skipping key tiles and blocks with none. The online-softmax state
+// (max m, denominator l, unnormalised output) passes from one shard's dispatch to the next: the
+// slot's first shard starts it, later ones continue it, its last shard finishes. Prefill keeps m
+// and l in `carry` and the output in `out`; decode keeps all three in its split's `partials`
+// entry. With one shard the first is the last: nothing is carried.
+//
 // Entry points: `prefill` (tiles of 16 query rows of one sequence, online softmax over 16-key
 // tiles), `decode` (one query row and KV head per workgroup serving the head's query group,
-// split-K over keys, partials) and `merge`
-// (combines the split-K partials; with a single split `decode` writes the output itself).
+// split-K over keys, one block of SPLIT_KEYS keys per split, partials), `decode_long` (the same
+// with `fwd.keys_per_split` keys per split in blocks of SPLIT_KEYS, once the split cap is
+// reached) and `merge` (combines the split-K partials; with a single split the decode writes the
+// output itself).
 
 override HEAD_DIM: u32;       // dims per head, <= 128
 override GROUP: u32;          // query heads per KV head
@@ -31,20 +41,45 @@ override SCALE: f32;          // softmax scale, 1/sqrt(HEAD_DIM)
 // @binding(5): the layout's (cache_paged.wgsl: the page table).
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;       // prefill/merge output
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;  // decode split-K partials
+// Prefill's m and l per (row, query head), [rows][N_HEADS][2], between shard dispatches.
+@group(0) @binding(8) var<storage, read_write> carry: array<f32>;
+@group(0) @binding(9) var<uniform> shard: CacheShard;  // the shard k_cache and v_cache are
 
 const NEG = -3.0e38;
 
 fn row_stride() -> u32 { return (N_HEADS + 2u * N_KV_HEADS) * HEAD_DIM; }
 
 const FRESH = 0x80000000u; // key_index flag: the key is in the fresh q|k|v rows, not the cache
+const SKIP = 0xffffffffu;  // key_index: the key is another shard's (this dispatch leaves it out)
 
 // Where key j of `row` lives for KV head kvh: FRESH | fused row index when j is one of this
-// forward's own positions, else the index of its dim 0 in the cache buffers. Computed once per
-// key, so page-table and ring lookups are not repeated per element.
+// forward's own positions, SKIP when this dispatch's shard does not hold it, else the index of
+// its dim 0 in this shard's cache buffers. Computed once per key, so page-table and ring lookups
+// are not repeated per element.
 fn key_index(row: Row, r: u32, j: u32, kvh: u32) -> u32 {
   let pos0 = row.pos - (r - row.first_row);
-  if (j >= pos0) { return FRESH | (row.first_row + (j - pos0)); }
+  if (j >= pos0) {
+    if (CACHE_SHARDS > 1u && shard.index != last_shard(row.slot)) { return SKIP; }
+    return FRESH | (row.first_row + (j - pos0));
+  }
+  if (CACHE_SHARDS > 1u && cache_shard(row.slot, j) != shard.index) { return SKIP; }
   return cache_entry(row.slot, j, kvh - Q_HEAD_BASE / GROUP);
+}
+
+fn skipped(idx: u32) -> bool { return CACHE_SHARDS > 1u && idx == SKIP; }
+
+// Whether this dispatch's shard may hold one of keys [j0, j1) of `row` (the fresh ones are the
+// slot's last shard's); false lets a whole tile or block be skipped.
+fn keys_in_shard(row: Row, r: u32, j0: u32, j1: u32) -> bool {
+  if (CACHE_SHARDS == 1u) { return true; }
+  let pos0 = row.pos - (r - row.first_row);
+  if (j1 > pos0 && shard.index == last_shard(row.slot)) { return true; }
+  return shard_holds_any(row.slot, j0, min(j1, pos0), shard.index);
+}
+
+// Whether this dispatch's shard takes part in the attention of `slot`'s rows.
+fn shard_serves(slot: u32) -> bool {
+  return shard.index >= first_shard(slot) && shard.index <= last_shard(slot);
 }
 
 // Element d of the key (which = 0) or value (which = 1) at `idx` (from key_index).
@@ -96,6 +131,9 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let kvh = h / GROUP;
   let rq = min(BQ, n_rows - r0);
   let row0 = rows[r0];
+  if (!shard_serves(row0.slot)) { return; }
+  let first = shard.index == first_shard(row0.slot);
+  let last = shard.index == last_shard(row0.slot);
   let qa = row0.pos;
   let qb = qa + rq - 1u;
 
@@ -105,11 +143,24 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     if (i < rq) { v = qkv[(r0 + i) * row_stride() + h * HEAD_DIM + e % HEAD_DIM] * SCALE; }
     q_s[e] = v;
   }
-  if (tid < BQ) { m_s[tid] = NEG; l_s[tid] = 0.0; }
-  var acc: array<f32, 32>;
-  for (var m = 0u; m < 32u; m++) { acc[m] = 0.0; }
   let my_row = tid / 4u;
   let lane = tid % 4u;
+  let out_base = (r0 + my_row) * N_HEADS * HEAD_DIM + h * HEAD_DIM;
+  // The state so far: empty at the slot's first shard, else what the previous shard left.
+  if (tid < BQ) {
+    m_s[tid] = NEG;
+    l_s[tid] = 0.0;
+    if (!first && tid < rq) {
+      let c = ((r0 + tid) * N_HEADS + h) * 2u;
+      m_s[tid] = carry[c];
+      l_s[tid] = carry[c + 1u];
+    }
+  }
+  var acc: array<f32, 32>;
+  for (var m = 0u; m < 32u; m++) { acc[m] = 0.0; }
+  if (!first && my_row < rq) {
+    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { acc[m] = out[out_base + m * 4u + lane]; }
+  }
 
   // Key ranges: [0, end_a) then [start_b, qb + 1), the layout's visible keys of the tile's rows
   // (for pages end_a = start_b = 0: all of [0, qb]).
@@ -121,6 +172,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     var k0 = start_b + (it - tiles_a) * BK;
     var kend = qb + 1u;
     if (it < tiles_a) { k0 = it * BK; kend = end_a; }
+    if (!keys_in_shard(row0, r0, k0, kend)) { continue; }
     workgroupBarrier();
     if (tid < BK && k0 + tid < kend) { kidx[tid] = key_index(row0, r0, k0 + tid, kvh); }
     workgroupBarrier();
@@ -128,7 +180,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       let jj = e / HEAD_DIM;
       var kv = 0.0;
       var vv = 0.0;
-      if (k0 + jj < kend) {
+      if (k0 + jj < kend && !skipped(kidx[jj])) {
         kv = load1(kidx[jj], kvh, e % HEAD_DIM, 0u);
         vv = load1(kidx[jj], kvh, e % HEAD_DIM, 1u);
       }
@@ -141,7 +193,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       let jj = lane * 4u + c;
       let j = k0 + jj;
       var s = NEG;
-      if (my_row < rq && j < kend && visible(qa + my_row, j)) {
+      if (my_row < rq && j < kend && !skipped(kidx[jj]) && visible(qa + my_row, j)) {
         s = 0.0;
         for (var d = 0u; d < HEAD_DIM; d++) { s += q_s[my_row * HEAD_DIM + d] * k_s[jj * HEAD_DIM + d]; }
       }
@@ -176,21 +228,33 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   }
   workgroupBarrier();
   if (my_row < rq) {
-    let inv = 1.0 / l_s[my_row];
-    let base = (r0 + my_row) * N_HEADS * HEAD_DIM + h * HEAD_DIM;
-    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { out[base + m * 4u + lane] = acc[m] * inv; }
+    if (last) {
+      let inv = 1.0 / l_s[my_row];
+      for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { out[out_base + m * 4u + lane] = acc[m] * inv; }
+    } else {
+      // Unnormalised, for the next shard's dispatch.
+      for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { out[out_base + m * 4u + lane] = acc[m]; }
+      if (lane == 0u) {
+        let c = ((r0 + my_row) * N_HEADS + h) * 2u;
+        carry[c] = m_s[my_row];
+        carry[c + 1u] = l_s[my_row];
+      }
+    }
   }
 }
 
 // ---- decode: split-K over the visible keys of one row ----
 // One workgroup per (row, KV head, group chunk, split) serves up to 8 query heads of the KV
-// head's group, so each key and value is read once for the whole group (GQA).
+// head's group, so each key and value is read once for the whole group (GQA). A split's
+// `fwd.keys_per_split` keys are visited in blocks of SPLIT_KEYS with an online softmax, so the
+// number of splits (and the partials) stays capped however long the context.
 const SPLIT_KEYS = 256u;
 const MAX_G = 8u;                        // query heads per workgroup
 var<workgroup> qg_s: array<f32, 1024>;   // [MAX_G][HEAD_DIM] scaled queries
 var<workgroup> pg_s: array<f32, 2048>;   // [MAX_G][SPLIT_KEYS] scores, then probabilities
 var<workgroup> red_g: array<f32, 512>;   // [MAX_G][64] per-thread partial max / sum
-var<workgroup> stat_g: array<f32, 16>;   // [g]: max, [MAX_G + g]: sum
+var<workgroup> stat_g: array<f32, 16>;   // [g]: running max, [MAX_G + g]: running sum
+var<workgroup> alpha_g: array<f32, 8>;   // [g]: rescale of the output so far by this block's max
 var<workgroup> acc_s: array<f32, 2048>;  // [subset][MAX_G][HEAD_DIM] partial outputs
 
 // The v-th visible key position of a query at position i (sink first, then the window).
@@ -205,37 +269,97 @@ fn visible_count(i: u32) -> u32 {
   return na + (i + 1u - max(na, window_start(i)));
 }
 
-@compute @workgroup_size(64)
-fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let r = wg.x;
-  let chunks = (GROUP + MAX_G - 1u) / MAX_G;
-  let kvh = Q_HEAD_BASE / GROUP + wg.y / chunks;
-  let h0 = kvh * GROUP + (wg.y % chunks) * MAX_G; // first query head of this workgroup
-  let gn = min(MAX_G, kvh * GROUP + GROUP - h0);   // query heads of this workgroup
-  let split = wg.z;
-  let row = rows[r];
-  let i = row.pos;
-  for (var e = tid; e < gn * HEAD_DIM; e += 64u) {
-    qg_s[e] = qkv[r * row_stride() + h0 * HEAD_DIM + e] * SCALE;
-  }
-  let total = visible_count(i);
-  let v0 = split * SPLIT_KEYS;
-  let n = min(SPLIT_KEYS, select(0u, total - v0, total > v0));
-  workgroupBarrier();
+// What one decode workgroup serves: a row, a KV head's chunk of query heads, one split of the
+// row's visible keys, and where the split's state lives in `partials`.
+struct DecodeTask {
+  r: u32,
+  kvh: u32,
+  h0: u32,        // first query head of this workgroup
+  gn: u32,        // query heads of this workgroup
+  row: Row,
+  first: bool,    // this shard starts the state (the slot's first shard)
+  last: bool,     // this shard finishes it
+  v_begin: u32,   // the split's visible keys [v_begin, v_end)
+  v_end: u32,
+  p0: u32,        // partials entry of query head h0 + g: p0 + g * p_stride
+  p_stride: u32,
+}
 
-  // Scores of every query head against each key of the split.
+fn decode_task(wg: vec3<u32>) -> DecodeTask {
+  var t: DecodeTask;
+  t.r = wg.x;
+  let chunks = (GROUP + MAX_G - 1u) / MAX_G;
+  t.kvh = Q_HEAD_BASE / GROUP + wg.y / chunks;
+  t.h0 = t.kvh * GROUP + (wg.y % chunks) * MAX_G;
+  t.gn = min(MAX_G, t.kvh * GROUP + GROUP - t.h0);
+  t.row = rows[t.r];
+  t.first = shard.index == first_shard(t.row.slot);
+  t.last = shard.index == last_shard(t.row.slot);
+  let total = visible_count(t.row.pos);
+  t.v_begin = min(total, wg.z * fwd.keys_per_split);
+  t.v_end = min(total, t.v_begin + fwd.keys_per_split);
+  t.p0 = ((t.r * N_HEADS + t.h0) * fwd.n_splits + wg.z) * (HEAD_DIM + 2u);
+  t.p_stride = fwd.n_splits * (HEAD_DIM + 2u);
+  return t;
+}
+
+// Whether this dispatch's shard holds any of the visible keys [v0, v1) of the task's row.
+fn decode_keys_in_shard(t: DecodeTask, v0: u32, v1: u32) -> bool {
+  if (v1 <= v0) { return false; }
+  return keys_in_shard(t.row, t.r, nth_key(t.row.pos, v0), nth_key(t.row.pos, v1 - 1u) + 1u);
+}
+
+// Weighted values: thread (subset, column) sums every `subsets`-th key of one vec4 column.
+fn value_subsets() -> u32 { return 64u / (HEAD_DIM / 4u); }
+
+// Queries into qg_s; the state so far into stat_g and `acc`: empty at the slot's first shard,
+// else what the previous shard left in partials (its output goes to subset 0's sums).
+fn decode_start(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>) {
+  for (var e = tid; e < t.gn * HEAD_DIM; e += 64u) {
+    qg_s[e] = qkv[t.r * row_stride() + t.h0 * HEAD_DIM + e] * SCALE;
+  }
+  for (var g = 0u; g < MAX_G; g++) { (*acc)[g] = vec4<f32>(0.0); }
+  if (tid < MAX_G) {
+    stat_g[tid] = NEG;
+    stat_g[MAX_G + tid] = 0.0;
+    if (!t.first && tid < t.gn) {
+      stat_g[tid] = partials[t.p0 + tid * t.p_stride];
+      stat_g[MAX_G + tid] = partials[t.p0 + tid * t.p_stride + 1u];
+    }
+  }
+  let col = tid % (HEAD_DIM / 4u);
+  if (!t.first && tid / (HEAD_DIM / 4u) == 0u) {
+    for (var g = 0u; g < t.gn; g++) {
+      let b = t.p0 + g * t.p_stride + 2u + col * 4u;
+      (*acc)[g] = vec4<f32>(partials[b], partials[b + 1u], partials[b + 2u], partials[b + 3u]);
+    }
+  }
+}
+
+// One block of n <= SPLIT_KEYS visible keys from b0: scores, then the online-softmax update of
+// the running max and sum (stat_g) and of this thread's output sums (`acc`). Called in uniform
+// control flow (it has barriers).
+fn decode_block(t: DecodeTask, b0: u32, n: u32, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>) {
+  let i = t.row.pos;
+  let gn = t.gn;
+  workgroupBarrier(); // the queries are in; the previous block's kidx and pg_s are read
+
+  // Scores of every query head against each key of the block.
   var m: array<f32, 8>;
   for (var g = 0u; g < MAX_G; g++) { m[g] = NEG; }
   for (var v = tid; v < n; v += 64u) {
-    let idx = key_index(row, r, nth_key(i, v0 + v), kvh);
+    let idx = key_index(t.row, t.r, nth_key(i, b0 + v), t.kvh);
     kidx[v] = idx;
     var s: array<f32, 8>;
-    for (var g = 0u; g < MAX_G; g++) { s[g] = 0.0; }
-    for (var d = 0u; d < HEAD_DIM; d += 4u) {
-      let k4 = load4(idx, kvh, d, 0u);
-      for (var g = 0u; g < gn; g++) {
-        let q = g * HEAD_DIM + d;
-        s[g] += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), k4);
+    for (var g = 0u; g < MAX_G; g++) { s[g] = NEG; }
+    if (!skipped(idx)) {
+      for (var g = 0u; g < MAX_G; g++) { s[g] = 0.0; }
+      for (var d = 0u; d < HEAD_DIM; d += 4u) {
+        let k4 = load4(idx, t.kvh, d, 0u);
+        for (var g = 0u; g < gn; g++) {
+          let q = g * HEAD_DIM + d;
+          s[g] += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), k4);
+        }
       }
     }
     for (var g = 0u; g < gn; g++) {
@@ -246,8 +370,9 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   for (var g = 0u; g < MAX_G; g++) { red_g[g * 64u + tid] = m[g]; }
   workgroupBarrier();
   if (tid < gn) {
-    var mx = NEG;
-    for (var t = 0u; t < 64u; t++) { mx = max(mx, red_g[tid * 64u + t]); }
+    var mx = stat_g[tid];
+    for (var u = 0u; u < 64u; u++) { mx = max(mx, red_g[tid * 64u + u]); }
+    alpha_g[tid] = exp(stat_g[tid] - mx);
     stat_g[tid] = mx;
   }
   workgroupBarrier();
@@ -255,7 +380,9 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   for (var g = 0u; g < MAX_G; g++) { l[g] = 0.0; }
   for (var v = tid; v < n; v += 64u) {
     for (var g = 0u; g < gn; g++) {
-      let p = exp(pg_s[g * SPLIT_KEYS + v] - stat_g[g]);
+      let s = pg_s[g * SPLIT_KEYS + v];
+      var p = 0.0;
+      if (s > NEG) { p = exp(s - stat_g[g]); }
       pg_s[g * SPLIT_KEYS + v] = p;
       l[g] += p;
     }
@@ -264,51 +391,97 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   workgroupBarrier();
   if (tid < gn) {
     var sum = 0.0;
-    for (var t = 0u; t < 64u; t++) { sum += red_g[tid * 64u + t]; }
-    stat_g[MAX_G + tid] = sum;
+    for (var u = 0u; u < 64u; u++) { sum += red_g[tid * 64u + u]; }
+    stat_g[MAX_G + tid] = stat_g[MAX_G + tid] * alpha_g[tid] + sum;
   }
-  workgroupBarrier();
-
-  // Weighted values: thread (subset, column) sums every `subsets`-th key of one vec4 column.
   let cols = HEAD_DIM / 4u;
-  let subsets = 64u / cols;
+  let subsets = value_subsets();
   let col = tid % cols;
   let sub = tid / cols;
-  var acc: array<vec4<f32>, 8>;
-  for (var g = 0u; g < MAX_G; g++) { acc[g] = vec4<f32>(0.0); }
   if (sub < subsets) {
+    for (var g = 0u; g < gn; g++) { (*acc)[g] *= alpha_g[g]; }
     for (var v = sub; v < n; v += subsets) {
-      let v4 = load4(kidx[v], kvh, col * 4u, 1u);
-      for (var g = 0u; g < gn; g++) { acc[g] += pg_s[g * SPLIT_KEYS + v] * v4; }
+      if (skipped(kidx[v])) { continue; }
+      let v4 = load4(kidx[v], t.kvh, col * 4u, 1u);
+      for (var g = 0u; g < gn; g++) { (*acc)[g] += pg_s[g * SPLIT_KEYS + v] * v4; }
     }
-    for (var g = 0u; g < gn; g++) {
+  }
+}
+
+// The subsets' sums added up; the slot's last shard with one split (short contexts) normalises
+// and writes the output (`merge` is not run), otherwise the state goes to the split's partials.
+fn decode_finish(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>) {
+  let cols = HEAD_DIM / 4u;
+  let subsets = value_subsets();
+  let col = tid % cols;
+  let sub = tid / cols;
+  if (sub < subsets) {
+    for (var g = 0u; g < t.gn; g++) {
       let b = (sub * MAX_G + g) * HEAD_DIM + col * 4u;
-      acc_s[b] = acc[g].x;
-      acc_s[b + 1u] = acc[g].y;
-      acc_s[b + 2u] = acc[g].z;
-      acc_s[b + 3u] = acc[g].w;
+      acc_s[b] = (*acc)[g].x;
+      acc_s[b + 1u] = (*acc)[g].y;
+      acc_s[b + 2u] = (*acc)[g].z;
+      acc_s[b + 3u] = (*acc)[g].w;
     }
   }
   workgroupBarrier();
-  // One split (short contexts): normalise and write the output here; `merge` is not run.
-  let single = fwd.n_splits == 1u;
-  for (var e = tid; e < gn * HEAD_DIM; e += 64u) {
+  let single = t.last && fwd.n_splits == 1u;
+  for (var e = tid; e < t.gn * HEAD_DIM; e += 64u) {
     let g = e / HEAD_DIM;
     let d = e % HEAD_DIM;
     var a = 0.0;
     for (var s2 = 0u; s2 < subsets; s2++) { a += acc_s[(s2 * MAX_G + g) * HEAD_DIM + d]; }
-    let h = h0 + g;
     if (single) {
-      out[r * N_HEADS * HEAD_DIM + h * HEAD_DIM + d] = a / stat_g[MAX_G + g];
+      out[t.r * N_HEADS * HEAD_DIM + (t.h0 + g) * HEAD_DIM + d] = a / stat_g[MAX_G + g];
     } else {
-      partials[((r * N_HEADS + h) * fwd.n_splits + split) * (HEAD_DIM + 2u) + 2u + d] = a;
+      partials[t.p0 + g * t.p_stride + 2u + d] = a;
     }
   }
-  if (tid < gn && !single) {
-    let p = ((r * N_HEADS + h0 + tid) * fwd.n_splits + split) * (HEAD_DIM + 2u);
-    partials[p] = stat_g[tid];
-    partials[p + 1u] = stat_g[MAX_G + tid];
+  if (tid < t.gn && !single) {
+    partials[t.p0 + tid * t.p_stride] = stat_g[tid];
+    partials[t.p0 + tid * t.p_stride + 1u] = stat_g[MAX_G + tid];
   }
+}
+
+// Splits of one block (fwd.keys_per_split == SPLIT_KEYS, contexts up to SPLIT_KEYS * the split
+// cap): straight-line, no barrier inside a branch or loop (llvmpipe runs the same work ~1.4x
+// slower with its barriers inside a loop, as in decode_long).
+@compute @workgroup_size(64)
+fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let t = decode_task(wg);
+  if (!shard_serves(t.row.slot)) { return; }
+  let n = min(SPLIT_KEYS, t.v_end - t.v_begin);
+  if (!decode_keys_in_shard(t, t.v_begin, t.v_begin + n)) {
+    // Nothing of this shard's: the state passes on unchanged, and the first shard starts it
+    // empty (l = 0: merge leaves such a split out).
+    if (t.first && tid < t.gn) {
+      partials[t.p0 + tid * t.p_stride] = NEG;
+      partials[t.p0 + tid * t.p_stride + 1u] = 0.0;
+      for (var d = 0u; d < HEAD_DIM; d++) { partials[t.p0 + tid * t.p_stride + 2u + d] = 0.0; }
+    }
+    return;
+  }
+  var acc: array<vec4<f32>, 8>;
+  decode_start(t, tid, &acc);
+  decode_block(t, t.v_begin, n, tid, &acc);
+  decode_finish(t, tid, &acc);
+}
+
+// Splits of several blocks (fwd.keys_per_split a larger multiple of SPLIT_KEYS: the split cap
+// reached), visited in turn; blocks this shard holds none of are skipped.
+@compute @workgroup_size(64)
+fn decode_long(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let t = decode_task(wg);
+  if (!shard_serves(t.row.slot)) { return; }
+  var acc: array<vec4<f32>, 8>;
+  decode_start(t, tid, &acc);
+  let blocks = (t.v_end - t.v_begin + SPLIT_KEYS - 1u) / SPLIT_KEYS;
+  for (var blk = 0u; blk < blocks; blk++) {
+    let b0 = t.v_begin + blk * SPLIT_KEYS;
+    let n = min(SPLIT_KEYS, t.v_end - b0);
+    if (decode_keys_in_shard(t, b0, b0 + n)) { decode_block(t, b0, n, tid, &acc); }
+  }
+  decode_finish(t, tid, &acc);
 }
 
 @compute @workgroup_size(64)

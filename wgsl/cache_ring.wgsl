@@ -1,16 +1,34 @@
 // KV-cache layout "ring" (cache/kinds.ts StreamingRing): per sequence slot a ring of SINK + RECENT
 // positions: the first SINK positions (attention sinks) stay, later ones cycle through the RECENT
-// window. Keys stay as RoPE rotated them at their original positions. Included
-// (gpu/pipelines.ts) after common.wgsl; cache_paged.wgsl defines the same functions and documents
-// them. The including kernel declares HEAD_DIM and CACHE_HEADS.
+// window. Keys stay as RoPE rotated them at their original positions. The rings are split into
+// CACHE_SHARDS buffer pairs of SLOTS_PER_SHARD slots: slot s lives in shard s / SLOTS_PER_SHARD,
+// so each sequence's keys are all in one shard. Included (gpu/pipelines.ts) after common.wgsl;
+// cache_paged.wgsl defines the same functions and documents them. The including kernel declares
+// HEAD_DIM and CACHE_HEADS.
 
-override SINK: u32;    // attention-sink positions kept
-override RECENT: u32;  // most recent positions kept (the current one included), >= 1
+override SINK: u32;             // attention-sink positions kept
+override RECENT: u32;           // most recent positions kept (the current one included), >= 1
+override SLOTS_PER_SHARD: u32;  // sequence slots whose rings each shard buffer holds
+override CACHE_SHARDS: u32;     // shard buffers of the part
+
+fn cache_shard(slot: u32, j: u32) -> u32 {
+  if (CACHE_SHARDS == 1u) { return 0u; }
+  return slot / SLOTS_PER_SHARD;
+}
 
 fn cache_entry(slot: u32, j: u32, ch: u32) -> u32 {
   var s = j;
   if (j >= SINK) { s = SINK + (j - SINK) % RECENT; }
-  return ((slot * (SINK + RECENT) + s) * CACHE_HEADS + ch) * HEAD_DIM;
+  var local = slot;
+  if (CACHE_SHARDS > 1u) { local = slot % SLOTS_PER_SHARD; }
+  return ((local * (SINK + RECENT) + s) * CACHE_HEADS + ch) * HEAD_DIM;
+}
+
+// A slot's whole ring is in one shard.
+fn first_shard(slot: u32) -> u32 { return cache_shard(slot, 0u); }
+fn last_shard(slot: u32) -> u32 { return cache_shard(slot, 0u); }
+fn shard_holds_any(slot: u32, j0: u32, j1: u32, shard: u32) -> bool {
+  return j0 < j1 && cache_shard(slot, 0u) == shard;
 }
 
 // A query at position i sees the sink and the last RECENT positions.

@@ -3,10 +3,17 @@
 
 // Per-forward values that change between submissions; everything fixed per model is an override.
 struct Forward {
-  n_rows: u32,        // token rows in this forward (prefill chunk length or decode batch)
-  n_logit_rows: u32,  // rows whose logits are computed (last row of a prefill, every decode row)
-  _pad: u32,
-  n_splits: u32,     // key splits of split-K decode attention (partials per row and head)
+  n_rows: u32,         // token rows in this forward (prefill chunk length or decode batch)
+  n_logit_rows: u32,   // rows whose logits are computed (last row of a prefill, every decode row)
+  keys_per_split: u32, // visible keys per split of split-K decode (a multiple of SPLIT_KEYS)
+  n_splits: u32,       // key splits of split-K decode attention (partials per row and head)
+}
+
+// Which shard of a KV-cache part a dispatch binds. A part too large for one storage binding is
+// split over CACHE_SHARDS buffer pairs (cache/layout.ts, the layout include's `cache_shard`);
+// WGSL has no arrays of buffers, so the attention and KV-store kernels run once per shard.
+struct CacheShard {
+  index: u32,
 }
 
 // One token row of a forward: which sequence it belongs to and where it sits.

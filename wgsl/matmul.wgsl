@@ -1,13 +1,17 @@
 // Linear layers: y[t, n] (+)= sum_k in[t, k] * w[n, k] (+ bias[n]).
 // x: f32 activations; w: weights [N, KP] in `W` precision, rows zero-padded to KP (a multiple of
-// 4) so they load as vec4; y: f32 [rows, N].
+// 4) so they load as vec4; y: f32 [rows, Y_STRIDE], of which this dispatch writes columns
+// [N_OFFSET, N_OFFSET + N): a matrix larger than one storage binding is split into row parts,
+// one dispatch per part (gpu/weights.ts), each writing its own column range of y.
 // The input `in` is x itself [rows, K], or, fused so the layer needs no extra dispatch:
 //  - NORM_INPUT: rmsnorm(x[t]) * norm_w, the row's root mean square computed here;
 //  - SWIGLU_INPUT: silu(gate) * up of the fused gate|up projection x [rows, 2K].
 // Two entry points: `gemv` for few rows (decode; memory bound, streams each weight row once for
 // all rows) and `gemm` for many rows (prefill; 64x64 register-tiled).
 
-override N: u32;            // output features
+override N: u32;            // output features of this part (rows of w)
+override N_OFFSET: u32 = 0u; // first output column this part writes (and its first bias)
+override Y_STRIDE: u32;     // output features of the whole matrix (row stride of y)
 override K: u32;            // input features
 override KP: u32;           // padded input features (row stride of w), multiple of 4
 override ACCUMULATE: bool = false; // y += result (residual connection) instead of y = result
@@ -34,8 +38,8 @@ fn row_count() -> u32 {
 
 fn store(t: u32, n: u32, v: f32) {
   var r = v;
-  if (HAS_BIAS) { r += bias[n]; }
-  let i = t * N + n;
+  if (HAS_BIAS) { r += bias[N_OFFSET + n]; }
+  let i = t * Y_STRIDE + N_OFFSET + n;
   if (ACCUMULATE) { r += y[i]; }
   y[i] = r;
 }

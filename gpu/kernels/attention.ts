@@ -1,7 +1,9 @@
 // wgsl/attention.wgsl: causal GQA attention over one KV-cache part, compiled with the part's
 // layout include (cache_layout.ts). Entry points: `prefill` (16-row query tiles), `decode`
-// (split-K over keys, up to 8 query heads of a KV head per workgroup) and `merge` (combines the
-// split-K partials; not run with a single split).
+// (split-K over keys, up to 8 query heads of a KV head per workgroup, one block of SPLIT_KEYS
+// keys per split), `decode_long` (the same over several blocks per split, once the split cap is
+// reached) and `merge` (combines the split-K partials; not run with a single split). A part split into shards runs `prefill` or
+// `decode` once per shard, in shard order, each binding its shard's buffers and index.
 
 import { CACHE_LAYOUTS, type CachePartKernel } from "./cache_layout.ts";
 import { type BindingIndices, type Groups, kernel } from "./kernel.ts";
@@ -35,9 +37,11 @@ export interface AttentionConstants {
   SCALE: number;
 }
 
-const READ = { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4 } as const;
+const READ = { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4, shard: 9 } as const;
 const OUT = { out: 6 } as const;
 const PARTIALS = { partials: 7 } as const;
+/** Prefill's softmax max and sum per (row, query head) between shard dispatches. */
+const CARRY = { carry: 8 } as const;
 
 function attention<B extends BindingIndices>(
   entry: string,
@@ -51,21 +55,67 @@ function attention<B extends BindingIndices>(
 
 export function attentionPrefill(c: AttentionConstants, part: CachePartKernel) {
   const layout = CACHE_LAYOUTS[part.layout].bindings;
-  return attention("prefill", c, part, { ...READ, ...layout, ...OUT });
+  return attention("prefill", c, part, { ...READ, ...layout, ...OUT, ...CARRY });
 }
 
-export function attentionDecode(c: AttentionConstants, part: CachePartKernel) {
+/** `decode` for splits of one block of SPLIT_KEYS keys, `decode_long` for more. */
+export type DecodeEntry = "decode" | "decode_long";
+
+/** The decode entry point a forward with `keysPerSplit` keys per split runs. */
+export function decodeEntry(keysPerSplit: number): DecodeEntry {
+  return keysPerSplit > ATTENTION_GEOMETRY.SPLIT_KEYS ? "decode_long" : "decode";
+}
+
+export function attentionDecode(
+  c: AttentionConstants,
+  part: CachePartKernel,
+  entry: DecodeEntry = "decode",
+) {
   const layout = CACHE_LAYOUTS[part.layout].bindings;
-  return attention("decode", c, part, { ...READ, ...layout, ...OUT, ...PARTIALS });
+  return attention(entry, c, part, { ...READ, ...layout, ...OUT, ...PARTIALS });
 }
 
 export function attentionMerge(c: AttentionConstants, part: CachePartKernel) {
   return attention("merge", c, part, { fwd: READ.fwd, ...OUT, ...PARTIALS });
 }
 
-/** Key splits of decode attention for queries up to position `positions` - 1. */
-export function splitsFor(positions: number): number {
-  return Math.ceil(positions / ATTENTION_GEOMETRY.SPLIT_KEYS);
+/** Most key splits of a decode forward: enough workgroups for any GPU at batch 1. */
+export const MAX_SPLITS = 256;
+
+/** Bytes the decode partials may take at the runner's batch: within every adapter's binding
+ * (WebGPU's default is 128 MiB), whatever the context. */
+export const PARTIALS_BUDGET_BYTES = 64 << 20;
+
+/** f32 floats of the carry per (row, query head): prefill's running max and sum. */
+export const CARRY_FLOATS = 2;
+
+/** How a decode forward splits its keys (the `Forward` uniform's n_splits and keys_per_split). */
+export interface SplitPlan {
+  splits: number;
+  /** Visible keys per split: a multiple of SPLIT_KEYS, one decode workgroup's blocks. */
+  keysPerSplit: number;
+}
+
+/** Key splits of decode attention for queries up to position `positions` - 1: one per
+ * SPLIT_KEYS keys, or fewer splits of more keys each when that would exceed `maxSplits`. */
+export function splitsFor(positions: number, maxSplits: number): SplitPlan {
+  const K = ATTENTION_GEOMETRY.SPLIT_KEYS;
+  const blocks = Math.max(1, Math.ceil(positions / K));
+  const keysPerSplit = K * Math.ceil(blocks / Math.max(1, maxSplits));
+  return { splits: Math.ceil(Math.max(1, positions) / keysPerSplit), keysPerSplit };
+}
+
+/** The split cap of a runner: what its longest context needs, at most MAX_SPLITS, and few
+ * enough that partials [batch, heads, splits, headDim + 2] f32 fit PARTIALS_BUDGET_BYTES. */
+export function maxSplitsFor(
+  context: number,
+  batch: number,
+  nHeads: number,
+  headDim: number,
+): number {
+  const perSplit = batch * nHeads * (headDim + 2) * 4;
+  const fit = Math.floor(PARTIALS_BUDGET_BYTES / perSplit);
+  return Math.max(1, Math.min(MAX_SPLITS, fit, Math.ceil(context / ATTENTION_GEOMETRY.SPLIT_KEYS)));
 }
 
 /** Prefill: one workgroup per BQ query rows and query head. */

@@ -1,5 +1,6 @@
 // wgsl/common.wgsl on the TypeScript side: the `Forward` uniform and the `Row` records every
-// kernel of a forward reads, laid out once here for the runner and the kernel tests.
+// kernel of a forward reads, and the `CacheShard` uniform of the cache kernels, laid out once here
+// for the runner and the kernel tests.
 
 /** struct Forward: per-forward values that change between submissions. */
 export interface ForwardParams {
@@ -9,12 +10,22 @@ export interface ForwardParams {
   logitRows: number;
   /** Key splits of split-K decode attention. */
   splits: number;
+  /** Visible keys per split (a multiple of SPLIT_KEYS). */
+  keysPerSplit: number;
 }
 
 export const FORWARD_BYTES = 16;
 
 export function encodeForward(f: ForwardParams): Uint32Array<ArrayBuffer> {
-  return new Uint32Array([f.rows, f.logitRows, 0, f.splits]);
+  return new Uint32Array([f.rows, f.logitRows, f.keysPerSplit, f.splits]);
+}
+
+/** struct CacheShard: which shard of a cache part a dispatch binds (a uniform buffer of 16
+ * bytes, the smallest uniform binding every adapter takes). */
+export const CACHE_SHARD_BYTES = 16;
+
+export function encodeCacheShard(index: number): Uint32Array<ArrayBuffer> {
+  return new Uint32Array([index, 0, 0, 0]);
 }
 
 /** struct Row: one token row of a forward. */

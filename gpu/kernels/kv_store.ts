@@ -1,5 +1,6 @@
 // wgsl/kv_store.wgsl: writes a forward's fresh keys and values into one KV-cache part, compiled
-// with the part's layout include (cache_layout.ts); one workgroup per token row.
+// with the part's layout include (cache_layout.ts); one workgroup per token row, one dispatch per
+// shard of the part (each writes the rows its shard holds).
 
 import { CACHE_LAYOUTS, type CachePartKernel } from "./cache_layout.ts";
 import { type Groups, kernel } from "./kernel.ts";
@@ -23,7 +24,7 @@ export function kvStore(c: KvStoreConstants, part: CachePartKernel) {
     KV_STORE_FILE,
     "main",
     { ...c, ...part.constants },
-    { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4, ...layout.bindings },
+    { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4, shard: 9, ...layout.bindings },
     [layout.include],
   );
 }

@@ -17,8 +17,12 @@ export const MATMUL_GEOMETRY = {
 } as const;
 
 export interface MatmulConstants {
-  /** Output features. */
+  /** Output features of this row part of the weight (all of them when it is not split). */
   N: number;
+  /** First output column (and bias) of this part. */
+  N_OFFSET: number;
+  /** Output features of the whole matrix: the row stride of y. */
+  Y_STRIDE: number;
   /** Input features. */
   K: number;
   /** Padded input features (row stride of w), a multiple of 4. */
