@@ -17,7 +17,7 @@
 
 import { CacheGeometry } from "../cache/layout.ts";
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
-import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { CliError, intList, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
 import { runServeBench, serveMarkdown } from "./serve.ts";
 import { scaleMain } from "./scale.ts";
@@ -67,15 +67,6 @@ const DEFAULT_PATTERN = new URL(
 const OUT = new URL("./results/", import.meta.url).pathname;
 /** Host floats the bench may hold for weights (one layer + embeddings). */
 const MAX_HOST_FLOATS = 1.5e9;
-
-function intList(raw: string | undefined, flag: string): number[] | undefined {
-  if (raw === undefined) return undefined;
-  const v = raw.split(",").map((s) => Number(s.trim()));
-  if (v.length === 0 || v.some((x) => !Number.isInteger(x) || x < 1)) {
-    throw new CliError(`--${flag} must be a comma-separated list of positive integers, got ${raw}`);
-  }
-  return v;
-}
 
 /** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests; decode steps 1 vs 8. */
 async function serveBench(model = "../shared/models/stories260K", out = "bench/results") {

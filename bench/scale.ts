@@ -55,7 +55,7 @@ import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
 import { builtinPlan, loadPlanArg, resolvePlan } from "../plans/resolve.ts";
 import { loadPlanFile, parsePlan, type Plan } from "../plans/schema.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
-import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { CliError, intList, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
 import { progress } from "../util/progress.ts";
 import { denoFmt } from "./fmt.ts";
@@ -1012,16 +1012,26 @@ async function loadStep(o: ScaleOptions): Promise<StepResult> {
       } satisfies LoadSpec,
     );
     const figures = childFigures(out, notes, base);
-    const peak = figures.peak_rss_bytes as number;
+    // The target is the load's (the issue's "loads with peak RSS <= ..."); the peak after the
+    // first forwards, which adds the adapter's own working memory, is reported beside it.
+    const peak = (figures.peak_rss_after_load_bytes ?? figures.peak_rss_bytes) as number;
+    const peakEnd = figures.peak_rss_bytes as number;
     const gpuBytes = figures.gpu_bytes as number;
     const loadS = figures.load_s as number;
     const targets: Target[] = [
       {
-        name: "peak RSS <= GPU bytes (weights + KV) + 1.5 GiB",
+        name: "peak RSS while loading <= GPU bytes (weights + KV) + 1.5 GiB",
         value: peak / GIB,
         limit: (gpuBytes + 1.5 * GIB) / GIB,
         unit: "GiB",
         pass: peak <= gpuBytes + 1.5 * GIB,
+      },
+      {
+        name: "peak RSS at the end (after decoding) <= GPU bytes + 1.5 GiB",
+        value: peakEnd / GIB,
+        limit: (gpuBytes + 1.5 * GIB) / GIB,
+        unit: "GiB",
+        pass: peakEnd <= gpuBytes + 1.5 * GIB,
       },
       {
         name: "load s <= 1.5 x cat s (warm)",
@@ -1312,15 +1322,6 @@ export function renderScaleMarkdown(r: ScaleResult, now: string): string {
 }
 
 // ---- entry ------------------------------------------------------------------------------------
-
-function intList(raw: string | undefined, flag: string): number[] | undefined {
-  if (raw === undefined) return undefined;
-  const v = raw.split(",").map((s) => Number(s.trim()));
-  if (v.length === 0 || v.some((x) => !Number.isInteger(x) || x < 1)) {
-    throw new CliError(`--${flag} must be a comma-separated list of positive integers, got ${raw}`);
-  }
-  return v;
-}
 
 const VALUE_FLAGS = [
   "scale-only",

@@ -1,12 +1,37 @@
 // The attention kernel tests' shared parts (tests/kernels_test.ts, tests/kv_shards_test.ts): a
 // test case's shapes, a host-side image of a KV-cache part laid out as the GPU holds it (pages
-// shuffled over a pool, or rings per slot; split into shards when asked), and the reference
-// attention output of a row with its error bound.
+// shuffled over a pool, or rings per slot; split into shards when asked), the reference
+// attention output of a row with its error bound, and the driver both tests run a case with.
 
+import assert from "node:assert/strict";
 import { RetrievalPages, StreamingRing } from "../cache/kinds.ts";
-import type { AttentionConstants } from "../gpu/kernels/attention.ts";
+import {
+  ATTENTION_GEOMETRY,
+  type AttentionConstants,
+  attentionDecode,
+  attentionMerge,
+  attentionPrefill,
+  CARRY_FLOATS,
+  decodeEntry,
+  decodeGroups,
+  MAX_SPLITS,
+  mergeGroups,
+  prefillGroups,
+  splitsFor,
+} from "../gpu/kernels/attention.ts";
 import type { CachePartKernel } from "../gpu/kernels/cache_layout.ts";
-import { Rng, type RowSpec, U32 } from "./kernel_harness.ts";
+import type { ScalarType } from "../gpu/pipelines.ts";
+import {
+  assertClose,
+  call,
+  type DispatchSpec,
+  type KernelHarness,
+  Rng,
+  type RowSpec,
+  SENTINEL,
+  stored,
+  U32,
+} from "./kernel_harness.ts";
 
 export interface AttnConfig {
   name: string;
@@ -238,4 +263,161 @@ export function attentionRef(
   const expErr = (3 * (n / 16 + 3 + extraRescales) + 8 * sMag) * 2 ** -23;
   const tol = vMax * (2 * (delta + expErr) + 2 * (n + 2) * U32);
   return { out, tol };
+}
+
+/** How a case's cache is laid out and decoded (kv_shards_test.ts varies them). */
+export interface AttentionRunOptions {
+  /** Shards the cache is split into (default 1). */
+  shards?: number;
+  /** Ring slots per shard. */
+  slots?: number;
+  /** Cap on decode splits (default MAX_SPLITS). */
+  maxSplits?: number;
+}
+
+/**
+ * Runs every forward of case `c` (its prefills, then one decode batch) against a cache image
+ * holding each sequence's earlier positions: one dispatch per shard, state carried between them
+ * (NaN-filled beforehand, so state read before it is written poisons the output), then the
+ * split-K merge. Asserts each output against attentionRef and returns each forward's name and
+ * its error as a share of the bound.
+ */
+export async function checkAttention(
+  h: KernelHarness,
+  p: ScalarType,
+  c: AttnConfig,
+  rng: Rng,
+  o: AttentionRunOptions = {},
+): Promise<{ what: string; ratio: number }[]> {
+  const hd = c.headDim;
+  const group = c.nHeads / c.nKvHeads;
+  const qBase = c.kvHeadBase * group;
+  const nq = c.cacheHeads * group;
+  const stride = (c.nHeads + 2 * c.nKvHeads) * hd;
+  const outDim = c.nHeads * hd;
+  const forwards: { kind: "prefill" | "decode"; rows: RowSpec[] }[] = [
+    ...c.prefill.map((s) => ({
+      kind: "prefill" as const,
+      rows: Array.from({ length: s.n }, (_, r) => ({
+        slot: s.slot,
+        pos: s.pos0 + r,
+        firstRow: 0,
+        nSeqRows: s.n,
+      })),
+    })),
+    {
+      kind: "decode",
+      rows: c.decode.map((s, r) => ({ slot: s.slot, pos: s.pos, firstRow: r, nSeqRows: 1 })),
+    },
+  ];
+  const results = [];
+  for (const f of forwards) {
+    const n = f.rows.length;
+    const lengths = new Map<number, number>();
+    for (const [r, row] of f.rows.entries()) lengths.set(row.slot, row.pos - (r - row.firstRow));
+    const img = new CacheImage(
+      c,
+      lengths,
+      rng,
+      o.shards ? { shards: o.shards, slots: o.slots } : undefined,
+    );
+    if (o.shards) {
+      assert.ok(img.shards >= Math.min(o.shards, img.units), `${c.name}: ${img.shards}`);
+      if (!c.streaming && o.shards >= 3) {
+        // The longest sequence's pages lie in >= 3 shards, out of shard order.
+        const [slot, len] = [...lengths].sort((a, b) => b[1] - a[1])[0];
+        const shards = img.pageShards(slot, len);
+        if (len >= 200) {
+          assert.ok(new Set(shards).size >= 3, `${c.name}: pages in shards ${shards}`);
+          assert.ok(shards.some((s, i) => i > 0 && s < shards[i - 1]), "pages out of order");
+        }
+      }
+    }
+    // q in [-2, 2]: sharper softmaxes, so a wrong or leaked key shows more.
+    const qkv = rng.array(n * stride);
+    for (let r = 0; r < n; r++) {
+      for (let e = 0; e < c.nHeads * hd; e++) qkv[r * stride + e] *= 2;
+    }
+    const constants = img.constants();
+    const part = img.part();
+    const common = {
+      rows: h.rows(f.rows),
+      qkv: h.upload(qkv),
+      pageTable: h.upload(img.pageTable, "u32"),
+      out: h.filled(n * outDim, SENTINEL),
+    };
+    const shardBuffers = img.kShards.map((k, s) => ({
+      kCache: h.upload(k, p),
+      vCache: h.upload(img.vShards[s], p),
+      shard: h.shard(s),
+    }));
+    const steps: DispatchSpec[] = [];
+    let splits = 1;
+    if (f.kind === "prefill") {
+      const fwd = h.forward({ nRows: n });
+      const carry = h.filled(n * c.nHeads * CARRY_FLOATS, NaN);
+      for (const sb of shardBuffers) {
+        steps.push(call(
+          attentionPrefill(constants, part),
+          { fwd, ...common, ...sb, carry },
+          prefillGroups(n, nq),
+        ));
+      }
+    } else {
+      const maxPos = Math.max(...f.rows.map((row) => row.pos + 1));
+      const plan = splitsFor(maxPos, o.maxSplits ?? MAX_SPLITS);
+      if (o.maxSplits) {
+        assert.ok(plan.splits <= o.maxSplits && plan.splits < Math.ceil(maxPos / 256));
+      } else {
+        assert.equal(plan.keysPerSplit, ATTENTION_GEOMETRY.SPLIT_KEYS);
+      }
+      splits = plan.splits;
+      const fwd = h.forward({
+        nRows: n,
+        nLogitRows: n,
+        nSplits: splits,
+        nKeysPerSplit: plan.keysPerSplit,
+      });
+      const partials = h.filled(n * c.nHeads * splits * (hd + 2), NaN);
+      for (const sb of shardBuffers) {
+        steps.push(call(
+          attentionDecode(constants, part, decodeEntry(plan.keysPerSplit)),
+          { fwd, ...common, ...sb, partials },
+          decodeGroups(n, c.cacheHeads, group, splits),
+        ));
+      }
+      // With one split and one shard `decode` writes the output itself and `merge` is not run.
+      const merge = mergeGroups(n, nq, splits);
+      assert.equal(merge === null, splits === 1);
+      if (merge) {
+        steps.push(
+          call(attentionMerge(constants, part), { fwd, out: common.out, partials }, merge),
+        );
+      }
+    }
+    await h.run(p, steps);
+    const want = new Float64Array(n * outDim).fill(SENTINEL);
+    const tol = new Float64Array(n * outDim);
+    for (const [r, row] of f.rows.entries()) {
+      const ck = stored(img.k.get(row.slot)!, p);
+      const cv = stored(img.v.get(row.slot)!, p);
+      // Sharded: each tile at most twice, and one rescale per shard's hand-over.
+      const extra = img.shards > 1 ? (row.pos + 1) / 16 + img.shards : undefined;
+      for (let head = qBase; head < qBase + nq; head++) {
+        const ref = attentionRef(c, qkv, r, row, head, ck, cv, extra);
+        want.set(ref.out, r * outDim + head * hd);
+        tol.fill(ref.tol, r * outDim + head * hd, r * outDim + (head + 1) * hd);
+      }
+    }
+    const what = `${c.name}: ${p} ${f.kind} ${
+      f.kind === "prefill"
+        ? `pos0 ${f.rows[0].pos} rows ${n}`
+        : `positions ${f.rows.map((row) => row.pos)}, ${splits} splits`
+    }, ${img.shards} shard(s)`;
+    results.push({
+      what,
+      ratio: assertClose(await h.readF32(common.out), want, (i) => tol[i], what),
+    });
+  }
+  return results;
 }

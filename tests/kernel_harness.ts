@@ -195,7 +195,28 @@ export class KernelHarness {
     for (const b of this.#owned) b.destroy();
     this.#owned = [];
   }
+
+  /** Runs `fn` once per storage precision as test steps, releasing buffers after each. */
+  async perPrecision(t: Deno.TestContext, fn: (p: ScalarType) => Promise<void>): Promise<void> {
+    for (const p of this.precisions) {
+      await t.step({
+        name: p,
+        sanitizeOps: false,
+        sanitizeResources: false,
+        fn: async () => {
+          try {
+            await fn(p);
+          } finally {
+            this.release();
+          }
+        },
+      });
+    }
+  }
 }
+
+/** Written into output buffers beforehand: elements a kernel must not touch keep it. */
+export const SENTINEL = -777.5; // exact in f16 too
 
 /** Values as stored in `dtype` and read back as f32 (f16: round to nearest even). */
 export function stored(data: ArrayLike<number>, dtype: ScalarType): Float32Array {

@@ -16,19 +16,7 @@
 import assert from "node:assert/strict";
 import { CACHE_KINDS, RetrievalPages, StreamingRing } from "../cache/kinds.ts";
 import { uploadMatrix } from "../gpu/buffers.ts";
-import {
-  ATTENTION_FILE,
-  ATTENTION_GEOMETRY,
-  attentionDecode,
-  attentionMerge,
-  attentionPrefill,
-  CARRY_FLOATS,
-  decodeGroups,
-  MAX_SPLITS,
-  mergeGroups,
-  prefillGroups,
-  splitsFor,
-} from "../gpu/kernels/attention.ts";
+import { ATTENTION_FILE, ATTENTION_GEOMETRY } from "../gpu/kernels/attention.ts";
 import { CACHE_LAYOUTS } from "../gpu/kernels/cache_layout.ts";
 import { FORWARD_BYTES, ROW_WORDS } from "../gpu/kernels/common.ts";
 import { DECODE_STEP_FILE, DECODE_STEP_MAX_ROWS, decodeStep } from "../gpu/kernels/decode_step.ts";
@@ -48,25 +36,21 @@ import { type ScalarType, wgslFile } from "../gpu/pipelines.ts";
 import {
   assertClose,
   call,
-  type DispatchSpec,
   KernelHarness,
   Rng,
   type RowSpec,
+  SENTINEL,
   stored,
   U16,
   U32,
 } from "./kernel_harness.ts";
-import { attentionRef, type AttnConfig, CacheImage } from "./attention_reference.ts";
+import { type AttnConfig, checkAttention } from "./attention_reference.ts";
 
 const harness = await KernelHarness.create();
 const h = harness as KernelHarness;
 /** Without a WebGPU adapter these tests are reported as ignored. WebGPU keeps device handles and
  * async polling alive across tests, so the sanitizers are off. */
 const gpuTest = { ignore: harness === null, sanitizeResources: false, sanitizeOps: false };
-const precisions: ScalarType[] = harness?.precisions ?? ["f32"];
-
-/** Written into output buffers beforehand: elements a kernel must not touch keep it. */
-const SENTINEL = -777.5; // exact in f16 too
 
 /** With KERNELS_VERBOSE=1, prints how close each comparison came to its tolerance (err / tol). */
 const VERBOSE = (() => {
@@ -78,27 +62,6 @@ const VERBOSE = (() => {
 })();
 function margin(what: string, ratio: number): void {
   if (VERBOSE) console.log(`  ${what}: worst err/tol = ${ratio.toExponential(2)}`);
-}
-
-/** Runs `fn` once per storage precision as test steps, releasing buffers after each. */
-async function perPrecision(
-  t: Deno.TestContext,
-  fn: (p: ScalarType) => Promise<void>,
-): Promise<void> {
-  for (const p of precisions) {
-    await t.step({
-      name: p,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        try {
-          await fn(p);
-        } finally {
-          h.release();
-        }
-      },
-    });
-  }
 }
 
 // ---- kernel contracts ------------------------------------------------------------------------
@@ -171,7 +134,7 @@ Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL"
 // ---- embed ----------------------------------------------------------------------------------
 
 Deno.test("embed.wgsl gathers table rows, over row parts of a padded table", gpuTest, async (t) => {
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const rng = new Rng(101);
     const VOCAB = 50, DIM = 100; // DIM not a multiple of the 64 threads
     const STRIDE = 104; // rows padded as the tied LM head stores them
@@ -219,7 +182,7 @@ Deno.test("rmsnorm.wgsl (final norm, gathered rows)", gpuTest, async (t) => {
   // within 2 ULP (WGSL); then two f32 products. Together < 1e-6; 4e-6 allows for llvmpipe's
   // inverseSqrt being an approximation refined by one Newton step.
   const REL = 4e-6;
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const rng = new Rng(202);
     const DIM = 300, EPS = 1e-5, N = 5;
     const x = rng.array(N * DIM, -2, 2);
@@ -262,7 +225,7 @@ Deno.test("rope.wgsl, INTERLEAVED and rotate-half", gpuTest, async (t) => {
   // 4096-rad argument loses ~2^-12 of it), so each rotated value may be off by
   // |x0| e_c + |x1| e_s with e <= 2^-10, plus 2 u relative for the products.
   const TRIG = 2 ** -10;
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     for (const headDim of [8, 64, 128]) {
       for (const interleaved of [true, false]) {
         const rng = new Rng(300 + headDim);
@@ -382,7 +345,7 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
   // Each output is a sum of K products plus bias and the accumulated value, all f32 from exact
   // inputs (f16 weights convert exactly): |err| <= gamma_(K+3) * (sum_k |x w| + |b| + |y0|) with
   // gamma_m = m u / (1 - m u), for any summation order.
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     for (const c of MATMUL_CASES) {
       const rng = new Rng(500 + c.N + c.K + c.T);
       const KP = Math.ceil(c.K / 4) * 4;
@@ -576,116 +539,10 @@ const ATTN_CONFIGS: AttnConfig[] = [
 ];
 
 Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     for (const c of ATTN_CONFIGS) {
       const rng = new Rng(600 + c.headDim + c.nHeads + (c.streaming?.recent ?? 0));
-      const hd = c.headDim;
-      const group = c.nHeads / c.nKvHeads;
-      const qBase = c.kvHeadBase * group;
-      const nq = c.cacheHeads * group;
-      const stride = (c.nHeads + 2 * c.nKvHeads) * hd;
-      const outDim = c.nHeads * hd;
-
-      // Forwards to run against caches holding each sequence's earlier positions.
-      const forwards: { kind: "prefill" | "decode"; rows: RowSpec[] }[] = [
-        ...c.prefill.map((s) => ({
-          kind: "prefill" as const,
-          rows: Array.from({ length: s.n }, (_, r) => ({
-            slot: s.slot,
-            pos: s.pos0 + r,
-            firstRow: 0,
-            nSeqRows: s.n,
-          })),
-        })),
-        {
-          kind: "decode",
-          rows: c.decode.map((s, r) => ({ slot: s.slot, pos: s.pos, firstRow: r, nSeqRows: 1 })),
-        },
-      ];
-      for (const f of forwards) {
-        const n = f.rows.length;
-        const lengths = new Map<number, number>();
-        for (const [r, row] of f.rows.entries()) {
-          lengths.set(row.slot, row.pos - (r - row.firstRow));
-        }
-        const img = new CacheImage(c, lengths, rng);
-        // q in [-2, 2]: sharper softmaxes, so a wrong or leaked key shows more.
-        const qkv = rng.array(n * stride);
-        for (let r = 0; r < n; r++) {
-          for (let e = 0; e < c.nHeads * hd; e++) qkv[r * stride + e] *= 2;
-        }
-        const constants = img.constants();
-        const part = img.part();
-        const fwdRows = h.rows(f.rows);
-        const qkvBuf = h.upload(qkv);
-        const kBuf = h.upload(img.kBuf, p);
-        const vBuf = h.upload(img.vBuf, p);
-        const pt = h.upload(img.pageTable, "u32");
-        const out = h.filled(n * outDim, SENTINEL);
-        const cache = {
-          rows: fwdRows,
-          qkv: qkvBuf,
-          kCache: kBuf,
-          vCache: vBuf,
-          pageTable: pt,
-          out,
-          shard: h.shard(0),
-        };
-        let splits = 1;
-        if (f.kind === "prefill") {
-          // One shard: the carry is never read or written.
-          const carry = h.filled(n * c.nHeads * CARRY_FLOATS, SENTINEL);
-          await h.dispatch(
-            p,
-            attentionPrefill(constants, part),
-            { fwd: h.forward({ nRows: n }), ...cache, carry },
-            prefillGroups(n, nq),
-          );
-        } else {
-          const maxPos = Math.max(...f.rows.map((row) => row.pos + 1));
-          const plan = splitsFor(maxPos, MAX_SPLITS);
-          assert.equal(plan.keysPerSplit, ATTENTION_GEOMETRY.SPLIT_KEYS);
-          splits = plan.splits;
-          const fwd = h.forward({
-            nRows: n,
-            nLogitRows: n,
-            nSplits: splits,
-            nKeysPerSplit: plan.keysPerSplit,
-          });
-          const partials = h.filled(n * c.nHeads * splits * (hd + 2), SENTINEL);
-          // With one split `decode` writes the output itself and `merge` is not run.
-          const steps: DispatchSpec[] = [
-            call(
-              attentionDecode(constants, part),
-              { fwd, ...cache, partials },
-              decodeGroups(n, c.cacheHeads, group, splits),
-            ),
-          ];
-          const merge = mergeGroups(n, nq, splits);
-          assert.equal(merge === null, splits === 1);
-          if (merge) {
-            steps.push(call(attentionMerge(constants, part), { fwd, out, partials }, merge));
-          }
-          await h.run(p, steps);
-        }
-        const want = new Float64Array(n * outDim).fill(SENTINEL);
-        const tol = new Float64Array(n * outDim);
-        for (const [r, row] of f.rows.entries()) {
-          const ck = stored(img.k.get(row.slot)!, p);
-          const cv = stored(img.v.get(row.slot)!, p);
-          for (let head = qBase; head < qBase + nq; head++) {
-            const ref = attentionRef(c, qkv, r, row, head, ck, cv);
-            want.set(ref.out, r * outDim + head * hd);
-            tol.fill(ref.tol, r * outDim + head * hd, r * outDim + (head + 1) * hd);
-          }
-        }
-        const what = `${c.name}: ${p} ${f.kind} ${
-          f.kind === "prefill"
-            ? `pos0 ${f.rows[0].pos} rows ${n}`
-            : `positions ${f.rows.map((row) => row.pos)}, ${splits} splits`
-        }`;
-        margin(what, assertClose(await h.readF32(out), want, (i) => tol[i], what));
-      }
+      for (const r of await checkAttention(h, p, c, rng)) margin(r.what, r.ratio);
     }
   });
 });
@@ -699,7 +556,7 @@ function kvTol(p: ScalarType, x: number): number {
 }
 
 Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const rng = new Rng(700);
 
     { // paged: KV heads [1, 3) of 3 into a cache of 2 heads, a chunk and a decode batch
@@ -839,7 +696,7 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
 // ---- decode_step ----------------------------------------------------------------------------
 
 Deno.test("decode_step.wgsl chains decode steps", gpuTest, async (t) => {
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const MAX_ROWS = 6, N = 4, STEPS = 3;
     const rows: RowSpec[] = Array.from({ length: MAX_ROWS }, (_, r) => ({
       slot: 10 + r,
@@ -1015,7 +872,7 @@ Deno.test("sample.wgsl", gpuTest, async (t) => {
   // by u times their operands.
   const lpTol = (l: number, lz: number) => 1e-5 + 4 * U32 * (Math.abs(l) + Math.abs(lz));
   const V = 1000; // 4 logits per thread, the last threads' chunks empty
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const rng = new Rng(800);
     const randomLogits = (n: number) => rng.array(n * V, -8, 8);
 
@@ -1218,7 +1075,7 @@ Deno.test("sample.wgsl: top_k and top_p with a -inf or huge negative logit", gpu
   // A masked logit (-inf, or a large negative stand-in such as -1e30) must not disable the
   // filters. The bisections of sample.wgsl start from the smallest logit: with -inf every
   // midpoint is -inf, and with -1e30 32 halvings leave a step of ~1e21, so all tokens stay kept.
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     const V = 16, n = 64;
     const rng = new Rng(900);
     const base = rng.array(V, -4, 4);

@@ -18,32 +18,24 @@ import { RetrievalPages, StreamingRing } from "../cache/kinds.ts";
 import { DEFAULT_BUFFER_LIMITS } from "../cache/layout.ts";
 import {
   ATTENTION_GEOMETRY,
-  attentionDecode,
-  attentionMerge,
-  attentionPrefill,
-  CARRY_FLOATS,
   decodeEntry,
-  decodeGroups,
   MAX_SPLITS,
   maxSplitsFor,
-  mergeGroups,
   PARTIALS_BUDGET_BYTES,
-  prefillGroups,
   splitsFor,
 } from "../gpu/kernels/attention.ts";
 import { kvStore } from "../gpu/kernels/kv_store.ts";
 import type { ScalarType } from "../gpu/pipelines.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
-import { attentionRef, type AttnConfig, CacheImage } from "./attention_reference.ts";
+import { type AttnConfig, checkAttention } from "./attention_reference.ts";
 import { asModel, GREEDY, makeRunner, maxAbsDiff, plan, type TestRunner } from "./gpu_helpers.ts";
 import {
   assertClose,
   call,
-  type DispatchSpec,
   KernelHarness,
   Rng,
   type RowSpec,
-  stored,
+  SENTINEL,
   U16,
 } from "./kernel_harness.ts";
 
@@ -51,29 +43,6 @@ const harness = await KernelHarness.create();
 const h = harness as KernelHarness;
 const gpuTest = { ignore: harness === null, sanitizeResources: false, sanitizeOps: false };
 const precisions: ScalarType[] = harness?.precisions ?? ["f32"];
-
-/** Written into output buffers beforehand: elements a kernel must not touch keep it. */
-const SENTINEL = -777.5; // exact in f16 too
-
-async function perPrecision(
-  t: Deno.TestContext,
-  fn: (p: ScalarType) => Promise<void>,
-): Promise<void> {
-  for (const p of precisions) {
-    await t.step({
-      name: p,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        try {
-          await fn(p);
-        } finally {
-          h.release();
-        }
-      },
-    });
-  }
-}
 
 // ---- split cap (no GPU) ----------------------------------------------------------------------
 
@@ -227,127 +196,11 @@ const SHARD_CASES: ShardCase[] = [
 ];
 
 Deno.test("attention.wgsl over a cache in shards: prefill, decode, merge", gpuTest, async (t) => {
-  await perPrecision(t, async (p) => {
+  await h.perPrecision(t, async (p) => {
     for (const sc of SHARD_CASES) {
       const c = sc.c;
       const rng = new Rng(900 + c.headDim + c.nHeads + (c.streaming?.recent ?? 0));
-      const hd = c.headDim;
-      const group = c.nHeads / c.nKvHeads;
-      const qBase = c.kvHeadBase * group;
-      const nq = c.cacheHeads * group;
-      const stride = (c.nHeads + 2 * c.nKvHeads) * hd;
-      const outDim = c.nHeads * hd;
-      const forwards: { kind: "prefill" | "decode"; rows: RowSpec[] }[] = [
-        ...c.prefill.map((s) => ({
-          kind: "prefill" as const,
-          rows: Array.from({ length: s.n }, (_, r) => ({
-            slot: s.slot,
-            pos: s.pos0 + r,
-            firstRow: 0,
-            nSeqRows: s.n,
-          })),
-        })),
-        {
-          kind: "decode",
-          rows: c.decode.map((s, r) => ({ slot: s.slot, pos: s.pos, firstRow: r, nSeqRows: 1 })),
-        },
-      ];
-      for (const f of forwards) {
-        const n = f.rows.length;
-        const lengths = new Map<number, number>();
-        for (const [r, row] of f.rows.entries()) {
-          lengths.set(row.slot, row.pos - (r - row.firstRow));
-        }
-        const img = new CacheImage(c, lengths, rng, { shards: sc.shards, slots: sc.slots });
-        assert.ok(img.shards >= Math.min(sc.shards, img.units), `${c.name}: ${img.shards}`);
-        if (!c.streaming && sc.shards >= 3) {
-          // The longest sequence's pages lie in >= 3 shards, out of shard order.
-          const [slot, len] = [...lengths].sort((a, b) => b[1] - a[1])[0];
-          const shards = img.pageShards(slot, len);
-          if (len >= 200) {
-            assert.ok(new Set(shards).size >= 3, `${c.name}: pages in shards ${shards}`);
-            assert.ok(shards.some((s, i) => i > 0 && s < shards[i - 1]), "pages out of order");
-          }
-        }
-        const qkv = rng.array(n * stride);
-        for (let r = 0; r < n; r++) {
-          for (let e = 0; e < c.nHeads * hd; e++) qkv[r * stride + e] *= 2;
-        }
-        const constants = img.constants();
-        const part = img.part();
-        const common = {
-          rows: h.rows(f.rows),
-          qkv: h.upload(qkv),
-          pageTable: h.upload(img.pageTable, "u32"),
-          out: h.filled(n * outDim, SENTINEL),
-        };
-        const shardBuffers = img.kShards.map((k, s) => ({
-          kCache: h.upload(k, p),
-          vCache: h.upload(img.vShards[s], p),
-          shard: h.shard(s),
-        }));
-        const steps: DispatchSpec[] = [];
-        let splits = 1;
-        if (f.kind === "prefill") {
-          const fwd = h.forward({ nRows: n });
-          // NaN: state a shard reads before the one before it wrote it would poison the output.
-          const carry = h.filled(n * c.nHeads * CARRY_FLOATS, NaN);
-          for (const sb of shardBuffers) {
-            steps.push(call(
-              attentionPrefill(constants, part),
-              { fwd, ...common, ...sb, carry },
-              prefillGroups(n, nq),
-            ));
-          }
-        } else {
-          const maxPos = Math.max(...f.rows.map((row) => row.pos + 1));
-          const plan = splitsFor(maxPos, sc.maxSplits ?? MAX_SPLITS);
-          if (sc.maxSplits) {
-            assert.ok(plan.splits <= sc.maxSplits && plan.splits < Math.ceil(maxPos / 256));
-          }
-          splits = plan.splits;
-          const fwd = h.forward({
-            nRows: n,
-            nLogitRows: n,
-            nSplits: splits,
-            nKeysPerSplit: plan.keysPerSplit,
-          });
-          const partials = h.filled(n * c.nHeads * splits * (hd + 2), NaN);
-          for (const sb of shardBuffers) {
-            steps.push(call(
-              attentionDecode(constants, part, decodeEntry(plan.keysPerSplit)),
-              { fwd, ...common, ...sb, partials },
-              decodeGroups(n, c.cacheHeads, group, splits),
-            ));
-          }
-          const merge = mergeGroups(n, nq, splits);
-          if (merge) {
-            steps.push(
-              call(attentionMerge(constants, part), { fwd, out: common.out, partials }, merge),
-            );
-          }
-        }
-        await h.run(p, steps);
-        const want = new Float64Array(n * outDim).fill(SENTINEL);
-        const tol = new Float64Array(n * outDim);
-        for (const [r, row] of f.rows.entries()) {
-          const ck = stored(img.k.get(row.slot)!, p);
-          const cv = stored(img.v.get(row.slot)!, p);
-          // Each tile at most twice, and one rescale per shard's hand-over.
-          const extra = (row.pos + 1) / 16 + img.shards;
-          for (let head = qBase; head < qBase + nq; head++) {
-            const ref = attentionRef(c, qkv, r, row, head, ck, cv, extra);
-            want.set(ref.out, r * outDim + head * hd);
-            tol.fill(ref.tol, r * outDim + head * hd, r * outDim + (head + 1) * hd);
-          }
-        }
-        const what = `${c.name}: ${p} ${f.kind} ${
-          f.kind === "prefill"
-            ? `pos0 ${f.rows[0].pos} rows ${n}`
-            : `positions ${f.rows.map((row) => row.pos)}, ${splits} splits`
-        }, ${img.shards} shards`;
-        assertClose(await h.readF32(common.out), want, (i) => tol[i], what);
-      }
+      await checkAttention(h, p, c, rng, sc);
     }
   });
 });
@@ -363,7 +216,7 @@ Deno.test(
   "kv_store.wgsl into shards: each dispatch writes its shard's rows",
   gpuTest,
   async (t) => {
-    await perPrecision(t, async (p) => {
+    await h.perPrecision(t, async (p) => {
       const rng = new Rng(910);
       const HD = 16, NH = 4, NKV = 2, BASE = 1, CH = 1;
       const stride = (NH + 2 * NKV) * HD;

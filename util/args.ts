@@ -203,3 +203,13 @@ export async function runMain(
   }
   Deno.exit(code);
 }
+
+/** `--flag a,b,c` as positive integers (undefined when the flag is absent). */
+export function intList(raw: string | undefined, flag: string): number[] | undefined {
+  if (raw === undefined) return undefined;
+  const v = raw.split(",").map((s) => Number(s.trim()));
+  if (v.length === 0 || v.some((x) => !Number.isInteger(x) || x < 1)) {
+    throw new CliError(`--${flag} must be a comma-separated list of positive integers, got ${raw}`);
+  }
+  return v;
+}
