@@ -226,14 +226,10 @@ export class Engine {
   static async create(o: EngineOptions): Promise<Engine> {
     // A model given by path is opened lazily: its config, plan, cache geometry and every buffer
     // are checked before a byte of weights is read, and the upload streams them from disk.
-    let model: LoadedModel<AnyTensor>;
     const owned = typeof o.model === "string";
-    if (typeof o.model === "string") {
-      model = await loadModel(o.model, { tokenizerPath: o.tokenizer, lazy: true });
-    } else {
-      model = o.model;
-    }
-    let runner: ModelRunner;
+    const model: LoadedModel<AnyTensor> = typeof o.model === "string"
+      ? await loadModel(o.model, { tokenizerPath: o.tokenizer, lazy: true })
+      : o.model;
     try {
       const gpu = o.gpu ?? await getGpu();
       const precision = resolvePrecision(gpu, o.precision);
@@ -243,7 +239,7 @@ export class Engine {
       const bar = o.quiet ? null : progress("loading model");
       const total = weightBytes(model.weights);
       let done = 0;
-      runner = await createRunner(gpu, model, plan, {
+      const runner = await createRunner(gpu, model, plan, {
         ...o,
         precision,
         onUploadBytes: (bytes) => bar?.update(done += bytes, total),

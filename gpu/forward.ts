@@ -24,7 +24,6 @@ import {
   type DecodeEntry,
   decodeEntry,
   decodeGroups,
-  maxSplitsFor,
   mergeGroups,
   prefillGroups,
   splitsFor,
@@ -115,6 +114,8 @@ export interface ForwardSources {
   act: Activations;
   kv: KvBuffers;
   maxBatch: number;
+  /** The runner's cap on decode splits (`maxSplitsFor`), which sized the partials. */
+  maxSplits: number;
 }
 
 export async function buildPrograms(s: ForwardSources): Promise<Programs> {
@@ -298,9 +299,9 @@ class ForwardBuilder {
               : null,
         )
       ));
-    const L = this.s.kv.layout;
-    const maxSplits = maxSplitsFor(L.maxSeqLen, this.s.maxBatch, c.nHeads, c.headDim);
-    const longSplits = decodeEntry(splitsFor(L.maxSeqLen, maxSplits).keysPerSplit) !== "decode";
+    const longSplits =
+      decodeEntry(splitsFor(this.s.kv.layout.maxSeqLen, this.s.maxSplits).keysPerSplit) !==
+        "decode";
     return [
       ...await decode("decode"),
       // Built only where the runner's context can reach the split cap.

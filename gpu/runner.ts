@@ -163,6 +163,7 @@ export class ModelRunner {
         act: r.#act,
         kv: r.kv,
         maxBatch: opts.maxBatch,
+        maxSplits: r.maxSplits,
       });
       return r;
     });

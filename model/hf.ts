@@ -6,7 +6,7 @@
 // Every tensor's shape is checked against the config before it is used.
 
 import { SafetensorsSet } from "./safetensors.ts";
-import { hostWeights, itemBytes, numel } from "./tensors.ts";
+import { hostWeights, weightBytes } from "./tensors.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
 import {
   type LayerWeights,
@@ -285,14 +285,12 @@ export async function openHfModel(dir: string, opts: HfLoadOptions = {}): Promis
   const config = await readHfConfig(dir);
   const st = await SafetensorsSet.openDir(dir);
   let weights: ModelWeights<WeightTensor>;
-  let weightBytes = 0;
   try {
     if (!config.tiedEmbeddings && !st.has("lm_head.weight")) config.tiedEmbeddings = true;
     const t = new Map<string, WeightTensor>();
     for (const [name, shape] of hfTensorShapes(config)) {
       const w = await st.lazy(name, shape);
       t.set(name, w);
-      weightBytes += numel(w) * itemBytes(w);
     }
     const get = (n: string) => t.get(n)!;
     const layers: LayerWeights<WeightTensor>[] = [];
@@ -334,7 +332,14 @@ export async function openHfModel(dir: string, opts: HfLoadOptions = {}): Promis
     st.close();
     throw e;
   }
-  return { source: dir, config, weights, tokenizer, weightBytes, close: () => st.close() };
+  return {
+    source: dir,
+    config,
+    weights,
+    tokenizer,
+    weightBytes: weightBytes(weights),
+    close: () => st.close(),
+  };
 }
 
 async function loadHfTokenizer(
