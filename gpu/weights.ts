@@ -82,19 +82,36 @@ interface MatrixShape {
   cols: number;
 }
 
-function matrixShapes(c: ModelConfig, tied: boolean): MatrixShape[] {
+type LayerMatrix = "wqkv" | "wo" | "w_gate_up" | "w_down";
+const LAYER_MATRICES: LayerMatrix[] = ["wqkv", "wo", "w_gate_up", "w_down"];
+
+/** The shape of one matrix the upload creates: the buffer plan and the upload both ask here. */
+function matrixShape(c: ModelConfig, m: "embed" | "lm_head" | LayerMatrix, l = 0): MatrixShape {
   const qDim = c.nHeads * c.headDim;
-  const qkvDim = qDim + 2 * c.nKvHeads * c.headDim;
-  const out: MatrixShape[] = [{ name: "embed (token embedding)", rows: c.vocabSize, cols: c.dim }];
-  if (!tied) out.push({ name: "lm_head", rows: c.vocabSize, cols: c.dim });
-  for (let l = 0; l < c.nLayers; l++) {
-    out.push(
-      { name: `wqkv L${l} (q|k|v projections)`, rows: qkvDim, cols: c.dim },
-      { name: `wo L${l}`, rows: c.dim, cols: qDim },
-      { name: `w_gate_up L${l}`, rows: 2 * c.hiddenDim, cols: c.dim },
-      { name: `w_down L${l}`, rows: c.dim, cols: c.hiddenDim },
-    );
+  switch (m) {
+    case "embed":
+      return { name: "embed (token embedding)", rows: c.vocabSize, cols: c.dim };
+    case "lm_head":
+      return { name: "lm_head", rows: c.vocabSize, cols: c.dim };
+    case "wqkv":
+      return {
+        name: `wqkv L${l} (q|k|v projections)`,
+        rows: qDim + 2 * c.nKvHeads * c.headDim,
+        cols: c.dim,
+      };
+    case "wo":
+      return { name: `wo L${l}`, rows: c.dim, cols: qDim };
+    case "w_gate_up":
+      return { name: `w_gate_up L${l}`, rows: 2 * c.hiddenDim, cols: c.dim };
+    case "w_down":
+      return { name: `w_down L${l}`, rows: c.dim, cols: c.hiddenDim };
   }
+}
+
+function matrixShapes(c: ModelConfig, tied: boolean): MatrixShape[] {
+  const out = [matrixShape(c, "embed")];
+  if (!tied) out.push(matrixShape(c, "lm_head"));
+  for (let l = 0; l < c.nLayers; l++) out.push(...LAYER_MATRICES.map((m) => matrixShape(c, m, l)));
   return out;
 }
 
@@ -194,7 +211,7 @@ async function uploadAll(
 ): Promise<ModelTensors> {
   const w = asWeights(weights);
   const hd = c.headDim;
-  const embedding = up.matrix("embed", c.vocabSize, c.dim);
+  const embedding = up.matrix(matrixShape(c, "embed"));
   await up.rows(embedding, 0, w.tokenEmbedding);
   const layers = [];
   for (let l = 0; l < c.nLayers; l++) {
@@ -204,16 +221,16 @@ async function uploadAll(
     const qOrder = order.flatMap((kv) => Array.from({ length: group }, (_, g) => kv * group + g));
     const qDim = c.nHeads * hd;
     const kvDim = c.nKvHeads * hd;
-    const wqkv = up.matrix(`wqkv L${l}`, qDim + 2 * kvDim, c.dim);
+    const wqkv = up.matrix(matrixShape(c, "wqkv", l));
     await up.rows(wqkv, 0, lw.wq, { order: qOrder, block: hd });
     await up.rows(wqkv, qDim, lw.wk, { order, block: hd });
     await up.rows(wqkv, qDim + kvDim, lw.wv, { order, block: hd });
-    const wo = up.matrix(`wo L${l}`, c.dim, qDim);
+    const wo = up.matrix(matrixShape(c, "wo", l));
     await up.rows(wo, 0, lw.wo, { columnOrder: qOrder, block: hd });
-    const wGateUp = up.matrix(`w_gate_up L${l}`, 2 * c.hiddenDim, c.dim);
+    const wGateUp = up.matrix(matrixShape(c, "w_gate_up", l));
     await up.rows(wGateUp, 0, lw.wGate);
     await up.rows(wGateUp, c.hiddenDim, lw.wUp);
-    const wDown = up.matrix(`w_down L${l}`, c.dim, c.hiddenDim);
+    const wDown = up.matrix(matrixShape(c, "w_down", l));
     await up.rows(wDown, 0, lw.wDown);
     let bqkv: GpuTensor | null = null;
     if (lw.bq && lw.bk && lw.bv) {
@@ -238,7 +255,7 @@ async function uploadAll(
   }
   let lmHead = embedding;
   if (w.lmHead !== w.tokenEmbedding) {
-    lmHead = up.matrix("lm_head", c.vocabSize, c.dim);
+    lmHead = up.matrix(matrixShape(c, "lm_head"));
     await up.rows(lmHead, 0, w.lmHead);
   }
   const finalNorm = await up.vector(w.finalNorm, "final_norm");
@@ -307,7 +324,7 @@ class WeightUploader {
   }
 
   /** Allocates a [rows, cols] matrix, rows padded to 4 columns, in parts that fit a binding. */
-  matrix(name: string, rows: number, cols: number): GpuMatrix {
+  matrix({ name, rows, cols }: MatrixShape): GpuMatrix {
     const stride = pad4(cols);
     const parts = rowParts(rows, stride, this.#bytesPerElement, this.partLimit).map((
       p,
