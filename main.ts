@@ -8,7 +8,7 @@
 // e.g. `zigzag: ZIGZAG_MODEL=/models: no model found (...)`. SIGTERM / SIGINT stop accepting,
 // give running requests --grace-s seconds, then exit. Flags: `deno task start --help`.
 
-import { ConfigError, parseServerConfig, USAGE } from "./server/config.ts";
+import { ConfigError, parseServerConfig, startupWarnings, USAGE } from "./server/config.ts";
 import { startServer } from "./server/serve.ts";
 
 function fail(line: string): never {
@@ -37,6 +37,7 @@ if (config === "help") {
   console.log(USAGE);
   Deno.exit(0);
 }
+for (const line of startupWarnings(config)) console.error(line);
 
 const serveMode = import.meta.main && underDenoServe();
 const server = startServer(config, { listen: import.meta.main && !serveMode });

@@ -12,6 +12,8 @@ export interface ChatFormatter {
   /** Where the template came from (for logs and errors). */
   readonly source: string;
   render(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  /** How a rendered chat is encoded: without BOS when it already starts with the BOS text. */
+  encodeOptions(text: string): { addSpecialTokens: boolean };
   encode(messages: ChatMessage[], addGenerationPrompt: boolean): number[];
 }
 
@@ -44,12 +46,16 @@ export function chatFormatter(
     return null;
   }
   const bos = special.bos_token;
+  const encodeOptions = (text: string) => ({
+    addSpecialTokens: !(bos !== "" && text.startsWith(bos)),
+  });
   return {
     source,
     render,
-    encode(messages, gen) {
+    encodeOptions,
+    encode: (messages, gen) => {
       const text = render(messages, gen);
-      return tok.encode(text, { addSpecialTokens: !(bos !== "" && text.startsWith(bos)) });
+      return tok.encode(text, encodeOptions(text));
     },
   };
 }

@@ -132,6 +132,8 @@ class RequestState implements RequestView {
   lastToken = -1;
   admittedAt = 0;
   firstTokenAt = 0;
+  /** Why the server cut it short (abortAll), or null. */
+  abortedBecause: string | null = null;
 
   constructor(
     readonly job: Job,
@@ -416,16 +418,21 @@ export class Engine {
     return new Promise((r) => this.#idle.push(r));
   }
 
-  /** Cancels every queued and running request. */
-  cancelAll(): void {
-    for (const r of [...this.#waiting, ...this.#runningStates()]) r.job.cancel();
+  /** Ends every queued and running request with "abort" (those its caller already cancelled
+   * stay "cancelled"); queued ones at once, running ones at the next iteration boundary. */
+  abortAll(why: string): void {
+    for (const r of [...this.#waiting, ...this.#runningStates()]) {
+      if (r.cancelled) continue;
+      r.abortedBecause = why;
+      r.job.cancel();
+    }
   }
 
   /** Cancels everything, stops the loop and frees the GPU memory. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.stopAccepting();
-      this.cancelAll();
+      this.abortAll("the server is shutting down");
       await this.idle();
       this.#closed = true;
       this.#wake();
@@ -474,7 +481,7 @@ export class Engine {
     if (r.phase === "waiting") {
       const i = this.#waiting.indexOf(r);
       if (i >= 0) this.#waiting.splice(i, 1);
-      this.#finish(r, "cancelled");
+      this.#finishCancelled(r);
     }
     this.#wake();
   }
@@ -508,7 +515,12 @@ export class Engine {
   }
 
   #dropCancelled(): void {
-    for (const r of this.#runningStates()) if (r.cancelled) this.#finish(r, "cancelled");
+    for (const r of this.#runningStates()) if (r.cancelled) this.#finishCancelled(r);
+  }
+
+  #finishCancelled(r: RequestState): void {
+    if (r.abortedBecause === null) this.#finish(r, "cancelled");
+    else this.#finish(r, "abort", new Error(r.abortedBecause));
   }
 
   /** Schedules admissions; each admitted request gets a cache slot. */

@@ -11,8 +11,9 @@ import type { SamplingParams } from "../gpu/runner.ts";
 export { GREEDY, type SamplingParams } from "../gpu/runner.ts";
 export type { CacheFootprint };
 
-/** Why a request ended: a stop (EOS, stop id or string), max_tokens, a cancel, or a failure. */
-export type FinishReason = "stop" | "length" | "cancelled" | "error";
+/** Why a request ended: a stop (EOS, stop id or string), max_tokens, its caller's cancel, the
+ * server cutting it short (shutdown: "abort", as vLLM says), or a failure. */
+export type FinishReason = "stop" | "length" | "cancelled" | "abort" | "error";
 
 export interface GenerationRequest {
   promptIds: number[];

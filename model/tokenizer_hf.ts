@@ -6,7 +6,12 @@
 
 import { Tokenizer as HfTok } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
-import { type ChatMessage, ModelFormatError, type Tokenizer } from "./types.ts";
+import {
+  type ChatMessage,
+  ModelFormatError,
+  type PortableTokenizer,
+  type Tokenizer,
+} from "./types.ts";
 
 export interface EncodeOptions {
   /** Run the post-processor's special tokens (BOS...). Default true. Pass false to encode text
@@ -31,6 +36,98 @@ function tokenString(v: unknown): string | null {
   return null;
 }
 
+const utf8Bytes = (s: string) => new TextEncoder().encode(s).length;
+
+/**
+ * How many times shorter a normalizer can make a text (in UTF-8 bytes), or undefined when it can
+ * drop text without bound. Unicode normalization and lowercasing shrink by at most 3: NFC/NFKC
+ * compose a 9-byte Hangul jamo triple into one 3-byte syllable, and U+212A KELVIN SIGN (3 bytes)
+ * lowercases to "k".
+ */
+function normalizerShrink(n: unknown): number | undefined {
+  if (n === null || n === undefined) return 1;
+  const t = n as {
+    type?: string;
+    normalizers?: unknown[];
+    pattern?: { String?: string };
+    content?: string;
+  };
+  switch (t.type) {
+    case "Sequence": {
+      let f = 1;
+      for (const x of t.normalizers ?? []) {
+        const g = normalizerShrink(x);
+        if (g === undefined) return undefined;
+        f *= g;
+      }
+      return f;
+    }
+    case "NFC":
+    case "NFD":
+    case "NFKC":
+    case "NFKD":
+    case "Lowercase":
+      return 3;
+    case "Prepend":
+    case "ByteLevel":
+      return 1;
+    case "Replace": {
+      const from = t.pattern?.String;
+      if (from === undefined || !t.content) return undefined;
+      return Math.max(1, utf8Bytes(from) / utf8Bytes(t.content));
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** Whether a pre-tokenizer keeps every byte of its input (whitespace splitters drop theirs). */
+function keepsText(p: unknown): boolean {
+  if (p === null || p === undefined) return true;
+  const t = p as { type?: string; pretokenizers?: unknown[]; behavior?: string };
+  switch (t.type) {
+    case "Sequence":
+      return (t.pretokenizers ?? []).every(keepsText);
+    case "ByteLevel":
+    case "Metaspace":
+    case "Digits":
+    case "UnicodeScripts":
+      return true;
+    case "Split":
+    case "Punctuation":
+      return t.behavior !== "Removed";
+    default:
+      return false;
+  }
+}
+
+/**
+ * The most UTF-8 bytes of input one token of a BPE tokenizer.json can stand for, or undefined
+ * where none can be promised. A vocabulary piece stands for at most its own bytes (byte-level
+ * pieces: one byte per character), an added token for its content, an unknown or byte-fallback
+ * token for one character; normalizers that shrink text multiply the bound.
+ */
+function maxBytesPerToken(tj: Record<string, unknown>): number | undefined {
+  const model = tj.model as { type?: string; vocab?: Record<string, number> } | undefined;
+  if (model?.type !== "BPE" || !model.vocab || !keepsText(tj.pre_tokenizer)) return undefined;
+  const added = (tj.added_tokens ?? []) as {
+    content: string;
+    lstrip?: boolean;
+    rstrip?: boolean;
+  }[];
+  // An added token that strips the whitespace beside it swallows any run of it.
+  if (added.some((t) => t.lstrip || t.rstrip)) return undefined;
+  const shrink = normalizerShrink(tj.normalizer);
+  if (shrink === undefined) return undefined;
+  const byteLevel = JSON.stringify(tj.pre_tokenizer ?? null).includes('"ByteLevel"');
+  let max = 4;
+  for (const piece of Object.keys(model.vocab)) {
+    max = Math.max(max, byteLevel ? [...piece].length : utf8Bytes(piece));
+  }
+  for (const t of added) max = Math.max(max, utf8Bytes(t.content));
+  return Math.ceil(max * shrink);
+}
+
 function pickTemplate(v: unknown): string | null {
   if (typeof v === "string") return v;
   if (Array.isArray(v)) {
@@ -51,6 +148,8 @@ export class HfTokenizer implements Tokenizer {
   readonly chatTemplate: string | null;
   /** Renders a chat with the template; absent when there is none. */
   readonly applyChatTemplate?: (messages: ChatMessage[], addGenerationPrompt: boolean) => string;
+  readonly maxBytesPerToken?: number;
+  readonly portable: PortableTokenizer;
   private specialTokens: Record<string, string> = {};
 
   /**
@@ -63,6 +162,8 @@ export class HfTokenizer implements Tokenizer {
     opts: HfTokenizerOptions = {},
   ) {
     this.raw = new HfTok(tokenizerJson, tokenizerConfig);
+    this.maxBytesPerToken = maxBytesPerToken(tokenizerJson);
+    this.portable = { kind: "hf", tokenizerJson, tokenizerConfig, options: opts };
     let maxId = -1;
     for (const id of this.raw.get_vocab(true).values()) if (id > maxId) maxId = id;
     this.vocabSize = maxId + 1;

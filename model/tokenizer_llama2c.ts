@@ -9,7 +9,7 @@
 // UTF-8-decode the joined bytes, so byte-fallback tokens compose multi-byte characters (run.c's
 // safe_printf instead drops single non-printable bytes).
 
-import { ModelFormatError, type Tokenizer } from "./types.ts";
+import { ModelFormatError, type PortableTokenizer, type Tokenizer } from "./types.ts";
 
 const BOS = 1;
 const EOS = 2;
@@ -104,6 +104,9 @@ export class Llama2cTokenizer implements Tokenizer {
   readonly pieces: Uint8Array[];
   readonly scores: Float32Array;
   readonly maxTokenLength: number;
+  /** Every token stands for its piece's bytes of input (byte fallback for one byte, the dummy
+   * prefix for none), so the longest piece bounds them. */
+  readonly maxBytesPerToken: number;
   private keys: string[];
   private lookup = new Map<string, number>();
 
@@ -112,6 +115,7 @@ export class Llama2cTokenizer implements Tokenizer {
     this.scores = scores;
     this.maxTokenLength = maxTokenLength;
     this.vocabSize = pieces.length;
+    this.maxBytesPerToken = Math.max(1, ...pieces.map((p) => p.length));
     this.keys = pieces.map(latin1);
     // run.c bsearches a sorted copy, so among duplicate pieces any may win; we take the lowest id.
     this.keys.forEach((k, i) => {
@@ -164,6 +168,15 @@ export class Llama2cTokenizer implements Tokenizer {
       throw new ModelFormatError(`${path}: cannot read: ${(e as Error).message}`);
     }
     return Llama2cTokenizer.parse(bytes, path, vocabSize);
+  }
+
+  get portable(): PortableTokenizer {
+    return {
+      kind: "llama2c",
+      pieces: this.pieces,
+      scores: this.scores,
+      maxTokenLength: this.maxTokenLength,
+    };
   }
 
   /** Id of a piece given as a string of bytes (latin1), or -1 (run.c's str_lookup). */

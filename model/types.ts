@@ -94,10 +94,26 @@ export interface ChatMessage {
   content: string;
 }
 
+/** What a worker thread needs to build the same tokenizer: plain, structured-cloneable data. */
+export type PortableTokenizer =
+  | { kind: "llama2c"; pieces: Uint8Array[]; scores: Float32Array; maxTokenLength: number }
+  | {
+    kind: "hf";
+    tokenizerJson: Record<string, unknown>;
+    tokenizerConfig: Record<string, unknown>;
+    options: { bosId?: number; eosIds?: number[]; chatTemplate?: string };
+  };
+
 export interface Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosIds: number[];
+  /** No token covers more than this many UTF-8 bytes of input text, so a text of B bytes is at
+   * least B / maxBytesPerToken tokens. Undefined where the pipeline may drop text (a normalizer
+   * that strips, a pre-tokenizer that removes whitespace, a whole-word unknown token). */
+  readonly maxBytesPerToken?: number;
+  /** The same tokenizer as data, for a worker thread (absent: encode on this thread only). */
+  readonly portable?: PortableTokenizer;
   /** Encodes as the model's reference implementation does (BOS included when it adds one).
    * `addSpecialTokens: false` leaves BOS (and other post-processor tokens) out, e.g. for a
    * rendered chat template that already starts with the BOS text. Default true. */

@@ -20,7 +20,7 @@ const TextPart = z.object({
     errorMap: () => ({ message: "only text content parts are supported" }),
   }),
   text: z.string(),
-});
+}).strict();
 
 const Message = z.object({
   role: z.enum(["system", "user", "assistant", "tool", "developer"]),
@@ -28,7 +28,14 @@ const Message = z.object({
     errorMap: () => ({ message: "expected a string or an array of text parts" }),
   }).nullish(),
   name: z.string().nullish(),
-});
+  // OpenAI's other message fields, so that a client replaying a conversation is not refused for
+  // them; tool calls themselves are not supported.
+  refusal: z.string().nullish(),
+  tool_call_id: z.string().nullish(),
+  tool_calls: z.array(z.unknown()).nullish().refine((v) => !v?.length, {
+    message: "tool calling is not supported",
+  }),
+}).strict();
 
 export const ChatRequest = z.object({
   ...samplingFields,
@@ -43,11 +50,14 @@ export const ChatRequest = z.object({
   tools: z.array(z.unknown()).nullish().refine((v) => !v?.length, {
     message: "tool calling is not supported",
   }),
-  response_format: z.object({ type: z.string() }).nullish().refine(
-    (v) => !v || v.type === "text",
-    { message: 'only response_format {type: "text"} is supported' },
-  ),
-});
+  // A literal rather than a refine: {type: "json_schema", json_schema} then names `type` as
+  // unsupported before `json_schema` as unknown (fromZod reports the first issue).
+  response_format: z.object({
+    type: z.literal("text", {
+      errorMap: () => ({ message: 'only response_format {type: "text"} is supported' }),
+    }),
+  }).strict().nullish(),
+}).strict();
 
 type Body = z.infer<typeof ChatRequest>;
 
@@ -83,12 +93,12 @@ export function chatRoute(ctx: ServerContext): Hono {
         "no_chat_template",
       );
     }
-    let prompt: number[];
-    try {
-      prompt = chat.encode(messagesOf(body), body.add_generation_prompt ?? true);
-    } catch (e) {
-      throw badField("messages", `the chat template failed: ${(e as Error).message}`);
-    }
+    const prompt = await ctx.prompts!.encodeChat(
+      chat,
+      messagesOf(body),
+      body.add_generation_prompt ?? true,
+      "messages",
+    );
     // Without a limit: as much as the context (and the KV pool) leaves.
     const job = gen.startGeneration(c, engine, body, {
       promptIds: prompt,
@@ -96,7 +106,6 @@ export function chatRoute(ctx: ServerContext): Hono {
         Math.max(1, engine.limits.maxNewTokens(prompt.length)),
       defaultTemperature: 1,
       promptField: "messages",
-      stopIdField: "stop_token_ids",
     });
     const id = gen.requestId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);

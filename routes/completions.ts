@@ -33,7 +33,7 @@ export const CompletionRequest = z.object({
   best_of: z.number().int().nullish().refine((v) => v == null || v === 1, {
     message: "only best_of = 1 is supported",
   }),
-});
+}).strict();
 
 type Body = z.infer<typeof CompletionRequest>;
 
@@ -66,11 +66,10 @@ function logprobsOf(
 export function completionsRoute(ctx: ServerContext): Hono {
   return postRoute(ctx, "/v1/completions", CompletionRequest, async (c, engine, body) => {
     const job = gen.startGeneration(c, engine, body, {
-      promptIds: gen.promptIds(engine, onePrompt(body.prompt), "prompt"),
+      promptIds: await gen.promptIds(ctx, engine, onePrompt(body.prompt), "prompt"),
       maxTokens: body.max_tokens ?? 16,
       defaultTemperature: 1,
       promptField: "prompt",
-      stopIdField: "stop_token_ids",
     });
     const id = gen.requestId("cmpl");
     const created = Math.floor(Date.now() / 1000);

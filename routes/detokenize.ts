@@ -9,7 +9,7 @@ import { fields, tokenId } from "../server/schemas.ts";
 export const DetokenizeRequest = z.object({
   model: fields.model,
   tokens: z.array(tokenId),
-});
+}).strict();
 
 export function detokenizeRoute(ctx: ServerContext): Hono {
   return postRoute(ctx, "/detokenize", DetokenizeRequest, (c, engine, body) => {

@@ -33,16 +33,15 @@ export const GenerateRequest = z.object({
   }).nullish(),
   logprobs: z.boolean().nullish(),
   max_tokens: fields.maxTokens,
-});
+}).strict();
 
 export function generateRoute(ctx: ServerContext): Hono {
   return postRoute(ctx, "/v1/generate", GenerateRequest, async (c, engine, body) => {
     const job = gen.startGeneration(c, engine, body, {
-      promptIds: gen.promptIds(engine, body.prompt, "prompt"),
+      promptIds: await gen.promptIds(ctx, engine, body.prompt, "prompt"),
       maxTokens: body.max_tokens ?? 16,
       defaultTemperature: 0,
       promptField: "prompt",
-      stopIdField: "stop",
     });
     const id = gen.requestId("gen");
     const summary = (res: GenerationResult) => ({

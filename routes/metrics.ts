@@ -87,7 +87,7 @@ export function metricsRoute(ctx: ServerContext): Hono {
         .counter(
           "zigzag_requests_finished_total",
           "Finished requests by finish reason",
-          ["stop", "length", "cancelled", "error"].map((
+          ["stop", "length", "cancelled", "abort", "error"].map((
             k,
           ) => [{ finish_reason: k }, m.finished.get(k) ?? 0]),
         )

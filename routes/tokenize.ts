@@ -13,25 +13,32 @@ export const TokenizeRequest = z.object({
   model: fields.model,
   prompt: z.string().nullish(),
   add_special_tokens: z.boolean().nullish(),
-  messages: z.array(z.object({ role: z.string(), content: z.string() })).min(1).nullish(),
+  messages: z.array(z.object({ role: z.string(), content: z.string() }).strict()).min(1).nullish(),
   add_generation_prompt: z.boolean().nullish(),
-});
+}).strict();
 
 export function tokenizeRoute(ctx: ServerContext): Hono {
-  return postRoute(ctx, "/tokenize", TokenizeRequest, (c, engine, body) => {
+  return postRoute(ctx, "/tokenize", TokenizeRequest, async (c, engine, body) => {
     if ((body.prompt == null) === (body.messages == null)) {
       throw badField("prompt", "give exactly one of prompt and messages", "missing_field");
     }
     let tokens: number[];
     if (body.prompt != null) {
-      const tok = needTokenizer(engine, "prompt");
-      tokens = tok.encode(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
+      needTokenizer(engine, "prompt");
+      tokens = await ctx.prompts!.encode(body.prompt, "prompt", {
+        addSpecialTokens: body.add_special_tokens ?? true,
+      });
     } else {
       needTokenizer(engine, "messages");
       if (!ctx.chat) {
         throw badField("messages", "the model has no chat template", "no_chat_template");
       }
-      tokens = ctx.chat.encode(body.messages!, body.add_generation_prompt ?? true);
+      tokens = await ctx.prompts!.encodeChat(
+        ctx.chat,
+        body.messages!,
+        body.add_generation_prompt ?? true,
+        "messages",
+      );
     }
     return c.json({ tokens, count: tokens.length, max_model_len: engine.limits.context });
   });

@@ -33,6 +33,8 @@ export interface ServerConfig {
   graceS: number;
   /** Largest request body, MiB. */
   maxBodyMb: number;
+  /** Origins (`https://app.example.com`) answered with CORS headers; none by default. */
+  allowedOrigins?: string[];
   /** Hub download settings (default: HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE). */
   hub?: HubOptions;
   /** Where each setting came from, e.g. { model: "ZIGZAG_MODEL" }, for error messages. */
@@ -71,8 +73,11 @@ flags (environment variable in brackets; a flag wins):
   --decode-steps N      tokens per readback [ZIGZAG_DECODE_STEPS] (default 8)
   --prefill-chunk N     prompt tokens per prefill forward [ZIGZAG_PREFILL_CHUNK] (default 128)
   --max-model-len N     context served (default: the model's) [ZIGZAG_MAX_MODEL_LEN]
-  --api-key KEY         require "Authorization: Bearer KEY" on /v1/*, /tokenize, /detokenize
-                        [ZIGZAG_API_KEY]
+  --api-key KEY         require "Authorization: Bearer KEY" (or "X-Api-Key: KEY") on /v1/*,
+                        /tokenize, /detokenize [ZIGZAG_API_KEY; prefer it: a flag is visible
+                        to every local user in the process list]
+  --allowed-origins LIST  comma-separated origins (https://app.example.com) a browser may call
+                        the API from (CORS) [ZIGZAG_ALLOWED_ORIGINS] (default none)
   --precision f16|f32   [ZIGZAG_PRECISION] (default f16 where the adapter has it)
   --chat-template FILE  Jinja chat template instead of tokenizer_config.json's
                         [ZIGZAG_CHAT_TEMPLATE]
@@ -108,7 +113,47 @@ const VALUE_FLAGS = [
   "served-model-name",
   "grace-s",
   "max-body-mb",
+  "allowed-origins",
 ] as const;
+
+/** `https://a.com, http://b.com:8443` as origins; each a bare scheme://host[:port]. */
+function parseOrigins(raw: string, source: string): string[] {
+  const list = raw.split(",").map((o) => o.trim()).filter((o) => o !== "");
+  if (list.length === 0) {
+    throw new ConfigError(source, raw, "expected a comma-separated list of origins");
+  }
+  return list.map((o) => {
+    let u: URL | undefined;
+    try {
+      u = new URL(o);
+    } catch { /* reported below */ }
+    // No path, query, fragment or user: the href is the origin and a slash.
+    if (!u || !/^https?:$/.test(u.protocol) || u.href !== `${u.origin}/`) {
+      throw new ConfigError(
+        source,
+        raw,
+        `\`${o}\` is not an origin; expected scheme://host[:port], e.g. https://app.example.com`,
+      );
+    }
+    // The form browsers send in `Origin`: lower-case host, no default port, no trailing slash.
+    return u.origin;
+  });
+}
+
+/**
+ * Warnings to log at start-up: settings that work but that an operator should change. A key given
+ * as a flag is readable by every local user in /proc/PID/cmdline (and `ps`); the variable is not.
+ */
+export function startupWarnings(cfg: ServerConfig): string[] {
+  const out: string[] = [];
+  if (cfg.sources["api-key"] === "--api-key") {
+    out.push(
+      "zigzag: warning: --api-key is visible to every local user in the process list " +
+        "(/proc/PID/cmdline); set ZIGZAG_API_KEY instead",
+    );
+  }
+  return out;
+}
 
 export function parseServerConfig(
   argv: readonly string[],
@@ -190,6 +235,10 @@ export function parseServerConfig(
     maxBodyMb: num({ flag: "max-body-mb", env: "ZIGZAG_MAX_BODY_MB", min: 0.001 }) ?? 16,
     sources,
   };
+  const origins = str("allowed-origins", "ZIGZAG_ALLOWED_ORIGINS");
+  if (origins !== undefined) {
+    cfg.allowedOrigins = parseOrigins(origins, sources["allowed-origins"]);
+  }
   return cfg;
 }
 

@@ -10,6 +10,7 @@ import { pathExists } from "../util/fs.ts";
 import { type Progress, progress } from "../util/progress.ts";
 import { ConfigError, type ServerConfig } from "./config.ts";
 import { ApiError } from "./errors.ts";
+import { PromptEncoder } from "./prompts.ts";
 
 export type ServerState = "loading" | "ready" | "failed" | "draining";
 
@@ -21,6 +22,9 @@ export class ServerContext {
   loadedEngine: Engine | null = null;
   /** The model's chat formatter (or --chat-template's); null when there is no template. */
   chat: ChatFormatter | null = null;
+  /** Prompt text to ids (refusing what cannot fit, long texts off the event loop); null when the
+   * model has no tokenizer. */
+  prompts: PromptEncoder | null = null;
   readonly modelId: string;
   readonly startedAt = Date.now();
 
@@ -190,6 +194,7 @@ export class ServerContext {
       await engine.close();
       throw e;
     }
+    if (engine.tokenizer) this.prompts = new PromptEncoder(engine.tokenizer, engine.limits.context);
     this.loadedEngine = engine;
     if (this.state === "loading") this.state = "ready";
     this.reason = "";

@@ -3,11 +3,25 @@
 
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import type { ZodError, ZodIssue } from "zod";
+import {
+  ZodArray,
+  ZodDefault,
+  ZodEffects,
+  type ZodError,
+  type ZodIssue,
+  ZodNullable,
+  ZodObject,
+  ZodOptional,
+  type ZodRawShape,
+  ZodRecord,
+  type ZodTypeAny,
+  ZodUnion,
+} from "zod";
 
 export type ErrorType =
   | "invalid_request_error"
   | "authentication_error"
+  | "permission_error"
   | "not_found_error"
   | "rate_limit_error"
   | "service_unavailable"
@@ -78,21 +92,118 @@ function valueAt(input: unknown, path: readonly (string | number)[]): unknown {
   return v;
 }
 
-/** The first zod issue as a 400 naming its field; `input` is the parsed body. */
-export function fromZod(err: ZodError, input?: unknown): ApiError {
-  const issue = err.issues[0];
-  // For a union, report the issue of the member the value matched furthest (deepest path).
+/** Levenshtein distance, case-insensitive (`maxTokens` is one edit from `max_tokens`). */
+function editDistance(a: string, b: string): number {
+  a = a.toLowerCase();
+  b = b.toLowerCase();
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+/** The candidate nearest to `word`, if one is close enough to be a likely typo. */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
+  const limit = Math.max(2, Math.floor(word.length / 3));
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(word, c);
+    if (d <= limit && d < bestD) [best, bestD] = [c, d];
+  }
+  return best;
+}
+
+/** The object schemas that can sit at `path` in `schema` (several where a union branches). */
+function objectsAt(
+  schema: ZodTypeAny,
+  path: readonly (string | number)[],
+): ZodObject<ZodRawShape>[] {
+  const s = schema;
+  if (s instanceof ZodOptional || s instanceof ZodNullable) return objectsAt(s.unwrap(), path);
+  if (s instanceof ZodDefault) return objectsAt(s.removeDefault(), path);
+  if (s instanceof ZodEffects) return objectsAt(s.innerType(), path);
+  if (s instanceof ZodUnion) {
+    return (s.options as ZodTypeAny[]).flatMap((o) => objectsAt(o, path));
+  }
+  if (path.length === 0) return s instanceof ZodObject ? [s] : [];
+  const [p, ...rest] = path;
+  if (s instanceof ZodArray && typeof p === "number") return objectsAt(s.element, rest);
+  if (s instanceof ZodRecord) return objectsAt(s.valueSchema, rest);
+  if (s instanceof ZodObject && typeof p === "string") {
+    const field = s.shape[p];
+    return field ? objectsAt(field, rest) : [];
+  }
+  return [];
+}
+
+/** A 400 for a field a strict object does not know, with the likely intended one. */
+function unknownField(
+  issue: ZodIssue & { code: "unrecognized_keys" },
+  input: unknown,
+  schema: ZodTypeAny | undefined,
+): ApiError {
+  const key = issue.keys[0];
+  const param = fieldPath([...issue.path, key]);
+  // Suggest only fields the request does not already set.
+  const given = valueAt(input, issue.path);
+  const known = schema
+    ? [...new Set(objectsAt(schema, issue.path).flatMap((o) => Object.keys(o.shape)))]
+      .filter((k) => given === null || typeof given !== "object" || !(k in given))
+    : [];
+  const hint = closest(key, known);
+  const more = issue.keys.length > 1
+    ? ` (also unknown: ${issue.keys.slice(1).map((k) => `\`${k}\``).join(", ")})`
+    : "";
+  return new ApiError(
+    400,
+    `${param}: unknown field${hint ? `; did you mean \`${hint}\`?` : ""}${more}`,
+    "invalid_request_error",
+    param,
+    "unknown_field",
+  );
+}
+
+function isMissing(issue: ZodIssue, input: unknown): boolean {
+  return (issue.code === "invalid_type" && issue.received === "undefined") ||
+    (issue.path.length > 0 && input !== undefined && valueAt(input, issue.path) === undefined);
+}
+
+/** How deep an issue names its field (an unknown key names one below its object's path). */
+function depth(issue: ZodIssue): number {
+  return issue.path.length + (issue.code === "unrecognized_keys" ? 1 : 0);
+}
+
+/**
+ * The first zod issue as a 400 naming its field; `input` is the parsed body, `schema` the one it
+ * was parsed with (for suggesting a known field in place of an unknown one).
+ */
+export function fromZod(err: ZodError, input?: unknown, schema?: ZodTypeAny): ApiError {
+  let issue = err.issues[0];
+  // A misspelt field usually also leaves a required one missing; the misspelling is the news.
+  const unknown = err.issues.find((i) => i.code === "unrecognized_keys");
+  if (unknown && isMissing(issue, input)) issue = unknown;
+  // For a union, report the issue of the member the value matched furthest (deepest path), and
+  // there, again, an unknown field before a missing one.
   let best: ZodIssue = issue;
   if (issue.code === "invalid_union") {
     for (const ue of issue.unionErrors) {
       for (const i of ue.issues) {
-        if (i.path.length > best.path.length) best = i;
+        const d = depth(i) - depth(best);
+        if (d > 0 || (d === 0 && i.code === "unrecognized_keys" && isMissing(best, input))) {
+          best = i;
+        }
       }
     }
   }
+  if (best.code === "unrecognized_keys") return unknownField(best, input, schema);
   const param = fieldPath(best.path) || "body";
-  const missing = (best.code === "invalid_type" && best.received === "undefined") ||
-    (best.path.length > 0 && input !== undefined && valueAt(input, best.path) === undefined);
+  const missing = isMissing(best, input);
   const code = missing
     ? "missing_field"
     : best.code === "too_big" || best.code === "too_small"

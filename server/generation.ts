@@ -16,14 +16,35 @@ import {
 } from "../engine/request.ts";
 import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import type { Tokenizer } from "../model/types.ts";
-import { ApiError, badField } from "./errors.ts";
+import type { ServerContext } from "./context.ts";
+import { ApiError, badField, errorBody } from "./errors.ts";
 import { checkTokenIds, needTokenizer } from "./route.ts";
 
-/** Token ids of a prompt given as text or as ids; checks ids against the vocabulary. */
-export function promptIds(engine: Engine, prompt: string | number[], field: string): number[] {
+/** What the listener hands every request besides the request itself (Hono's `c.env`). */
+export interface AppBindings {
+  /** Fires when the client's connection ends (server/listener.ts). */
+  clientGone: AbortSignal;
+}
+
+/** Fires when the client is gone: its connection ended, or the request's own signal fired
+ * (all Deno's HTTP server reports under `deno serve`). */
+export function clientSignal(c: Context): AbortSignal {
+  const gone = (c.env as Partial<AppBindings> | undefined)?.clientGone;
+  return gone ? AbortSignal.any([gone, c.req.raw.signal]) : c.req.raw.signal;
+}
+
+/** Token ids of a prompt given as text (refused before tokenizing when it cannot fit; long ones
+ * tokenized off the event loop) or as ids (checked against the vocabulary). */
+export async function promptIds(
+  ctx: ServerContext,
+  engine: Engine,
+  prompt: string | number[],
+  field: string,
+): Promise<number[]> {
   let ids: number[];
   if (typeof prompt === "string") {
-    ids = needTokenizer(engine, field).encode(prompt);
+    needTokenizer(engine, field);
+    ids = await ctx.prompts!.encode(prompt, field);
   } else {
     ids = prompt;
     checkTokenIds(engine, ids, field);
@@ -55,20 +76,29 @@ export function samplingOf(b: GenerationBody, defaultTemperature: number): Sampl
   return s;
 }
 
-/** `stop` (a value or a list of strings and ids) and `stop_token_ids` as strings and ids; the
- * ids are checked against the vocabulary and named `stopIdField[i]`. */
+/** `stop` (a value or a list of strings and ids) and `stop_token_ids` as strings and ids; an id
+ * outside the vocabulary is a 400 naming where it was given (`stop`, `stop[2]`,
+ * `stop_token_ids[0]`). */
 export function stopsOf(
   engine: Engine,
   b: GenerationBody,
-  stopIdField: string,
 ): { stopStrings: string[]; stopIds: number[] } {
   const stops = b.stop == null ? [] : Array.isArray(b.stop) ? b.stop : [b.stop];
-  const stopIds = [
-    ...stops.filter((s): s is number => typeof s === "number"),
-    ...(b.stop_token_ids ?? []),
-  ];
-  checkTokenIds(engine, stopIds, stopIdField);
-  return { stopStrings: stops.filter((s): s is string => typeof s === "string"), stopIds };
+  const vocab = engine.config.vocabSize;
+  stops.forEach((s, i) => {
+    if (typeof s === "number" && s >= vocab) {
+      const field = Array.isArray(b.stop) ? `stop[${i}]` : "stop";
+      throw badField(field, `token id ${s} is outside the vocabulary (${vocab})`);
+    }
+  });
+  checkTokenIds(engine, b.stop_token_ids ?? [], "stop_token_ids");
+  return {
+    stopStrings: stops.filter((s): s is string => typeof s === "string"),
+    stopIds: [
+      ...stops.filter((s): s is number => typeof s === "number"),
+      ...(b.stop_token_ids ?? []),
+    ],
+  };
 }
 
 export interface GenerationSpec {
@@ -78,8 +108,6 @@ export interface GenerationSpec {
   defaultTemperature: number;
   /** The field a prompt that can never fit is reported on. */
   promptField: string;
-  /** The field stop token ids are reported on. */
-  stopIdField: string;
 }
 
 /**
@@ -93,7 +121,7 @@ export function startGeneration(
   spec: GenerationSpec,
 ): Job {
   const sampling = samplingOf(body, spec.defaultTemperature);
-  const stops = stopsOf(engine, body, spec.stopIdField);
+  const stops = stopsOf(engine, body);
   if (stops.stopStrings.length) needTokenizer(engine, "stop");
   try {
     return engine.submit({
@@ -102,7 +130,7 @@ export function startGeneration(
       sampling,
       ...stops,
       ignoreEos: body.ignore_eos ?? false,
-      signal: c.req.raw.signal,
+      signal: clientSignal(c),
     });
   } catch (e) {
     if (e instanceof RequestTooLargeError) {
@@ -124,24 +152,37 @@ export function startGeneration(
   }
 }
 
-/** A finished job's result, or the error it ended with (500). */
+/** The error a request the server cut short ends with: 503, as for one refused while draining. */
+function abortError(res: GenerationResult): ApiError {
+  return new ApiError(
+    503,
+    `${res.error ?? "the server cut the request short"}; nothing was generated`,
+    "service_unavailable",
+    null,
+    "shutting_down",
+  );
+}
+
+/** The error a failed request ends with (500). */
+function engineError(res: GenerationResult): ApiError {
+  return new ApiError(500, `generation failed: ${res.error}`, "server_error", null, "engine_error");
+}
+
+/**
+ * A finished job's result; the error it ended with (500); or, when the server cut it short
+ * before its first token, a 503. Cut short later, the partial result has finish_reason "abort".
+ */
 export async function resultOf(job: Job): Promise<GenerationResult> {
   const res = await job.result;
-  if (res.finishReason === "error") {
-    throw new ApiError(
-      500,
-      `generation failed: ${res.error}`,
-      "server_error",
-      null,
-      "engine_error",
-    );
-  }
+  if (res.finishReason === "error") throw engineError(res);
+  if (res.finishReason === "abort" && res.ids.length === 0) throw abortError(res);
   return res;
 }
 
-/** OpenAI's finish_reason (a cancelled request has no client left to read it). */
-export function finishReason(res: GenerationResult): "stop" | "length" {
-  return res.finishReason === "length" ? "length" : "stop";
+/** OpenAI's finish_reason, and vLLM's "abort" for a request the server cut short (a request its
+ * client cancelled has no one left to read it). */
+export function finishReason(res: GenerationResult): "stop" | "length" | "abort" {
+  return res.finishReason === "length" || res.finishReason === "abort" ? res.finishReason : "stop";
 }
 
 export function usage(res: GenerationResult) {
@@ -179,15 +220,11 @@ export function streamJob(c: Context, job: Job, h: SseHandlers): Response {
     }
     const res = await job.result;
     if (stream.aborted || res.finishReason === "cancelled") return;
+    // A stream that did not end normally says why in OpenAI's error shape, then [DONE].
     const events = res.finishReason === "error"
-      ? [{
-        error: {
-          message: `generation failed: ${res.error}`,
-          type: "server_error",
-          param: null,
-          code: "engine_error",
-        },
-      }]
+      ? [errorBody(engineError(res))]
+      : res.finishReason === "abort"
+      ? [errorBody(abortError(res))]
       : h.end(res);
     await stream.write(
       events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("") + "data: [DONE]\n\n",

@@ -1,5 +1,6 @@
 // What every JSON POST route does first: take the engine (503 while loading or shutting down),
-// parse the body with the route's schema (400 naming the field) and check its `model` (404).
+// parse the body with the route's schema (415 unless JSON, 400 naming the field) and check its
+// `model` (404).
 
 import { type Context, Hono } from "hono";
 import type { z } from "zod";

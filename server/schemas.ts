@@ -1,5 +1,6 @@
 // Field schemas shared by the generation routes (each route's own schema lives beside it).
-// `null` is accepted wherever a field is optional, as OpenAI's API does.
+// `null` is accepted wherever a field is optional, as OpenAI's API does. Every object is
+// `.strict()`: an unknown field (`temprature`) is a 400 naming it, not a setting silently ignored.
 
 import { z } from "zod";
 
@@ -28,7 +29,7 @@ export const fields = {
   }).nullish(),
   stopTokenIds: z.array(tokenId).max(64).nullish(),
   stream: z.boolean().nullish(),
-  streamOptions: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  streamOptions: z.object({ include_usage: z.boolean().nullish() }).strict().nullish(),
   ignoreEos: z.boolean().nullish(),
   n: onlyDefault(z.number().int(), (v) => v === 1, "only n = 1 is supported"),
   presencePenalty: onlyDefault(

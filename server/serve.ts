@@ -6,12 +6,15 @@ import type { Hono } from "hono";
 import { createApp } from "./app.ts";
 import type { ServerConfig } from "./config.ts";
 import { ServerContext } from "./context.ts";
+import type { AppBindings } from "./generation.ts";
+import { WatchedListener } from "./listener.ts";
 
 export interface Server {
   ctx: ServerContext;
   app: Hono;
-  /** The listener, or null under `deno serve` (which listens itself). */
-  listener: Deno.HttpServer<Deno.NetAddr> | null;
+  /** The listener, or null under `deno serve` (which listens itself, and so cannot tell a
+   * non-streamed request that its client left: see server/listener.ts). */
+  listener: WatchedListener | null;
   /** e.g. http://127.0.0.1:8000 (null without a listener). */
   url: string | null;
   /** Settles when loading ends; rejects with the ConfigError that stopped it. */
@@ -31,14 +34,14 @@ export function startServer(config: ServerConfig, opts: StartOptions = {}): Serv
   const log = opts.log ?? ((l: string) => console.error(l));
   const ctx = new ServerContext(config, log);
   const app = createApp(ctx);
-  let listener: Deno.HttpServer<Deno.NetAddr> | null = null;
+  let listener: WatchedListener | null = null;
   let url: string | null = null;
   if (opts.listen ?? true) {
-    listener = Deno.serve({
-      hostname: config.host,
-      port: config.port,
-      onListen: () => {},
-    }, app.fetch);
+    listener = new WatchedListener(
+      config.host,
+      config.port,
+      (req, clientGone) => app.fetch(req, { clientGone } satisfies AppBindings),
+    );
     const addr = listener.addr;
     const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
     url = `http://${host}:${addr.port}`;
@@ -78,6 +81,7 @@ export function startServer(config: ServerConfig, opts: StartOptions = {}): Serv
         }
         await engine.close();
       }
+      ctx.prompts?.close();
       // Lets responses that are being written (the last SSE events) go out.
       await listener?.shutdown();
     })();

@@ -233,6 +233,7 @@ Deno.test("hub downloads: cache layout, reuse, resume, token, offline", serverTe
         const g0 = golden[0];
         const res = await fetch(`${server.url}/v1/generate`, {
           method: "POST",
+          headers: { "content-type": "application/json" },
           body: JSON.stringify({ prompt: g0.prompt_ids, max_tokens: 8, ignore_eos: true }),
         });
         assert.deepEqual((await res.json()).token_ids, g0.greedy_ids.slice(0, 8));

@@ -90,6 +90,7 @@ Deno.test(
         const ac = new AbortController();
         const res = await fetch(`${server.url}/v1/generate`, {
           method: "POST",
+          headers: { "content-type": "application/json" },
           body: JSON.stringify({
             prompt: "Once upon a time",
             max_tokens: 480,
@@ -120,6 +121,7 @@ Deno.test(
         const ac = new AbortController();
         const p = fetch(`${server.url}/v1/completions`, {
           method: "POST",
+          headers: { "content-type": "application/json" },
           body: JSON.stringify({ prompt: "The cat", max_tokens: 480, ignore_eos: true }),
           signal: ac.signal,
         }).catch((e) => e);
@@ -148,6 +150,7 @@ Deno.test("a queue of 1 under 3 simultaneous long requests answers 429", serverT
     const send = () =>
       fetch(`${server.url}/v1/generate`, {
         method: "POST",
+        headers: { "content-type": "application/json" },
         body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 400, ignore_eos: true }),
         signal: ac.signal,
       });

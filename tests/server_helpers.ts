@@ -3,6 +3,16 @@
 
 import { type ServerConfig, serverConfig } from "../server/config.ts";
 import { type Server, startServer } from "../server/serve.ts";
+import { JOIN_TEMPLATE } from "../bench/story_prompts.ts";
+
+export { JOIN_TEMPLATE, PROMPTS } from "../bench/story_prompts.ts";
+
+/** A temporary file holding JOIN_TEMPLATE, for --chat-template. */
+export async function joinTemplateFile(): Promise<string> {
+  const file = await Deno.makeTempFile({ suffix: ".jinja" });
+  await Deno.writeTextFile(file, JOIN_TEMPLATE);
+  return file;
+}
 
 export const shared = (p: string) =>
   decodeURIComponent(new URL(`../../shared/${p}`, import.meta.url).pathname);
@@ -13,10 +23,52 @@ export const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname)
  * listener until shutdown. */
 export const serverTest = { sanitizeResources: false, sanitizeOps: false };
 
-/** A chat template for stories260K, which has none (it is not a chat model): the messages'
- * contents joined by spaces, so a one-message chat prompts exactly like a completion. */
-export const JOIN_TEMPLATE =
-  "{%- for m in messages %}{{ m.content }}{% if not loop.last %} {% endif %}{% endfor %}";
+/** The environment child processes run with. */
+export const ENV = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" };
+
+/** A child process whose stderr lines are collected as they come. */
+export function spawn(args: string[], env: Record<string, string> = {}) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    env: { ...ENV, ...env },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const done = (async () => {
+    let buf = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      const parts = buf.split("\n");
+      buf = parts.pop()!;
+      lines.push(...parts);
+    }
+  })();
+  const waitFor = async (re: RegExp, ms = 20000): Promise<RegExpExecArray> => {
+    const end = performance.now() + ms;
+    while (performance.now() < end) {
+      for (const l of lines) {
+        const m = re.exec(l);
+        if (m) return m;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`no line matching ${re}; got:\n${lines.join("\n")}`);
+  };
+  return { child, lines, done, waitFor };
+}
+
+export async function waitHealthy(url: string) {
+  for (let i = 0; i < 500; i++) {
+    try {
+      const r = await fetch(`${url}/health`);
+      await r.body?.cancel();
+      if (r.status === 200) return;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error("never healthy");
+}
 
 export interface TestServer extends Server {
   url: string;
@@ -84,23 +136,3 @@ export async function runCli(
   const line = stdout.split("\n").filter((l) => l.startsWith("{")).pop()!;
   return JSON.parse(line);
 }
-
-/** Prompts for the batching tests: different lengths and openings. */
-export const PROMPTS = [
-  "Once upon a time",
-  "The cat",
-  "Lily and Tom went to the park",
-  "One day, a little bird",
-  "The sun was shining and",
-  "Ben had a red ball",
-  "There was a big tree",
-  "Mom said",
-  "The dog ran fast",
-  "A girl named Sue",
-  "It was a rainy day",
-  "The little boy wanted to",
-  "Sam saw a frog",
-  "In the forest there lived",
-  "The princess looked at",
-  "Tim and his friend",
-];

@@ -2,10 +2,9 @@
 // variable; SIGTERM lets a running request finish and exits 0; `deno serve main.ts` serves.
 
 import assert from "node:assert/strict";
-import { ROOT, serverTest, sseData, STORIES } from "./server_helpers.ts";
+import { ENV, ROOT, serverTest, spawn, sseData, STORIES, waitHealthy } from "./server_helpers.ts";
 
 const MAIN = `${ROOT}main.ts`;
-const ENV = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" };
 
 async function runMain(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -16,50 +15,6 @@ async function runMain(args: string[], env: Record<string, string> = {}) {
   }).output();
   const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
   return { code: out.code, lines: text.split("\n").filter((l) => l.trim() !== "") };
-}
-
-/** A child process whose stderr lines are collected as they come. */
-function spawn(args: string[], env: Record<string, string> = {}) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    env: { ...ENV, ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const lines: string[] = [];
-  const done = (async () => {
-    let buf = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      const parts = buf.split("\n");
-      buf = parts.pop()!;
-      lines.push(...parts);
-    }
-  })();
-  const waitFor = async (re: RegExp, ms = 20000): Promise<RegExpExecArray> => {
-    const end = performance.now() + ms;
-    while (performance.now() < end) {
-      for (const l of lines) {
-        const m = re.exec(l);
-        if (m) return m;
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`no line matching ${re}; got:\n${lines.join("\n")}`);
-  };
-  return { child, lines, done, waitFor };
-}
-
-async function waitHealthy(url: string) {
-  for (let i = 0; i < 500; i++) {
-    try {
-      const r = await fetch(`${url}/health`);
-      await r.body?.cancel();
-      if (r.status === 200) return;
-    } catch { /* not listening yet */ }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error("never healthy");
 }
 
 Deno.test(
@@ -142,6 +97,7 @@ Deno.test(
       await waitHealthy(url);
       const res = await fetch(`${url}/v1/generate`, {
         method: "POST",
+        headers: { "content-type": "application/json" },
         body: JSON.stringify({
           prompt: "Once upon a time",
           max_tokens: 120,
@@ -188,6 +144,7 @@ Deno.test("deno serve main.ts: settings from the environment", serverTest, async
     await waitHealthy(url);
     const r = await fetch(`${url}/v1/generate`, {
       method: "POST",
+      headers: { "content-type": "application/json" },
       body: JSON.stringify({ prompt: "The cat", max_tokens: 3 }),
     });
     assert.equal(r.status, 200);

@@ -184,6 +184,7 @@ Deno.test(
         for (const [prompt, n] of [["Once upon a time", 400], ["The cat", 300], ["A dog", 350]]) {
           const res = await fetch(`${server.url}/v1/generate`, {
             method: "POST",
+            headers: { "content-type": "application/json" },
             body: JSON.stringify({ prompt, max_tokens: n, ignore_eos: true, stream: true }),
             signal: ac.signal,
           });

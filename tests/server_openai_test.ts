@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import {
-  JOIN_TEMPLATE,
+  joinTemplateFile,
   post,
   runCli,
   serverTest,
@@ -22,9 +22,7 @@ Deno.test(
   "OpenAI client: completions and chat equal the CLI's greedy output",
   serverTest,
   async (t) => {
-    const dir = await Deno.makeTempDir();
-    const template = `${dir}/join.jinja`;
-    await Deno.writeTextFile(template, JOIN_TEMPLATE);
+    const template = await joinTemplateFile();
     const [server, cli, cliStop] = await Promise.all([
       startTestServer({ chatTemplate: template }),
       runCli(PROMPT, N),
@@ -215,7 +213,7 @@ Deno.test(
       });
     } finally {
       await server.close();
-      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(template);
     }
   },
 );

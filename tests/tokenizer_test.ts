@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { Llama2cTokenizer } from "../model/tokenizer_llama2c.ts";
 import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import { loadTokenizer } from "../model/load.ts";
+import { TokenizerThread } from "../model/tokenizer_thread.ts";
 
 const shared = (p: string) =>
   decodeURIComponent(new URL(`../../shared/${p}`, import.meta.url).pathname);
@@ -220,4 +221,97 @@ Deno.test("HF tokenizer: SmolLM2 (BPE, digits split, no BOS)", async () => {
   const ids = chat.encode(text);
   assert.equal(ids.filter((x) => x === 1).length, 3);
   assert.equal(ids.filter((x) => x === 2).length, 2);
+});
+
+/** Texts that stress the bytes-per-token bound: long words, repeats, digits, multi-byte text. */
+const BOUND_TEXTS = [
+  "Once upon a time, there was a little girl named Lily. She loved to play outside.",
+  "the the the the the the the the the the the the the the the the the the",
+  "internationalization antidisestablishmentarianism pneumonoultramicroscopic",
+  "0123456789 3.14159265358979 2026-12-02 +1-555-0100",
+  "Grüße aus Köln! 東京タワー 🚀🚀🚀 naïve café — “quotes”",
+  "\n\n\t\t    spaces    and\ttabs\n",
+  "x".repeat(3000),
+];
+
+Deno.test("tokenizers: maxBytesPerToken bounds every encoding; the thread encodes the same", async (t) => {
+  const utf8 = (s: string) => new TextEncoder().encode(s).length;
+  const tokenizers = [
+    ["tok512.bin", await Llama2cTokenizer.load(`${STORIES}/tok512.bin`, 512)],
+    ["passkey-llama", await loadTokenizer(PASSKEY)],
+    ["SmolLM2", await loadTokenizer(SMOLLM2)],
+  ] as const;
+  for (const [name, tok] of tokenizers) {
+    await t.step(`${name}: no token stands for more than maxBytesPerToken bytes`, () => {
+      const per = tok.maxBytesPerToken;
+      assert.ok(per !== undefined && per >= 1, `${name}: a bound (${per})`);
+      for (const text of BOUND_TEXTS) {
+        const ids = tok.encode(text, { addSpecialTokens: false });
+        // Each token's own text is at most `per` bytes, and the token count is at least the
+        // bound the server refuses prompts by.
+        for (const id of ids) assert.ok(utf8(tok.decode([id])) <= per, `${name}: token ${id}`);
+        assert.ok(ids.length >= Math.floor(utf8(text) / per), `${name}: ${text.slice(0, 20)}`);
+      }
+    });
+    await t.step(`${name}: a worker thread encodes exactly as this thread`, async () => {
+      const thread = new TokenizerThread(tok.portable!);
+      try {
+        const text = BOUND_TEXTS.join(" ").repeat(40);
+        const [a, b] = await Promise.all([
+          thread.encode(text),
+          thread.encode(text, { addSpecialTokens: false }),
+        ]);
+        assert.deepEqual(a, tok.encode(text));
+        assert.deepEqual(b, tok.encode(text, { addSpecialTokens: false }));
+      } finally {
+        thread.close();
+      }
+    });
+  }
+
+  await t.step("the event loop runs while the thread encodes a long text", async () => {
+    const tok = tokenizers[0][1];
+    const thread = new TokenizerThread(tok.portable);
+    try {
+      await thread.encode("warm up");
+      // ~1 s of merging for stories260K's tokenizer here; timers every 10 ms meanwhile.
+      const text = "Once upon a time there was a little girl. ".repeat(8000);
+      let worst = 0;
+      let last = performance.now();
+      const timer = setInterval(() => {
+        const now = performance.now();
+        worst = Math.max(worst, now - last);
+        last = now;
+      }, 10);
+      const t0 = performance.now();
+      const ids = await thread.encode(text);
+      const took = performance.now() - t0;
+      clearInterval(timer);
+      assert.equal(ids.length, tok.encode(text).length);
+      assert.ok(took > 200, `the encode took ${took.toFixed(0)} ms: too short to show anything`);
+      // Timers fire late by the time the machine's other core needs elsewhere, never by the
+      // encode: well under its duration.
+      assert.ok(worst < Math.min(100, took / 2), `a timer waited ${worst.toFixed(0)} ms`);
+    } finally {
+      thread.close();
+    }
+  });
+
+  await t.step("tokenizer.json pipelines that may drop text promise no bound", () => {
+    const base = JSON.parse(Deno.readTextFileSync(SMOLLM2));
+    const variants: [string, Record<string, unknown>][] = [
+      ["a whitespace-splitting pre-tokenizer", { pre_tokenizer: { type: "WhitespaceSplit" } }],
+      ["a Strip normalizer", {
+        normalizer: { type: "Strip", strip_left: true, strip_right: true },
+      }],
+      ["a WordPiece model", { model: { ...base.model, type: "WordPiece" } }],
+    ];
+    for (const [what, change] of variants) {
+      const tj = { ...base, ...change };
+      assert.equal(new HfTokenizer(tj).maxBytesPerToken, undefined, what);
+    }
+    // NFKC can compose 3 jamo (9 bytes) into one syllable (3 bytes): the bound triples.
+    const nfkc = new HfTokenizer({ ...base, normalizer: { type: "NFKC" } });
+    assert.equal(nfkc.maxBytesPerToken, 3 * new HfTokenizer(base).maxBytesPerToken!);
+  });
 });
