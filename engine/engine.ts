@@ -12,11 +12,11 @@
 //   5. applies the outputs: hands the sampled tokens to each request's output (engine/output.ts:
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
-import { CacheExhaustedError, CacheLayout } from "../cache/layout.ts";
+import { CacheExhaustedError, type CacheLayout } from "../cache/layout.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
-import { GREEDY, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
+import { GREEDY, type SamplingParams } from "../gpu/runner.ts";
 import { loadModel } from "../model/load.ts";
 import { weightBytes } from "../model/tensors.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
@@ -36,10 +36,13 @@ import {
   QueueFullError,
   RequestTooLargeError,
 } from "./request.ts";
+import { type EngineRunner, RunnerThread } from "./runner_thread.ts";
+import { createRunner, type RunnerShape, runnerShape } from "./runners.ts";
 import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 // What callers need to name the engine's failures and settings without reaching below it.
 export { CacheExhaustedError };
+export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
 export interface EngineOptions {
@@ -49,6 +52,10 @@ export interface EngineOptions {
   tokenizer?: string;
   /** The device (default: the process's shared one). */
   gpu?: Gpu;
+  /** Run the model on a worker thread that owns its own device (a model path only; `gpu` is
+   * ignored): a pending readback then holds up nothing on this thread (see runner_thread.ts).
+   * The server does; tests and tools that drive a device of their own do not. */
+  gpuThread?: boolean;
   /** Weights and KV cache (default f16 where the adapter has it). */
   precision?: Precision;
   /** "full", "streaming", a plan file, or a resolved plan (default "full"). */
@@ -74,53 +81,6 @@ export interface EngineOptions {
   maxModelLen?: number;
   /** No progress bar while loading (it is drawn only on a terminal anyway). */
   quiet?: boolean;
-}
-
-/** The sizes of `EngineOptions` that shape the runner and its cache. */
-export type RunnerSizes =
-  & Pick<
-    EngineOptions,
-    "kvCacheBytes" | "maxBatch" | "maxSeqs" | "prefillChunk" | "decodeSteps" | "maxModelLen"
-  >
-  & { precision: Precision };
-
-/**
- * The runner an engine with these options runs, over a cache laid out for `plan` (the engine's
- * defaults for what is not given). Exported for tests that drive a runner directly.
- */
-export function createRunner(
-  gpu: Gpu,
-  model: LoadedModel<AnyTensor>,
-  plan: ResolvedPlan,
-  o: RunnerSizes & { onUploadBytes?: (bytes: number) => void },
-): Promise<ModelRunner> {
-  const maxBatch = o.maxBatch ?? 8;
-  const layout = new CacheLayout(model.config, plan, {
-    budgetBytes: o.kvCacheBytes ?? 256 * (1 << 20),
-    maxSeqs: o.maxSeqs ?? maxBatch + 1,
-    maxSeqLen: o.maxModelLen ?? model.config.maxSeqLen,
-    kvDtype: o.precision,
-    limits: gpu.limits,
-  });
-  // An explicit context the pool cannot hold for even one sequence is refused at start-up, with
-  // the longest one that fits (the model's own default context is served up to the pool).
-  const fits = layout.numPages * layout.pageSize;
-  if (o.maxModelLen !== undefined && layout.paged && fits < o.maxModelLen) {
-    throw new CacheExhaustedError(
-      `--max-model-len ${o.maxModelLen}: the KV cache (--kv-cache-mb ${
-        (layout.budgetBytes / (1 << 20)).toFixed(0)
-      }) holds at most ${fits} tokens of one sequence; use --max-model-len ${fits} or raise ` +
-        "--kv-cache-mb",
-    );
-  }
-  return ModelRunner.create(gpu, model, {
-    precision: o.precision,
-    layout,
-    prefillChunk: o.prefillChunk ?? 128,
-    maxBatch,
-    maxDecodeSteps: o.decodeSteps ?? 8,
-    onUploadBytes: o.onUploadBytes,
-  });
 }
 
 /** The request as the loop tracks it. */
@@ -183,7 +143,7 @@ export class Engine {
   readonly maxQueue: number;
   /** The cache's kinds, in the order statistics and metrics list them. */
   readonly cacheKinds: readonly HeadKind[] = KIND_NAMES;
-  readonly #runner: ModelRunner;
+  readonly #runner: EngineRunner;
   readonly #cache: KvCacheManager;
   readonly #scheduler: Scheduler;
   #waiting: RequestState[] = [];
@@ -206,18 +166,18 @@ export class Engine {
     readonly planSource: string,
     readonly precision: Precision,
     readonly adapterName: string,
-    runner: ModelRunner,
+    runner: EngineRunner,
+    readonly shape: RunnerShape,
     maxQueue: number,
   ) {
     this.#runner = runner;
-    this.#cache = new KvCacheManager(runner.layout);
-    const ro = runner.opts;
+    this.#cache = new KvCacheManager(shape.layout);
     this.limits = new EngineLimits(
-      runner.maxSeqLen,
-      Math.min(ro.maxBatch, this.#cache.maxSeqs),
-      ro.maxDecodeSteps,
-      Math.max(1, ro.prefillChunk),
-      runner.layout,
+      shape.maxSeqLen,
+      Math.min(shape.maxBatch, this.#cache.maxSeqs),
+      shape.maxDecodeSteps,
+      Math.max(1, shape.prefillChunk),
+      shape.layout,
     );
     this.#scheduler = new Scheduler(this.limits);
     this.maxQueue = maxQueue;
@@ -233,19 +193,42 @@ export class Engine {
       ? await loadModel(o.model, { tokenizerPath: o.tokenizer, lazy: true })
       : o.model;
     try {
-      const gpu = o.gpu ?? await getGpu();
-      const precision = resolvePrecision(gpu, o.precision);
       const plan = typeof o.plan === "object"
         ? o.plan
         : await loadPlanArg(o.plan ?? "full", model.config, { sink: o.sink, recent: o.recent });
       const bar = o.quiet ? null : progress("loading model");
       const total = weightBytes(model.weights);
       let done = 0;
-      const runner = await createRunner(gpu, model, plan, {
-        ...o,
-        precision,
-        onUploadBytes: (bytes) => bar?.update(done += bytes, total),
-      });
+      const onUploadBytes = (bytes: number) => bar?.update(done += bytes, total);
+      const sizes = {
+        kvCacheBytes: o.kvCacheBytes,
+        maxBatch: o.maxBatch,
+        maxSeqs: o.maxSeqs,
+        prefillChunk: o.prefillChunk,
+        decodeSteps: o.decodeSteps,
+        maxModelLen: o.maxModelLen,
+      };
+      let runner: EngineRunner;
+      let shape: RunnerShape;
+      let precision: Precision;
+      let adapterName: string;
+      if (o.gpuThread && typeof o.model === "string") {
+        const thread = await RunnerThread.start(
+          { model: o.model, tokenizer: o.tokenizer, plan, sizes, precision: o.precision },
+          onUploadBytes,
+        );
+        ({ precision, adapterName } = thread.ready);
+        // The same layout as the worker's: the same inputs and the adapter's limits.
+        shape = runnerShape(model.config, plan, { ...sizes, precision }, thread.ready.limits);
+        runner = thread;
+      } else {
+        const gpu = o.gpu ?? await getGpu();
+        precision = resolvePrecision(gpu, o.precision);
+        adapterName = gpu.adapterName;
+        const local = await createRunner(gpu, model, plan, { ...sizes, precision, onUploadBytes });
+        shape = { ...local.opts, layout: local.layout, maxSeqLen: local.maxSeqLen };
+        runner = local;
+      }
       bar?.done();
       const planSource = typeof o.plan === "object" ? o.plan.mode : o.plan ?? "full";
       const engine = new Engine(
@@ -253,8 +236,9 @@ export class Engine {
         plan,
         planSource,
         precision,
-        gpu.adapterName,
+        adapterName,
         runner,
+        shape,
         o.maxQueue ?? Infinity,
       );
       if (owned) engine.#ownsModel = true;
@@ -275,7 +259,7 @@ export class Engine {
 
   /** The cache's geometry and sizes (pages, slots, the byte formula). */
   get layout(): CacheLayout {
-    return this.#runner.layout;
+    return this.shape.layout;
   }
 
   /** Requests admitted (prefilling or decoding). */

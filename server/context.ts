@@ -170,6 +170,8 @@ export class ServerContext {
         decodeSteps: cfg.decodeSteps,
         maxModelLen: cfg.maxModelLen,
         quiet: !Deno.stderr.isTerminal(),
+        // The device on a thread of its own: a pending readback never holds up HTTP.
+        gpuThread: true,
       });
     } catch (e) {
       throw explainLoadError(e, cfg, src);

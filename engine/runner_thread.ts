@@ -1,0 +1,229 @@
+// The model runner on a worker thread. Deno's `mapAsync` holds the thread that calls it until the
+// adapter has finished the submitted work (measured on llvmpipe: a 280 ms kernel, a 262-314 ms
+// timer gap on the same thread, 6-9 ms with the device in a worker), so a server whose GPU lives
+// on its HTTP thread answers nobody, /health included, while a readback is pending. The engine
+// keeps its scheduler, cache manager, jobs and metrics on the calling thread and sends the
+// runner's few calls (prefill, decode, evaluate, destroy) here as messages; the worker owns the
+// device, the weights and the KV buffers.
+//
+// This one module is both sides: imported, it exports RunnerThread; started as a worker, it
+// builds the runner and answers calls.
+
+import { CacheExhaustedError } from "../cache/layout.ts";
+import type { SeqCache } from "../cache/manager.ts";
+import { getGpu, GpuUnavailableError, type Precision, resolvePrecision } from "../gpu/device.ts";
+import type { DecodeRow, ModelRunner, SamplingParams } from "../gpu/runner.ts";
+import { loadModel } from "../model/load.ts";
+import type { BufferLimits } from "../cache/layout.ts";
+import type { ResolvedPlan } from "../plans/types.ts";
+import { createRunner, type RunnerSizes } from "./runners.ts";
+
+/** What the engine needs of a runner: the calls it awaits. ModelRunner has them. */
+export interface EngineRunner {
+  prefill(
+    seq: SeqCache,
+    tokens: number[],
+    sampling: SamplingParams,
+    opts?: { sample?: boolean },
+  ): Promise<{ token: number; logprob: number }>;
+  decode(batch: DecodeRow[], steps: number): Promise<{ tokens: number[][]; logprobs: number[][] }>;
+  evaluate(
+    seq: SeqCache,
+    tokens: number[],
+    rows: number[],
+  ): Promise<{ hidden: Float32Array[]; logits: Float32Array[] }>;
+  destroy(): void;
+}
+
+/** How the worker builds its runner: the same inputs as `createRunner`, as plain data. */
+export interface RunnerSpec {
+  model: string;
+  tokenizer?: string;
+  plan: ResolvedPlan;
+  sizes: Omit<RunnerSizes, "precision">;
+  precision?: Precision;
+}
+
+/** What the worker reports once its runner is built. */
+export interface RunnerReady {
+  precision: Precision;
+  adapterName: string;
+  limits: BufferLimits;
+}
+
+type Call =
+  | { op: "prefill"; args: Parameters<EngineRunner["prefill"]> }
+  | { op: "decode"; args: Parameters<EngineRunner["decode"]> }
+  | { op: "evaluate"; args: Parameters<EngineRunner["evaluate"]> };
+
+type ToWorker = { kind: "build"; spec: RunnerSpec } | { kind: "call"; id: number; call: Call };
+
+type FromWorker =
+  | { kind: "progress"; bytes: number }
+  | { kind: "ready"; ready: RunnerReady }
+  | { kind: "failed"; error: SentError }
+  | { kind: "result"; id: number; value: unknown }
+  | { kind: "error"; id: number; error: SentError };
+
+/** An error as it crosses threads: the classes callers tell apart keep their class. */
+interface SentError {
+  name: string;
+  message: string;
+}
+
+function sendable(e: unknown): SentError {
+  return e instanceof Error
+    ? { name: e.name, message: e.message }
+    : { name: "Error", message: String(e) };
+}
+
+function revive(e: SentError): Error {
+  if (e.name === "CacheExhaustedError") return new CacheExhaustedError(e.message);
+  if (e.name === "GpuUnavailableError") return new GpuUnavailableError(e.message);
+  const err = new Error(e.message);
+  err.name = e.name;
+  return err;
+}
+
+export class RunnerThread implements EngineRunner {
+  #nextId = 0;
+  readonly #pending = new Map<
+    number,
+    { resolve: (v: never) => void; reject: (e: Error) => void }
+  >();
+
+  private constructor(readonly worker: Worker, readonly ready: RunnerReady) {
+    worker.onmessage = (e: MessageEvent<FromWorker>) => {
+      const m = e.data;
+      if (m.kind !== "result" && m.kind !== "error") return;
+      const p = this.#pending.get(m.id);
+      if (!p) return;
+      this.#pending.delete(m.id);
+      if (m.kind === "error") p.reject(revive(m.error));
+      else p.resolve(m.value as never);
+    };
+    worker.onerror = (e: ErrorEvent) => {
+      e.preventDefault();
+      this.#failAll(new Error(`the GPU thread failed: ${e.message}`));
+    };
+  }
+
+  /** Starts the worker and builds the runner there; rejects with the build's error. */
+  static start(spec: RunnerSpec, onUploadBytes?: (bytes: number) => void): Promise<RunnerThread> {
+    const worker = new Worker(import.meta.url, { type: "module" });
+    return new Promise((resolve, reject) => {
+      worker.onmessage = (e: MessageEvent<FromWorker>) => {
+        const m = e.data;
+        if (m.kind === "progress") onUploadBytes?.(m.bytes);
+        else if (m.kind === "ready") resolve(new RunnerThread(worker, m.ready));
+        else if (m.kind === "failed") {
+          worker.terminate();
+          reject(revive(m.error));
+        }
+      };
+      worker.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        worker.terminate();
+        reject(new Error(`the GPU thread failed to start: ${e.message}`));
+      };
+      worker.postMessage({ kind: "build", spec } satisfies ToWorker);
+    });
+  }
+
+  #call<T>(call: Call): Promise<T> {
+    const id = this.#nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (v: never) => void, reject });
+      this.worker.postMessage({ kind: "call", id, call } satisfies ToWorker);
+    });
+  }
+
+  prefill(...args: Parameters<EngineRunner["prefill"]>) {
+    return this.#call<{ token: number; logprob: number }>({ op: "prefill", args });
+  }
+
+  decode(...args: Parameters<EngineRunner["decode"]>) {
+    return this.#call<{ tokens: number[][]; logprobs: number[][] }>({ op: "decode", args });
+  }
+
+  evaluate(...args: Parameters<EngineRunner["evaluate"]>) {
+    return this.#call<{ hidden: Float32Array[]; logits: Float32Array[] }>({
+      op: "evaluate",
+      args,
+    });
+  }
+
+  /** Ends the worker, and with it the device and every buffer it held. */
+  destroy(): void {
+    this.worker.terminate();
+    this.#failAll(new Error("the GPU thread was stopped"));
+  }
+
+  #failAll(e: Error): void {
+    for (const p of this.#pending.values()) p.reject(e);
+    this.#pending.clear();
+  }
+}
+
+// ---- the worker side --------------------------------------------------------------------------
+
+if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
+  const scope = globalThis as unknown as {
+    onmessage: ((e: MessageEvent<ToWorker>) => void) | null;
+    postMessage(m: FromWorker, transfer?: Transferable[]): void;
+  };
+  let runner: ModelRunner | null = null;
+  // Calls run one at a time in arrival order, as the engine issues them.
+  let queue: Promise<unknown> = Promise.resolve();
+
+  const build = async (spec: RunnerSpec) => {
+    try {
+      const gpu = await getGpu();
+      const precision = resolvePrecision(gpu, spec.precision);
+      const model = await loadModel(spec.model, { tokenizerPath: spec.tokenizer, lazy: true });
+      // The model's files stay open as long as the worker (as an engine keeps its model's).
+      runner = await createRunner(gpu, model, spec.plan, {
+        ...spec.sizes,
+        precision,
+        onUploadBytes: (bytes) => scope.postMessage({ kind: "progress", bytes }),
+      });
+      const l = gpu.limits;
+      scope.postMessage({
+        kind: "ready",
+        ready: {
+          precision,
+          adapterName: gpu.adapterName,
+          limits: {
+            maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+            maxBufferSize: l.maxBufferSize,
+          },
+        },
+      });
+    } catch (e) {
+      scope.postMessage({ kind: "failed", error: sendable(e) });
+    }
+  };
+
+  const run = async (id: number, call: Call) => {
+    try {
+      const r = runner!;
+      const value = call.op === "prefill"
+        ? await r.prefill(...call.args)
+        : call.op === "decode"
+        ? await r.decode(...call.args)
+        : await r.evaluate(...call.args);
+      scope.postMessage({ kind: "result", id, value });
+    } catch (e) {
+      scope.postMessage({ kind: "error", id, error: sendable(e) });
+    }
+  };
+
+  scope.onmessage = (e: MessageEvent<ToWorker>) => {
+    const m = e.data;
+    if (m.kind === "build") queue = queue.then(() => build(m.spec));
+    else {
+      const { id, call } = m;
+      queue = queue.then(() => run(id, call));
+    }
+  };
+}

@@ -1,0 +1,91 @@
+// How an engine's runner is sized and built: the cache layout for a plan and the engine's sizes,
+// checked against the adapter's buffer limits, then the runner over it. Shared by the engine
+// (which builds the runner here or on a worker thread, runner_thread.ts) and the tests and bench
+// that drive a runner directly.
+
+import { type BufferLimits, CacheExhaustedError, CacheLayout } from "../cache/layout.ts";
+import type { Gpu, Precision } from "../gpu/device.ts";
+import { ModelRunner } from "../gpu/runner.ts";
+import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
+import type { ResolvedPlan } from "../plans/types.ts";
+
+/** The sizes of an engine's options that shape the runner and its cache. */
+export interface RunnerSizes {
+  /** KV-cache budget in bytes (default 256 MiB). */
+  kvCacheBytes?: number;
+  /** Sequences decoded together (default 8). */
+  maxBatch?: number;
+  /** Sequences that hold cache at once (default maxBatch + 1). */
+  maxSeqs?: number;
+  /** Prompt tokens per prefill forward (default 128). */
+  prefillChunk?: number;
+  /** Tokens per readback (default 8). */
+  decodeSteps?: number;
+  /** Longest sequence served (default: the model's context). */
+  maxModelLen?: number;
+  precision: Precision;
+}
+
+/** What the engine's loop needs to know of its runner's geometry. */
+export interface RunnerShape {
+  layout: CacheLayout;
+  maxSeqLen: number;
+  maxBatch: number;
+  maxDecodeSteps: number;
+  prefillChunk: number;
+}
+
+/**
+ * The cache layout (and the loop's geometry) for these sizes. An explicit context the pool cannot
+ * hold for even one sequence is refused, with the longest one that fits (the model's own default
+ * context is served up to the pool).
+ */
+export function runnerShape(
+  config: ModelConfig,
+  plan: ResolvedPlan,
+  o: RunnerSizes,
+  limits: BufferLimits,
+): RunnerShape {
+  const maxBatch = o.maxBatch ?? 8;
+  const layout = new CacheLayout(config, plan, {
+    budgetBytes: o.kvCacheBytes ?? 256 * (1 << 20),
+    maxSeqs: o.maxSeqs ?? maxBatch + 1,
+    maxSeqLen: o.maxModelLen ?? config.maxSeqLen,
+    kvDtype: o.precision,
+    limits,
+  });
+  const fits = layout.numPages * layout.pageSize;
+  if (o.maxModelLen !== undefined && layout.paged && fits < o.maxModelLen) {
+    throw new CacheExhaustedError(
+      `--max-model-len ${o.maxModelLen}: the KV cache (--kv-cache-mb ${
+        (layout.budgetBytes / (1 << 20)).toFixed(0)
+      }) holds at most ${fits} tokens of one sequence; use --max-model-len ${fits} or raise ` +
+        "--kv-cache-mb",
+    );
+  }
+  return {
+    layout,
+    maxSeqLen: layout.maxSeqLen,
+    maxBatch,
+    maxDecodeSteps: o.decodeSteps ?? 8,
+    prefillChunk: o.prefillChunk ?? 128,
+  };
+}
+
+/** The runner an engine with these sizes runs, over a cache laid out for `plan`. */
+export function createRunner(
+  gpu: Gpu,
+  model: LoadedModel<AnyTensor>,
+  plan: ResolvedPlan,
+  o: RunnerSizes & { onUploadBytes?: (bytes: number) => void },
+): Promise<ModelRunner> {
+  const shape = runnerShape(model.config, plan, o, gpu.limits);
+  return ModelRunner.create(gpu, model, {
+    precision: o.precision,
+    layout: shape.layout,
+    prefillChunk: shape.prefillChunk,
+    maxBatch: shape.maxBatch,
+    maxDecodeSteps: shape.maxDecodeSteps,
+    onUploadBytes: o.onUploadBytes,
+  });
+}
