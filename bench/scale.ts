@@ -1045,62 +1045,63 @@ async function loadStep(o: ScaleOptions): Promise<StepResult> {
   });
 }
 
-async function logitsStep(o: ScaleOptions): Promise<StepResult> {
+/**
+ * A step that runs `child` on a 2-layer bf16 checkpoint of `preset` (written once, then reused):
+ * `childSpec` gets the checkpoint's directory; `flags` name the options that shrank it.
+ */
+async function checkpointChildStep(
+  o: ScaleOptions,
+  preset: string,
+  overrides: Record<string, number>,
+  flags: string,
+  child: string,
+  childSpec: (dir: string) => Record<string, unknown>,
+  notes: string[] = [],
+): Promise<StepResult> {
   return await runStep(async () => {
-    const notes: string[] = [];
-    const spec: CheckpointSpec = {
-      preset: "llama3-8b",
-      layers: 2,
-      dtype: "bf16",
-      seed: o.seed,
-      overrides: o.logitsOverrides,
-    };
-    if (Object.keys(spec.overrides).length) {
-      notes.push(`Shrunk: ${JSON.stringify(spec.overrides)} (--logits-vocab / --logits-ffn).`);
+    const spec: CheckpointSpec = { preset, layers: 2, dtype: "bf16", seed: o.seed, overrides };
+    if (Object.keys(overrides).length) {
+      notes.unshift(`Shrunk: ${JSON.stringify(overrides)} (${flags}).`);
     }
     const ck = await ensureCheckpoint(o.scaleDir, spec);
-    const out = await runChild(
-      "logits",
-      {
-        dir: ck.dir,
-        precision: o.precision,
-        prompt_tokens: o.promptTokens,
-        seed: o.seed,
-      } satisfies LogitsSpec,
-    );
-    const figures = childFigures(out, notes, { checkpoint: ck.dir, overrides: spec.overrides });
+    const out = await runChild(child, childSpec(ck.dir));
+    const figures = childFigures(out, notes, { checkpoint: ck.dir, overrides });
     return { figures, notes };
   });
 }
 
-async function millionStep(o: ScaleOptions): Promise<StepResult> {
-  return await runStep(async () => {
-    const notes: string[] = [];
-    const spec: CheckpointSpec = {
-      preset: "llama3-8b-1048k",
-      layers: 2,
-      dtype: "bf16",
+function logitsStep(o: ScaleOptions): Promise<StepResult> {
+  return checkpointChildStep(
+    o,
+    "llama3-8b",
+    o.logitsOverrides,
+    "--logits-vocab / --logits-ffn",
+    "logits",
+    (dir) => ({
+      dir,
+      precision: o.precision,
+      prompt_tokens: o.promptTokens,
       seed: o.seed,
-      overrides: o.millionOverrides,
-    };
-    if (Object.keys(spec.overrides).length) {
-      notes.push(`Shrunk: ${JSON.stringify(spec.overrides)} (--million-vocab / --million-ffn).`);
-    }
-    if (o.millionTokens !== 1 << 20) notes.push(`--million-tokens ${o.millionTokens}.`);
-    const ck = await ensureCheckpoint(o.scaleDir, spec);
-    const out = await runChild(
-      "million",
-      {
-        dir: ck.dir,
-        precision: o.precision,
-        tokens: o.millionTokens,
-        reps: o.millionReps,
-        seed: o.seed,
-      } satisfies MillionSpec,
-    );
-    const figures = childFigures(out, notes, { checkpoint: ck.dir, overrides: spec.overrides });
-    return { figures, notes };
-  });
+    } satisfies LogitsSpec),
+  );
+}
+
+function millionStep(o: ScaleOptions): Promise<StepResult> {
+  return checkpointChildStep(
+    o,
+    "llama3-8b-1048k",
+    o.millionOverrides,
+    "--million-vocab / --million-ffn",
+    "million",
+    (dir) => ({
+      dir,
+      precision: o.precision,
+      tokens: o.millionTokens,
+      reps: o.millionReps,
+      seed: o.seed,
+    } satisfies MillionSpec),
+    o.millionTokens !== 1 << 20 ? [`--million-tokens ${o.millionTokens}.`] : [],
+  );
 }
 
 // ---- Markdown ---------------------------------------------------------------------------------
