@@ -25,8 +25,8 @@ export const DEFAULT_BUFFER_LIMITS: BufferLimits = {
   maxBufferSize: 256 << 20,
 };
 
-/** Largest shard buffer whatever the adapter binds: its element indices stay below 2^31 (the
- * attention kernel flags fresh keys with bit 31), in f16 as in f32. */
+/** Largest shard buffer whatever the adapter binds: its unit indices stay below 2^31 (the
+ * attention kernel flags fresh keys with bit 31), in every KV dtype. */
 export const MAX_SHARD_BYTES = 2 ** 31;
 
 /** How the buffers of every part of one kind are split. */
@@ -39,7 +39,49 @@ export interface KindShards {
   units: number;
 }
 
-export type KvDtype = "f16" | "f32";
+/**
+ * How the cache stores keys and values (`--kv-dtype`), independent of the weights' precision.
+ * Each (position, KV head) entry of a K or V buffer is `kvEntryUnits` units of `kvUnitBytes`:
+ * - f16, f32: the head's values as they are;
+ * - int8: symmetric, the values over max|x| of the head (4 per u32, `pack4x8snorm`), then
+ *   max|x| as an f32 word: one scale per token per KV head;
+ * - int4: asymmetric, 8 values per u32 (nibble i of word w is dim 8w + i), then one word of
+ *   f16 (scale, zero), zero = min of the head: one group of head_dim per token per KV head, as
+ *   DuoAttention's int4_kv (its group of 128 is Llama's head_dim). Per-token groups keep every
+ *   entry self-contained, so pages and ring slots need no per-channel state (KIVI's per-channel
+ *   keys would need a group of positions to close before it could be quantized).
+ * The wgsl/kv_<dtype>.wgsl codecs implement these; tests/kv_quant_reference.ts is their CPU
+ * definition.
+ */
+export type KvDtype = "f16" | "f32" | "int8" | "int4";
+
+export const KV_DTYPES: readonly KvDtype[] = ["f16", "f32", "int8", "int4"];
+
+/** Bytes of one storage unit of a K or V buffer: an f16 or f32 value, or a u32 word. */
+export function kvUnitBytes(dtype: KvDtype): number {
+  return dtype === "f16" ? 2 : 4;
+}
+
+/** Storage units of one (position, KV head) entry, scales included. */
+export function kvEntryUnits(dtype: KvDtype, headDim: number): number {
+  if (dtype === "int8") return headDim / 4 + 1;
+  if (dtype === "int4") return headDim / 8 + 1;
+  return headDim;
+}
+
+/** Bytes of one (position, KV head) entry of K (or of V), scales included. */
+export function kvEntryBytes(dtype: KvDtype, headDim: number): number {
+  return kvEntryUnits(dtype, headDim) * kvUnitBytes(dtype);
+}
+
+/** Why `headDim` cannot be stored in `dtype` (the codecs pack whole words), or null. */
+export function kvDtypeProblem(dtype: KvDtype, headDim: number): string | null {
+  const per = dtype === "int8" ? 4 : dtype === "int4" ? 8 : 1;
+  return headDim % per === 0
+    ? null
+    : `--kv-dtype ${dtype} packs ${per} values per word and needs head_dim a multiple of ${per} ` +
+      `(this model's is ${headDim})`;
+}
 
 export class CacheExhaustedError extends Error {
   constructor(message: string) {
@@ -66,7 +108,10 @@ export interface LayerCacheLayout {
 export type KindBytes = Record<HeadKind, number> & { total: number };
 
 export class CacheGeometry {
+  /** Bytes of one storage unit of the K and V buffers (kvUnitBytes). */
   readonly bytesPerElement: number;
+  /** Bytes of one (position, KV head) entry of K or V, scales included (kvEntryBytes). */
+  readonly entryBytes: number;
   /** The kinds, in CACHE_KINDS order (all of them, used or not). */
   readonly kinds: readonly CacheKind[];
   readonly layers: LayerCacheLayout[];
@@ -78,7 +123,10 @@ export class CacheGeometry {
     readonly kvDtype: KvDtype,
     readonly pageSize = 16,
   ) {
-    this.bytesPerElement = kvDtype === "f16" ? 2 : 4;
+    const problem = kvDtypeProblem(kvDtype, config.headDim);
+    if (problem) throw new RangeError(problem);
+    this.bytesPerElement = kvUnitBytes(kvDtype);
+    this.entryBytes = kvEntryBytes(kvDtype, config.headDim);
     const params = { pageSize, sink: plan.sink, recent: plan.recent };
     this.kinds = CACHE_KINDS.map((k) => k.make(params));
     this.layers = plan.layers.map((lp) => {
@@ -119,9 +167,9 @@ export class CacheGeometry {
     return this.kinds.some((k) => k.paged && this.headsOf(k.name) > 0);
   }
 
-  /** K and V bytes of one token for `heads` KV heads. */
+  /** K and V bytes of one token for `heads` KV heads, scales included. */
   tokenBytes(heads: number): number {
-    return 2 * heads * this.config.headDim * this.bytesPerElement;
+    return 2 * heads * this.entryBytes;
   }
 
   /** Bytes of one page across every paged part. */
@@ -281,7 +329,7 @@ export class CacheLayout extends CacheGeometry {
 
   /** Bytes of one unit of the kind's K (or V) buffer for a part of `heads` KV heads. */
   #unitBytes(kind: CacheKind, heads: number): number {
-    return kind.unitPositions * heads * this.config.headDim * this.bytesPerElement;
+    return kind.unitPositions * heads * this.entryBytes;
   }
 
   /** How the kind's buffers are split into shards. */

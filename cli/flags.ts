@@ -2,7 +2,7 @@
 // place so that each means the same everywhere: the streaming window, the precision, and the
 // flags an engine is built from.
 
-import type { EngineOptions, Precision } from "../engine/engine.ts";
+import { type EngineOptions, KV_DTYPES, type KvDtype, type Precision } from "../engine/engine.ts";
 import type { Args } from "../util/args.ts";
 
 /** --sink N --recent N: the streaming window of a plan's streaming heads. */
@@ -11,11 +11,15 @@ export const WINDOW_FLAGS = ["sink", "recent"] as const;
 /** --precision f16|f32. */
 export const PRECISION_FLAG = "precision";
 
+/** --kv-dtype f16|f32|int8|int4: how the KV cache stores keys and values. */
+export const KV_DTYPE_FLAG = "kv-dtype";
+
 /** The flags `engineFlags` reads. */
 export const ENGINE_FLAGS = [
   "model",
   "tokenizer",
   PRECISION_FLAG,
+  KV_DTYPE_FLAG,
   "plan",
   ...WINDOW_FLAGS,
   "kv-cache-mb",
@@ -36,6 +40,10 @@ export function precisionFlag(a: Args): Precision | undefined {
   return a.optionalChoice(PRECISION_FLAG, ["f16", "f32"] as const);
 }
 
+export function kvDtypeFlag(a: Args): KvDtype | undefined {
+  return a.optionalChoice(KV_DTYPE_FLAG, KV_DTYPES);
+}
+
 /** An engine's options from ENGINE_FLAGS (--model required). */
 export function engineFlags(a: Args): EngineOptions {
   const prefillChunk = a.optionalNumber("chunk", { integer: true, min: 1 });
@@ -43,6 +51,7 @@ export function engineFlags(a: Args): EngineOptions {
   const model = a.string("model");
   const tokenizer = a.optionalString("tokenizer");
   const precision = precisionFlag(a);
+  const kvDtype = kvDtypeFlag(a);
   const plan = a.optionalString("plan");
   const window = windowFlags(a);
   const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 });
@@ -51,6 +60,7 @@ export function engineFlags(a: Args): EngineOptions {
     model,
     tokenizer,
     precision,
+    kvDtype,
     plan,
     ...window,
     kvCacheBytes: kvCacheMb === undefined ? undefined : kvCacheMb * (1 << 20),

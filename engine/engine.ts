@@ -12,7 +12,7 @@
 //   5. applies the outputs: hands the sampled tokens to each request's output (engine/output.ts:
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
-import { CacheExhaustedError, type CacheLayout } from "../cache/layout.ts";
+import { CacheExhaustedError, type CacheLayout, KV_DTYPES, type KvDtype } from "../cache/layout.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
@@ -41,7 +41,7 @@ import { createRunner, type RunnerShape, runnerShape } from "./runners.ts";
 import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 // What callers need to name the engine's failures and settings without reaching below it.
-export { CacheExhaustedError };
+export { CacheExhaustedError, KV_DTYPES, type KvDtype };
 export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
@@ -56,8 +56,10 @@ export interface EngineOptions {
    * ignored): a pending readback then holds up nothing on this thread (see runner_thread.ts).
    * The server does; tests and tools that drive a device of their own do not. */
   gpuThread?: boolean;
-  /** Weights and KV cache (default f16 where the adapter has it). */
+  /** Weights and activations (default f16 where the adapter has it). */
   precision?: Precision;
+  /** How the KV cache stores keys and values (default: the precision). */
+  kvDtype?: KvDtype;
   /** "full", "streaming", a plan file, or a resolved plan (default "full"). */
   plan?: string | ResolvedPlan;
   /** Override the named plan's streaming window. */
@@ -207,6 +209,7 @@ export class Engine {
         prefillChunk: o.prefillChunk,
         decodeSteps: o.decodeSteps,
         maxModelLen: o.maxModelLen,
+        kvDtype: o.kvDtype,
       };
       let runner: EngineRunner;
       let shape: RunnerShape;
@@ -361,7 +364,7 @@ export class Engine {
       requests: { running: this.running, waiting: this.waiting },
       per_sequence: this.sequences(),
       geometry: {
-        kv_dtype: this.precision,
+        kv_dtype: g.kvDtype,
         page_size: cache.pageSize,
         page_bytes: g.pageBytes,
         ring_length: g.ringLength,

@@ -3,7 +3,12 @@
 // (which builds the runner here or on a worker thread, runner_thread.ts) and the tests and bench
 // that drive a runner directly.
 
-import { type BufferLimits, CacheExhaustedError, CacheLayout } from "../cache/layout.ts";
+import {
+  type BufferLimits,
+  CacheExhaustedError,
+  CacheLayout,
+  type KvDtype,
+} from "../cache/layout.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
 import { ModelRunner } from "../gpu/runner.ts";
 import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
@@ -24,6 +29,8 @@ export interface RunnerSizes {
   /** Longest sequence served (default: the model's context). */
   maxModelLen?: number;
   precision: Precision;
+  /** How the KV cache stores keys and values (default: `precision`). */
+  kvDtype?: KvDtype;
 }
 
 /** What the engine's loop needs to know of its runner's geometry. */
@@ -51,7 +58,7 @@ export function runnerShape(
     budgetBytes: o.kvCacheBytes ?? 256 * (1 << 20),
     maxSeqs: o.maxSeqs ?? maxBatch + 1,
     maxSeqLen: o.maxModelLen ?? config.maxSeqLen,
-    kvDtype: o.precision,
+    kvDtype: o.kvDtype ?? o.precision,
     limits,
   });
   const fits = layout.numPages * layout.pageSize;
@@ -79,6 +86,9 @@ export function createRunner(
   plan: ResolvedPlan,
   o: RunnerSizes & { onUploadBytes?: (bytes: number) => void },
 ): Promise<ModelRunner> {
+  if (o.kvDtype === "f16" && !gpu.hasF16) {
+    throw new Error(`--kv-dtype f16: ${gpu.adapterName} has no shader-f16 (use f32, int8 or int4)`);
+  }
   const shape = runnerShape(model.config, plan, o, gpu.limits);
   return ModelRunner.create(gpu, model, {
     precision: o.precision,

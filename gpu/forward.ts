@@ -326,7 +326,7 @@ class ForwardBuilder {
     }, this.#cachePart(part));
     return Promise.all(
       part.shards.map((_, s) =>
-        this.#dispatch(k, this.#cacheBuffers(part, s), (f) => kvStoreGroups(f.rows))
+        this.#dispatch(k, this.#cacheBuffers(part, s), (f) => kvStoreGroups(f.rows, part.heads))
       ),
     );
   }
@@ -407,6 +407,7 @@ class ForwardBuilder {
     buffers: BufferSet<B>,
     groups: Dispatch["groups"],
   ): Promise<Dispatch> {
-    return { ...await bind(this.s.pipelines, k, buffers, this.s.precision), groups };
+    const types = { W: this.s.precision, KV: this.s.kv.layout.kvDtype };
+    return { ...await bind(this.s.pipelines, k, buffers, types), groups };
   }
 }

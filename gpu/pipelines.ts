@@ -1,14 +1,34 @@
 // Compute pipelines, built once per variant and cached.
 //
 // The one variant mechanism: every kernel in wgsl/ is compiled with a generated header that
-// declares the storage types `W` (weights) and `KV` (cache) as f16 or f32 (and `enable f16;`
-// when either is f16), followed by wgsl/common.wgsl, then the spec's includes (whole files of
-// wgsl/, in order: e.g. the KV-cache layout's addressing, `cache_paged.wgsl` or
-// `cache_ring.wgsl`, which define the same functions), then the kernel's file. Sizes, flags and
-// masks are WGSL `override` constants supplied as pipeline constants. No other text is ever
-// spliced into a shader.
+// declares the storage types `W` (weights, f16 or f32) and `KV` (cache units: f16 or f32, or
+// u32 words for the quantized KV dtypes), and `enable f16;` when either is f16, followed by
+// wgsl/common.wgsl, then, for kernels that read or write the cache (`kvCodec`), the KV dtype's
+// codec (`kv_float.wgsl`, `kv_int8.wgsl` or `kv_int4.wgsl`, which define the same functions),
+// then the spec's includes (whole files of wgsl/, in order: e.g. the KV-cache layout's
+// addressing, `cache_paged.wgsl` or `cache_ring.wgsl`, which define the same functions), then
+// the kernel's file. Sizes, flags and masks are WGSL `override` constants supplied as pipeline
+// constants. No other text is ever spliced into a shader.
+
+import type { KvDtype } from "../cache/layout.ts";
 
 export type ScalarType = "f16" | "f32";
+
+/** The storage types of one build: the weights' and the KV cache's. */
+export interface StorageTypes {
+  W: ScalarType;
+  KV: KvDtype;
+}
+
+/** `p` for both, or each as given. */
+export function storageTypes(p: ScalarType | StorageTypes): StorageTypes {
+  return typeof p === "string" ? { W: p, KV: p } : p;
+}
+
+/** The codec include of a KV dtype (what `kvCodec` kernels compile with). */
+export function kvCodecFile(kv: KvDtype): string {
+  return kv === "int8" || kv === "int4" ? `kv_${kv}.wgsl` : "kv_float.wgsl";
+}
 
 /** Values of a kernel's `override` constants by WGSL name; booleans become 0/1. */
 export type Overrides<C> = { readonly [K in keyof C]: number | boolean };
@@ -23,7 +43,9 @@ export interface KernelSpec<C extends Overrides<C> = Record<string, number | boo
   /** Weight storage type (default f32). */
   W?: ScalarType;
   /** KV-cache storage type (default f32). */
-  KV?: ScalarType;
+  KV?: KvDtype;
+  /** The kernel reads or writes the KV cache: compile it with the KV dtype's codec. */
+  kvCodec?: boolean;
   /** Values of the kernel's `override` constants. */
   constants?: C;
 }
@@ -45,9 +67,11 @@ function readKernel(file: string): string {
 export function kernelSource<C extends Overrides<C>>(spec: KernelSpec<C>): string {
   const w = spec.W ?? "f32";
   const kv = spec.KV ?? "f32";
+  const unit = kv === "int8" || kv === "int4" ? "u32" : kv;
   const header = (w === "f16" || kv === "f16" ? "enable f16;\n" : "") +
-    `alias W = ${w};\nalias KV = ${kv};\n`;
-  const files = ["common.wgsl", ...spec.includes ?? [], spec.file];
+    `alias W = ${w};\nalias KV = ${unit};\n`;
+  const codec = spec.kvCodec ? [kvCodecFile(kv)] : [];
+  const files = ["common.wgsl", ...codec, ...spec.includes ?? [], spec.file];
   return header + files.map(readKernel).join("\n");
 }
 
@@ -81,7 +105,8 @@ export class Pipelines {
     for (const [k, v] of given.sort(([a], [b]) => a < b ? -1 : 1)) {
       constants[k] = typeof v === "boolean" ? (v ? 1 : 0) : v;
     }
-    const files = [...spec.includes ?? [], spec.file].join("+");
+    const codec = spec.kvCodec ? [kvCodecFile(spec.KV ?? "f32")] : [];
+    const files = [...codec, ...spec.includes ?? [], spec.file].join("+");
     const moduleKey = `${files}|${spec.W ?? "f32"}|${spec.KV ?? "f32"}`;
     const key = `${moduleKey}|${spec.entry ?? "main"}|${JSON.stringify(constants)}`;
     let p = this.#pipelines.get(key);

@@ -2,7 +2,7 @@
 // Every error names where the bad value came from (`--max-batch` or `ZIGZAG_MAX_BATCH`), so a
 // container's one log line says what to fix.
 
-import type { Precision } from "../engine/engine.ts";
+import { KV_DTYPES, type KvDtype, type Precision } from "../engine/engine.ts";
 import type { HubOptions } from "../model/hub.ts";
 import { CliError, parseArgs } from "../util/args.ts";
 
@@ -25,6 +25,8 @@ export interface ServerConfig {
   maxModelLen?: number;
   apiKey?: string;
   precision?: Precision;
+  /** How the KV cache stores keys and values (default: the precision). */
+  kvDtype?: KvDtype;
   /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
   chatTemplate?: string;
   /** Name the API reports for the model (default: the model directory's or repo's name). */
@@ -79,6 +81,8 @@ flags (environment variable in brackets; a flag wins):
   --allowed-origins LIST  comma-separated origins (https://app.example.com) a browser may call
                         the API from (CORS) [ZIGZAG_ALLOWED_ORIGINS] (default none)
   --precision f16|f32   [ZIGZAG_PRECISION] (default f16 where the adapter has it)
+  --kv-dtype f16|f32|int8|int4   how the KV cache stores keys and values, scales included in
+                        every byte count [ZIGZAG_KV_DTYPE] (default: the precision)
   --chat-template FILE  Jinja chat template instead of tokenizer_config.json's
                         [ZIGZAG_CHAT_TEMPLATE]
   --served-model-name NAME   model id in the API [ZIGZAG_SERVED_MODEL_NAME]
@@ -109,6 +113,7 @@ const VALUE_FLAGS = [
   "max-model-len",
   "api-key",
   "precision",
+  "kv-dtype",
   "chat-template",
   "served-model-name",
   "grace-s",
@@ -204,6 +209,10 @@ export function parseServerConfig(
   if (precision !== undefined && precision !== "f16" && precision !== "f32") {
     throw new ConfigError(sources.precision, precision, "must be f16 or f32");
   }
+  const kvDtype = str("kv-dtype", "ZIGZAG_KV_DTYPE");
+  if (kvDtype !== undefined && !(KV_DTYPES as readonly string[]).includes(kvDtype)) {
+    throw new ConfigError(sources["kv-dtype"], kvDtype, `must be one of ${KV_DTYPES.join(", ")}`);
+  }
   const cfg: ServerConfig = {
     model,
     tokenizer: str("tokenizer", "ZIGZAG_TOKENIZER"),
@@ -229,6 +238,7 @@ export function parseServerConfig(
     maxModelLen: num({ flag: "max-model-len", env: "ZIGZAG_MAX_MODEL_LEN", integer: true, min: 2 }),
     apiKey: str("api-key", "ZIGZAG_API_KEY"),
     precision: precision as Precision | undefined,
+    kvDtype: kvDtype as KvDtype | undefined,
     chatTemplate: str("chat-template", "ZIGZAG_CHAT_TEMPLATE"),
     servedModelName: str("served-model-name", "ZIGZAG_SERVED_MODEL_NAME"),
     graceS: num({ flag: "grace-s", env: "ZIGZAG_GRACE_S", min: 0 }) ?? 30,

@@ -160,6 +160,7 @@ export class ServerContext {
         model: modelPath,
         tokenizer: cfg.tokenizer,
         precision: cfg.precision,
+        kvDtype: cfg.kvDtype,
         plan: cfg.plan,
         sink: cfg.sink,
         recent: cfg.recent,
@@ -215,7 +216,7 @@ export class ServerContext {
       `zigzag: ready in ${((performance.now() - t0) / 1000).toFixed(1)}s: model ${this.modelId} ` +
         `(${c.architecture}, ${c.nLayers} layers, context ${limits.context}), plan ` +
         `${engine.plan.mode}, ${engine.precision} on ${engine.adapterName}, KV cache ` +
-        `${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
+        `${engine.layout.kvDtype}, ${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
         `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback` +
         (this.chat ? `, chat template from ${this.chat.source}` : ""),
     );

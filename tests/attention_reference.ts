@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { RetrievalPages, StreamingRing } from "../cache/kinds.ts";
+import { type KvDtype, kvEntryUnits } from "../cache/layout.ts";
 import {
   ATTENTION_GEOMETRY,
   type AttentionConstants,
@@ -21,6 +22,7 @@ import {
 } from "../gpu/kernels/attention.ts";
 import type { CachePartKernel } from "../gpu/kernels/cache_layout.ts";
 import type { ScalarType } from "../gpu/pipelines.ts";
+import { quantizeEntry, storedKv } from "./kv_quant_reference.ts";
 import {
   assertClose,
   call,
@@ -29,7 +31,6 @@ import {
   Rng,
   type RowSpec,
   SENTINEL,
-  stored,
   U32,
 } from "./kernel_harness.ts";
 
@@ -49,10 +50,94 @@ export interface AttnConfig {
   decode: { slot: number; pos: number }[];
 }
 
+/** The attention kernel tests' cases: paged and ring caches, GQA groups, heads 8 to 128. */
+export const ATTENTION_CASES: AttnConfig[] = [
+  {
+    name: "head_dim 64, GQA group 2, paged",
+    headDim: 64,
+    nHeads: 4,
+    nKvHeads: 2,
+    kvHeadBase: 0,
+    cacheHeads: 2,
+    pageSize: 16,
+    // 37 rows: three 16-row tiles, the last partial; pos0 not page aligned.
+    prefill: [{ slot: 1, pos0: 45, n: 37 }, { slot: 0, pos0: 0, n: 20 }],
+    // 701 keys: 3 splits; 256 and 257 keys on either side of a split boundary.
+    decode: [{ slot: 2, pos: 700 }, { slot: 0, pos: 5 }, { slot: 3, pos: 255 }, {
+      slot: 1,
+      pos: 256,
+    }],
+  },
+  {
+    name: "head_dim 128, group 1, paged, Q_HEAD_BASE 1 with CACHE_HEADS 2 of 3",
+    headDim: 128,
+    nHeads: 3,
+    nKvHeads: 3,
+    kvHeadBase: 1,
+    cacheHeads: 2,
+    pageSize: 8,
+    prefill: [{ slot: 0, pos0: 20, n: 20 }],
+    decode: [{ slot: 1, pos: 40 }, { slot: 0, pos: 9 }],
+  },
+  {
+    name: "head_dim 8, group 4, streaming sink 4 recent 24, Q_HEAD_BASE 4 with CACHE_HEADS 1 of 2",
+    headDim: 8,
+    nHeads: 8,
+    nKvHeads: 2,
+    kvHeadBase: 1,
+    cacheHeads: 1,
+    streaming: { sink: 4, recent: 24 },
+    // A wrapped ring and a chunk longer than RECENT; a chunk starting inside the sink.
+    prefill: [{ slot: 1, pos0: 100, n: 37 }, { slot: 0, pos0: 3, n: 30 }],
+    decode: [{ slot: 0, pos: 1000 }, { slot: 2, pos: 10 }, { slot: 1, pos: 27 }, {
+      slot: 3,
+      pos: 28,
+    }],
+  },
+  {
+    name: "head_dim 64, group 2, streaming sink 8 recent 300 (2 splits)",
+    headDim: 64,
+    nHeads: 4,
+    nKvHeads: 2,
+    kvHeadBase: 0,
+    cacheHeads: 2,
+    streaming: { sink: 8, recent: 300 },
+    prefill: [{ slot: 1, pos0: 400, n: 33 }],
+    decode: [{ slot: 0, pos: 1000 }, { slot: 1, pos: 200 }, { slot: 2, pos: 307 }],
+  },
+  {
+    // Decode serves at most 8 query heads per workgroup: a group of 10 takes two chunks.
+    name: "head_dim 32, group 10 (two head chunks), paged, 2 splits",
+    headDim: 32,
+    nHeads: 20,
+    nKvHeads: 2,
+    kvHeadBase: 0,
+    cacheHeads: 2,
+    pageSize: 16,
+    prefill: [{ slot: 0, pos0: 30, n: 18 }],
+    decode: [{ slot: 1, pos: 300 }, { slot: 0, pos: 47 }],
+  },
+  {
+    name: "head_dim 8, group 2, streaming sink 0 recent 5",
+    headDim: 8,
+    nHeads: 2,
+    nKvHeads: 1,
+    kvHeadBase: 0,
+    cacheHeads: 1,
+    streaming: { sink: 0, recent: 5 },
+    prefill: [{ slot: 0, pos0: 7, n: 19 }],
+    decode: [{ slot: 0, pos: 30 }, { slot: 1, pos: 2 }],
+  },
+];
+
 /** Host-side KV cache of one config: logical keys/values per slot and the GPU layout of them,
- * in shard buffers of `unitsPerShard` units each (pages of the pool, or slots' rings). */
+ * in shard buffers of `unitsPerShard` units each (pages of the pool, or slots' rings), stored as
+ * `kv` stores them: f32 values (uploaded in f16 or f32), or the quantized dtypes' u32 units. */
 export class CacheImage {
   readonly stride: number; // floats per position: cacheHeads * headDim
+  readonly kv: KvDtype;
+  /** Storage units of one position's heads in a shard buffer. */
+  readonly unitStride: number;
   readonly k: Map<number, Float32Array> = new Map(); // slot -> [pos][cacheHeads][headDim]
   readonly v: Map<number, Float32Array> = new Map();
   readonly maxPages: number;
@@ -61,21 +146,23 @@ export class CacheImage {
   readonly unitPositions: number;
   readonly units: number;
   readonly unitsPerShard: number;
-  readonly kShards: Float32Array[] = [];
-  readonly vShards: Float32Array[] = [];
+  readonly kShards: (Float32Array | Uint32Array)[] = [];
+  readonly vShards: (Float32Array | Uint32Array)[] = [];
 
   /**
    * `lengths`: cached positions per slot (the keys before each row's forward). `o.slots`: ring
    * slots (default: one more than the largest slot used); `o.shards`: at least this many shards
-   * (default one).
+   * (default one); `o.kv`: the storage (default f32).
    */
   constructor(
     readonly c: AttnConfig,
     lengths: Map<number, number>,
     rng: Rng,
-    o: { shards?: number; slots?: number } = {},
+    o: { shards?: number; slots?: number; kv?: KvDtype } = {},
   ) {
     this.stride = c.cacheHeads * c.headDim;
+    this.kv = o.kv ?? "f32";
+    this.unitStride = c.cacheHeads * kvEntryUnits(this.kv, c.headDim);
     const slots = o.slots ?? Math.max(...lengths.keys()) + 1;
     for (const [slot, len] of lengths) {
       this.k.set(slot, rng.array(len * this.stride));
@@ -97,11 +184,16 @@ export class CacheImage {
       this.pageTable = new Uint32Array(slots * this.maxPages).fill(order[this.units - 1]);
     }
     this.unitsPerShard = Math.max(1, Math.floor(this.units / (o.shards ?? 1)));
-    // Everything the kernels must never read is NaN: it would poison any output it reaches.
+    // Everything the kernels must never read is NaN: it would poison any output it reaches (a
+    // quantized entry whose scale word is 0x7fc00000 reads as NaN: int8's amax is an f32 NaN,
+    // int4's zero an f16 NaN).
     for (let s = 0; s * this.unitsPerShard < this.units; s++) {
-      const n = Math.min(this.unitsPerShard, this.units - s * this.unitsPerShard);
-      this.kShards.push(new Float32Array(n * this.unitPositions * this.stride).fill(NaN));
-      this.vShards.push(new Float32Array(n * this.unitPositions * this.stride).fill(NaN));
+      const n = Math.min(this.unitsPerShard, this.units - s * this.unitsPerShard) *
+        this.unitPositions * this.unitStride;
+      const make = () =>
+        this.quantized ? new Uint32Array(n).fill(0x7fc00000) : new Float32Array(n).fill(NaN);
+      this.kShards.push(make());
+      this.vShards.push(make());
     }
     if (c.streaming) {
       const ring = this.unitPositions;
@@ -127,17 +219,6 @@ export class CacheImage {
     return this.kShards.length;
   }
 
-  /** The one buffer of an unsharded image. */
-  get kBuf(): Float32Array {
-    if (this.shards !== 1) throw new Error("kBuf of a sharded cache image");
-    return this.kShards[0];
-  }
-
-  get vBuf(): Float32Array {
-    if (this.shards !== 1) throw new Error("vBuf of a sharded cache image");
-    return this.vShards[0];
-  }
-
   /** The shard of each of `slot`'s first `len` positions' pages, in position order. */
   pageShards(slot: number, len: number): number[] {
     const ps = this.c.pageSize!;
@@ -152,14 +233,34 @@ export class CacheImage {
     return j < sink ? j : sink + ((j - sink) % recent);
   }
 
+  get quantized(): boolean {
+    return this.kv === "int8" || this.kv === "int4";
+  }
+
+  /** `slot`'s keys or values as the cache gives them back (rounded or quantized). */
+  storedOf(which: "k" | "v", slot: number): Float32Array {
+    return storedKv(this.kv, (which === "k" ? this.k : this.v).get(slot)!, this.c.headDim);
+  }
+
   /** Position j of `slot` at global entry `entry` (unit * unitPositions + offset). */
   #put(slot: number, j: number, entry: number): void {
     const s = this.stride;
     const perShard = this.unitsPerShard * this.unitPositions;
     const shard = Math.floor(entry / perShard);
     const local = entry % perShard;
-    this.kShards[shard].set(this.k.get(slot)!.subarray(j * s, (j + 1) * s), local * s);
-    this.vShards[shard].set(this.v.get(slot)!.subarray(j * s, (j + 1) * s), local * s);
+    for (const [src, dst] of [[this.k, this.kShards], [this.v, this.vShards]] as const) {
+      const x = src.get(slot)!.subarray(j * s, (j + 1) * s);
+      if (!this.quantized) {
+        dst[shard].set(x, local * s);
+        continue;
+      }
+      const hd = this.c.headDim;
+      const units = kvEntryUnits(this.kv, hd);
+      for (let ch = 0; ch < this.c.cacheHeads; ch++) {
+        const e = quantizeEntry(this.kv as "int8" | "int4", x.subarray(ch * hd, (ch + 1) * hd));
+        dst[shard].set(e, local * this.unitStride + ch * units);
+      }
+    }
   }
 
   constants(): AttentionConstants {
@@ -196,7 +297,9 @@ export class CacheImage {
  * Reference attention output of one row and query head. Keys at positions >= pos0 (this
  * forward's) come from the fused rows, older ones from the cache as stored (KV-rounded).
  * `extraRescales`: online-softmax rescales beyond one per 16-key tile (+3), e.g. a tile visited
- * by two shards' dispatches, or a state carried from one shard to the next.
+ * by two shards' dispatches, or a state carried from one shard to the next. `dequantErr`: how far
+ * the GPU's dequantized cache keys and values may be from `cacheK` / `cacheV` (the same units
+ * decoded with the GPU's own f32 roundings), per element.
  */
 export function attentionRef(
   c: AttnConfig,
@@ -207,6 +310,7 @@ export function attentionRef(
   cacheK: Float32Array,
   cacheV: Float32Array,
   extraRescales = 0,
+  dequantErr = { k: 0, v: 0 },
 ): { out: Float64Array; tol: number } {
   const hd = c.headDim;
   const stride = (c.nHeads + 2 * c.nKvHeads) * hd;
@@ -229,7 +333,8 @@ export function attentionRef(
       keys.push({ k: cacheK.subarray(off, off + hd), v: cacheV.subarray(off, off + hd) });
     }
   }
-  let mx = -Infinity, sMag = 0, vMax = 0;
+  let mx = -Infinity, sMag = 0, vMax = 0, qAbs = 0;
+  for (let d = 0; d < hd; d++) qAbs += Math.abs(q[d]);
   const scores = keys.map(({ k, v }) => {
     let s = 0, m = 0;
     for (let d = 0; d < hd; d++) {
@@ -259,9 +364,11 @@ export function attentionRef(
   //  - weights perturbed by eps relative move the normalised output by <= 2 eps max|v|, and the
   //    numerator and denominator sums of n terms add gamma_n max|v| each.
   const n = keys.length;
-  const delta = (hd + 2) * U32 * sMag;
+  //  - a cached key off by dequantErr.k per element moves its score by <= scale sum|q| of it; a
+  //    value off by dequantErr.v moves the output by as much.
+  const delta = (hd + 2) * U32 * sMag + scale * qAbs * dequantErr.k;
   const expErr = (3 * (n / 16 + 3 + extraRescales) + 8 * sMag) * 2 ** -23;
-  const tol = vMax * (2 * (delta + expErr) + 2 * (n + 2) * U32);
+  const tol = vMax * (2 * (delta + expErr) + 2 * (n + 2) * U32) + dequantErr.v;
   return { out, tol };
 }
 
@@ -273,6 +380,8 @@ export interface AttentionRunOptions {
   slots?: number;
   /** Cap on decode splits (default MAX_SPLITS). */
   maxSplits?: number;
+  /** How the cache stores keys and values (default: the precision `p`). */
+  kv?: KvDtype;
 }
 
 /**
@@ -315,11 +424,12 @@ export async function checkAttention(
     const n = f.rows.length;
     const lengths = new Map<number, number>();
     for (const [r, row] of f.rows.entries()) lengths.set(row.slot, row.pos - (r - row.firstRow));
+    const kv = o.kv ?? p;
     const img = new CacheImage(
       c,
       lengths,
       rng,
-      o.shards ? { shards: o.shards, slots: o.slots } : undefined,
+      o.shards ? { shards: o.shards, slots: o.slots, kv } : { kv },
     );
     if (o.shards) {
       assert.ok(img.shards >= Math.min(o.shards, img.units), `${c.name}: ${img.shards}`);
@@ -346,9 +456,10 @@ export async function checkAttention(
       pageTable: h.upload(img.pageTable, "u32"),
       out: h.filled(n * outDim, SENTINEL),
     };
+    const unit = img.quantized ? "u32" : p;
     const shardBuffers = img.kShards.map((k, s) => ({
-      kCache: h.upload(k, p),
-      vCache: h.upload(img.vShards[s], p),
+      kCache: h.upload(k, unit),
+      vCache: h.upload(img.vShards[s], unit),
       shard: h.shard(s),
     }));
     const steps: DispatchSpec[] = [];
@@ -395,21 +506,27 @@ export async function checkAttention(
         );
       }
     }
-    await h.run(p, steps);
+    await h.run({ W: p, KV: kv }, steps);
     const want = new Float64Array(n * outDim).fill(SENTINEL);
     const tol = new Float64Array(n * outDim);
     for (const [r, row] of f.rows.entries()) {
-      const ck = stored(img.k.get(row.slot)!, p);
-      const cv = stored(img.v.get(row.slot)!, p);
+      const ck = img.storedOf("k", row.slot);
+      const cv = img.storedOf("v", row.slot);
+      // Quantized: the GPU decodes the same units with its own f32 roundings (a product, and
+      // int4's sum zero + q scale, each within an ULP of values <= 3 max|x|).
+      const maxAbs = (x: Float32Array) => x.reduce((m, y) => Math.max(m, Math.abs(y)), 0);
+      const dq = img.quantized
+        ? { k: 8 * U32 * maxAbs(img.k.get(row.slot)!), v: 8 * U32 * maxAbs(img.v.get(row.slot)!) }
+        : undefined;
       // Sharded: each tile at most twice, and one rescale per shard's hand-over.
       const extra = img.shards > 1 ? (row.pos + 1) / 16 + img.shards : undefined;
       for (let head = qBase; head < qBase + nq; head++) {
-        const ref = attentionRef(c, qkv, r, row, head, ck, cv, extra);
+        const ref = attentionRef(c, qkv, r, row, head, ck, cv, extra ?? 0, dq);
         want.set(ref.out, r * outDim + head * hd);
         tol.fill(ref.tol, r * outDim + head * hd, r * outDim + (head + 1) * hd);
       }
     }
-    const what = `${c.name}: ${p} ${f.kind} ${
+    const what = `${c.name}: ${p}${kv === p ? "" : ` kv ${kv}`} ${f.kind} ${
       f.kind === "prefill"
         ? `pos0 ${f.rows[0].pos} rows ${n}`
         : `positions ${f.rows.map((row) => row.pos)}, ${splits} splits`

@@ -1,6 +1,6 @@
 // Shared set-up for tests that run whole models on the GPU.
 
-import { type BufferLimits, CacheLayout } from "../cache/layout.ts";
+import { type BufferLimits, CacheLayout, type KvDtype } from "../cache/layout.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Precision } from "../gpu/device.ts";
 import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
@@ -124,6 +124,8 @@ export async function makeRunner(
     kvMb?: number;
     bindingLimit?: number;
     kvLimits?: BufferLimits;
+    /** How the cache stores keys and values (default: `precision`). */
+    kvDtype?: KvDtype;
   } = {},
 ): Promise<TestRunner> {
   const maxBatch = o.maxBatch ?? 4;
@@ -131,7 +133,7 @@ export async function makeRunner(
     budgetBytes: (o.kvMb ?? 32) * (1 << 20),
     maxSeqs: maxBatch + 1,
     maxSeqLen: o.maxSeqLen ?? model.config.maxSeqLen,
-    kvDtype: precision,
+    kvDtype: o.kvDtype ?? precision,
     limits: o.kvLimits ?? gpu.limits,
   });
   const runner = await ModelRunner.create(gpu, model, {

@@ -21,7 +21,7 @@ import {
   type Kernel,
   pipelineOf,
 } from "../gpu/kernels/kernel.ts";
-import { Pipelines, type ScalarType } from "../gpu/pipelines.ts";
+import { Pipelines, type ScalarType, type StorageTypes } from "../gpu/pipelines.ts";
 import { mulberry32 } from "../model/random.ts";
 
 /** One token row of a forward (wgsl/common.wgsl `Row`). */
@@ -148,9 +148,9 @@ export class KernelHarness {
     return this.upload(encodeRows(rows), "u32", "rows");
   }
 
-  /** Records the dispatches in one compute pass with storage precision `p` (W and KV), submits,
-   * and rejects on a validation error. */
-  async run(p: ScalarType, dispatches: DispatchSpec[]): Promise<void> {
+  /** Records the dispatches in one compute pass with storage precision `p` (W and KV alike, or
+   * each), submits, and rejects on a validation error. */
+  async run(p: ScalarType | StorageTypes, dispatches: DispatchSpec[]): Promise<void> {
     const pipelines = await Promise.all(
       dispatches.map((d) => pipelineOf(this.pipelines, d.kernel, p)),
     );
@@ -170,7 +170,7 @@ export class KernelHarness {
 
   /** One dispatch. */
   dispatch<B extends BindingIndices>(
-    p: ScalarType,
+    p: ScalarType | StorageTypes,
     kernel: Kernel<B>,
     buffers: BufferSet<B>,
     groups: Groups,

@@ -21,7 +21,7 @@ import { CACHE_LAYOUTS } from "../gpu/kernels/cache_layout.ts";
 import { FORWARD_BYTES, ROW_WORDS } from "../gpu/kernels/common.ts";
 import { DECODE_STEP_FILE, DECODE_STEP_MAX_ROWS, decodeStep } from "../gpu/kernels/decode_step.ts";
 import { embed } from "../gpu/kernels/embed.ts";
-import { kvStore } from "../gpu/kernels/kv_store.ts";
+import { kvStore, kvStoreGroups } from "../gpu/kernels/kv_store.ts";
 import { matmul, MATMUL_FILE, MATMUL_GEOMETRY, matmulGroups } from "../gpu/kernels/matmul.ts";
 import { rmsnorm } from "../gpu/kernels/rmsnorm.ts";
 import { rope } from "../gpu/kernels/rope.ts";
@@ -44,7 +44,7 @@ import {
   U16,
   U32,
 } from "./kernel_harness.ts";
-import { type AttnConfig, checkAttention } from "./attention_reference.ts";
+import { ATTENTION_CASES, checkAttention } from "./attention_reference.ts";
 
 const harness = await KernelHarness.create();
 const h = harness as KernelHarness;
@@ -459,88 +459,9 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
 
 // ---- attention ------------------------------------------------------------------------------
 
-const ATTN_CONFIGS: AttnConfig[] = [
-  {
-    name: "head_dim 64, GQA group 2, paged",
-    headDim: 64,
-    nHeads: 4,
-    nKvHeads: 2,
-    kvHeadBase: 0,
-    cacheHeads: 2,
-    pageSize: 16,
-    // 37 rows: three 16-row tiles, the last partial; pos0 not page aligned.
-    prefill: [{ slot: 1, pos0: 45, n: 37 }, { slot: 0, pos0: 0, n: 20 }],
-    // 701 keys: 3 splits; 256 and 257 keys on either side of a split boundary.
-    decode: [{ slot: 2, pos: 700 }, { slot: 0, pos: 5 }, { slot: 3, pos: 255 }, {
-      slot: 1,
-      pos: 256,
-    }],
-  },
-  {
-    name: "head_dim 128, group 1, paged, Q_HEAD_BASE 1 with CACHE_HEADS 2 of 3",
-    headDim: 128,
-    nHeads: 3,
-    nKvHeads: 3,
-    kvHeadBase: 1,
-    cacheHeads: 2,
-    pageSize: 8,
-    prefill: [{ slot: 0, pos0: 20, n: 20 }],
-    decode: [{ slot: 1, pos: 40 }, { slot: 0, pos: 9 }],
-  },
-  {
-    name: "head_dim 8, group 4, streaming sink 4 recent 24, Q_HEAD_BASE 4 with CACHE_HEADS 1 of 2",
-    headDim: 8,
-    nHeads: 8,
-    nKvHeads: 2,
-    kvHeadBase: 1,
-    cacheHeads: 1,
-    streaming: { sink: 4, recent: 24 },
-    // A wrapped ring and a chunk longer than RECENT; a chunk starting inside the sink.
-    prefill: [{ slot: 1, pos0: 100, n: 37 }, { slot: 0, pos0: 3, n: 30 }],
-    decode: [{ slot: 0, pos: 1000 }, { slot: 2, pos: 10 }, { slot: 1, pos: 27 }, {
-      slot: 3,
-      pos: 28,
-    }],
-  },
-  {
-    name: "head_dim 64, group 2, streaming sink 8 recent 300 (2 splits)",
-    headDim: 64,
-    nHeads: 4,
-    nKvHeads: 2,
-    kvHeadBase: 0,
-    cacheHeads: 2,
-    streaming: { sink: 8, recent: 300 },
-    prefill: [{ slot: 1, pos0: 400, n: 33 }],
-    decode: [{ slot: 0, pos: 1000 }, { slot: 1, pos: 200 }, { slot: 2, pos: 307 }],
-  },
-  {
-    // Decode serves at most 8 query heads per workgroup: a group of 10 takes two chunks.
-    name: "head_dim 32, group 10 (two head chunks), paged, 2 splits",
-    headDim: 32,
-    nHeads: 20,
-    nKvHeads: 2,
-    kvHeadBase: 0,
-    cacheHeads: 2,
-    pageSize: 16,
-    prefill: [{ slot: 0, pos0: 30, n: 18 }],
-    decode: [{ slot: 1, pos: 300 }, { slot: 0, pos: 47 }],
-  },
-  {
-    name: "head_dim 8, group 2, streaming sink 0 recent 5",
-    headDim: 8,
-    nHeads: 2,
-    nKvHeads: 1,
-    kvHeadBase: 0,
-    cacheHeads: 1,
-    streaming: { sink: 0, recent: 5 },
-    prefill: [{ slot: 0, pos0: 7, n: 19 }],
-    decode: [{ slot: 0, pos: 30 }, { slot: 1, pos: 2 }],
-  },
-];
-
 Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {
   await h.perPrecision(t, async (p) => {
-    for (const c of ATTN_CONFIGS) {
+    for (const c of ATTENTION_CASES) {
       const rng = new Rng(600 + c.headDim + c.nHeads + (c.streaming?.recent ?? 0));
       for (const r of await checkAttention(h, p, c, rng)) margin(r.what, r.ratio);
     }
@@ -605,7 +526,7 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
             pageTable: pt,
             shard: h.shard(0),
           },
-          [rows.length + 1, 1, 1],
+          kvStoreGroups(rows.length + 1, CH),
         );
         for (const [r, row] of rows.entries()) {
           const page = pageTable[row.slot * MAXP + Math.floor(row.pos / PS)];
@@ -667,7 +588,7 @@ Deno.test("kv_store.wgsl, paged and ring", gpuTest, async (t) => {
             vCache: v,
             shard: h.shard(0),
           },
-          [rows.length, 1, 1],
+          kvStoreGroups(rows.length, CH),
         );
         for (const [r, row] of rows.entries()) {
           const last = row.pos - (r - row.firstRow) + row.nSeqRows - 1;

@@ -3,10 +3,11 @@
 //
 // Keys of a row's own forward (positions >= the sequence's first position in this forward) are
 // read from the fresh fused q|k|v rows; older keys come from the cache, addressed by the layout
-// include (cache_paged.wgsl or cache_ring.wgsl: `cache_entry`). The layout also says which keys a
-// query sees (`sink_end`, `window_start`, `holds`): all of [0, i] for pages; for the sink +
-// recent ring key j is visible from query i when j <= i and (j < SINK or i - j < RECENT). Key
-// tiles outside the visible ranges are never visited, so a ring's cost grows as
+// include (cache_paged.wgsl or cache_ring.wgsl: `cache_entry`) and dequantized in the inner loops
+// by the KV codec (kv_float.wgsl, kv_int8.wgsl, kv_int4.wgsl: `kv_k4`, `kv_v4`). The layout also
+// says which keys a query sees (`sink_end`, `window_start`, `holds`): all of [0, i] for pages;
+// for the sink + recent ring key j is visible from query i when j <= i and (j < SINK or
+// i - j < RECENT). Key tiles outside the visible ranges are never visited, so a ring's cost grows as
 // n * (SINK + RECENT), not n^2. Keys are stored after RoPE at their original positions and are
 // never re-rotated.
 //
@@ -82,27 +83,16 @@ fn shard_serves(slot: u32) -> bool {
   return shard.index >= first_shard(slot) && shard.index <= last_shard(slot);
 }
 
-// Element d of the key (which = 0) or value (which = 1) at `idx` (from key_index).
-fn load1(idx: u32, kvh: u32, d: u32, which: u32) -> f32 {
-  if ((idx & FRESH) != 0u) {
-    let fr = idx & ~FRESH;
-    return qkv[fr * row_stride() + (N_HEADS + which * N_KV_HEADS + kvh) * HEAD_DIM + d];
-  }
-  if (which == 0u) { return f32(k_cache[idx + d]); }
-  return f32(v_cache[idx + d]);
-}
-
-// Elements d .. d+3 (HEAD_DIM is a multiple of 4).
+// Dims d .. d+3 (HEAD_DIM is a multiple of 4) of the key (which = 0) or value (which = 1) at
+// `idx` (from key_index): from the fresh rows, or dequantized by the KV codec (kv_<dtype>.wgsl)
+// straight from the cache.
 fn load4(idx: u32, kvh: u32, d: u32, which: u32) -> vec4<f32> {
   if ((idx & FRESH) != 0u) {
     let b = (idx & ~FRESH) * row_stride() + (N_HEADS + which * N_KV_HEADS + kvh) * HEAD_DIM + d;
     return vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]);
   }
-  let b = idx + d;
-  if (which == 0u) {
-    return vec4<f32>(f32(k_cache[b]), f32(k_cache[b + 1u]), f32(k_cache[b + 2u]), f32(k_cache[b + 3u]));
-  }
-  return vec4<f32>(f32(v_cache[b]), f32(v_cache[b + 1u]), f32(v_cache[b + 2u]), f32(v_cache[b + 3u]));
+  if (which == 0u) { return kv_k4(idx, d); }
+  return kv_v4(idx, d);
 }
 
 fn visible(i: u32, j: u32) -> bool {
@@ -176,16 +166,24 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     workgroupBarrier();
     if (tid < BK && k0 + tid < kend) { kidx[tid] = key_index(row0, r0, k0 + tid, kvh); }
     workgroupBarrier();
-    for (var e = tid; e < BK * HEAD_DIM; e += 64u) {
-      let jj = e / HEAD_DIM;
-      var kv = 0.0;
-      var vv = 0.0;
+    for (var e = tid; e < BK * HEAD_DIM / 4u; e += 64u) {
+      let jj = (4u * e) / HEAD_DIM;
+      let d = (4u * e) % HEAD_DIM;
+      var kv = vec4<f32>(0.0);
+      var vv = vec4<f32>(0.0);
       if (k0 + jj < kend && !skipped(kidx[jj])) {
-        kv = load1(kidx[jj], kvh, e % HEAD_DIM, 0u);
-        vv = load1(kidx[jj], kvh, e % HEAD_DIM, 1u);
+        kv = load4(kidx[jj], kvh, d, 0u);
+        vv = load4(kidx[jj], kvh, d, 1u);
       }
-      k_s[e] = kv;
-      v_s[e] = vv;
+      let b = jj * HEAD_DIM + d;
+      k_s[b] = kv.x;
+      k_s[b + 1u] = kv.y;
+      k_s[b + 2u] = kv.z;
+      k_s[b + 3u] = kv.w;
+      v_s[b] = vv.x;
+      v_s[b + 1u] = vv.y;
+      v_s[b + 2u] = vv.z;
+      v_s[b + 3u] = vv.w;
     }
     workgroupBarrier();
     // Scores: thread (row, lane) computes keys lane*4 .. lane*4+3.

@@ -3,14 +3,16 @@
 // in page page_table[s][j / PAGE_SIZE]. The pool is split into CACHE_SHARDS buffer pairs of
 // PAGES_PER_SHARD pages: page p lives in shard p / PAGES_PER_SHARD at local page
 // p % PAGES_PER_SHARD. Included (gpu/pipelines.ts) by the kernels that read or write a cache
-// part, after common.wgsl; cache_ring.wgsl defines the same functions and constants. The
+// part, after common.wgsl and the KV codec (kv_<dtype>.wgsl: `kv_entry_units`, the storage
+// units of one position's head); cache_ring.wgsl defines the same functions and constants. The
 // including kernel declares HEAD_DIM (dims per head) and CACHE_HEADS (KV heads of the part).
 //
 // What a layout defines:
 //   CACHE_SHARDS              (override) buffer pairs the part is split into;
 //   cache_shard(slot, j)      the shard holding position j of slot;
-//   cache_entry(slot, j, ch)  index of dim 0 of position j, cache head ch, within that shard's
-//                             K/V buffers (computed from the local unit, so it never nears 2^32);
+//   cache_entry(slot, j, ch)  index of the first storage unit of position j, cache head ch,
+//                             within that shard's K/V buffers (computed from the local unit, so
+//                             it never nears 2^32);
 //   first_shard(slot), last_shard(slot)  the shards that may hold any of slot's positions;
 //   shard_holds_any(slot, j0, j1, shard)  whether `shard` may hold one of positions [j0, j1)
 //                             (true may be conservative, false is exact);
@@ -39,7 +41,7 @@ fn cache_shard(slot: u32, j: u32) -> u32 {
 fn cache_entry(slot: u32, j: u32, ch: u32) -> u32 {
   var page = cache_page(slot, j);
   if (CACHE_SHARDS > 1u) { page = page % PAGES_PER_SHARD; }
-  return ((page * PAGE_SIZE + j % PAGE_SIZE) * CACHE_HEADS + ch) * HEAD_DIM;
+  return ((page * PAGE_SIZE + j % PAGE_SIZE) * CACHE_HEADS + ch) * kv_entry_units();
 }
 
 // Any shard may hold a page of any sequence.

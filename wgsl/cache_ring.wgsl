@@ -2,9 +2,9 @@
 // positions: the first SINK positions (attention sinks) stay, later ones cycle through the RECENT
 // window. Keys stay as RoPE rotated them at their original positions. The rings are split into
 // CACHE_SHARDS buffer pairs of SLOTS_PER_SHARD slots: slot s lives in shard s / SLOTS_PER_SHARD,
-// so each sequence's keys are all in one shard. Included (gpu/pipelines.ts) after common.wgsl;
-// cache_paged.wgsl defines the same functions and documents them. The including kernel declares
-// HEAD_DIM and CACHE_HEADS.
+// so each sequence's keys are all in one shard. Included (gpu/pipelines.ts) after common.wgsl
+// and the KV codec; cache_paged.wgsl defines the same functions and documents them. The
+// including kernel declares HEAD_DIM and CACHE_HEADS.
 
 override SINK: u32;             // attention-sink positions kept
 override RECENT: u32;           // most recent positions kept (the current one included), >= 1
@@ -21,7 +21,7 @@ fn cache_entry(slot: u32, j: u32, ch: u32) -> u32 {
   if (j >= SINK) { s = SINK + (j - SINK) % RECENT; }
   var local = slot;
   if (CACHE_SHARDS > 1u) { local = slot % SLOTS_PER_SHARD; }
-  return ((local * (SINK + RECENT) + s) * CACHE_HEADS + ch) * HEAD_DIM;
+  return ((local * (SINK + RECENT) + s) * CACHE_HEADS + ch) * kv_entry_units();
 }
 
 // A slot's whole ring is in one shard.

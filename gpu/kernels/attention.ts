@@ -50,7 +50,14 @@ function attention<B extends BindingIndices>(
   bindings: B,
 ) {
   const layout = CACHE_LAYOUTS[part.layout];
-  return kernel(ATTENTION_FILE, entry, { ...c, ...part.constants }, bindings, [layout.include]);
+  return kernel(
+    ATTENTION_FILE,
+    entry,
+    { ...c, ...part.constants },
+    bindings,
+    [layout.include],
+    true,
+  );
 }
 
 export function attentionPrefill(c: AttentionConstants, part: CachePartKernel) {

@@ -10,7 +10,14 @@
 // through these modules.
 
 import { GpuTensor } from "../buffers.ts";
-import type { KernelSpec, Overrides, Pipelines, ScalarType } from "../pipelines.ts";
+import {
+  type KernelSpec,
+  type Overrides,
+  type Pipelines,
+  type ScalarType,
+  type StorageTypes,
+  storageTypes,
+} from "../pipelines.ts";
 
 /** Workgroup counts of one dispatch. */
 export type Groups = [number, number, number];
@@ -33,28 +40,36 @@ export interface Kernel<B extends BindingIndices = BindingIndices> {
   name: string;
 }
 
-/** A family's entry point with these constants (and layout includes). */
+/** A family's entry point with these constants (and layout includes; `kvCodec` for kernels that
+ * read or write the KV cache). */
 export function kernel<C extends Overrides<C>, B extends BindingIndices>(
   file: string,
   entry: string,
   constants: C,
   bindings: B,
   includes: readonly string[] = [],
+  kvCodec = false,
 ): Kernel<B> {
   return {
-    spec: { file, entry, constants, ...(includes.length ? { includes } : {}) },
+    spec: {
+      file,
+      entry,
+      constants,
+      ...(includes.length ? { includes } : {}),
+      ...(kvCodec ? { kvCodec } : {}),
+    },
     bindings,
     name: `${file}:${entry}`,
   };
 }
 
-/** The kernel's pipeline in storage precision `p` (W and KV alike, as the runner uses them). */
+/** The kernel's pipeline in storage types `p` (one precision for W and KV alike, or each). */
 export function pipelineOf(
   pipelines: Pipelines,
   k: Kernel,
-  p: ScalarType,
+  p: ScalarType | StorageTypes,
 ): Promise<GPUComputePipeline> {
-  return pipelines.get({ ...k.spec, W: p, KV: p });
+  return pipelines.get({ ...k.spec, ...storageTypes(p) });
 }
 
 /** The bind group of `k`'s bindings, each named buffer at its index. */
@@ -87,7 +102,7 @@ export async function bind<B extends BindingIndices>(
   pipelines: Pipelines,
   k: Kernel<B>,
   buffers: BufferSet<B>,
-  p: ScalarType,
+  p: ScalarType | StorageTypes,
 ): Promise<Bound> {
   const pipeline = await pipelineOf(pipelines, k, p);
   return { name: k.name, pipeline, bindGroup: bindGroup(pipelines.device, pipeline, k, buffers) };

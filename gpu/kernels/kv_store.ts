@@ -1,6 +1,7 @@
 // wgsl/kv_store.wgsl: writes a forward's fresh keys and values into one KV-cache part, compiled
-// with the part's layout include (cache_layout.ts); one workgroup per token row, one dispatch per
-// shard of the part (each writes the rows its shard holds).
+// with the part's layout include (cache_layout.ts) and the KV dtype's codec; one workgroup per
+// token row and cache head, one dispatch per shard of the part (each writes the rows its shard
+// holds).
 
 import { CACHE_LAYOUTS, type CachePartKernel } from "./cache_layout.ts";
 import { type Groups, kernel } from "./kernel.ts";
@@ -26,10 +27,11 @@ export function kvStore(c: KvStoreConstants, part: CachePartKernel) {
     { ...c, ...part.constants },
     { fwd: 0, rows: 1, qkv: 2, kCache: 3, vCache: 4, shard: 9, ...layout.bindings },
     [layout.include],
+    true,
   );
 }
 
-/** One workgroup per token row. */
-export function kvStoreGroups(rows: number): Groups {
-  return [rows, 1, 1];
+/** One workgroup per token row and cache head (each quantizes its head on its own). */
+export function kvStoreGroups(rows: number, cacheHeads: number): Groups {
+  return [rows, cacheHeads, 1];
 }

@@ -7,8 +7,10 @@
 // every dot product and every softmax are computed and stored in f64 (JS numbers). Only the
 // returned logits and hidden state are rounded to f32.
 
+import type { KvDtype } from "../../cache/layout.ts";
 import type { ModelConfig, ModelWeights } from "../../model/types.ts";
 import type { ResolvedPlan } from "../../plans/types.ts";
+import { storedKv } from "../kv_quant_reference.ts";
 
 /** Index of the largest value; the first one wins on ties (as llama2.c's `sample_argmax`). */
 export function argmax(x: ArrayLike<number>): number {
@@ -104,6 +106,12 @@ export class CpuLlama {
   /** keyCache[layer][pos]: [nKvHeads * headDim] after RoPE; valueCache likewise. */
   private keyCache: Float64Array[][] = [];
   private valueCache: Float64Array[][] = [];
+  /** The same as a cache of `kvDtype` gives them back (quantized per head), when one is set. */
+  private keyStored: Float64Array[][] = [];
+  private valueStored: Float64Array[][] = [];
+  /** How the cache stores keys and values: keys of earlier forwards are read back through
+   * `storedKv` (tests/kv_quant_reference.ts), as the GPU's cache returns them. */
+  kvDtype: KvDtype = "f32";
   private lastHidden: Float64Array | null = null;
 
   constructor(config: ModelConfig, weights: ModelWeights, plan?: ResolvedPlan) {
@@ -122,6 +130,8 @@ export class CpuLlama {
   reset(): void {
     this.keyCache = Array.from({ length: this.config.nLayers }, () => []);
     this.valueCache = Array.from({ length: this.config.nLayers }, () => []);
+    this.keyStored = Array.from({ length: this.config.nLayers }, () => []);
+    this.valueStored = Array.from({ length: this.config.nLayers }, () => []);
     this.lastHidden = null;
   }
 
@@ -168,8 +178,10 @@ export class CpuLlama {
   /**
    * Runs token `token` at position `pos` and returns the logits [vocabSize] (f32). `pos` must be
    * at most the number of cached positions; a smaller `pos` drops the cache from `pos` on first.
+   * Keys and values at positions >= `freshFrom` are read as computed (the GPU's own forward:
+   * a prefill chunk's rows read each other fresh), earlier ones as the cache stores them.
    */
-  forward(token: number, pos: number): Float32Array {
+  forward(token: number, pos: number, freshFrom = pos): Float32Array {
     const cfg = this.config;
     const w = this.weights;
     const { dim, hiddenDim, nHeads, nKvHeads, headDim, vocabSize } = cfg;
@@ -185,6 +197,8 @@ export class CpuLlama {
     for (let l = 0; l < cfg.nLayers; l++) {
       this.keyCache[l].length = pos;
       this.valueCache[l].length = pos;
+      this.keyStored[l].length = pos;
+      this.valueStored[l].length = pos;
     }
 
     // residual stream
@@ -220,20 +234,29 @@ export class CpuLlama {
       this.rope(k, nKvHeads, pos);
       this.keyCache[l].push(k);
       this.valueCache[l].push(v);
+      // The GPU stores its f32 keys and values (an f32 cache: read as computed here).
+      const store = (x: Float64Array) =>
+        this.kvDtype === "f32"
+          ? x
+          : Float64Array.from(storedKv(this.kvDtype, Float32Array.from(x), headDim));
+      this.keyStored[l].push(store(k));
+      this.valueStored[l].push(store(v));
 
       for (let h = 0; h < nHeads; h++) {
         const kvh = Math.floor(h / group);
         const qo = h * headDim;
         const ko = kvh * headDim;
-        const keys = this.keyCache[l];
-        const values = this.valueCache[l];
+        const keyOf = (j: number) => j >= freshFrom ? this.keyCache[l][j] : this.keyStored[l][j];
+        const valueOf = (j: number) =>
+          j >= freshFrom ? this.valueCache[l][j] : this.valueStored[l][j];
         // scores over the visible keys only
         const visible: number[] = [];
         const scores: number[] = [];
         for (let j = 0; j <= pos; j++) {
           if (!this.visible(l, kvh, pos, j)) continue;
           let dot = 0;
-          for (let d = 0; d < headDim; d++) dot += q[qo + d] * keys[j][ko + d];
+          const kj = keyOf(j);
+          for (let d = 0; d < headDim; d++) dot += q[qo + d] * kj[ko + d];
           visible.push(j);
           scores.push(dot * scale);
         }
@@ -249,7 +272,7 @@ export class CpuLlama {
         for (let d = 0; d < headDim; d++) att[qo + d] = 0;
         for (let t = 0; t < visible.length; t++) {
           const p = scores[t] / sum;
-          const vj = values[visible[t]];
+          const vj = valueOf(visible[t]);
           for (let d = 0; d < headDim; d++) att[qo + d] += p * vj[ko + d];
         }
       }
