@@ -2,7 +2,13 @@
 // place so that each means the same everywhere: the streaming window, the precision, and the
 // flags an engine is built from.
 
-import { type EngineOptions, KV_DTYPES, type KvDtype, type Precision } from "../engine/engine.ts";
+import {
+  type EngineOptions,
+  KV_DTYPES,
+  type KvDtype,
+  type Precision,
+  WEIGHT_FORMATS,
+} from "../engine/engine.ts";
 import type { Args } from "../util/args.ts";
 
 /** --sink N --recent N: the streaming window of a plan's streaming heads. */
@@ -14,12 +20,16 @@ export const PRECISION_FLAG = "precision";
 /** --kv-dtype f16|f32|int8|int4: how the KV cache stores keys and values. */
 export const KV_DTYPE_FLAG = "kv-dtype";
 
+/** --weights float|q8_0|q4_0: how matmul weights are stored (quantized on load). */
+export const WEIGHTS_FLAG = "weights";
+
 /** The flags `engineFlags` reads. */
 export const ENGINE_FLAGS = [
   "model",
   "tokenizer",
   PRECISION_FLAG,
   KV_DTYPE_FLAG,
+  WEIGHTS_FLAG,
   "plan",
   ...WINDOW_FLAGS,
   "kv-cache-mb",
@@ -52,6 +62,7 @@ export function engineFlags(a: Args): EngineOptions {
   const tokenizer = a.optionalString("tokenizer");
   const precision = precisionFlag(a);
   const kvDtype = kvDtypeFlag(a);
+  const weights = a.optionalChoice(WEIGHTS_FLAG, WEIGHT_FORMATS);
   const plan = a.optionalString("plan");
   const window = windowFlags(a);
   const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 });
@@ -61,6 +72,7 @@ export function engineFlags(a: Args): EngineOptions {
     tokenizer,
     precision,
     kvDtype,
+    weights,
     plan,
     ...window,
     kvCacheBytes: kvCacheMb === undefined ? undefined : kvCacheMb * (1 << 20),

@@ -13,6 +13,8 @@
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
 import { CacheExhaustedError, type CacheLayout, KV_DTYPES, type KvDtype } from "../cache/layout.ts";
+import { nativeWeightFormat } from "../model/gguf_model.ts";
+import type { WeightFormat } from "../gpu/kernels/matmul.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
@@ -42,6 +44,7 @@ import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 // What callers need to name the engine's failures and settings without reaching below it.
 export { CacheExhaustedError, KV_DTYPES, type KvDtype };
+export { WEIGHT_FORMATS, type WeightFormat } from "../gpu/kernels/matmul.ts";
 export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
@@ -60,6 +63,9 @@ export interface EngineOptions {
   precision?: Precision;
   /** How the KV cache stores keys and values (default: the precision). */
   kvDtype?: KvDtype;
+  /** How matmul weights are stored: "float" (the precision, default), or quantized on load to
+   * GGUF's Q8_0 / Q4_0 blocks. */
+  weights?: WeightFormat;
   /** "full", "streaming", a plan file, or a resolved plan (default "full"). */
   plan?: string | ResolvedPlan;
   /** Override the named plan's streaming window. */
@@ -210,6 +216,8 @@ export class Engine {
         decodeSteps: o.decodeSteps,
         maxModelLen: o.maxModelLen,
         kvDtype: o.kvDtype,
+        // A GGUF's own quantized format unless told otherwise (packed as stored, no requantizing).
+        weights: o.weights ?? nativeWeightFormat(model.weights),
       };
       let runner: EngineRunner;
       let shape: RunnerShape;
@@ -365,6 +373,7 @@ export class Engine {
       per_sequence: this.sequences(),
       geometry: {
         kv_dtype: g.kvDtype,
+        weights: this.shape.weights ?? "float",
         page_size: cache.pageSize,
         page_bytes: g.pageBytes,
         ring_length: g.ringLength,

@@ -10,6 +10,7 @@ import {
   type KvDtype,
 } from "../cache/layout.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
+import type { WeightFormat } from "../gpu/kernels/matmul.ts";
 import { ModelRunner } from "../gpu/runner.ts";
 import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
@@ -31,6 +32,8 @@ export interface RunnerSizes {
   precision: Precision;
   /** How the KV cache stores keys and values (default: `precision`). */
   kvDtype?: KvDtype;
+  /** How matmul weights are stored (default "float": the precision). */
+  weights?: WeightFormat;
 }
 
 /** What the engine's loop needs to know of its runner's geometry. */
@@ -40,6 +43,8 @@ export interface RunnerShape {
   maxBatch: number;
   maxDecodeSteps: number;
   prefillChunk: number;
+  /** How matmul weights are stored (undefined: "float"). */
+  weights?: WeightFormat;
 }
 
 /**
@@ -76,6 +81,7 @@ export function runnerShape(
     maxBatch,
     maxDecodeSteps: o.decodeSteps ?? 8,
     prefillChunk: o.prefillChunk ?? 128,
+    weights: o.weights,
   };
 }
 
@@ -96,6 +102,7 @@ export function createRunner(
     prefillChunk: shape.prefillChunk,
     maxBatch: shape.maxBatch,
     maxDecodeSteps: shape.maxDecodeSteps,
+    weights: o.weights,
     onUploadBytes: o.onUploadBytes,
   });
 }

@@ -4,10 +4,14 @@
 //
 //   deno task eval [--model DIR] [--plans full,streaming,zigzag.json,...] [--lengths 256,512]
 //     [--depths 0.1,0.5,0.9] [--samples N] [--seed S] [--sink 16 --recent 64]
-//     [--precision f16|f32] [--quick] [--out DIR]
+//     [--precision f16|f32] [--kv-dtypes f16,int8,int4] [--quick] [--out DIR]
+//
+// With several --kv-dtypes every plan runs over a cache of each, and the first is the reference
+// the others are held to: int8 must equal it on every cell, int4 stay within 5 points of it at
+// every length (issue 15's targets; f16 / f32 as a later dtype: equal, like int8).
 
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
-import { Engine } from "../engine/engine.ts";
+import { Engine, KV_DTYPES, type KvDtype } from "../engine/engine.ts";
 import { getGpu, resolvePrecision } from "../gpu/device.ts";
 import { loadModel } from "../model/load.ts";
 import type { LoadedModel } from "../model/types.ts";
@@ -23,6 +27,8 @@ export const EVAL_SCHEMA = "zigzag-eval/1";
 export interface PlanEval {
   /** What was passed to --plans. */
   plan: string;
+  /** How the KV cache stored keys and values. */
+  kv_dtype: KvDtype;
   mode: string;
   sink: number;
   recent: number;
@@ -43,6 +49,8 @@ export interface EvalResult {
   adapter: string;
   deno: string;
   precision: string;
+  /** The KV dtypes each plan ran with; the first is the reference of `kv_target`. */
+  kv_dtypes: KvDtype[];
   seed: number;
   samples: number;
   lengths: number[];
@@ -50,6 +58,21 @@ export interface EvalResult {
   plans: PlanEval[];
   /** Plans (other than full) within 5 points of full at every length where full >= 90%. */
   target: { description: string; results: { plan: string; met: boolean; worst_gap: number }[] };
+  /** Each plan over each later KV dtype against the same plan over the first. */
+  kv_target: { description: string; results: KvTargetResult[] };
+}
+
+export interface KvTargetResult {
+  plan: string;
+  kv_dtype: KvDtype;
+  /** "equal": every cell's accuracy equal to the reference's; "within 5": every length within
+   * 5 points. */
+  rule: "equal" | "within 5";
+  met: boolean;
+  /** Largest shortfall against the reference over lengths, points (negative: better). */
+  worst_gap: number;
+  /** Cells (length x depth) whose accuracy differs from the reference's. */
+  cells_differing: number;
 }
 
 export interface EvalOptions {
@@ -63,6 +86,8 @@ export interface EvalOptions {
   sink: number;
   recent: number;
   precision?: "f16" | "f32";
+  /** KV dtypes to run every plan with (default: the precision alone). */
+  kvDtypes?: KvDtype[];
   quiet?: boolean;
 }
 
@@ -75,13 +100,15 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   if (maxLen > o.model.config.maxSeqLen + 16) {
     throw new CliError(`--lengths: ${Math.max(...o.lengths)} exceeds the model's context`);
   }
+  const kvDtypes = o.kvDtypes?.length ? o.kvDtypes : [precision];
   const plans: PlanEval[] = [];
-  for (const name of o.plans) {
+  for (const [name, kv] of o.plans.flatMap((n) => kvDtypes.map((k) => [n, k] as const))) {
     const plan = await loadPlanArg(name, o.model.config, { sink: o.sink, recent: o.recent });
     const engine = await Engine.create({
       model: o.model,
       gpu,
       precision,
+      kvDtype: kv,
       plan,
       prefillChunk: 256,
       maxBatch: 8,
@@ -89,7 +116,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       kvCacheBytes: 256 << 20,
       maxModelLen: Math.min(o.model.config.maxSeqLen, maxLen),
     });
-    const bar = o.quiet ? null : progress(`eval ${name}`);
+    const bar = o.quiet ? null : progress(`eval ${name}${kvDtypes.length > 1 ? ` ${kv}` : ""}`);
     const t0 = performance.now();
     let res;
     try {
@@ -108,6 +135,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     const total = res.cells.reduce((a, c) => a + c.total, 0);
     plans.push({
       plan: name,
+      kv_dtype: kv,
       mode: plan.mode,
       sink: plan.sink,
       recent: plan.recent,
@@ -119,14 +147,34 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       wall_s: wall,
     });
   }
-  const full = plans.find((p) => p.mode === "full");
-  const results = plans.filter((p) => p !== full).map((p) => {
+  const base = kvDtypes[0];
+  const full = plans.find((p) => p.mode === "full" && p.kv_dtype === base);
+  const results = plans.filter((p) => p !== full && p.kv_dtype === base).map((p) => {
     let worst = 0;
     for (const l of o.lengths) {
       const f = full?.by_length[l] ?? 0;
       if (f >= 0.9) worst = Math.max(worst, (f - (p.by_length[l] ?? 0)) * 100);
     }
     return { plan: p.plan, met: full !== undefined && worst <= 5, worst_gap: worst };
+  });
+  const kvResults = plans.filter((p) => p.kv_dtype !== base).map((p): KvTargetResult => {
+    const ref = plans.find((q) => q.plan === p.plan && q.kv_dtype === base)!;
+    const rule = p.kv_dtype === "int4" ? "within 5" : "equal";
+    let worst = -Infinity;
+    for (const l of o.lengths) worst = Math.max(worst, (ref.by_length[l] - p.by_length[l]) * 100);
+    const differing = p.cells.filter((c) => {
+      const r = ref.cells.find((x) => x.length === c.length && x.depth === c.depth)!;
+      return r.correct !== c.correct || r.total !== c.total;
+    }).length;
+    const met = rule === "equal" ? differing === 0 : worst <= 5;
+    return {
+      plan: p.plan,
+      kv_dtype: p.kv_dtype,
+      rule,
+      met,
+      worst_gap: worst,
+      cells_differing: differing,
+    };
   });
   return {
     schema: EVAL_SCHEMA,
@@ -135,6 +183,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     adapter: gpu.adapterName,
     deno: Deno.version.deno,
     precision,
+    kv_dtypes: kvDtypes,
     seed: o.seed,
     samples: o.samples,
     lengths: o.lengths,
@@ -144,6 +193,11 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       description: "accuracy within 5 points of full wherever full is >= 90% (worst gap, points)",
       results,
     },
+    kv_target: {
+      description: `each plan over each KV dtype against the same plan over ${base}: int8 ` +
+        "(and float dtypes) equal on every cell, int4 within 5 points at every length",
+      results: kvResults,
+    },
   };
 }
 
@@ -151,11 +205,12 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
 export function evalMarkdown(r: EvalResult): string {
   const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
   const lines = [
-    `Pass-key accuracy on \`${r.model}\` (${r.adapter}, ${r.precision}; ${r.samples} prompts ` +
+    `Pass-key accuracy on \`${r.model}\` (${r.adapter}, ${r.precision}, KV ` +
+    `${(r.kv_dtypes ?? [r.precision]).join(" / ")}; ${r.samples} prompts ` +
     `per length x depth, depths ${r.depths.join(", ")}, seed ${r.seed}):`,
     "",
-    `| plan | sink + recent | layers all-retrieval | ${r.lengths.join(" | ")} | all |`,
-    `| --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- |`,
+    `| plan | KV | sink + recent | layers all-retrieval | ${r.lengths.join(" | ")} | all |`,
+    `| --- | --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- |`,
   ];
   for (const p of r.plans) {
     const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
@@ -165,7 +220,7 @@ export function evalMarkdown(r: EvalResult): string {
       ? p.retrieval_layers.join(", ")
       : "none";
     lines.push(
-      `| ${p.plan} | ${sr} | ${layers} | ${
+      `| ${p.plan} | ${p.kv_dtype ?? r.precision} | ${sr} | ${layers} | ${
         r.lengths.map((l) => pct(p.by_length[l])).join(" | ")
       } | ${pct(p.overall)} |`,
     );
@@ -178,6 +233,14 @@ export function evalMarkdown(r: EvalResult): string {
       } points where full >= 90%)`,
     );
   }
+  // (Files written before KV dtypes existed have neither field.)
+  for (const t of r.kv_target?.results ?? []) {
+    lines.push(
+      `- ${t.plan} over ${t.kv_dtype} KV: ${t.met ? "meets" : "misses"} "${t.rule}" against ` +
+        `${r.kv_dtypes[0]} (worst gap ${t.worst_gap.toFixed(1)} points, ${t.cells_differing} ` +
+        "cells differ)",
+    );
+  }
   return lines.join("\n") + "\n";
 }
 
@@ -187,11 +250,11 @@ function list(s: string, flag: string, parse: (v: string) => number): number[] {
   return out;
 }
 
-/** File name of a plan's accuracy heatmap. */
-export function heatmapName(plan: string): string {
+/** File name of a plan's accuracy heatmap (`kv`: its KV dtype, when the run had several). */
+export function heatmapName(plan: string, kv?: string): string {
   return `eval-${
     plan.replace(/^.*\//, "").replace(/\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "_")
-  }.svg`;
+  }${kv ? `-${kv}` : ""}.svg`;
 }
 
 async function main(): Promise<number> {
@@ -207,12 +270,14 @@ async function main(): Promise<number> {
       "out",
       ...WINDOW_FLAGS,
       PRECISION_FLAG,
+      "kv-dtypes",
     ],
   });
   if (a.boolean("help")) {
     console.log(
       "usage: deno task eval [--model DIR] [--plans full,streaming,FILE] [--lengths 256,512] " +
-        "[--depths 0.1,0.5] [--samples N] [--seed S] [--sink N --recent N] [--quick] [--out DIR]",
+        "[--depths 0.1,0.5] [--samples N] [--seed S] [--sink N --recent N] [--precision f16|f32] " +
+        "[--kv-dtypes f16,int8,int4] [--quick] [--out DIR]",
     );
     return 0;
   }
@@ -236,6 +301,16 @@ async function main(): Promise<number> {
   const samples = a.optionalNumber("samples", { integer: true, min: 1 }) ?? (quick ? 2 : 6);
   const seed = a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1;
   const window = windowFlags(a);
+  const kvArg = a.optionalString("kv-dtypes");
+  const kvDtypes = kvArg?.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const k of kvDtypes ?? []) {
+    if (!(KV_DTYPES as readonly string[]).includes(k)) {
+      throw new CliError(`--kv-dtypes: "${k}" is not one of ${KV_DTYPES.join(", ")}`);
+    }
+  }
+  if (kvDtypes && new Set(kvDtypes).size !== kvDtypes.length) {
+    throw new CliError("--kv-dtypes: each dtype at most once");
+  }
   const result = await runEval({
     model,
     modelPath,
@@ -247,6 +322,7 @@ async function main(): Promise<number> {
     sink: window.sink ?? 16,
     recent: window.recent ?? 64,
     precision: precisionFlag(a),
+    kvDtypes: kvDtypes as KvDtype[] | undefined,
   });
   const out = a.optionalString("out") ?? "eval/results";
   await Deno.mkdir(out, { recursive: true });
@@ -254,9 +330,15 @@ async function main(): Promise<number> {
   const md = evalMarkdown(result);
   await Deno.writeTextFile(`${out}/eval.md`, md);
   for (const p of result.plans) {
+    const kv = result.kv_dtypes.length > 1 ? p.kv_dtype : undefined;
     await Deno.writeTextFile(
-      `${out}/${heatmapName(p.plan)}`,
-      accuracyHeatmap(p.cells, `${p.plan}: pass-key accuracy`, result.lengths, result.depths),
+      `${out}/${heatmapName(p.plan, kv)}`,
+      accuracyHeatmap(
+        p.cells,
+        `${p.plan}${kv ? ` (${kv} KV)` : ""}: pass-key accuracy`,
+        result.lengths,
+        result.depths,
+      ),
     );
   }
   console.log(md);

@@ -377,7 +377,8 @@ class ForwardBuilder {
         N_OFFSET: part.rowStart,
         Y_STRIDE: w.rows,
         K: w.cols,
-        KP: w.stride,
+        // Quantized rows are words, not elements: their padded width is K itself.
+        KP: w.format === "float" ? w.stride : w.cols,
         ACCUMULATE: o.accumulate ?? false,
         HAS_BIAS: !!o.bias,
         LOGIT_ROWS: o.logitRows ?? false,
@@ -394,7 +395,7 @@ class ForwardBuilder {
         normW: o.norm ?? a.unused,
       };
       return (["gemv", "gemm"] as const).map((entry) =>
-        this.#dispatch(matmul(entry, constants), buffers, (s) => {
+        this.#dispatch(matmul(entry, constants, w.format), buffers, (s) => {
           const rows = rowsOf(s);
           return matmulEntry(rows) === entry ? matmulGroups(entry, part.rows, rows) : null;
         })

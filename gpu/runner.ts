@@ -27,6 +27,7 @@ import { ATTENTION_GEOMETRY, CARRY_FLOATS, maxSplitsFor, splitsFor } from "./ker
 import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kernels/common.ts";
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
+import type { WeightFormat } from "./kernels/matmul.ts";
 import { encodeSampling, SAMPLING_BYTES, type SamplingParams } from "./kernels/sample.ts";
 import { KvBuffers } from "./kv_buffers.ts";
 import { checkBufferPlan, type PlannedBuffer, withValidation } from "./limits.ts";
@@ -57,6 +58,9 @@ export interface RunnerOptions {
   /** Largest weight-matrix part in bytes (default: what the adapter binds); tests lower it to
    * split small matrices. */
   bindingLimit?: number;
+  /** How matmul weights are stored: "float" (the precision, default) or quantized on load to
+   * GGUF's Q8_0 / Q4_0 blocks (`--weights`). */
+  weights?: WeightFormat;
   /** Where checkpoint dtypes are converted (default: the host on CPU adapters, else the GPU). */
   convertOn?: ConvertOn;
   /** Source bytes of weights uploaded so far (progress). */
@@ -149,6 +153,7 @@ export class ModelRunner {
         {
           bindingLimit: opts.bindingLimit,
           onBytes: opts.onUploadBytes,
+          weights: opts.weights,
           // Measured on llvmpipe (2 layers of Llama-3-8B, bf16 -> f16): 35 s on the host, 45 s in
           // its compute pass, which is a loop on the same cores.
           convertOn: opts.convertOn ?? (gpu.isCpu ? "host" : "gpu"),
@@ -489,7 +494,13 @@ export function runnerBuffers(
   const qkvDim = (c.nHeads + 2 * c.nKvHeads) * c.headDim;
   const rows = Math.max(opts.prefillChunk, opts.maxBatch);
   const B = opts.maxBatch;
-  const out = weightBuffers(c, opts.precision, partLimit(limits, opts.bindingLimit), tied);
+  const out = weightBuffers(
+    c,
+    opts.precision,
+    partLimit(limits, opts.bindingLimit),
+    tied,
+    opts.weights,
+  );
   const splits = runnerSplits(c, opts);
   out.push(
     // Rows are the larger of a prefill chunk and a decode batch: the flags that shrink them.

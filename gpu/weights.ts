@@ -14,7 +14,13 @@
 //    embedding table is stored the same way, so a tied LM head is the same buffers;
 //  - a matrix larger than one storage binding (an 8B model's embedding and LM head, its gate|up
 //    on some adapters) is split into row parts, one buffer each: the matmul runs one dispatch
-//    per part writing its range of output columns, the embedding gather one per part.
+//    per part writing its range of output columns, the embedding gather one per part;
+//  - with `--weights q8_0|q4_0` every matrix a matmul reads whose rows are whole blocks of 32
+//    (the layers' four and the LM head; not the embedding, which is gathered) is quantized on
+//    the host as its rows stream through, round to nearest in GGUF's block layouts
+//    (model/gguf_blocks.ts), and packed in the kernels' row layout (matmul.ts packQuantRow):
+//    quants, then the row's f16 scales, so a row reorder moves each row's scales with it. A tied
+//    LM head then gets a quantized copy of its own; the embedding stays in the storage precision.
 
 import type { CacheLayout } from "../cache/layout.ts";
 import { ropeInvFreq } from "../model/rope.ts";
@@ -28,8 +34,10 @@ import type {
 } from "../model/types.ts";
 import { createTensor, type GpuTensor, uploadMatrix } from "./buffers.ts";
 import type { Precision } from "./device.ts";
+import { quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { convert, CONVERT_PARAMS_BYTES, convertGroups, encodeConvert } from "./kernels/convert.ts";
 import { bind } from "./kernels/kernel.ts";
+import { packQuantRow, QUANT_BLOCK, quantRowWords, type WeightFormat } from "./kernels/matmul.ts";
 import type { PlannedBuffer } from "./limits.ts";
 import type { Pipelines } from "./pipelines.ts";
 
@@ -45,7 +53,9 @@ export interface GpuMatrix {
   name: string;
   rows: number;
   cols: number;
+  /** Storage units per row: elements (float, cols padded to 4) or u32 words (quantized). */
   stride: number;
+  format: WeightFormat;
   parts: MatrixPart[];
 }
 
@@ -80,6 +90,28 @@ interface MatrixShape {
   name: string;
   rows: number;
   cols: number;
+  /** Read by the embedding gather, which reads float tables only. */
+  gathered?: boolean;
+}
+
+/** The format matrix `m` is stored in when the run asks for `weights`. */
+function formatOf(m: MatrixShape, weights: WeightFormat): WeightFormat {
+  return weights === "float" || m.gathered || m.cols % QUANT_BLOCK !== 0 ? "float" : weights;
+}
+
+/** Storage units per row and bytes per unit of matrix `m` in format `f`. */
+function rowUnits(
+  m: MatrixShape,
+  f: WeightFormat,
+  dt: Precision,
+): { stride: number; unit: number } {
+  if (f === "float") return { stride: pad4(m.cols), unit: dt === "f16" ? 2 : 4 };
+  return { stride: quantRowWords(f, m.cols), unit: 4 };
+}
+
+/** Whether the LM head is a matrix of its own: untied, or tied but quantized (its copy). */
+export function separateHead(c: ModelConfig, tied: boolean, weights: WeightFormat): boolean {
+  return !tied || formatOf(matrixShape(c, "lm_head"), weights) !== "float";
 }
 
 type LayerMatrix = "wqkv" | "wo" | "w_gate_up" | "w_down";
@@ -90,7 +122,7 @@ function matrixShape(c: ModelConfig, m: "embed" | "lm_head" | LayerMatrix, l = 0
   const qDim = c.nHeads * c.headDim;
   switch (m) {
     case "embed":
-      return { name: "embed (token embedding)", rows: c.vocabSize, cols: c.dim };
+      return { name: "embed (token embedding)", rows: c.vocabSize, cols: c.dim, gathered: true };
     case "lm_head":
       return { name: "lm_head", rows: c.vocabSize, cols: c.dim };
     case "wqkv":
@@ -108,15 +140,16 @@ function matrixShape(c: ModelConfig, m: "embed" | "lm_head" | LayerMatrix, l = 0
   }
 }
 
-function matrixShapes(c: ModelConfig, tied: boolean): MatrixShape[] {
+function matrixShapes(c: ModelConfig, tied: boolean, weights: WeightFormat): MatrixShape[] {
   const out = [matrixShape(c, "embed")];
-  if (!tied) out.push(matrixShape(c, "lm_head"));
+  if (separateHead(c, tied, weights)) out.push(matrixShape(c, "lm_head"));
   for (let l = 0; l < c.nLayers; l++) out.push(...LAYER_MATRICES.map((m) => matrixShape(c, m, l)));
   return out;
 }
 
 /**
- * Row parts of a [rows, stride] matrix of `bytesPerElement` so that each part fits one binding
+ * Row parts of a [rows, stride] matrix of `bytesPerElement` (a storage unit: an element or a
+ * quantized row's word) so that each part fits one binding
  * (`bindingLimit`) and one buffer: as few parts as possible, of equal size but the last.
  */
 export function rowParts(
@@ -151,10 +184,10 @@ export function weightBuffers(
   dt: Precision,
   limit: number,
   tied = c.tiedEmbeddings,
+  weights: WeightFormat = "float",
 ): PlannedBuffer[] {
-  const e = dt === "f16" ? 2 : 4;
-  return matrixShapes(c, tied).flatMap((m) => {
-    const stride = pad4(m.cols);
+  return matrixShapes(c, tied, weights).flatMap((m) => {
+    const { stride, unit: e } = rowUnits(m, formatOf(m, weights), dt);
     const parts = rowParts(m.rows, stride, e, limit);
     return parts.map((p) => ({
       name: parts.length > 1 ? `${m.name} rows ${p.rowStart}..${p.rowStart + p.rows - 1}` : m.name,
@@ -176,6 +209,8 @@ export interface UploadOptions {
   bindingLimit?: number;
   /** Source bytes read so far. */
   onBytes?: (bytes: number) => void;
+  /** How matmul weights are stored (default "float": the storage precision). */
+  weights?: WeightFormat;
 }
 
 /** Streams a model's weights into GPU buffers (see the file comment). */
@@ -194,6 +229,7 @@ export async function uploadWeights(
     dt,
     partLimit(device.limits, opts.bindingLimit),
     opts.convertOn ?? "gpu",
+    opts.weights ?? "float",
   );
   up.onBytes = opts.onBytes;
   try {
@@ -254,7 +290,7 @@ async function uploadAll(
     });
   }
   let lmHead = embedding;
-  if (w.lmHead !== w.tokenEmbedding) {
+  if (separateHead(c, w.lmHead === w.tokenEmbedding, up.weights)) {
     lmHead = up.matrix(matrixShape(c, "lm_head"));
     await up.rows(lmHead, 0, w.lmHead);
   }
@@ -314,6 +350,7 @@ class WeightUploader {
     readonly dt: Precision,
     readonly partLimit: number,
     readonly convertOn: ConvertOn,
+    readonly weights: WeightFormat,
   ) {
     this.#bytesPerElement = dt === "f16" ? 2 : 4;
     this.#params = device.createBuffer({
@@ -323,10 +360,13 @@ class WeightUploader {
     });
   }
 
-  /** Allocates a [rows, cols] matrix, rows padded to 4 columns, in parts that fit a binding. */
-  matrix({ name, rows, cols }: MatrixShape): GpuMatrix {
-    const stride = pad4(cols);
-    const parts = rowParts(rows, stride, this.#bytesPerElement, this.partLimit).map((
+  /** Allocates a [rows, cols] matrix, rows padded to 4 columns (or quantized rows), in parts
+   * that fit a binding. */
+  matrix(shape: MatrixShape): GpuMatrix {
+    const { name, rows, cols } = shape;
+    const format = formatOf(shape, this.weights);
+    const { stride, unit } = rowUnits(shape, format, this.dt);
+    const parts = rowParts(rows, stride, unit, this.partLimit).map((
       p,
       i,
       all,
@@ -335,11 +375,11 @@ class WeightUploader {
       tensor: createTensor(
         this.device,
         [p.rows, stride],
-        this.dt,
+        format === "float" ? this.dt : "u32",
         all.length > 1 ? `${name} part ${i}` : name,
       ),
     }));
-    return { name, rows, cols, stride, parts };
+    return { name, rows, cols, stride, format, parts };
   }
 
   /** A small vector (norm weights) in the storage precision. */
@@ -373,6 +413,13 @@ class WeightUploader {
         reads.push({ srcRow: run.srcRow + r, dstRow: dstRow + run.dstRow + r, rows });
       }
     }
+    // A GGUF tensor already in the matrix's format: its blocks are packed as they are (a column
+    // reorder of whole heads moves whole blocks), never decoded and requantized.
+    const blocks = m.format !== "float" && t.blocks?.type === m.format &&
+        (!p.columnOrder || p.block! % QUANT_BLOCK === 0)
+      ? t.blocks
+      : undefined;
+    if (blocks) return await this.#rowsFromBlocks(m, blocks, cols, reads, p);
     const fetch = (r: RowRead) => t.readRaw(r.srcRow * cols, r.rows * cols);
     let next = reads.length > 0 ? fetch(reads[0]) : null;
     for (let i = 0; i < reads.length; i++) {
@@ -382,6 +429,12 @@ class WeightUploader {
       let bytes = raw;
       if (p.columnOrder) {
         bytes = permuteColumnBlocks(bytes, reads[i].rows, cols, p.columnOrder, p.block! * e, e);
+      }
+      if (m.format !== "float") {
+        const words = quantizeRows(m.format, bytes, reads[i].rows, cols, t.sourceDtype);
+        await this.#writeUnits(m, reads[i].dstRow, reads[i].rows, new Uint8Array(words.buffer));
+        this.onBytes?.(raw.byteLength);
+        continue;
       }
       if (m.stride !== cols) bytes = padRows(bytes, reads[i].rows, cols * e, m.stride * e);
       await this.#write(m, reads[i].dstRow, reads[i].rows, bytes, t.sourceDtype);
@@ -410,6 +463,52 @@ class WeightUploader {
       } else {
         await this.#convert(part.tensor, dstElement, piece, src);
       }
+      this.#unflushed += piece.byteLength;
+      if (this.#unflushed >= FLUSH_BYTES) await this.flush();
+    }
+  }
+
+  /** Rows of a quantized `m` from a tensor's own blocks of the same format. */
+  async #rowsFromBlocks(
+    m: GpuMatrix,
+    blocks: NonNullable<WeightTensor["blocks"]>,
+    cols: number,
+    reads: RowRead[],
+    p: Placement,
+  ): Promise<void> {
+    const format = m.format as Exclude<WeightFormat, "float">;
+    const bb = format === "q8_0" ? 34 : 18;
+    const rowBlocks = cols / QUANT_BLOCK;
+    const words = quantRowWords(format, cols);
+    for (const r of reads) {
+      let raw = await blocks.read(r.srcRow * cols, r.rows * cols);
+      if (p.columnOrder) {
+        raw = permuteColumnBlocks(raw, r.rows, rowBlocks, p.columnOrder, (p.block! / 32) * bb, bb);
+      }
+      const out = new Uint32Array(r.rows * words);
+      for (let i = 0; i < r.rows; i++) {
+        packQuantRow(
+          format,
+          raw.subarray(i * rowBlocks * bb, (i + 1) * rowBlocks * bb),
+          cols,
+          out,
+          i * words,
+        );
+      }
+      await this.#writeUnits(m, r.dstRow, r.rows, new Uint8Array(out.buffer));
+      this.onBytes?.(raw.byteLength);
+    }
+  }
+
+  /** Rows [row, row + n) of a quantized `m` from `bytes`, already in its row layout. */
+  async #writeUnits(m: GpuMatrix, row: number, n: number, bytes: Uint8Array<ArrayBuffer>) {
+    const rowBytes = m.stride * 4;
+    for (const part of m.parts) {
+      const r0 = Math.max(row, part.rowStart);
+      const r1 = Math.min(row + n, part.rowStart + part.rows);
+      if (r0 >= r1) continue;
+      const piece = bytes.subarray((r0 - row) * rowBytes, (r1 - row) * rowBytes);
+      this.device.queue.writeBuffer(part.tensor.buffer, (r0 - part.rowStart) * rowBytes, piece);
       this.#unflushed += piece.byteLength;
       if (this.#unflushed >= FLUSH_BYTES) await this.flush();
     }
@@ -499,6 +598,30 @@ function convertOnHost(raw: Uint8Array, src: SourceDtype, dt: Precision): Uint8A
     return new Uint8Array(out.buffer);
   }
   return new Uint8Array(new Float16Array(f32()).buffer);
+}
+
+/** `rows` rows of `cols` raw `src` values, each quantized to GGUF blocks (round to nearest, as
+ * ggml's reference quantizers) and packed in the kernels' row layout. */
+function quantizeRows(
+  format: Exclude<WeightFormat, "float">,
+  raw: Uint8Array,
+  rows: number,
+  cols: number,
+  src: SourceDtype,
+): Uint32Array<ArrayBuffer> {
+  const values = src !== "f32"
+    ? new Float32Array(convertOnHost(raw, src, "f32").buffer)
+    : raw.byteOffset % 4 === 0
+    ? new Float32Array(raw.buffer, raw.byteOffset, rows * cols)
+    : new Float32Array(raw.slice().buffer);
+  const words = quantRowWords(format, cols);
+  const out = new Uint32Array(rows * words);
+  const quantize = format === "q8_0" ? quantizeQ8_0 : quantizeQ4_0;
+  for (let r = 0; r < rows; r++) {
+    const blocks = quantize(values.subarray(r * cols, (r + 1) * cols));
+    packQuantRow(format, blocks, cols, out, r * words);
+  }
+  return out;
 }
 
 /** Runs of consecutive rows a placement reads: identity, or row blocks in `order`. */

@@ -1,9 +1,13 @@
 // One entry point for every model format:
 // - a `.bin` file: a llama2.c checkpoint; tokenizer from `tokenizerPath`, else a `tok*.bin` /
 //   `tokenizer.bin` next to it (none found: tokenizer null);
-// - a directory (or a `config.json` / `*.safetensors` / index file inside one): Hugging Face.
+// - a directory (or a `config.json` / `*.safetensors` / index file inside one): Hugging Face;
+// - a `.gguf` file: llama.cpp's format (model/gguf_model.ts), its own tokenizer unless
+//   `tokenizerPath` is given.
 
+import { openGgufModel } from "./gguf_model.ts";
 import { loadHfModel, openHfModel } from "./hf.ts";
+import { hostWeights } from "./tensors.ts";
 import { loadLlama2c } from "./llama2c.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
@@ -109,10 +113,22 @@ export async function loadModel(
   ) {
     return await hf(dirname(path));
   }
+  if (base.endsWith(".gguf")) {
+    const tokenizer = opts.tokenizerPath === undefined
+      ? undefined
+      : await loadTokenizer(opts.tokenizerPath);
+    const m = await openGgufModel(path, tokenizer);
+    if (opts.lazy) return m;
+    try {
+      return { ...m, weights: await hostWeights(m.weights), close: undefined };
+    } finally {
+      m.close?.();
+    }
+  }
   if (!base.endsWith(".bin")) {
     throw new ModelFormatError(
-      `${path}: unknown model format (expected a llama2.c .bin checkpoint or a Hugging Face ` +
-        `directory)`,
+      `${path}: unknown model format (expected a llama2.c .bin checkpoint, a .gguf file or a ` +
+        `Hugging Face directory)`,
     );
   }
   const { config, weights } = await loadLlama2c(path, opts.onProgress);

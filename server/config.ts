@@ -2,7 +2,13 @@
 // Every error names where the bad value came from (`--max-batch` or `ZIGZAG_MAX_BATCH`), so a
 // container's one log line says what to fix.
 
-import { KV_DTYPES, type KvDtype, type Precision } from "../engine/engine.ts";
+import {
+  KV_DTYPES,
+  type KvDtype,
+  type Precision,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+} from "../engine/engine.ts";
 import type { HubOptions } from "../model/hub.ts";
 import { CliError, parseArgs } from "../util/args.ts";
 
@@ -27,6 +33,8 @@ export interface ServerConfig {
   precision?: Precision;
   /** How the KV cache stores keys and values (default: the precision). */
   kvDtype?: KvDtype;
+  /** How matmul weights are stored (default float: the precision). */
+  weights?: WeightFormat;
   /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
   chatTemplate?: string;
   /** Name the API reports for the model (default: the model directory's or repo's name). */
@@ -83,6 +91,8 @@ flags (environment variable in brackets; a flag wins):
   --precision f16|f32   [ZIGZAG_PRECISION] (default f16 where the adapter has it)
   --kv-dtype f16|f32|int8|int4   how the KV cache stores keys and values, scales included in
                         every byte count [ZIGZAG_KV_DTYPE] (default: the precision)
+  --weights float|q8_0|q4_0   matmul weights quantized on load to GGUF's Q8_0 / Q4_0 blocks
+                        (the embedding stays in the precision) [ZIGZAG_WEIGHTS] (default float)
   --chat-template FILE  Jinja chat template instead of tokenizer_config.json's
                         [ZIGZAG_CHAT_TEMPLATE]
   --served-model-name NAME   model id in the API [ZIGZAG_SERVED_MODEL_NAME]
@@ -114,6 +124,7 @@ const VALUE_FLAGS = [
   "api-key",
   "precision",
   "kv-dtype",
+  "weights",
   "chat-template",
   "served-model-name",
   "grace-s",
@@ -213,6 +224,10 @@ export function parseServerConfig(
   if (kvDtype !== undefined && !(KV_DTYPES as readonly string[]).includes(kvDtype)) {
     throw new ConfigError(sources["kv-dtype"], kvDtype, `must be one of ${KV_DTYPES.join(", ")}`);
   }
+  const weights = str("weights", "ZIGZAG_WEIGHTS");
+  if (weights !== undefined && !(WEIGHT_FORMATS as readonly string[]).includes(weights)) {
+    throw new ConfigError(sources.weights, weights, `must be one of ${WEIGHT_FORMATS.join(", ")}`);
+  }
   const cfg: ServerConfig = {
     model,
     tokenizer: str("tokenizer", "ZIGZAG_TOKENIZER"),
@@ -239,6 +254,7 @@ export function parseServerConfig(
     apiKey: str("api-key", "ZIGZAG_API_KEY"),
     precision: precision as Precision | undefined,
     kvDtype: kvDtype as KvDtype | undefined,
+    weights: weights as WeightFormat | undefined,
     chatTemplate: str("chat-template", "ZIGZAG_CHAT_TEMPLATE"),
     servedModelName: str("served-model-name", "ZIGZAG_SERVED_MODEL_NAME"),
     graceS: num({ flag: "grace-s", env: "ZIGZAG_GRACE_S", min: 0 }) ?? 30,

@@ -161,6 +161,7 @@ export class ServerContext {
         tokenizer: cfg.tokenizer,
         precision: cfg.precision,
         kvDtype: cfg.kvDtype,
+        weights: cfg.weights,
         plan: cfg.plan,
         sink: cfg.sink,
         recent: cfg.recent,
@@ -215,7 +216,13 @@ export class ServerContext {
     this.log(
       `zigzag: ready in ${((performance.now() - t0) / 1000).toFixed(1)}s: model ${this.modelId} ` +
         `(${c.architecture}, ${c.nLayers} layers, context ${limits.context}), plan ` +
-        `${engine.plan.mode}, ${engine.precision} on ${engine.adapterName}, KV cache ` +
+        `${engine.plan.mode}, ${engine.precision}` +
+        `${
+          engine.shape.weights && engine.shape.weights !== "float"
+            ? ` ${engine.shape.weights} weights`
+            : ""
+        }` +
+        ` on ${engine.adapterName}, KV cache ` +
         `${engine.layout.kvDtype}, ${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
         `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback` +
         (this.chat ? `, chat template from ${this.chat.source}` : ""),

@@ -235,3 +235,30 @@ Deno.test("cache layout: 1M- and 4M-token caches shard so every index stays with
     assert.equal(total * 2 * 32, l.reservedBytes().total, `${what}: shards add up`);
   }
 });
+
+Deno.test("quantized KV dtypes: the byte formula counts values and scales", () => {
+  // head_dim 8: int8 = 8 bytes + a 4-byte amax, int4 = 4 bytes of nibbles + 4 of (scale, zero).
+  const perHead = { f32: 32, f16: 16, int8: 12, int4: 8 } as const;
+  for (const [dt, entry] of Object.entries(perHead) as [keyof typeof perHead, number][]) {
+    const g = new CacheGeometry(config, plan, dt);
+    assert.equal(g.entryBytes, entry, dt);
+    // 6 retrieval and 6 streaming KV heads over the 3 layers.
+    assert.equal(g.pageBytes, 16 * 2 * 6 * entry, `${dt} page`);
+    assert.equal(g.ringBytes, (2 + 6) * 2 * 6 * entry, `${dt} ring`);
+    assert.equal(g.fullBytes(100), 100 * 2 * 12 * entry, `${dt} full`);
+    const layout = new CacheLayout(config, plan, {
+      budgetBytes: 1 << 20,
+      maxSeqs: 2,
+      maxSeqLen: 64,
+      kvDtype: dt,
+    });
+    assert.equal(layout.shardBytes(layout.kind(R), 4, 0), layout.numPages * 16 * 4 * entry);
+  }
+  const odd = tinyConfig({ nLayers: 1, nHeads: 2, nKvHeads: 2, dim: 24, headDim: 12 });
+  const one: ResolvedPlan = { mode: "full", sink: 0, recent: 1, layers: [layerAttention([R, R])] };
+  assert.equal(new CacheGeometry(odd, one, "int8").entryBytes, 12 + 4);
+  assert.throws(
+    () => new CacheGeometry(odd, one, "int4"),
+    /--kv-dtype int4 .* multiple of 8 .* 12/,
+  );
+});

@@ -39,8 +39,55 @@ Deno.test("eval: full finds every key at 512 tokens, all-streaming none", gpuTes
   }
   // The target is computed from the measured accuracies: streaming misses by 100 points.
   assert.deepEqual(r.target.results, [{ plan: "streaming", met: false, worst_gap: 100 }]);
-  assert.match(evalMarkdown(r), /\| full \| - \| all \| 100% \| 100% \|/);
+  assert.match(evalMarkdown(r), /\| full \| f32 \| - \| all \| 100% \| 100% \|/);
+  assert.deepEqual(r.kv_dtypes, ["f32"]);
+  assert.deepEqual(r.kv_target.results, []);
   const svg = accuracyHeatmap(stream.cells, "streaming", r.lengths, r.depths);
   assert.match(svg, /^<svg[^>]*>/);
   assert.equal((svg.match(/>0%</g) ?? []).length, 2);
 });
+
+Deno.test(
+  "eval: full attention over int8 and int4 KV caches finds every key it finds in f32",
+  gpuTest,
+  async () => {
+    const model = await loadModel(MODEL);
+    const r = await runEval({
+      model,
+      modelPath: MODEL,
+      plans: ["full"],
+      lengths: [512],
+      depths: [0.3, 0.7],
+      samples: 2,
+      seed: 3,
+      sink: 16,
+      recent: 64,
+      precision: "f32",
+      kvDtypes: ["f32", "int8", "int4"],
+      quiet: true,
+    });
+    assert.deepEqual(r.plans.map((p) => p.kv_dtype), ["f32", "int8", "int4"]);
+    for (const p of r.plans) assert.equal(p.by_length["512"], 1, `${p.kv_dtype}`);
+    assert.deepEqual(r.kv_target.results, [
+      {
+        plan: "full",
+        kv_dtype: "int8",
+        rule: "equal",
+        met: true,
+        worst_gap: 0,
+        cells_differing: 0,
+      },
+      {
+        plan: "full",
+        kv_dtype: "int4",
+        rule: "within 5",
+        met: true,
+        worst_gap: 0,
+        cells_differing: 0,
+      },
+    ]);
+    const md = evalMarkdown(r);
+    assert.match(md, /\| full \| int4 \| - \| all \| 100% \| 100% \|/);
+    assert.match(md, /full over int8 KV: meets "equal" against f32/);
+  },
+);

@@ -1,6 +1,7 @@
 // Shared set-up for tests that run whole models on the GPU.
 
 import { type BufferLimits, CacheLayout, type KvDtype } from "../cache/layout.ts";
+import type { WeightFormat } from "../gpu/kernels/matmul.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Precision } from "../gpu/device.ts";
 import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
@@ -126,6 +127,8 @@ export async function makeRunner(
     kvLimits?: BufferLimits;
     /** How the cache stores keys and values (default: `precision`). */
     kvDtype?: KvDtype;
+    /** How matmul weights are stored (default float). */
+    weights?: WeightFormat;
   } = {},
 ): Promise<TestRunner> {
   const maxBatch = o.maxBatch ?? 4;
@@ -143,6 +146,7 @@ export async function makeRunner(
     maxBatch,
     maxDecodeSteps: o.steps ?? 8,
     bindingLimit: o.bindingLimit,
+    weights: o.weights,
   });
   return new TestRunner(runner, new TestCache(layout));
 }

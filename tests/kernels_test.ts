@@ -22,7 +22,15 @@ import { FORWARD_BYTES, ROW_WORDS } from "../gpu/kernels/common.ts";
 import { DECODE_STEP_FILE, DECODE_STEP_MAX_ROWS, decodeStep } from "../gpu/kernels/decode_step.ts";
 import { embed } from "../gpu/kernels/embed.ts";
 import { kvStore, kvStoreGroups } from "../gpu/kernels/kv_store.ts";
-import { matmul, MATMUL_FILE, MATMUL_GEOMETRY, matmulGroups } from "../gpu/kernels/matmul.ts";
+import {
+  matmul,
+  MATMUL_FILE,
+  MATMUL_GEOMETRY,
+  matmulGroups,
+  packQuantRow,
+  quantRowWords,
+} from "../gpu/kernels/matmul.ts";
+import { dequantizeRow, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { rmsnorm } from "../gpu/kernels/rmsnorm.ts";
 import { rope } from "../gpu/kernels/rope.ts";
 import {
@@ -301,6 +309,8 @@ interface MatmulCase {
   groups?: [number, number, number];
   /** Row parts the weight is split into (one dispatch each); default 1. */
   parts?: number;
+  /** Quantized weights (w_q8_0.wgsl / w_q4_0.wgsl): K a multiple of 32. */
+  format?: "q8_0" | "q4_0";
 }
 
 const MATMUL_CASES: MatmulCase[] = [
@@ -334,6 +344,15 @@ const MATMUL_CASES: MatmulCase[] = [
   { entry: "gemv", N: 67, K: 37, T: 1, parts: 2, norm: true },
   { entry: "gemm", N: 130, K: 300, T: 65, parts: 2, bias: true, norm: true },
   { entry: "gemm", N: 130, K: 300, T: 9, parts: 3, swiglu: true, accumulate: true },
+  // Quantized weights: K = 96 (3 blocks: an odd scale count, a half-used scale word), K = 1216
+  // (38 blocks; 304 vec4s: three activation stages), fused inputs, row parts.
+  ...(["q8_0", "q4_0"] as const).flatMap((format): MatmulCase[] => [
+    ...[1, 3, 8].map((T): MatmulCase => ({ entry: "gemv", N: 67, K: 96, T, format })),
+    { entry: "gemv", N: 19, K: 1216, T: 2, norm: true, bias: true, format },
+    { entry: "gemv", N: 67, K: 96, T: 3, parts: 3, swiglu: true, accumulate: true, format },
+    { entry: "gemm", N: 67, K: 96, T: 70, norm: true, format },
+    { entry: "gemm", N: 130, K: 1216, T: 9, parts: 2, accumulate: true, bias: true, format },
+  ]),
 ];
 
 /** silu(g) * u as f64. */
@@ -343,8 +362,10 @@ function swiglu(g: number, u: number): number {
 
 Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
   // Each output is a sum of K products plus bias and the accumulated value, all f32 from exact
-  // inputs (f16 weights convert exactly): |err| <= gamma_(K+3) * (sum_k |x w| + |b| + |y0|) with
-  // gamma_m = m u / (1 - m u), for any summation order.
+  // inputs (f16 weights convert exactly; a quantized weight d * q, or d * (q - 8), is exact in
+  // f32: an 11-bit f16 d times an integer of at most 8 bits), against the CPU dequantization of
+  // the same blocks (model/gguf_blocks.ts dequantizeRow): |err| <= gamma_(K+3) * (sum_k |x w| +
+  // |b| + |y0|) with gamma_m = m u / (1 - m u), for any summation order.
   await h.perPrecision(t, async (p) => {
     for (const c of MATMUL_CASES) {
       const rng = new Rng(500 + c.N + c.K + c.T);
@@ -377,6 +398,22 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       // product. Both stay under (K + 16) u relative, added to the matmul bound below.
       const inputRel = c.norm || c.swiglu ? (c.K + 16) * U32 : 0;
       const w = rng.array(c.N * c.K);
+      // Quantized: each row to GGUF blocks, packed as the kernel reads them; the reference
+      // multiplies by the CPU decoder's values of those blocks.
+      let ws: Float32Array = stored(w, p);
+      let packed: Uint32Array | null = null;
+      const rowWords = c.format ? quantRowWords(c.format, c.K) : 0;
+      if (c.format) {
+        const type = c.format === "q8_0" ? "Q8_0" : "Q4_0";
+        const quantize = c.format === "q8_0" ? quantizeQ8_0 : quantizeQ4_0;
+        packed = new Uint32Array(c.N * rowWords);
+        ws = new Float32Array(c.N * c.K);
+        for (let n = 0; n < c.N; n++) {
+          const blocks = quantize(w.subarray(n * c.K, (n + 1) * c.K));
+          packQuantRow(c.format, blocks, c.K, packed, n * rowWords);
+          ws.set(dequantizeRow(type, blocks, c.K), n * c.K);
+        }
+      }
       const bias = rng.array(c.N);
       // Without ACCUMULATE y starts as the sentinel, so rows not computed must keep it.
       const y0 = c.accumulate
@@ -392,10 +429,12 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       const per = Math.ceil(c.N / parts);
       for (let n0 = 0; n0 < c.N; n0 += per) {
         const rows = Math.min(per, c.N - n0);
-        const wt = h.adopt(
-          uploadMatrix(h.device, w.subarray(n0 * c.K, (n0 + rows) * c.K), rows, c.K, p, "w", 4),
-        );
-        assert.deepEqual(wt.shape, [rows, KP]);
+        const wt = packed
+          ? h.upload(packed.subarray(n0 * rowWords, (n0 + rows) * rowWords), "u32", "wq")
+          : h.adopt(
+            uploadMatrix(h.device, w.subarray(n0 * c.K, (n0 + rows) * c.K), rows, c.K, p, "w", 4),
+          );
+        if (!packed) assert.deepEqual(wt.shape, [rows, KP]);
         const groups = c.groups ?? matmulGroups(c.entry, rows, c.T);
         await h.dispatch(
           p,
@@ -411,7 +450,7 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
             NORM_INPUT: c.norm ?? false,
             EPS,
             SWIGLU_INPUT: c.swiglu ?? false,
-          }),
+          }, c.format ?? "float"),
           {
             fwd: h.forward({ nRows, nLogitRows: c.logitRows ? c.T : 1 }),
             x: xt,
@@ -423,7 +462,6 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
           groups,
         );
       }
-      const ws = stored(w, p);
       const want = Float64Array.from(y0);
       const tol = new Float64Array(want.length);
       for (let r = 0; r < c.T; r++) {
@@ -451,7 +489,7 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
         `${c.accumulate ? " ACCUMULATE" : ""}${c.bias ? " HAS_BIAS" : ""}` +
         `${c.logitRows ? " LOGIT_ROWS" : ""}${c.norm ? " NORM_INPUT" : ""}` +
         `${c.swiglu ? " SWIGLU_INPUT" : ""}${c.groups ? ` grid ${c.groups}` : ""}` +
-        `${c.parts ? ` ${c.parts} parts` : ""}`;
+        `${c.parts ? ` ${c.parts} parts` : ""}${c.format ? ` ${c.format}` : ""}`;
       margin(what, assertClose(await h.readF32(y), want, (i) => tol[i], what));
     }
   });

@@ -538,3 +538,16 @@ Deno.test(
     }
   },
 );
+
+Deno.test("--kv-dtype / ZIGZAG_KV_DTYPE: one of f16, f32, int8, int4, named when wrong", () => {
+  assert.equal(config([]).kvDtype, undefined);
+  assert.equal(config(["--kv-dtype", "int4"]).kvDtype, "int4");
+  const fromEnv = config([], { ZIGZAG_KV_DTYPE: "int8" });
+  assert.equal(fromEnv.kvDtype, "int8");
+  assert.equal(fromEnv.sources["kv-dtype"], "ZIGZAG_KV_DTYPE");
+  const bad = (argv: string[], env: Record<string, string>, line: RegExp) =>
+    assert.throws(() => config(argv, env), (e) => e instanceof ConfigError && line.test(e.line));
+  bad(["--kv-dtype", "int3"], {}, /^zigzag: --kv-dtype=int3: must be one of f16, f32, int8, int4/);
+  bad([], { ZIGZAG_KV_DTYPE: "q4" }, /^zigzag: ZIGZAG_KV_DTYPE=q4: must be one of/);
+  assert.match(USAGE, /--kv-dtype f16\|f32\|int8\|int4 .*\[ZIGZAG_KV_DTYPE\]/s);
+});

@@ -279,3 +279,34 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  "--kv-dtype int4: cache stats and /metrics count the quantized entries and their scales",
+  serverTest,
+  async () => {
+    const server = await startTestServer({ kvDtype: "int4", maxBatch: 2 });
+    try {
+      // stories260K: 5 layers x 4 KV heads of head_dim 8. An int4 entry: 8 nibbles (one word)
+      // and one word of f16 (scale, zero): 8 bytes against f32's 32.
+      const entry = 8 / 2 + 4;
+      const tokenBytes = 2 * 5 * 4 * entry;
+      const s = await (await fetch(`${server.url}/v1/cache/stats`)).json();
+      assert.equal(s.geometry.kv_dtype, "int4");
+      assert.equal(s.geometry.page_bytes, 16 * tokenBytes);
+      const g = await (await post(`${server.url}/v1/generate`, {
+        prompt: "Once upon a time",
+        max_tokens: 20,
+        ignore_eos: true,
+      })).json();
+      assert.equal(g.usage.completion_tokens, 20);
+      assert.equal(g.cache.retrieval_bytes, Math.ceil(g.cache.tokens / 16) * 16 * tokenBytes);
+      const f = parsePrometheus(await (await fetch(`${server.url}/metrics`)).text());
+      assert.equal(
+        value(f, "zigzag_kv_cache_reserved_bytes", { kind: "retrieval" }),
+        s.pages_total * 16 * tokenBytes,
+      );
+    } finally {
+      await server.close();
+    }
+  },
+);

@@ -1,6 +1,7 @@
 // Linear layers: y[t, n] (+)= sum_k in[t, k] * w[n, k] (+ bias[n]).
-// x: f32 activations; w: weights [N, KP] in `W` precision, rows zero-padded to KP (a multiple of
-// 4) so they load as vec4; y: f32 [rows, Y_STRIDE], of which this dispatch writes columns
+// x: f32 activations; w: weights [N, KP], rows zero-padded to KP (a multiple of 4), stored as the
+// weight codec include says (f16/f32 values, or GGUF's Q8_0 / Q4_0 blocks, dequantized as they
+// are loaded: `w4`); y: f32 [rows, Y_STRIDE], of which this dispatch writes columns
 // [N_OFFSET, N_OFFSET + N): a matrix larger than one storage binding is split into row parts,
 // one dispatch per part (gpu/weights.ts), each writing its own column range of y.
 // The input `in` is x itself [rows, K], or, fused so the layer needs no extra dispatch:
@@ -23,7 +24,7 @@ override SWIGLU_INPUT: bool = false; // in = silu(x[:, :K]) * x[:, K:]
 
 @group(0) @binding(0) var<uniform> fwd: Forward;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<W>>;
+// @binding(2) w: the weight codec's (w_float.wgsl, w_q8_0.wgsl, w_q4_0.wgsl: `w_row`, `w4`).
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> norm_w: array<W>; // [K] (NORM_INPUT)
@@ -103,7 +104,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let n = (wg.y * nwg.x + wg.x) * GEMV_COLS + g;
   let rows = min(row_count(), GEMV_MAX_ROWS);
   let k4n = KP / 4u;
-  let base = min(n, N - 1u) * k4n;
+  let base = w_row(min(n, N - 1u));
   if (NORM_INPUT) {
     for (var t = 0u; t < rows; t++) { partial[t * 64u + tid] = sum_squares(t, tid, 64u); }
     workgroupBarrier();
@@ -127,10 +128,10 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     workgroupBarrier();
     if (rows == 1u) {
       // Decode of one sequence: a scalar accumulator, kept in a register.
-      for (var i = lane; i < m; i += LANES) { a0 += dot(xs4[i], vec4<f32>(w[base + kb + i])); }
+      for (var i = lane; i < m; i += LANES) { a0 += dot(xs4[i], w4(base, kb + i)); }
     } else {
       for (var i = lane; i < m; i += LANES) {
-        let wv = vec4<f32>(w[base + kb + i]);
+        let wv = w4(base, kb + i);
         for (var t = 0u; t < rows; t++) { acc[t] += dot(xs4[t * XS + i], wv); }
       }
     }
@@ -173,7 +174,6 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   }
   var acc: array<f32, 16>;
   for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
-  let k4n = KP / 4u;
   for (var kb = 0u; kb < KP; kb += TK) {
     // 256 threads load 64 rows x 16 k of x and of w: one vec4 each.
     let r = tid / 4u;
@@ -182,7 +182,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var xv = vec4<f32>(0.0);
     if (t0 + r < rows && k < K) { xv = x4(t0 + r, k, r); }
     var wv = vec4<f32>(0.0);
-    if (n0 + r < N && k < KP) { wv = vec4<f32>(w[(n0 + r) * k4n + k / 4u]); }
+    if (n0 + r < N && k < KP) { wv = w4(w_row(n0 + r), k / 4u); }
     for (var i = 0u; i < 4u; i++) {
       xs[(kq + i) * TILE + r] = xv[i];
       ws[(kq + i) * TILE + r] = wv[i];

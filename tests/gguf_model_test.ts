@@ -1,0 +1,222 @@
+// GGUF models (model/gguf_model.ts): stories260K written as GGUF files by the project's own
+// writer (tests/gguf_writer.ts), in F32 and with its matrices in Q8_0 and Q4_0, read back with
+// the file's own SentencePiece vocabulary. F32 must reproduce llama2.c's golden outputs; the
+// quantized files must equal the CPU reference run on the same blocks decoded on the CPU.
+
+import assert from "node:assert/strict";
+import { BLOCK_FORMATS, dequantizeRow, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
+import { nativeWeightFormat } from "../model/gguf_model.ts";
+import { loadModel } from "../model/load.ts";
+import type { HostTensor, LoadedModel } from "../model/types.ts";
+import { type GgufWriteTensor, type GgufWriteValue, writeGguf } from "./gguf_writer.ts";
+import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import { gpuGreedy, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
+import { Llama2cTokenizer } from "../model/tokenizer_llama2c.ts";
+
+const STORIES = "../shared/models/stories260K";
+
+type Quant = "F32" | "Q8_0" | "Q4_0";
+
+/** A tensor in `type` (matrices whose rows are whole blocks; others stay F32). */
+function tensorOf(name: string, t: HostTensor, type: Quant): GgufWriteTensor {
+  const dims = [...t.shape].reverse();
+  const cols = dims[0];
+  const q = t.shape.length === 2 && cols % 32 === 0 && type !== "F32" ? type : "F32";
+  const data = q === "Q8_0"
+    ? quantizeQ8_0(t.data)
+    : q === "Q4_0"
+    ? quantizeQ4_0(t.data)
+    : new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  return { name, dims, type: BLOCK_FORMATS[q].id, data };
+}
+
+/** stories260K as a GGUF of `type`, with tok512 as its SentencePiece vocabulary. */
+async function writeStories(path: string, m: LoadedModel, type: Quant, arch = "llama") {
+  const c = m.config;
+  const tok = m.tokenizer as Llama2cTokenizer;
+  const dec = new TextDecoder("utf-8", { fatal: true });
+  const tokens = tok.pieces.map((p) => dec.decode(p).replaceAll(" ", "\u2581"));
+  const meta: [string, GgufWriteValue][] = [
+    ["general.architecture", { type: "string", value: arch }],
+    [`${arch}.context_length`, { type: "u32", value: c.maxSeqLen }],
+    [`${arch}.embedding_length`, { type: "u32", value: c.dim }],
+    [`${arch}.block_count`, { type: "u32", value: c.nLayers }],
+    [`${arch}.feed_forward_length`, { type: "u32", value: c.hiddenDim }],
+    [`${arch}.attention.head_count`, { type: "u32", value: c.nHeads }],
+    [`${arch}.attention.head_count_kv`, { type: "u32", value: c.nKvHeads }],
+    [`${arch}.attention.layer_norm_rms_epsilon`, { type: "f32", value: c.normEps }],
+    [`${arch}.rope.freq_base`, { type: "f32", value: c.ropeTheta }],
+    ["tokenizer.ggml.model", { type: "string", value: "llama" }],
+    ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: tokens }],
+    ["tokenizer.ggml.scores", { type: "array", elem: "f32", value: Array.from(tok.scores) }],
+    ["tokenizer.ggml.bos_token_id", { type: "u32", value: 1 }],
+    ["tokenizer.ggml.eos_token_id", { type: "u32", value: 2 }],
+    ["tokenizer.chat_template", {
+      type: "string",
+      value: "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+    }],
+  ];
+  const w = m.weights;
+  const tensors = [tensorOf("token_embd.weight", w.tokenEmbedding, "F32")];
+  w.layers.forEach((l, i) => {
+    const p = `blk.${i}.`;
+    tensors.push(
+      tensorOf(p + "attn_norm.weight", l.attnNorm, type),
+      tensorOf(p + "attn_q.weight", l.wq, type),
+      tensorOf(p + "attn_k.weight", l.wk, type),
+      tensorOf(p + "attn_v.weight", l.wv, type),
+      tensorOf(p + "attn_output.weight", l.wo, type),
+      tensorOf(p + "ffn_norm.weight", l.ffnNorm, type),
+      tensorOf(p + "ffn_gate.weight", l.wGate, type),
+      tensorOf(p + "ffn_up.weight", l.wUp, type),
+      tensorOf(p + "ffn_down.weight", l.wDown, type),
+    );
+  });
+  tensors.push(tensorOf("output_norm.weight", w.finalNorm, "F32"));
+  await writeGguf(path, { metadata: meta, tensors });
+}
+
+interface StoriesGolden {
+  prompt: string;
+  prompt_ids: number[];
+  next_ids: number[];
+}
+
+Deno.test(
+  "GGUF: stories260K as F32 GGUF reproduces llama2.c's golden outputs",
+  gpuTest,
+  async () => {
+    const src = await loadModel(STORIES);
+    const dir = await Deno.makeTempDir();
+    try {
+      await writeStories(`${dir}/stories.gguf`, src, "F32");
+      const m = await loadModel(`${dir}/stories.gguf`, { lazy: true });
+      try {
+        // The file stores eps as an f32 and names EOS 2 (llama2.c stops at BOS instead).
+        const c = { ...m.config, eosIds: src.config.eosIds };
+        assert.deepEqual(c, {
+          ...src.config,
+          architecture: "LlamaForCausalLM",
+          normEps: Math.fround(src.config.normEps),
+        });
+        const golden: StoriesGolden[] = JSON.parse(
+          await Deno.readTextFile(`${STORIES}/golden.json`),
+        );
+        for (const g of golden) {
+          // The file's own vocabulary encodes as llama2.c's run.c does.
+          assert.deepEqual(m.tokenizer!.encode(g.prompt), g.prompt_ids, g.prompt);
+          assert.equal(
+            m.tokenizer!.decode(g.prompt_ids.slice(1)),
+            src.tokenizer!.decode(g.prompt_ids.slice(1)),
+          );
+        }
+        assert.deepEqual(m.tokenizer!.eosIds, [2]);
+        assert.equal(
+          m.tokenizer!.applyChatTemplate!([{ role: "user", content: "hi" }], true),
+          "[user] hi\n",
+        );
+        assert.equal(nativeWeightFormat(m.weights), "float");
+        const runner = await makeRunner(m, "f32", plan(m.config, "full", 0, 1), { chunk: 7 });
+        try {
+          for (const g of golden.slice(0, 2)) {
+            const want = g.next_ids.slice(g.prompt_ids.length - 1);
+            const { tokens } = await gpuGreedy(runner, g.prompt_ids, want.length);
+            assert.deepEqual(tokens, want, g.prompt);
+          }
+        } finally {
+          runner.destroy();
+        }
+      } finally {
+        m.close?.();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) => {
+  const src = await loadModel(STORIES);
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const type of ["Q8_0", "Q4_0"] as const) {
+      await t.step(type, async () => {
+        const path = `${dir}/stories-${type}.gguf`;
+        await writeStories(path, src, type);
+        // The CPU reference: the same file read whole, every block decoded by gguf_blocks.ts.
+        const host = await loadModel(path);
+        const lazy = await loadModel(path, { lazy: true });
+        try {
+          // q, k, v, o, gate and up rows are 64 wide (whole blocks); down's 172 are not (F32).
+          const format = nativeWeightFormat(lazy.weights);
+          assert.equal(format, type === "Q8_0" ? "q8_0" : "q4_0");
+          const down = lazy.weights.layers[0].wDown;
+          assert.ok(!("blocks" in down) || down.blocks === undefined, "ffn_down stays F32");
+          const gate = lazy.weights.layers[0].wGate;
+          assert.ok("blocks" in gate && gate.blocks !== undefined, "ffn_gate has its blocks");
+          const prompt = host.tokenizer!.encode("Once upon a time, there was a little");
+          // The tied LM head is quantized too (gpu/weights.ts): its own copy, rows of 64.
+          const e = host.weights.tokenEmbedding;
+          const blocks = (type === "Q8_0" ? quantizeQ8_0 : quantizeQ4_0)(e.data);
+          const lmHead = { ...e, data: dequantizeRow(type, blocks, e.data.length) };
+          const cpu = new CpuLlama(host.config, { ...host.weights, lmHead });
+          let logits: Float32Array = new Float32Array();
+          prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+          const first = logits;
+          const tokens = [argmax(logits)];
+          while (tokens.length < 40) {
+            logits = cpu.forward(tokens[tokens.length - 1], prompt.length + tokens.length - 1);
+            tokens.push(argmax(logits));
+          }
+          const runner = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
+            chunk: 8,
+            weights: format,
+          });
+          try {
+            const g = await gpuGreedy(runner, prompt, 40);
+            // Same decoded weights (d * q is exact in f32), another summation order: 1e-3.
+            const d = maxAbsDiff(g.logits, first);
+            assert.ok(d <= 1e-3, `${type}: prefill logits max |diff| ${d}`);
+            assert.deepEqual(g.tokens, tokens);
+          } finally {
+            runner.destroy();
+          }
+          // --weights float: the blocks decoded on the host (the path Q5_0 and the K-quants
+          // take), the tied head left as the file stores it.
+          const exact = new CpuLlama(host.config, host.weights);
+          let hostFirst: Float32Array = new Float32Array();
+          prompt.forEach((tok, i) => (hostFirst = exact.forward(tok, i)));
+          const decoded = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
+            chunk: 8,
+            weights: "float",
+          });
+          try {
+            const g = await gpuGreedy(decoded, prompt, 1);
+            const d = maxAbsDiff(g.logits, hostFirst);
+            assert.ok(d <= 1e-3, `${type} decoded on the host: max |diff| ${d}`);
+          } finally {
+            decoded.destroy();
+          }
+        } finally {
+          lazy.close?.();
+        }
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("GGUF: unsupported architectures and vocabularies are named", async () => {
+  const src = await loadModel(STORIES);
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeStories(`${dir}/gpt.gguf`, src, "F32", "gpt2");
+    await assert.rejects(
+      () => loadModel(`${dir}/gpt.gguf`),
+      /unsupported GGUF architecture "gpt2"; supported: llama/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
