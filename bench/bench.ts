@@ -8,14 +8,15 @@
 //   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
 //   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--profiles N]
 //   [--steps lo,hi] [--chunk N]
-//   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]
+//   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
+//   [--seed N] [--out DIR]
 //
 // Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
 // whatever WebGPU adapter this machine has. Writes bench.json, bench.md and SVG charts to
 // bench/results/ (or --out). See bench/report.ts for the JSON and bench/model_bench.ts for the
 // method. Targets are printed with their gaps, never asserted.
 
-import { CacheGeometry } from "../cache/layout.ts";
+import { CacheGeometry, type KvDtype } from "../cache/layout.ts";
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
 import { CliError, intList, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
@@ -27,16 +28,17 @@ import { Pipelines } from "../gpu/pipelines.ts";
 import { paramCount, PRESETS, tinyConfig } from "../model/random.ts";
 import type { ModelConfig } from "../model/types.ts";
 import {
+  attentionCacheBytes,
   type AttentionResult,
   type MatmulResult,
-  measureAttentionDecode,
+  measureAttentionDecodeSet,
   measureCopy,
   measureMatmul,
   measureReadback,
   measureStreamRead,
   referenceBytes,
 } from "./kernels.ts";
-import { managerStats, maxContextFit } from "./kv.ts";
+import { llama3Capacity, managerStats, maxContextFit } from "./kv.ts";
 import { type Cell, decodeMatrices, ModelBench, weightBytes } from "./model_bench.ts";
 import { type BenchPlanName, benchPlans, PLAN_NAMES } from "./plans.ts";
 import {
@@ -58,13 +60,15 @@ const USAGE =
   [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
-  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--seed N] [--out DIR]`;
+  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N] [--seed N] [--out DIR]`;
 
 const DEFAULT_PATTERN = new URL(
   "../../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k",
   import.meta.url,
 ).pathname;
 const OUT = new URL("./results/", import.meta.url).pathname;
+/** `--kernels`: the context of the decode attention figures (the issue's 4096 tokens). */
+const ATTENTION_CONTEXT = 4096;
 /** Host floats the bench may hold for weights (one layer + embeddings). */
 const MAX_HOST_FLOATS = 1.5e9;
 
@@ -121,6 +125,7 @@ async function main(): Promise<number> {
       "reference-mb",
       "kernel-shapes",
       "gemm-rows",
+      "attention-context",
       "seed",
       "out",
     ],
@@ -247,6 +252,9 @@ async function main(): Promise<number> {
   const kernelsOnly = a.boolean("kernels-only");
   const kernels = a.boolean("kernels") || kernelsOnly;
   const gemmRows = a.optionalNumber("gemm-rows", { integer: true, min: 9 }) ?? 128;
+  // The issue's decode attention figures are at 4096 tokens, whatever the model bench's contexts.
+  const attentionContext = a.optionalNumber("attention-context", { integer: true, min: 1 }) ??
+    ATTENTION_CONTEXT;
   const kernelShapes = a.optionalString("kernel-shapes")?.split(",").map((s) => {
     const m = s.trim().match(/^(\d+)x(\d+)$/);
     if (!m) throw new CliError(`--kernel-shapes takes NxK,.. (weight rows x columns), got ${s}`);
@@ -388,19 +396,43 @@ async function main(): Promise<number> {
         ),
       );
     }
+    // Decode attention at --attention-context, per KV dtype: the float caches, then int8 and
+    // int4 with the reference's weight type (f16 where the adapter has it), interleaved per batch.
     attention = [];
-    const attnJobs = dtypes.flatMap((dtype) => [1, 8].map((rows) => ({ dtype, rows })));
-    for (const [i, j] of attnJobs.entries()) {
-      bar.update(jobs.length + i, jobs.length + attnJobs.length, `attention ${j.dtype} b${j.rows}`);
+    const refDtype: Precision = gpu.hasF16 ? "f16" : "f32";
+    const kvs: KvDtype[] = [...dtypes, "int8", "int4"];
+    const attnBatches = [1, 8];
+    for (const [i, rows] of attnBatches.entries()) {
+      const shapes = kvs.map((kv) => ({
+        heads: config.nHeads,
+        kvHeads: config.nKvHeads,
+        headDim: config.headDim,
+        context: attentionContext,
+        rows,
+        dtype: kv === "f16" || kv === "f32" ? kv : refDtype,
+        kv,
+      })).filter((o) => {
+        const bytes = attentionCacheBytes(o);
+        if (bytes <= gpu.limits.maxStorageBufferBindingSize) return true;
+        notes.push(
+          `Decode attention ${o.kv} at batch ${rows}, ${attentionContext} tokens not timed: its ` +
+            `${(bytes / 2 ** 20).toFixed(0)} MiB cache exceeds one storage binding.`,
+        );
+        return false;
+      });
+      bar.update(
+        jobs.length + i,
+        jobs.length + attnBatches.length,
+        `attention b${rows} ${kvs.join("/")} at ${attentionContext}`,
+      );
       attention.push(
-        await measureAttentionDecode(gpu, pipelines, timer, {
-          heads: config.nHeads,
-          kvHeads: config.nKvHeads,
-          headDim: config.headDim,
-          context: contexts.at(-1)!,
-          rows: j.rows,
-          dtype: j.dtype,
-        }, rep),
+        ...await measureAttentionDecodeSet(
+          gpu,
+          pipelines,
+          timer,
+          shapes,
+          rep,
+        ),
       );
     }
     bar.done();
@@ -457,6 +489,8 @@ async function main(): Promise<number> {
   const l3z = managerStats(l3, l3Plans.plans.zigzag, "f16", [T32]);
   const l3d = managerStats(l3, l3Plans.plans.duo, "f16", [T32]);
   const l3zc = new CacheGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
+  // The issue's capacity figure: Gradient-4194k's shipped plans, 80 GiB, int4 KV, q4 weights.
+  const capacity = await llama3Capacity();
 
   const streamingPrefill = (() => {
     const sc = cells.filter((x) => x.plan === "streaming" && x.prefill_ms).sort((x, y) =>
@@ -518,6 +552,7 @@ async function main(): Promise<number> {
       steps,
       prefill_chunk: chunk,
       reference_bytes: refBytes,
+      attention_context: attentionContext,
       seed,
     },
     notes,
@@ -548,12 +583,24 @@ async function main(): Promise<number> {
         } per sample (wall-clock slope kept as a cross-check); GEMV/GEMM are wgsl/matmul.wgsl's ` +
         `entry points dispatched as gpu/runner.ts ` +
         `does; GB/s counts weight bytes. Attention decode: wgsl/attention.wgsl's split-K decode ` +
-        `pass over a full paged cache at the longest context (merge pass excluded); GB/s counts ` +
-        `the K and V bytes once.`,
+        `pass over a full paged cache of ${attentionContext} keys per row (--attention-context), ` +
+        `as the runner splits it (merge pass excluded), for each KV dtype (${
+          gpu.hasF16 ? "f16, " : ""
+        }f32, int8, int4; the caches hold valid values and finite scales), the dtypes of one ` +
+        `batch interleaved round by round; GB/s counts the K and V bytes once, scales included.`,
       kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
         "context; the longest context that fits is the closed form of CacheGeometry with the " +
         "manager's up-front ring reservation; the Llama-3-8B figure runs the manager " +
         "(cache/manager.ts, pure bookkeeping: no GPU memory).",
+      capacity: `closed form, no GPU (bench/kv.ts llama3Capacity): for one sequence of ` +
+        `Llama-3-8B-Instruct-Gradient-4194k shapes, ${capacity.budget_gib} GiB ` +
+        `(${capacity.budget_gb.toFixed(1)} GB) minus the weights (GGUF Q4_0 linear layers, f16 ` +
+        `embedding and LM head, f32 norms) minus what the runner allocates besides them at ` +
+        `batch 1 (gpu/runner.ts runnerBuffers' activations, the attention output and staging ` +
+        `buffers, the page table; sized by engine/runners.ts runnerShape) leaves the KV budget; ` +
+        `the longest context is maxContextFit of CacheGeometry for the shipped zigzag 50% and ` +
+        `DuoAttention 50% plans of that model and full attention. DuoAttention's 3.3M ` +
+        `(W8A8 + int4 KV, one A100) is quoted from its paper.`,
     },
     model: {
       preset: presetName,
@@ -586,6 +633,7 @@ async function main(): Promise<number> {
       },
       streaming_prefill: streamingPrefill,
     },
+    capacity,
     ratios: [],
     targets: [],
     elapsed_s: 0,

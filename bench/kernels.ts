@@ -1,11 +1,14 @@
 // Kernel-level measurements: the bandwidth references (a streaming-read kernel and
-// copyBufferToBuffer), the readback floor, and GEMV / GEMM throughput of wgsl/matmul.wgsl.
+// copyBufferToBuffer), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl, and the
+// split-K decode pass of wgsl/attention.wgsl per KV dtype.
 
+import { type KvDtype, kvDtypeProblem, kvEntryBytes, kvEntryUnits } from "../cache/layout.ts";
 import { readBuffer } from "../gpu/buffers.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
 import {
   ATTENTION_GEOMETRY,
   attentionDecode,
+  decodeEntry,
   decodeGroups,
   maxSplitsFor,
   splitsFor,
@@ -172,7 +175,8 @@ export async function measureCopy(gpu: Gpu, bytes: number, rep: Repeats): Promis
   return { bytes, method: "wall-slope", ms: m, gbps: gbpsOf(bytes, m) };
 }
 
-/** Fills a buffer with uniform values in [-1, 1) (f32 words; also valid f16 pairs' bits). */
+/** Fills a buffer with uniform values in [-1, 1) as f32 words (read as f16 pairs, the low halves
+ * are random mantissa bits, ~1/32 of them infinities or NaNs: caches are filled by fillCache). */
 function fillRandom(dev: GPUDevice, buf: GPUBuffer, bytes: number, seed: number): void {
   const rand = mulberry32(seed);
   const chunk = 1 << 22; // floats per write
@@ -307,51 +311,134 @@ export async function measureMatmul(
 export { Pipelines };
 
 export interface AttentionResult {
-  kernel: "attention.wgsl:decode";
+  /** The entry point the runner dispatches at this context and batch (decode, or decode_long
+   * once the split cap is reached). */
+  kernel: "attention.wgsl:decode" | "attention.wgsl:decode_long";
   heads: number;
   kv_heads: number;
   head_dim: number;
   context: number;
   rows: number;
+  /** The pipeline's weight storage type W (attention reads no weights; it decides
+   * `enable f16`). */
   dtype: Precision;
-  /** K and V bytes the dispatch must read: rows x context x kv_heads x head_dim x 2. */
+  /** How the cache stores K and V (cache/layout.ts KvDtype). */
+  kv_dtype: KvDtype;
+  /** K and V bytes the dispatch must read, scales included:
+   * rows x context x kv_heads x 2 x kvEntryBytes(kv_dtype, head_dim). */
   kv_bytes: number;
   method: "timestamp" | "wall-slope";
   ms: Stat;
   gbps: Stat;
 }
 
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  context: number;
+  rows: number;
+  /** The pipeline's weight type, and the cache's when `kv` is not given. */
+  dtype: Precision;
+  /** The cache's KV dtype (default `dtype`). */
+  kv?: KvDtype;
+}
+
+const ATTENTION_PAGE = 16;
+
+/** Bytes of the K (or V) cache a decode attention measurement allocates: every row's pages of
+ * context + 1 positions, kvEntryBytes per (position, KV head). */
+export function attentionCacheBytes(o: AttentionShape): number {
+  const pages = Math.ceil((o.context + 1) / ATTENTION_PAGE);
+  return o.rows * pages * ATTENTION_PAGE * o.kvHeads * kvEntryBytes(o.kv ?? o.dtype, o.headDim);
+}
+
+/** `f32` bits of x (an int8 entry's amax word). */
+function f32Bits(x: number): number {
+  return new Uint32Array(new Float32Array([x]).buffer)[0];
+}
+
+/** pack2x16float(lo, hi): an int4 entry's (scale, zero) word, scale in the low half. */
+function f16PairBits(lo: number, hi: number): number {
+  const h = new Uint16Array(new Float16Array([lo, hi]).buffer);
+  return (h[0] | (h[1] << 16)) >>> 0;
+}
+
 /**
- * The split-K decode entry of wgsl/attention.wgsl over a full (paged) cache of `context` keys per
- * row, dispatched as the runner does (gpu/kernels/attention.ts decodeGroups; the merge pass is
- * not included).
+ * Fills a K or V cache of `entries` (position, head) entries with valid values of `kv`: floats
+ * uniform in [-1, 1) as f16 or f32; for int8 random value words (any bytes are valid snorm
+ * values) and amax 1.0; for int4 random nibbles and (scale 0.1, zero -0.75), so values span
+ * [-0.75, 0.75]. No NaN or infinity: attention's work is that of real data.
  */
-export async function measureAttentionDecode(
+function fillCache(
+  dev: GPUDevice,
+  buf: GPUBuffer,
+  kv: KvDtype,
+  headDim: number,
+  entries: number,
+  seed: number,
+): void {
+  const rand = mulberry32(seed);
+  const units = kvEntryUnits(kv, headDim);
+  const chunkEntries = Math.max(1, Math.floor((1 << 22) / units));
+  for (let e0 = 0; e0 < entries; e0 += chunkEntries) {
+    const n = Math.min(chunkEntries, entries - e0) * units;
+    let data: Float16Array<ArrayBuffer> | Float32Array<ArrayBuffer> | Uint32Array<ArrayBuffer>;
+    if (kv === "f16" || kv === "f32") {
+      data = kv === "f16" ? new Float16Array(n) : new Float32Array(n);
+      for (let i = 0; i < n; i++) data[i] = 2 * rand() - 1;
+    } else {
+      const scale = kv === "int8" ? f32Bits(1) : f16PairBits(0.1, -0.75);
+      data = new Uint32Array(n);
+      for (let i = 0; i < n; i++) {
+        data[i] = i % units === units - 1 ? scale : Math.floor(rand() * 2 ** 32) >>> 0;
+      }
+    }
+    dev.queue.writeBuffer(buf, e0 * units * data.BYTES_PER_ELEMENT, data);
+  }
+}
+
+/** One decode attention dispatch, ready to record; `destroy` frees its buffers. */
+interface PreparedAttention {
+  shape: AttentionShape & { kv: KvDtype };
+  entry: "decode" | "decode_long";
+  record: (pass: GPUComputePassEncoder) => void;
+  kvBytes: number;
+  destroy: () => void;
+}
+
+/**
+ * The split-K decode pass of wgsl/attention.wgsl over a full paged cache of `context` keys per
+ * row, built as the runner builds it (gpu/kernels/attention.ts: the split plan of maxSplitsFor,
+ * decodeEntry, decodeGroups; the merge pass is not included). The cache is in `kv`'s storage
+ * (kvEntryUnits units per (position, KV head), the paged layout
+ * ((page * PAGE_SIZE + j % PAGE_SIZE) * CACHE_HEADS + ch) * kvEntryUnits), one page table row per
+ * query row.
+ */
+async function prepareAttentionDecode(
   gpu: Gpu,
   pipelines: Pipelines,
-  timer: PassTimer,
-  o: {
-    heads: number;
-    kvHeads: number;
-    headDim: number;
-    context: number;
-    rows: number;
-    dtype: Precision;
-  },
-  rep: Repeats,
-): Promise<AttentionResult> {
+  o: AttentionShape,
+): Promise<PreparedAttention> {
   const dev = gpu.device;
-  const PAGE = 16;
+  const kv = o.kv ?? o.dtype;
+  const problem = kvDtypeProblem(kv, o.headDim);
+  if (problem) throw new Error(`attention decode: ${problem}`);
+  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM || o.headDim % 4 !== 0) {
+    throw new Error(`attention decode: head_dim ${o.headDim} is not supported`);
+  }
+  const PAGE = ATTENTION_PAGE;
   const pages = Math.ceil((o.context + 1) / PAGE);
-  const bpe = o.dtype === "f16" ? 2 : 4;
-  const cacheBytes = o.rows * pages * PAGE * o.kvHeads * o.headDim * bpe;
+  const entryBytes = kvEntryBytes(kv, o.headDim);
+  const entries = o.rows * pages * PAGE * o.kvHeads;
+  const cacheBytes = attentionCacheBytes(o);
   if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
     throw new Error(`attention decode: a ${cacheBytes} byte cache exceeds the binding limit`);
   }
   const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
   const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
-  fillRandom(dev, k, Math.floor(cacheBytes / 4) * 4, 21);
-  fillRandom(dev, v, Math.floor(cacheBytes / 4) * 4, 22);
+  fillCache(dev, k, kv, o.headDim, entries, 21);
+  fillCache(dev, v, kv, o.headDim, entries, 22);
   const stride = (o.heads + 2 * o.kvHeads) * o.headDim;
   const qkv = dev.createBuffer({ size: o.rows * stride * 4, usage: USAGE });
   fillRandom(dev, qkv, o.rows * stride * 4, 23);
@@ -391,6 +478,7 @@ export async function measureAttentionDecode(
   });
   dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
   const group = o.heads / o.kvHeads;
+  const entry = decodeEntry(plan.keysPerSplit);
   const kernel = attentionDecode({
     HEAD_DIM: o.headDim,
     N_HEADS: o.heads,
@@ -407,11 +495,8 @@ export async function measureAttentionDecode(
       PAGES_PER_SHARD: o.rows * pages,
       CACHE_SHARDS: 1,
     },
-  });
-  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM) {
-    throw new Error(`attention decode: head_dim ${o.headDim} is not supported`);
-  }
-  const pipeline = await pipelineOf(pipelines, kernel, o.dtype);
+  }, entry);
+  const pipeline = await pipelineOf(pipelines, kernel, { W: o.dtype, KV: kv });
   dev.pushErrorScope("validation");
   const bg = bindGroup(dev, pipeline, kernel, {
     fwd,
@@ -427,20 +512,82 @@ export async function measureAttentionDecode(
   const err = await dev.popErrorScope();
   if (err) throw new Error(`attention decode: ${err.message}`);
   const groups = decodeGroups(o.rows, o.kvHeads, group, splits);
-  const r = await timer.measure((pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups), rep);
-  for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd, shard]) b.destroy();
-  const kvBytes = o.rows * o.context * o.kvHeads * o.headDim * 2 * bpe;
   return {
-    kernel: "attention.wgsl:decode",
+    shape: { ...o, kv },
+    entry,
+    record: (pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups),
+    kvBytes: o.rows * o.context * o.kvHeads * 2 * entryBytes,
+    destroy: () => {
+      for (const b of [k, v, qkv, pageTable, rowsBuf, partials, out, fwd, shard]) b.destroy();
+    },
+  };
+}
+
+function attentionResult(
+  p: PreparedAttention,
+  method: "timestamp" | "wall-slope",
+  ms: Stat,
+): AttentionResult {
+  const o = p.shape;
+  return {
+    kernel: `attention.wgsl:${p.entry}`,
     heads: o.heads,
     kv_heads: o.kvHeads,
     head_dim: o.headDim,
     context: o.context,
     rows: o.rows,
     dtype: o.dtype,
-    kv_bytes: kvBytes,
-    method: r.method,
-    ms: r.ms,
-    gbps: gbpsOf(kvBytes, r.ms),
+    kv_dtype: o.kv,
+    kv_bytes: p.kvBytes,
+    method,
+    ms,
+    gbps: gbpsOf(p.kvBytes, ms),
   };
+}
+
+/**
+ * The split-K decode entry of wgsl/attention.wgsl over a full (paged) cache of `context` keys per
+ * row, in `o.kv`'s storage (default `o.dtype`), dispatched as the runner does
+ * (gpu/kernels/attention.ts decodeGroups; the merge pass is not included).
+ */
+export async function measureAttentionDecode(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  o: AttentionShape,
+  rep: Repeats,
+): Promise<AttentionResult> {
+  return (await measureAttentionDecodeSet(gpu, pipelines, timer, [o], rep))[0];
+}
+
+/**
+ * Several decode attention shapes (e.g. one per KV dtype) timed in the same sitting,
+ * interleaved: all are built first, then each of `rep.samples` rounds takes one sample of each
+ * (after its own warm-up dispatch), round r starting at shape r mod n, so that sample i of every
+ * shape comes from the same round (the ratios' `paired` figures).
+ */
+export async function measureAttentionDecodeSet(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  shapes: AttentionShape[],
+  rep: Repeats,
+): Promise<AttentionResult[]> {
+  const prepared: PreparedAttention[] = [];
+  try {
+    for (const o of shapes) prepared.push(await prepareAttentionDecode(gpu, pipelines, o));
+    const samples: number[][] = prepared.map(() => []);
+    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
+    for (let s = 0; s < rep.samples; s++) {
+      for (let i = 0; i < prepared.length; i++) {
+        const j = (s + i) % prepared.length;
+        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
+        samples[j].push(r.ms.samples[0]);
+        methods[j] = r.method;
+      }
+    }
+    return prepared.map((p, i) => attentionResult(p, methods[i], stat(samples[i])));
+  } finally {
+    for (const p of prepared) p.destroy();
+  }
 }

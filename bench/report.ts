@@ -6,7 +6,7 @@
 // value === num / den, num === at(result, num_ref), den === at(result, den_ref).
 
 import type { AttentionResult, CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
-import type { Fit } from "./kv.ts";
+import type { CapacityReport, Fit } from "./kv.ts";
 import type { Cell } from "./model_bench.ts";
 import type { BenchPlanName, PlanSummary } from "./plans.ts";
 import { type Stat, stat } from "./stats.ts";
@@ -36,6 +36,9 @@ export interface Target {
   op: "<=" | ">=";
   target: number;
   met: boolean | null;
+  /** Where the value is in the JSON when it is a figure rather than one of the ratios (e.g.
+   * `capacity.rows[0].max_context`). */
+  value_ref?: string;
   /** How far from the target: value - target for <=, target - value for >= (> 0: missed). */
   gap: number | null;
   /** Speed-up (or improvement factor) still needed: value / target for <=, target / value for >=;
@@ -83,7 +86,7 @@ export interface BenchResult {
   };
   decode_gemv: GemvAggregate | null;
   kernels: MatmulResult[] | null;
-  /** `--kernels`: the decode attention pass at the longest context. */
+  /** `--kernels`: the decode attention pass at --attention-context, per KV dtype. */
   attention: AttentionResult[] | null;
   cells: Cell[];
   fits: (Fit & { plan: BenchPlanName })[];
@@ -112,6 +115,9 @@ export interface BenchResult {
       full_marginal_ms_per_token: number[] | null;
     } | null;
   };
+  /** The longest context of Llama-3-8B-Gradient-4194k in 80 GiB, closed form (bench/kv.ts
+   * llama3Capacity; absent in results written before it). */
+  capacity?: CapacityReport;
   ratios: Ratio[];
   targets: Target[];
   elapsed_s: number;
@@ -158,12 +164,15 @@ export function makeTarget(
   value: number | null,
   ratioId: string | null,
   note?: string,
+  valueRef?: string,
 ): Target {
+  const ref = valueRef ? { value_ref: valueRef } : {};
   if (value === null || !isFinite(value)) {
     return {
       id,
       label,
       ratio_id: ratioId,
+      ...ref,
       value: null,
       op,
       target,
@@ -180,6 +189,7 @@ export function makeTarget(
     id,
     label,
     ratio_id: ratioId,
+    ...ref,
     value,
     op,
     target,
@@ -202,6 +212,22 @@ const PLAN_COLORS: Record<BenchPlanName, string> = {
 export function kernelId(k: MatmulResult): string {
   const base = `${k.kind}.${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
   return k.kernel === `matmul.wgsl:${k.kind}` ? base : `${base}.${k.kernel}`;
+}
+
+/** An attention result's KV dtype (results written before kv_dtype stored the cache in `dtype`). */
+function attentionKv(x: AttentionResult): string {
+  return x.kv_dtype ?? x.dtype;
+}
+
+/** The float KV dtype the quantized attention figures are compared with: f16 when measured. */
+function attentionReference(r: BenchResult): "f16" | "f32" | null {
+  const kvs = new Set((r.attention ?? []).map(attentionKv));
+  return kvs.has("f16") ? "f16" : kvs.has("f32") ? "f32" : null;
+}
+
+/** `attn.b1.int4/f16@4096`: decode attention time of a quantized cache over the float one. */
+export function attentionRatioId(rows: number, kv: string, ref: string, ctx: number): string {
+  return `attn.b${rows}.${kv}/${ref}@${ctx}`;
 }
 
 function cellIndex(r: BenchResult, plan: string, ctx: number): number {
@@ -304,12 +330,54 @@ export function buildRatios(r: BenchResult): Ratio[] {
   (r.attention ?? []).forEach((x, i) => {
     push(makeRatio(
       r,
-      `bw.attention.${x.dtype}.r${x.rows}@${x.context}/stream`,
-      `attention decode ${x.dtype}, ${x.rows} rows at ${x.context}: KV GB/s / streaming read`,
+      `bw.attention.${attentionKv(x)}.r${x.rows}@${x.context}/stream`,
+      `attention decode ${attentionKv(x)} KV, ${x.rows} rows at ${x.context}: KV GB/s / ` +
+        "streaming read",
       `attention[${i}].gbps.median`,
       "reference.stream_read.best.gbps.median",
     ));
   });
+  // Quantized KV against the float reference of the same batch and context (same sitting).
+  const attnRef = attentionReference(r);
+  (r.attention ?? []).forEach((x, i) => {
+    const kv = attentionKv(x);
+    if (kv !== "int8" && kv !== "int4") return;
+    const j = (r.attention ?? []).findIndex((y) =>
+      attentionKv(y) === attnRef && y.rows === x.rows && y.context === x.context
+    );
+    if (j < 0) return;
+    push(makeRatio(
+      r,
+      attentionRatioId(x.rows, kv, attnRef!, x.context),
+      `decode attention ms, ${kv} KV / ${attnRef} KV, batch ${x.rows}, at ${x.context}`,
+      `attention[${i}].ms.median`,
+      `attention[${j}].ms.median`,
+    ));
+  });
+  if (r.capacity) {
+    const rows = r.capacity.rows;
+    const z = rows.findIndex((x) => x.plan === "zigzag50" && x.kv_dtype === "int4");
+    const full = rows.findIndex((x) => x.plan === "full" && x.kv_dtype === "int4");
+    if (z >= 0) {
+      push(makeRatio(
+        r,
+        "capacity.zigzag50.int4/duo_published",
+        "longest context in 80 GiB: zigzag 50% + int4 KV + q4 weights / DuoAttention's " +
+          "published 3.3M",
+        `capacity.rows[${z}].max_context`,
+        "capacity.duo_published.max_context",
+      ));
+      if (full >= 0) {
+        push(makeRatio(
+          r,
+          "capacity.zigzag50.int4/full.int4",
+          "longest context in 80 GiB: zigzag 50% / full attention (both int4 KV, q4 weights)",
+          `capacity.rows[${z}].max_context`,
+          `capacity.rows[${full}].max_context`,
+        ));
+      }
+    }
+  }
   push(makeRatio(
     r,
     "kv.llama3-8b.32k.zigzag/full",
@@ -418,6 +486,26 @@ export function buildTargets(r: BenchResult): Target[] {
       id,
     );
   }
+  // Decode attention with a quantized KV cache (--kernels), at --attention-context.
+  const attnRef = attentionReference(r) ?? "f16";
+  const attnCtx = r.attention?.length
+    ? Math.max(...r.attention.map((x) => x.context))
+    : (r.options.attention_context as number | undefined) ?? 4096;
+  const attnBatches = r.attention?.length
+    ? [...new Set(r.attention.map((x) => x.rows))].sort((a, b) => a - b)
+    : [1, 8];
+  for (const b of attnBatches) {
+    for (const [kv, target] of [["int4", 0.45], ["int8", 0.65]] as const) {
+      fromRatio(
+        `attention.b${b}.${kv}`,
+        `decode attention with ${kv} KV <= ${target}x ${attnRef} (batch ${b}, ${attnCtx} tokens)`,
+        "<=",
+        target,
+        attentionRatioId(b, kv, attnRef, attnCtx),
+        r.attention?.length ? undefined : "measured with --kernels",
+      );
+    }
+  }
   fromRatio(
     "issue3.kv",
     "Llama-3-8B at 32k, zigzag 50%: KV bytes <= 0.52x full (manager, closed form)",
@@ -425,6 +513,25 @@ export function buildTargets(r: BenchResult): Target[] {
     0.52,
     "kv.llama3-8b.32k.zigzag/full",
   );
+  const cap = r.capacity;
+  if (cap) {
+    const z = cap.rows.findIndex((x) => x.plan === "zigzag50" && x.kv_dtype === "int4");
+    const full = cap.rows.find((x) => x.plan === "full" && x.kv_dtype === "int4");
+    const n = (x: number) => x.toLocaleString("en-US");
+    t.push(makeTarget(
+      "capacity.zigzag50.int4",
+      `zigzag 50% + int4 KV + q4 weights fit >= ${n(cap.target_tokens)} tokens in ` +
+        `${cap.budget_gib} GiB (Llama-3-8B-Gradient-4194k, one sequence, closed form; ` +
+        `DuoAttention published ${n(cap.duo_published.max_context)}, full attention ` +
+        `${full ? n(full.max_context) : "-"})`,
+      ">=",
+      cap.target_tokens,
+      z >= 0 ? cap.rows[z].max_context : null,
+      null,
+      undefined,
+      `capacity.rows[${z}].max_context`,
+    ));
+  }
   if (r.cells.length) {
     fromRatio(
       "issue3.linear",
@@ -591,13 +698,16 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   L.push("| target | value | met | gap |");
   L.push("| --- | ---: | :---: | --- |");
   for (const t of r.targets) {
+    // Figures (value_ref: e.g. a token count) in full; ratios to 3 digits.
+    const fv = (v: number) => t.value_ref ? Math.round(v).toLocaleString("en-US") : f(v);
     const gap = t.met === null
       ? "not measured"
       : t.met
-      ? `met (margin ${f(Math.abs(t.gap!))})`
-      : `missed by ${f(t.gap!)} (needs ${f(t.factor_needed!)}x)`;
+      ? `met (margin ${fv(Math.abs(t.gap!))})`
+      : `missed by ${fv(t.gap!)} (needs ${f(t.factor_needed!)}x)`;
     L.push(
-      `| ${t.label} | ${f(t.value)} | ${t.met === null ? "-" : t.met ? "yes" : "no"} | ${gap} |`,
+      `| ${t.label} | ${t.value === null ? "-" : fv(t.value)} | ` +
+        `${t.met === null ? "-" : t.met ? "yes" : "no"} | ${gap} |`,
     );
   }
 
@@ -642,6 +752,8 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     );
   }
 
+  if (r.capacity) L.push("", ...capacityMarkdown(r.capacity));
+
   if (r.kernels?.length) {
     L.push("", "### Kernels (`--kernels`)", "");
     L.push(
@@ -660,16 +772,28 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   }
 
   if (r.attention?.length) {
+    const ref = attentionReference(r);
     L.push("", "### Decode attention (`--kernels`)", "");
-    L.push("| kernel | context | rows | dtype | ms | KV GB/s | / stream |");
-    L.push("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    L.push(
+      `| kernel | context | rows | KV dtype | ms | KV MiB read | KV GB/s | / stream | / ${ref} |`,
+    );
+    L.push("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for (const x of r.attention) {
+      const kv = attentionKv(x);
       L.push(
         `| ${x.kernel} (${x.heads}/${x.kv_heads} heads of ${x.head_dim}) | ${x.context} | ` +
-          `${x.rows} | ${x.dtype} | ${pm(x.ms)} | ${f(x.gbps.median)} | ` +
-          `${rv(`bw.attention.${x.dtype}.r${x.rows}@${x.context}/stream`)} |`,
+          `${x.rows} | ${kv}${kv === x.dtype ? "" : ` (W ${x.dtype})`} | ${pm(x.ms)} | ` +
+          `${mib(x.kv_bytes)} | ${f(x.gbps.median)} | ` +
+          `${rv(`bw.attention.${kv}.r${x.rows}@${x.context}/stream`)} | ${
+            kv === ref ? "1" : rv(attentionRatioId(x.rows, kv, ref!, x.context))
+          } |`,
       );
     }
+    L.push(
+      "",
+      "The KV dtypes of one batch are timed in the same sitting, interleaved round by round; " +
+        "KV MiB read counts the scales.",
+    );
   }
 
   if (r.cells.length) {
@@ -683,6 +807,50 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   L.push("", "### Method", "");
   for (const [k, v] of Object.entries(r.method)) L.push(`- **${k}**: ${v}`);
   return L.join("\n") + "\n";
+}
+
+const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+
+/** The capacity table: the longest context of one sequence in the budget, per plan and KV dtype,
+ * next to DuoAttention's published figure. */
+export function capacityMarkdown(cap: CapacityReport): string[] {
+  const L: string[] = [];
+  const w = cap.weights;
+  const n = (x: number) => x.toLocaleString("en-US");
+  L.push(
+    `### Longest context in ${cap.budget_gib} GiB: ${cap.model}, one sequence (closed form)`,
+    "",
+    `Budget ${cap.budget_gib} GiB = ${n(cap.budget_bytes)} bytes (${
+      cap.budget_gb.toFixed(1)
+    } GB) for weights, activations and KV cache together. Weights ${gib(w.total_bytes)} GiB: ` +
+      `${w.format} (${n(w.linear_params)} linear weights in ${gib(w.linear_bytes)} GiB, ` +
+      `embedding + LM head ${gib(w.embedding_bytes)} GiB, norms ${mib(w.norm_bytes)} MiB) — ` +
+      "the issue's accounting, not the runner's upload format. " +
+      `Activations: what the runner allocates at batch 1, prefill chunk ` +
+      `${cap.activations.prefill_chunk} (${cap.activations.formula}). KV: ` +
+      "maxContextFit of CacheGeometry over what is left (pages of 16 tokens; the streaming " +
+      "heads' sink + recent rings reserved), scales included.",
+    "",
+    "| plan | KV dtype | KV bytes / token | weights GiB | activations MiB | KV GiB | total GiB | " +
+      `max context | / ${n(cap.target_tokens)} | / DuoAttention 3.3M |`,
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  );
+  for (const x of cap.rows) {
+    L.push(
+      `| ${x.plan} (${x.plan_source}) | ${x.kv_dtype} | ${n(x.kv_bytes_per_token)} | ` +
+        `${gib(x.weight_bytes)} | ${mib(x.activation_bytes)} | ${gib(x.kv_bytes)} | ` +
+        `${gib(x.total_bytes)} | **${n(x.max_context)}** | ${f(x.vs_target)} | ` +
+        `${f(x.vs_duo_published)} |`,
+    );
+  }
+  const d = cap.duo_published;
+  L.push(
+    `| DuoAttention, published (${d.setting}) | int4 | | | | | | ${n(d.max_context)} | ` +
+      `${f(d.max_context / cap.target_tokens)} | 1 |`,
+    "",
+    `DuoAttention's figure is quoted from ${d.source}, not computed here.`,
+  );
+  return L;
 }
 
 // ---- charts --------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ import assert from "node:assert/strict";
 import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
 import { KvCacheManager } from "../cache/manager.ts";
 import { PRESETS, tinyConfig } from "../model/random.ts";
-import { managerStats, maxContextFit } from "../bench/kv.ts";
+import { llama3Capacity, managerStats, maxContextFit } from "../bench/kv.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
 import { lineChart, niceTicks } from "../bench/svg.ts";
 import { parseGateTsv } from "../plans/duo_import.ts";
+import { resolvePlan } from "../plans/resolve.ts";
+import { loadPlanFile } from "../plans/schema.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const PATTERN = `${ROOT}../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k`;
@@ -73,6 +75,8 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     "64x40",
     "--gemm-rows",
     "16",
+    "--attention-context",
+    "96",
     "--reference-mb",
     "1",
     "--kv-cache-mb",
@@ -141,11 +145,19 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   // Per dtype: matmul.wgsl gemv at rows 1 and 8, and one GEMM.
   assert.equal(r.kernels.length, 3 * (r.adapter.shader_f16 ? 2 : 1));
   for (const k of r.kernels) checkStat(k.gbps, `kernel ${k.kind}`);
-  assert.equal(r.attention.length, r.adapter.shader_f16 ? 4 : 2);
+  // Per batch 1 and 8: the float caches, int8 and int4, interleaved (same sample counts).
+  const kvs = [...(r.adapter.shader_f16 ? ["f16"] : []), "f32", "int8", "int4"];
+  assert.deepEqual(
+    r.attention.map((x: { rows: number; kv_dtype: string }) => `${x.rows}:${x.kv_dtype}`),
+    [1, 8].flatMap((b) => kvs.map((kv) => `${b}:${kv}`)),
+  );
+  // Bytes of one (position, KV head) entry at head_dim 16, scales included, by hand.
+  const entry: Record<string, number> = { f16: 32, f32: 64, int8: 16 + 4, int4: 8 + 4 };
   for (const x of r.attention) {
-    checkStat(x.gbps, "attention");
+    checkStat(x.gbps, "attention", r.reference.copy.gbps.samples.length);
     assert.equal(x.context, 96);
-    assert.equal(x.kv_bytes, x.rows * 96 * 2 * 16 * 2 * (x.dtype === "f16" ? 2 : 4));
+    assert.equal(x.kv_bytes, x.rows * 96 * 2 * 2 * entry[x.kv_dtype]);
+    assert.equal(x.dtype, x.kv_dtype === "f32" ? "f32" : r.adapter.shader_f16 ? "f16" : "f32");
   }
   assert.ok(r.fits.length >= 4);
 
@@ -173,9 +185,41 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   assert.equal(decodeRatio.num, zig.decode[1].ms_per_token.median);
   assert.equal(decodeRatio.den, full.decode[1].ms_per_token.median);
 
-  // targets: the value is the named ratio (or, for linearity, its exponent)
+  const ref = r.adapter.shader_f16 ? "f16" : "f32";
+  for (const b of [1, 8]) {
+    for (const kv of ["int8", "int4"]) {
+      const id = `attn.b${b}.${kv}/${ref}@96`;
+      const x = r.ratios.find((y: { id: string }) => y.id === id);
+      assert.ok(x, `ratio ${id} present`);
+      const i = r.attention.findIndex((y: { rows: number; kv_dtype: string }) =>
+        y.rows === b && y.kv_dtype === kv
+      );
+      assert.equal(x.num_ref, `attention[${i}].ms.median`);
+      assert.ok(x.paired, `${id}: paired samples (interleaved)`);
+      const t = r.targets.find((y: { id: string }) => y.id === `attention.b${b}.${kv}`);
+      assert.equal(t.ratio_id, id);
+      assert.equal(t.target, kv === "int4" ? 0.45 : 0.65);
+    }
+  }
+
+  // The capacity figure (closed form, also in --quick runs): the rows and their target.
+  assert.deepEqual(
+    r.capacity.rows.map((x: { plan: string; kv_dtype: string }) => `${x.plan}:${x.kv_dtype}`),
+    ["zigzag50:int4", "duo50:int4", "full:int4", "zigzag50:f16", "full:f16"],
+  );
+  const capTarget = r.targets.find((x: { id: string }) => x.id === "capacity.zigzag50.int4");
+  assert.equal(capTarget.value_ref, "capacity.rows[0].max_context");
+  assert.equal(capTarget.target, 4_194_304);
+
+  // targets: the value is the named ratio (or, for linearity, its exponent), or the figure at
+  // value_ref
   for (const t of r.targets) {
     if (t.value === null) continue;
+    if (t.value_ref) {
+      assert.equal(t.value, lookup(r, t.value_ref), `target ${t.id}: value at ${t.value_ref}`);
+      assert.equal(t.met, t.op === "<=" ? t.value <= t.target : t.value >= t.target);
+      continue;
+    }
     const ratio = r.ratios.find((x: { id: string }) => x.id === t.ratio_id);
     assert.ok(ratio, `target ${t.id} names ratio ${t.ratio_id}`);
     assert.equal(t.value, ratio.value, `target ${t.id}`);
@@ -202,6 +246,7 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   const md = await Deno.readTextFile(`${out}/bench.md`);
   assert.ok(md.includes(r.adapter.name));
   assert.ok(md.includes("Targets"));
+  assert.ok(md.includes("DuoAttention, published"));
   assert.match(await Deno.readTextFile(`${out}/decode.svg`), /^<svg[^>]*>[\s\S]*<\/svg>\s*$/);
   await Deno.remove(out, { recursive: true });
 });
@@ -249,6 +294,56 @@ Deno.test("bench: Llama-3-8B at 32k, 50% zigzag holds <= 0.52x the full KV bytes
   // 16 retrieval layers hold everything; 16 streaming layers 320 tokens.
   assert.equal(st.total.bytes_used, (32768 * 16 + 320 * 16) * 2 * 8 * 128 * 2);
   assert.ok(st.ratio_to_full <= 0.52);
+});
+
+Deno.test("bench: Llama-3-8B-Gradient-4194k in 80 GiB, zigzag 50% + int4 KV + q4 weights", async () => {
+  const cap = await llama3Capacity();
+  const c = PRESETS["llama-3-8b"];
+  const budget = 80 * 2 ** 30;
+  assert.equal(cap.budget_bytes, budget);
+  // Q4_0: 18 bytes per 32 weights of every linear layer; f16 embedding and LM head; f32 norms.
+  const linear = 32 * (4096 * 4096 * 2 + 1024 * 4096 * 2 + 14336 * 4096 * 3);
+  assert.equal(cap.weights.linear_params, linear);
+  const weights = (linear / 32) * 18 + 2 * 128256 * 4096 * 2 + (2 * 32 + 1) * 4096 * 4;
+  assert.equal(cap.weights.total_bytes, weights);
+  const plan = resolvePlan(
+    await loadPlanFile(`${ROOT}plans/shipped/llama-3-8b-instruct-gradient-4194k.zigzag50.json`),
+    c,
+  );
+  // The shipped plan is exactly 50% of the layers: 16 retrieval layers x 8 KV heads x K and V x
+  // (64 bytes of nibbles + one (scale, zero) word) per token.
+  assert.equal(plan.layers.filter((l) => l.kind === "retrieval").length, 16);
+  assert.equal(plan.layers.filter((l) => l.kind === "streaming").length, 16);
+  const perToken = 16 * 8 * 2 * (64 + 4);
+  const ring = 16 * 8 * 2 * (64 + 4) * (plan.sink + plan.recent);
+  for (const x of cap.rows) {
+    assert.ok(x.total_bytes <= budget, `${x.plan} ${x.kv_dtype}: fits`);
+    assert.equal(x.total_bytes, x.weight_bytes + x.activation_bytes + x.kv_bytes);
+    assert.equal(x.weight_bytes, weights);
+    assert.ok(x.activation_bytes > 0 && x.activation_bytes < 64 * 2 ** 20);
+    assert.ok(x.kv_budget_bytes <= budget - weights - x.activation_bytes);
+    assert.equal(x.max_context % 16, 0);
+  }
+  const z = cap.rows[0];
+  assert.deepEqual([z.plan, z.kv_dtype], ["zigzag50", "int4"]);
+  assert.equal(z.kv_bytes_per_token, perToken);
+  assert.equal(z.ring_bytes, ring);
+  const g = new CacheGeometry(c, plan, "int4");
+  assert.equal(z.max_context, maxContextFit(g, z.kv_budget_bytes, 1).max_context);
+  assert.equal(z.max_context, Math.floor((z.kv_budget_bytes - ring) / (16 * perToken)) * 16);
+  // The K/V shards the runner would allocate are the closed form's rings and pages.
+  assert.equal(z.kv_bytes, ring + (z.max_context / 16) * 16 * perToken);
+  // One more page does not fit with the weights and activations.
+  assert.ok(weights + z.activation_bytes + z.kv_bytes + 16 * perToken > budget);
+  assert.ok(z.max_context >= 4_194_304, `${z.max_context} tokens`);
+  // DuoAttention 50% keeps as many KV heads (128 of 256): the same bytes per token.
+  assert.equal(cap.rows[1].kv_bytes_per_token, perToken);
+  // Full attention holds twice the bytes per token; f16 four times int4's (~3.76x with scales).
+  const full = cap.rows[2];
+  assert.equal(full.kv_bytes_per_token, 32 * 8 * 2 * 68);
+  assert.ok(full.max_context < z.max_context / 1.99 && full.max_context > z.max_context / 2.01);
+  assert.equal(cap.rows[3].kv_bytes_per_token, 16 * 8 * 2 * 256);
+  assert.equal(cap.duo_published.max_context, 3_300_000);
 });
 
 Deno.test("bench: resampled DuoAttention patterns keep the budget and stay mixed", () => {
