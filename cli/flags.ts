@@ -7,7 +7,7 @@ import {
   KV_DTYPES,
   type KvDtype,
   type Precision,
-  WEIGHT_FORMATS,
+  WEIGHT_CHOICES,
 } from "../engine/engine.ts";
 import type { Args } from "../util/args.ts";
 
@@ -20,7 +20,7 @@ export const PRECISION_FLAG = "precision";
 /** --kv-dtype f16|f32|int8|int4: how the KV cache stores keys and values. */
 export const KV_DTYPE_FLAG = "kv-dtype";
 
-/** --weights float|q8_0|q4_0: how matmul weights are stored (quantized on load). */
+/** --weights native|float|q8_0|q4_0: how matmul weights are stored. */
 export const WEIGHTS_FLAG = "weights";
 
 /** The flags `engineFlags` reads. */
@@ -62,7 +62,7 @@ export function engineFlags(a: Args): EngineOptions {
   const tokenizer = a.optionalString("tokenizer");
   const precision = precisionFlag(a);
   const kvDtype = kvDtypeFlag(a);
-  const weights = a.optionalChoice(WEIGHTS_FLAG, WEIGHT_FORMATS);
+  const weights = a.optionalChoice(WEIGHTS_FLAG, WEIGHT_CHOICES);
   const plan = a.optionalString("plan");
   const window = windowFlags(a);
   const kvCacheMb = a.optionalNumber("kv-cache-mb", { min: 1 });

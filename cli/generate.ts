@@ -1,6 +1,7 @@
 // deno task generate --model PATH [--tokenizer PATH] (--prompt TEXT | --prompt-ids 1,2,3)
 //   --max-tokens N [--temperature T --top-k K --top-p P --min-p P --seed S]
-//   [--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--plan full|streaming|FILE]
+//   [--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--weights native|float|q8_0|q4_0]
+//   [--plan full|streaming|FILE]
 //   [--sink N --recent N]
 //   [--chunk N] [--decode-steps N] [--kv-cache-mb N] [--max-model-len N] [--json]
 //
@@ -13,7 +14,8 @@ import { ENGINE_FLAGS, engineFlags } from "./flags.ts";
 
 const USAGE = "usage: deno task generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) " +
   "--max-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S] " +
-  "[--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--plan full|streaming|FILE] [--json]";
+  "[--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--weights native|float|q8_0|q4_0] " +
+  "[--plan full|streaming|FILE] [--json]";
 
 const SAMPLING_FLAGS = ["temperature", "top-k", "top-p", "min-p", "seed"];
 

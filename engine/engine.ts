@@ -13,8 +13,7 @@
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
 import { CacheExhaustedError, type CacheLayout, KV_DTYPES, type KvDtype } from "../cache/layout.ts";
-import { nativeWeightFormat } from "../model/gguf_model.ts";
-import type { WeightFormat } from "../gpu/kernels/matmul.ts";
+import type { WeightChoice } from "../gpu/weights.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
@@ -45,6 +44,7 @@ import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 // What callers need to name the engine's failures and settings without reaching below it.
 export { CacheExhaustedError, KV_DTYPES, type KvDtype };
 export { WEIGHT_FORMATS, type WeightFormat } from "../gpu/kernels/matmul.ts";
+export { WEIGHT_CHOICES, type WeightChoice } from "../gpu/weights.ts";
 export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
 
@@ -63,9 +63,10 @@ export interface EngineOptions {
   precision?: Precision;
   /** How the KV cache stores keys and values (default: the precision). */
   kvDtype?: KvDtype;
-  /** How matmul weights are stored: "float" (the precision, default), or quantized on load to
-   * GGUF's Q8_0 / Q4_0 blocks. */
-  weights?: WeightFormat;
+  /** How matmul weights are stored: "native" (default: a GGUF's own quantized blocks where it
+   * has them, else the precision), "float" (the precision), or quantized on load to GGUF's
+   * Q8_0 / Q4_0 blocks. */
+  weights?: WeightChoice;
   /** "full", "streaming", a plan file, or a resolved plan (default "full"). */
   plan?: string | ResolvedPlan;
   /** Override the named plan's streaming window. */
@@ -216,8 +217,8 @@ export class Engine {
         decodeSteps: o.decodeSteps,
         maxModelLen: o.maxModelLen,
         kvDtype: o.kvDtype,
-        // A GGUF's own quantized format unless told otherwise (packed as stored, no requantizing).
-        weights: o.weights ?? nativeWeightFormat(model.weights),
+        // A GGUF's own quantized formats unless told otherwise (packed as stored).
+        weights: o.weights ?? "native",
       };
       let runner: EngineRunner;
       let shape: RunnerShape;
@@ -373,7 +374,7 @@ export class Engine {
       per_sequence: this.sequences(),
       geometry: {
         kv_dtype: g.kvDtype,
-        weights: this.shape.weights ?? "float",
+        weights: this.shape.weights ?? "native",
         page_size: cache.pageSize,
         page_bytes: g.pageBytes,
         ring_length: g.ringLength,

@@ -10,7 +10,7 @@ import {
   type KvDtype,
 } from "../cache/layout.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
-import type { WeightFormat } from "../gpu/kernels/matmul.ts";
+import type { WeightChoice } from "../gpu/weights.ts";
 import { ModelRunner } from "../gpu/runner.ts";
 import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
@@ -32,8 +32,9 @@ export interface RunnerSizes {
   precision: Precision;
   /** How the KV cache stores keys and values (default: `precision`). */
   kvDtype?: KvDtype;
-  /** How matmul weights are stored (default "float": the precision). */
-  weights?: WeightFormat;
+  /** How matmul weights are stored (default "float": the precision; "native": a GGUF's own
+   * formats). */
+  weights?: WeightChoice;
 }
 
 /** What the engine's loop needs to know of its runner's geometry. */
@@ -44,7 +45,7 @@ export interface RunnerShape {
   maxDecodeSteps: number;
   prefillChunk: number;
   /** How matmul weights are stored (undefined: "float"). */
-  weights?: WeightFormat;
+  weights?: WeightChoice;
 }
 
 /**

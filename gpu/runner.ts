@@ -13,7 +13,7 @@
 
 import type { CacheLayout } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
-import type { AnyTensor, LoadedModel, ModelConfig } from "../model/types.ts";
+import type { AnyTensor, LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import { createTensor, type GpuTensor, readBuffers } from "./buffers.ts";
 import type { Gpu, Precision } from "./device.ts";
 import {
@@ -27,7 +27,7 @@ import { ATTENTION_GEOMETRY, CARRY_FLOATS, maxSplitsFor, splitsFor } from "./ker
 import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kernels/common.ts";
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
-import type { WeightFormat } from "./kernels/matmul.ts";
+
 import { encodeSampling, SAMPLING_BYTES, type SamplingParams } from "./kernels/sample.ts";
 import { KvBuffers } from "./kv_buffers.ts";
 import { checkBufferPlan, type PlannedBuffer, withValidation } from "./limits.ts";
@@ -39,6 +39,7 @@ import {
   partLimit,
   uploadWeights,
   weightBuffers,
+  type WeightChoice,
 } from "./weights.ts";
 
 export type { SamplingParams };
@@ -60,7 +61,7 @@ export interface RunnerOptions {
   bindingLimit?: number;
   /** How matmul weights are stored: "float" (the precision, default) or quantized on load to
    * GGUF's Q8_0 / Q4_0 blocks (`--weights`). */
-  weights?: WeightFormat;
+  weights?: WeightChoice;
   /** Where checkpoint dtypes are converted (default: the host on CPU adapters, else the GPU). */
   convertOn?: ConvertOn;
   /** Source bytes of weights uploaded so far (progress). */
@@ -140,7 +141,10 @@ export class ModelRunner {
     opts: RunnerOptions,
   ): Promise<ModelRunner> {
     validateModel(model.config, opts.layout);
-    checkBufferPlan(gpu.limits, runnerBuffers(model.config, opts, gpu.limits, tiedHead(model)));
+    checkBufferPlan(
+      gpu.limits,
+      runnerBuffers(model.config, opts, gpu.limits, tiedHead(model), model.weights),
+    );
     return await withValidation(gpu.device, "building the model on the GPU", async () => {
       const r = new ModelRunner(gpu, model, opts);
       r.#weights = await uploadWeights(
@@ -490,6 +494,8 @@ export function runnerBuffers(
   opts: RunnerOptions,
   limits: GPUSupportedLimits,
   tied = c.tiedEmbeddings,
+  /** The checkpoint's tensors, which decide "native" weight formats (none: float). */
+  weights?: ModelWeights<AnyTensor>,
 ): PlannedBuffer[] {
   const qkvDim = (c.nHeads + 2 * c.nKvHeads) * c.headDim;
   const rows = Math.max(opts.prefillChunk, opts.maxBatch);
@@ -500,6 +506,7 @@ export function runnerBuffers(
     partLimit(limits, opts.bindingLimit),
     tied,
     opts.weights,
+    weights && { weights, layout: opts.layout },
   );
   const splits = runnerSplits(c, opts);
   out.push(

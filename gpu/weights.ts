@@ -37,7 +37,13 @@ import type { Precision } from "./device.ts";
 import { quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { convert, CONVERT_PARAMS_BYTES, convertGroups, encodeConvert } from "./kernels/convert.ts";
 import { bind } from "./kernels/kernel.ts";
-import { packQuantRow, QUANT_BLOCK, quantRowWords, type WeightFormat } from "./kernels/matmul.ts";
+import {
+  packQuantRow,
+  QUANT_BLOCKS,
+  type QuantFormat,
+  quantRowWords,
+  type WeightFormat,
+} from "./kernels/matmul.ts";
 import type { PlannedBuffer } from "./limits.ts";
 import type { Pipelines } from "./pipelines.ts";
 
@@ -94,9 +100,39 @@ interface MatrixShape {
   gathered?: boolean;
 }
 
-/** The format matrix `m` is stored in when the run asks for `weights`. */
-function formatOf(m: MatrixShape, weights: WeightFormat): WeightFormat {
-  return weights === "float" || m.gathered || m.cols % QUANT_BLOCK !== 0 ? "float" : weights;
+/** What a run asks of matmul weights: one format for every matrix that can take it, or
+ * "native": each matrix in the format its checkpoint tensors already have (a GGUF's blocks;
+ * float for anything else). */
+export type WeightChoice = WeightFormat | "native";
+
+/** What `--weights` accepts: "native" (the default), "float", or a format quantized on load. */
+export const WEIGHT_CHOICES: readonly WeightChoice[] = ["native", "float", "q8_0", "q4_0"];
+
+/** The checkpoint tensors each matrix is made of, and where its columns are reordered. */
+interface MatrixSources {
+  tensors: AnyTensor[];
+  /** Columns move in blocks of this many (wo of a layer whose heads are reordered). */
+  columnBlock?: number;
+}
+
+/**
+ * The format matrix `m` is stored in. A format is used only where each row is whole blocks and
+ * a column reorder moves whole blocks. "native": the sources' common quantized format; sources
+ * that differ (a Q4_K_M file's q|k|v with v in Q6_K), or a K-quant whose blocks a head reorder
+ * would split, are requantized to q8_0 from their decoded values (8.5 bits, the closest the
+ * on-load quantizers offer).
+ */
+function formatOf(m: MatrixShape, choice: WeightChoice, src?: MatrixSources): WeightFormat {
+  if (choice === "float" || m.gathered) return "float";
+  const fits = (f: WeightFormat) =>
+    f === "float" ||
+    (m.cols % QUANT_BLOCKS[f].elems === 0 &&
+      (src?.columnBlock === undefined || src.columnBlock % QUANT_BLOCKS[f].elems === 0));
+  if (choice !== "native") return fits(choice) ? choice : "float";
+  const types = (src?.tensors ?? []).map((t) => ("blocks" in t ? t.blocks?.type : undefined));
+  if (types.length === 0 || types.every((t) => t === undefined)) return "float";
+  if (types.every((t) => t === types[0]) && fits(types[0]!)) return types[0]!;
+  return fits("q8_0") ? "q8_0" : "float";
 }
 
 /** Storage units per row and bytes per unit of matrix `m` in format `f`. */
@@ -109,13 +145,53 @@ function rowUnits(
   return { stride: quantRowWords(f, m.cols), unit: 4 };
 }
 
-/** Whether the LM head is a matrix of its own: untied, or tied but quantized (its copy). */
-export function separateHead(c: ModelConfig, tied: boolean, weights: WeightFormat): boolean {
-  return !tied || formatOf(matrixShape(c, "lm_head"), weights) !== "float";
+/** One matrix the upload creates, with its format. */
+interface PlannedMatrix {
+  key: "embed" | "lm_head" | LayerMatrix;
+  layer: number;
+  shape: MatrixShape;
+  format: WeightFormat;
+}
+
+/**
+ * Every matrix the upload creates, in upload order, and the format of each: the buffer plan and
+ * the upload both ask here. `w` (the checkpoint's tensors) and `layout` (the head order) decide
+ * "native" formats; without them every matrix is float under "native". The LM head is a matrix
+ * of its own when untied, or when tied but quantized (a copy: the gather reads float tables).
+ */
+function planMatrices(
+  c: ModelConfig,
+  tied: boolean,
+  choice: WeightChoice,
+  w?: ModelWeights<AnyTensor>,
+  layout?: CacheLayout,
+): PlannedMatrix[] {
+  const plan = (
+    key: PlannedMatrix["key"],
+    layer: number,
+    src?: MatrixSources,
+  ): PlannedMatrix => {
+    const shape = matrixShape(c, key, layer);
+    return { key, layer, shape, format: formatOf(shape, choice, src) };
+  };
+  const out = [plan("embed", 0)];
+  for (let l = 0; l < c.nLayers; l++) {
+    const lw = w?.layers[l];
+    const order = layout?.kvHeadOrder(l);
+    const reordered = order !== undefined && order.some((v, i) => v !== i);
+    out.push(
+      plan("wqkv", l, lw && { tensors: [lw.wq, lw.wk, lw.wv] }),
+      plan("wo", l, lw && { tensors: [lw.wo], columnBlock: reordered ? c.headDim : undefined }),
+      plan("w_gate_up", l, lw && { tensors: [lw.wGate, lw.wUp] }),
+      plan("w_down", l, lw && { tensors: [lw.wDown] }),
+    );
+  }
+  const head = plan("lm_head", 0, w && { tensors: [w.lmHead] });
+  if (!tied || head.format !== "float") out.splice(1, 0, head);
+  return out;
 }
 
 type LayerMatrix = "wqkv" | "wo" | "w_gate_up" | "w_down";
-const LAYER_MATRICES: LayerMatrix[] = ["wqkv", "wo", "w_gate_up", "w_down"];
 
 /** The shape of one matrix the upload creates: the buffer plan and the upload both ask here. */
 function matrixShape(c: ModelConfig, m: "embed" | "lm_head" | LayerMatrix, l = 0): MatrixShape {
@@ -138,13 +214,6 @@ function matrixShape(c: ModelConfig, m: "embed" | "lm_head" | LayerMatrix, l = 0
     case "w_down":
       return { name: `w_down L${l}`, rows: c.dim, cols: c.hiddenDim };
   }
-}
-
-function matrixShapes(c: ModelConfig, tied: boolean, weights: WeightFormat): MatrixShape[] {
-  const out = [matrixShape(c, "embed")];
-  if (separateHead(c, tied, weights)) out.push(matrixShape(c, "lm_head"));
-  for (let l = 0; l < c.nLayers; l++) out.push(...LAYER_MATRICES.map((m) => matrixShape(c, m, l)));
-  return out;
 }
 
 /**
@@ -184,10 +253,12 @@ export function weightBuffers(
   dt: Precision,
   limit: number,
   tied = c.tiedEmbeddings,
-  weights: WeightFormat = "float",
+  weights: WeightChoice = "float",
+  sources?: { weights: ModelWeights<AnyTensor>; layout: CacheLayout },
 ): PlannedBuffer[] {
-  return matrixShapes(c, tied, weights).flatMap((m) => {
-    const { stride, unit: e } = rowUnits(m, formatOf(m, weights), dt);
+  return planMatrices(c, tied, weights, sources?.weights, sources?.layout).flatMap((pm) => {
+    const m = pm.shape;
+    const { stride, unit: e } = rowUnits(m, pm.format, dt);
     const parts = rowParts(m.rows, stride, e, limit);
     return parts.map((p) => ({
       name: parts.length > 1 ? `${m.name} rows ${p.rowStart}..${p.rowStart + p.rows - 1}` : m.name,
@@ -210,7 +281,7 @@ export interface UploadOptions {
   /** Source bytes read so far. */
   onBytes?: (bytes: number) => void;
   /** How matmul weights are stored (default "float": the storage precision). */
-  weights?: WeightFormat;
+  weights?: WeightChoice;
 }
 
 /** Streams a model's weights into GPU buffers (see the file comment). */
@@ -247,7 +318,10 @@ async function uploadAll(
 ): Promise<ModelTensors> {
   const w = asWeights(weights);
   const hd = c.headDim;
-  const embedding = up.matrix(matrixShape(c, "embed"));
+  const planned = planMatrices(c, w.lmHead === w.tokenEmbedding, up.weights, weights, layout);
+  const format = (key: PlannedMatrix["key"], l = 0) =>
+    planned.find((p) => p.key === key && p.layer === l)!.format;
+  const embedding = up.matrix(matrixShape(c, "embed"), "float");
   await up.rows(embedding, 0, w.tokenEmbedding);
   const layers = [];
   for (let l = 0; l < c.nLayers; l++) {
@@ -257,16 +331,16 @@ async function uploadAll(
     const qOrder = order.flatMap((kv) => Array.from({ length: group }, (_, g) => kv * group + g));
     const qDim = c.nHeads * hd;
     const kvDim = c.nKvHeads * hd;
-    const wqkv = up.matrix(matrixShape(c, "wqkv", l));
+    const wqkv = up.matrix(matrixShape(c, "wqkv", l), format("wqkv", l));
     await up.rows(wqkv, 0, lw.wq, { order: qOrder, block: hd });
     await up.rows(wqkv, qDim, lw.wk, { order, block: hd });
     await up.rows(wqkv, qDim + kvDim, lw.wv, { order, block: hd });
-    const wo = up.matrix(matrixShape(c, "wo", l));
+    const wo = up.matrix(matrixShape(c, "wo", l), format("wo", l));
     await up.rows(wo, 0, lw.wo, { columnOrder: qOrder, block: hd });
-    const wGateUp = up.matrix(matrixShape(c, "w_gate_up", l));
+    const wGateUp = up.matrix(matrixShape(c, "w_gate_up", l), format("w_gate_up", l));
     await up.rows(wGateUp, 0, lw.wGate);
     await up.rows(wGateUp, c.hiddenDim, lw.wUp);
-    const wDown = up.matrix(matrixShape(c, "w_down", l));
+    const wDown = up.matrix(matrixShape(c, "w_down", l), format("w_down", l));
     await up.rows(wDown, 0, lw.wDown);
     let bqkv: GpuTensor | null = null;
     if (lw.bq && lw.bk && lw.bv) {
@@ -290,8 +364,8 @@ async function uploadAll(
     });
   }
   let lmHead = embedding;
-  if (separateHead(c, w.lmHead === w.tokenEmbedding, up.weights)) {
-    lmHead = up.matrix(matrixShape(c, "lm_head"));
+  if (planned.some((p) => p.key === "lm_head")) {
+    lmHead = up.matrix(matrixShape(c, "lm_head"), format("lm_head"));
     await up.rows(lmHead, 0, w.lmHead);
   }
   const finalNorm = await up.vector(w.finalNorm, "final_norm");
@@ -350,7 +424,7 @@ class WeightUploader {
     readonly dt: Precision,
     readonly partLimit: number,
     readonly convertOn: ConvertOn,
-    readonly weights: WeightFormat,
+    readonly weights: WeightChoice,
   ) {
     this.#bytesPerElement = dt === "f16" ? 2 : 4;
     this.#params = device.createBuffer({
@@ -362,9 +436,8 @@ class WeightUploader {
 
   /** Allocates a [rows, cols] matrix, rows padded to 4 columns (or quantized rows), in parts
    * that fit a binding. */
-  matrix(shape: MatrixShape): GpuMatrix {
+  matrix(shape: MatrixShape, format: WeightFormat): GpuMatrix {
     const { name, rows, cols } = shape;
-    const format = formatOf(shape, this.weights);
     const { stride, unit } = rowUnits(shape, format, this.dt);
     const parts = rowParts(rows, stride, unit, this.partLimit).map((
       p,
@@ -400,6 +473,8 @@ class WeightUploader {
    * placed as `p` says, chunk by chunk; the next chunk is read while one is written.
    */
   async rows(m: GpuMatrix, dstRow: number, t: WeightTensor, p: Placement = {}): Promise<void> {
+    // An identity column order moves nothing (and so splits no block).
+    if (p.columnOrder?.every((v, i) => v === i)) p = { ...p, columnOrder: undefined };
     const n = t.shape[0];
     const cols = numel(t) / n;
     if (cols !== m.cols || dstRow + n > m.rows) {
@@ -416,7 +491,7 @@ class WeightUploader {
     // A GGUF tensor already in the matrix's format: its blocks are packed as they are (a column
     // reorder of whole heads moves whole blocks), never decoded and requantized.
     const blocks = m.format !== "float" && t.blocks?.type === m.format &&
-        (!p.columnOrder || p.block! % QUANT_BLOCK === 0)
+        (!p.columnOrder || p.block! % QUANT_BLOCKS[m.format].elems === 0)
       ? t.blocks
       : undefined;
     if (blocks) return await this.#rowsFromBlocks(m, blocks, cols, reads, p);
@@ -431,6 +506,9 @@ class WeightUploader {
         bytes = permuteColumnBlocks(bytes, reads[i].rows, cols, p.columnOrder, p.block! * e, e);
       }
       if (m.format !== "float") {
+        if (m.format !== "q8_0" && m.format !== "q4_0") {
+          throw new Error(`${t.name}: ${m.format} weights come only from a GGUF's own blocks`);
+        }
         const words = quantizeRows(m.format, bytes, reads[i].rows, cols, t.sourceDtype);
         await this.#writeUnits(m, reads[i].dstRow, reads[i].rows, new Uint8Array(words.buffer));
         this.onBytes?.(raw.byteLength);
@@ -476,14 +554,21 @@ class WeightUploader {
     reads: RowRead[],
     p: Placement,
   ): Promise<void> {
-    const format = m.format as Exclude<WeightFormat, "float">;
-    const bb = format === "q8_0" ? 34 : 18;
-    const rowBlocks = cols / QUANT_BLOCK;
+    const format = m.format as QuantFormat;
+    const { elems, bytes: bb } = QUANT_BLOCKS[format];
+    const rowBlocks = cols / elems;
     const words = quantRowWords(format, cols);
     for (const r of reads) {
       let raw = await blocks.read(r.srcRow * cols, r.rows * cols);
       if (p.columnOrder) {
-        raw = permuteColumnBlocks(raw, r.rows, rowBlocks, p.columnOrder, (p.block! / 32) * bb, bb);
+        raw = permuteColumnBlocks(
+          raw,
+          r.rows,
+          rowBlocks,
+          p.columnOrder,
+          (p.block! / elems) * bb,
+          bb,
+        );
       }
       const out = new Uint32Array(r.rows * words);
       for (let i = 0; i < r.rows; i++) {

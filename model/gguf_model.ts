@@ -4,11 +4,11 @@
 //
 // Architecture `llama` (Llama and Mistral; llama.cpp's converter permutes q and k rows for its
 // interleaved-pair RoPE, so the weights run with `ropeStyle: "interleaved"` as stored). Tensor
-// types F32, F16, BF16 are read as they are; Q8_0 and Q4_0 tensors also expose their raw blocks
-// (`WeightTensor.blocks`), which the GPU upload packs without requantizing when the run stores
-// that format (`--weights`, which for a GGUF defaults to the file's own type); Q5_0, Q4_K, Q5_K
-// and Q6_K (and Q8_0/Q4_0 into another format) are decoded on the host, chunk by chunk, by
-// model/gguf_blocks.ts into f32 rows, then stored as the run's format says.
+// types F32, F16, BF16 are read as they are. Quantized tensors (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K,
+// Q6_K) expose their raw blocks (`WeightTensor.blocks`): with `--weights native` (the default)
+// the GPU upload packs them as stored and the matmul dequantizes them in its inner loop
+// (wgsl/w_<format>.wgsl); `readRaw` decodes them on the host into f32 rows (model/gguf_blocks.ts)
+// for every other case (a float run, a fused matrix of mixed types, requantizing on load).
 
 import { BLOCK_FORMATS, dequantizeRow, type GgmlType } from "./gguf_blocks.ts";
 import {
@@ -25,7 +25,6 @@ import {
 import { Template } from "@huggingface/jinja";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
 import {
-  type AnyTensor,
   type ChatMessage,
   type LayerWeights,
   type LoadedModel,
@@ -147,9 +146,10 @@ function ggufTensor(r: GgufReader, info: GgufTensorInfo): WeightTensor {
       return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
     },
   };
-  if (type === "Q8_0" || type === "Q4_0") {
-    t.blocks = { type: type === "Q8_0" ? "q8_0" : "q4_0", read: blockRange };
-  }
+  t.blocks = {
+    type: type.toLowerCase() as NonNullable<WeightTensor["blocks"]>["type"],
+    read: blockRange,
+  };
   return t;
 }
 
@@ -247,19 +247,4 @@ export async function openGgufModel(
     r.close();
     throw e;
   }
-}
-
-/** The quantized format most of the layers' matrices are stored in ("q8_0", "q4_0"), or
- * "float": what `--weights` defaults to for this model. */
-export function nativeWeightFormat(w: ModelWeights<AnyTensor>): "float" | "q8_0" | "q4_0" {
-  const counts = new Map<string, number>();
-  for (const l of w.layers) {
-    for (const m of [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown]) {
-      const k = ("blocks" in m ? m.blocks?.type : undefined) ?? "float";
-      counts.set(k, (counts.get(k) ?? 0) + 1);
-    }
-  }
-  let best: "float" | "q8_0" | "q4_0" = "float";
-  for (const [k, n] of counts) if (n > (counts.get(best) ?? 0)) best = k as typeof best;
-  return best;
 }

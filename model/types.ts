@@ -51,9 +51,12 @@ export interface WeightTensor {
   sourceDtype: SourceDtype;
   /** Raw bytes of elements [offset, offset + count) (row-major), in `sourceDtype`. */
   readRaw(offset: number, count: number): Promise<Uint8Array>;
-  /** A GGUF Q8_0 / Q4_0 tensor's own blocks (`readRaw` decodes them to f32): the bytes of the
-   * blocks of elements [offset, offset + count), whole blocks of 32. */
-  blocks?: { type: "q8_0" | "q4_0"; read(offset: number, count: number): Promise<Uint8Array> };
+  /** A GGUF quantized tensor's own blocks (`readRaw` decodes them to f32): the bytes of the
+   * blocks of elements [offset, offset + count), whole blocks. */
+  blocks?: {
+    type: "q8_0" | "q4_0" | "q5_0" | "q4_k" | "q5_k" | "q6_k";
+    read(offset: number, count: number): Promise<Uint8Array>;
+  };
 }
 
 /** A dense row-major tensor on the host; `sourceDtype` is what the file stored. */

@@ -6,8 +6,8 @@ import {
   KV_DTYPES,
   type KvDtype,
   type Precision,
-  WEIGHT_FORMATS,
-  type WeightFormat,
+  WEIGHT_CHOICES,
+  type WeightChoice,
 } from "../engine/engine.ts";
 import type { HubOptions } from "../model/hub.ts";
 import { CliError, parseArgs } from "../util/args.ts";
@@ -34,7 +34,7 @@ export interface ServerConfig {
   /** How the KV cache stores keys and values (default: the precision). */
   kvDtype?: KvDtype;
   /** How matmul weights are stored (default float: the precision). */
-  weights?: WeightFormat;
+  weights?: WeightChoice;
   /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
   chatTemplate?: string;
   /** Name the API reports for the model (default: the model directory's or repo's name). */
@@ -91,8 +91,10 @@ flags (environment variable in brackets; a flag wins):
   --precision f16|f32   [ZIGZAG_PRECISION] (default f16 where the adapter has it)
   --kv-dtype f16|f32|int8|int4   how the KV cache stores keys and values, scales included in
                         every byte count [ZIGZAG_KV_DTYPE] (default: the precision)
-  --weights float|q8_0|q4_0   matmul weights quantized on load to GGUF's Q8_0 / Q4_0 blocks
-                        (the embedding stays in the precision) [ZIGZAG_WEIGHTS] (default float)
+  --weights native|float|q8_0|q4_0   matmul weights: a GGUF's own quantized blocks (native, the
+                        default; float for other checkpoints), the precision, or quantized on load
+                        to GGUF's Q8_0 / Q4_0 blocks (the embedding stays in the precision)
+                        [ZIGZAG_WEIGHTS]
   --chat-template FILE  Jinja chat template instead of tokenizer_config.json's
                         [ZIGZAG_CHAT_TEMPLATE]
   --served-model-name NAME   model id in the API [ZIGZAG_SERVED_MODEL_NAME]
@@ -225,8 +227,12 @@ export function parseServerConfig(
     throw new ConfigError(sources["kv-dtype"], kvDtype, `must be one of ${KV_DTYPES.join(", ")}`);
   }
   const weights = str("weights", "ZIGZAG_WEIGHTS");
-  if (weights !== undefined && !(WEIGHT_FORMATS as readonly string[]).includes(weights)) {
-    throw new ConfigError(sources.weights, weights, `must be one of ${WEIGHT_FORMATS.join(", ")}`);
+  if (weights !== undefined && !(WEIGHT_CHOICES as readonly string[]).includes(weights)) {
+    throw new ConfigError(
+      sources.weights,
+      weights,
+      `must be one of ${WEIGHT_CHOICES.join(", ")}`,
+    );
   }
   const cfg: ServerConfig = {
     model,
@@ -254,7 +260,7 @@ export function parseServerConfig(
     apiKey: str("api-key", "ZIGZAG_API_KEY"),
     precision: precision as Precision | undefined,
     kvDtype: kvDtype as KvDtype | undefined,
-    weights: weights as WeightFormat | undefined,
+    weights: weights as WeightChoice | undefined,
     chatTemplate: str("chat-template", "ZIGZAG_CHAT_TEMPLATE"),
     servedModelName: str("served-model-name", "ZIGZAG_SERVED_MODEL_NAME"),
     graceS: num({ flag: "grace-s", env: "ZIGZAG_GRACE_S", min: 0 }) ?? 30,

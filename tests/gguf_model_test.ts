@@ -4,11 +4,20 @@
 // quantized files must equal the CPU reference run on the same blocks decoded on the CPU.
 
 import assert from "node:assert/strict";
-import { BLOCK_FORMATS, dequantizeRow, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
-import { nativeWeightFormat } from "../model/gguf_model.ts";
+import { BLOCK_FORMATS, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
+import { quantRowWords } from "../gpu/kernels/matmul.ts";
+import { weightBuffers } from "../gpu/weights.ts";
 import { loadModel } from "../model/load.ts";
 import type { HostTensor, LoadedModel } from "../model/types.ts";
-import { type GgufWriteTensor, type GgufWriteValue, writeGguf } from "./gguf_writer.ts";
+import {
+  type GgufWriteTensor,
+  type GgufWriteValue,
+  randomBlocks,
+  writeGguf,
+} from "./gguf_writer.ts";
+import { Rng } from "./kernel_harness.ts";
+import { dequantizeRow, type GgmlType } from "../model/gguf_blocks.ts";
+import type { QuantFormat } from "../gpu/kernels/matmul.ts";
 import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
 import { gpuGreedy, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
 import { Llama2cTokenizer } from "../model/tokenizer_llama2c.ts";
@@ -115,7 +124,6 @@ Deno.test(
           m.tokenizer!.applyChatTemplate!([{ role: "user", content: "hi" }], true),
           "[user] hi\n",
         );
-        assert.equal(nativeWeightFormat(m.weights), "float");
         const runner = await makeRunner(m, "f32", plan(m.config, "full", 0, 1), { chunk: 7 });
         try {
           for (const g of golden.slice(0, 2)) {
@@ -148,18 +156,31 @@ Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) =
         const lazy = await loadModel(path, { lazy: true });
         try {
           // q, k, v, o, gate and up rows are 64 wide (whole blocks); down's 172 are not (F32).
-          const format = nativeWeightFormat(lazy.weights);
-          assert.equal(format, type === "Q8_0" ? "q8_0" : "q4_0");
+          const format = type === "Q8_0" ? "q8_0" : "q4_0";
           const down = lazy.weights.layers[0].wDown;
           assert.ok(!("blocks" in down) || down.blocks === undefined, "ffn_down stays F32");
           const gate = lazy.weights.layers[0].wGate;
-          assert.ok("blocks" in gate && gate.blocks !== undefined, "ffn_gate has its blocks");
+          assert.ok("blocks" in gate && gate.blocks?.type === format, "ffn_gate has its blocks");
+          // "native": each matrix in its tensors' own format; the tied F32 head stays the
+          // embedding (no copy).
+          const pl = plan(lazy.config, "full", 0, 1);
+          const runnerOf = (weights: "native" | "float") =>
+            makeRunner(lazy, "f32", pl, { chunk: 8, weights });
+          const probe = await runnerOf("native");
+          const bytes = new Map(
+            weightBuffers(lazy.config, "f32", Infinity, true, "native", {
+              weights: lazy.weights,
+              layout: probe.layout,
+            }).map((b) => [b.name.replace(/ \(.*\)$/, ""), b.bytes]),
+          );
+          probe.destroy();
+          const c = lazy.config;
+          assert.equal(bytes.get("wqkv L0"), (c.dim + 2 * 4 * 8) * quantRowWords(format, 64) * 4);
+          assert.equal(bytes.get("w_gate_up L0"), 2 * 172 * quantRowWords(format, 64) * 4);
+          assert.equal(bytes.get("w_down L0"), 64 * 172 * 4);
+          assert.equal(bytes.has("lm_head"), false);
           const prompt = host.tokenizer!.encode("Once upon a time, there was a little");
-          // The tied LM head is quantized too (gpu/weights.ts): its own copy, rows of 64.
-          const e = host.weights.tokenEmbedding;
-          const blocks = (type === "Q8_0" ? quantizeQ8_0 : quantizeQ4_0)(e.data);
-          const lmHead = { ...e, data: dequantizeRow(type, blocks, e.data.length) };
-          const cpu = new CpuLlama(host.config, { ...host.weights, lmHead });
+          const cpu = new CpuLlama(host.config, host.weights);
           let logits: Float32Array = new Float32Array();
           prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
           const first = logits;
@@ -168,10 +189,7 @@ Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) =
             logits = cpu.forward(tokens[tokens.length - 1], prompt.length + tokens.length - 1);
             tokens.push(argmax(logits));
           }
-          const runner = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
-            chunk: 8,
-            weights: format,
-          });
+          const runner = await runnerOf("native");
           try {
             const g = await gpuGreedy(runner, prompt, 40);
             // Same decoded weights (d * q is exact in f32), another summation order: 1e-3.
@@ -181,18 +199,12 @@ Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) =
           } finally {
             runner.destroy();
           }
-          // --weights float: the blocks decoded on the host (the path Q5_0 and the K-quants
-          // take), the tied head left as the file stores it.
-          const exact = new CpuLlama(host.config, host.weights);
-          let hostFirst: Float32Array = new Float32Array();
-          prompt.forEach((tok, i) => (hostFirst = exact.forward(tok, i)));
-          const decoded = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
-            chunk: 8,
-            weights: "float",
-          });
+          // --weights float: the blocks decoded on the host (the path a Q4_K_M file's mixed
+          // q|k|v takes on its way to q8_0).
+          const decoded = await runnerOf("float");
           try {
             const g = await gpuGreedy(decoded, prompt, 1);
-            const d = maxAbsDiff(g.logits, hostFirst);
+            const d = maxAbsDiff(g.logits, first);
             assert.ok(d <= 1e-3, `${type} decoded on the host: max |diff| ${d}`);
           } finally {
             decoded.destroy();
@@ -220,3 +232,114 @@ Deno.test("GGUF: unsupported architectures and vocabularies are named", async ()
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test(
+  "GGUF: a Q4_K_M-style mix runs its K-quant blocks, a mixed q|k|v as q8_0",
+  gpuTest,
+  async () => {
+    // 256-wide rows (whole super-blocks): q, k Q4_K and v Q6_K (so the fused q|k|v mixes and is
+    // requantized to q8_0 from its decoded values), o Q5_K, gate and up Q4_K, down Q5_0 (rows of
+    // 512), the head Q6_K; embedding and norms F32.
+    const dim = 256, hidden = 512, heads = 4, kvHeads = 2, hd = 64, vocab = 96;
+    const rng = new Rng(77);
+    const f32 = (name: string, dims: number[], lo: number, hi: number): GgufWriteTensor => {
+      const x = rng.array(dims.reduce((a, b) => a * b, 1), lo, hi);
+      return { name, dims, type: 0, data: new Uint8Array(x.buffer) };
+    };
+    const quant = (name: string, dims: number[], f: QuantFormat): GgufWriteTensor => ({
+      name,
+      dims,
+      type: BLOCK_FORMATS[f.toUpperCase() as GgmlType].id,
+      data: randomBlocks(f, dims[0] * dims[1], rng),
+    });
+    const tensors = [
+      f32("token_embd.weight", [dim, vocab], -1, 1),
+      f32("blk.0.attn_norm.weight", [dim], 0.9, 1.1),
+      quant("blk.0.attn_q.weight", [dim, heads * hd], "q4_k"),
+      quant("blk.0.attn_k.weight", [dim, kvHeads * hd], "q4_k"),
+      quant("blk.0.attn_v.weight", [dim, kvHeads * hd], "q6_k"),
+      quant("blk.0.attn_output.weight", [heads * hd, dim], "q5_k"),
+      f32("blk.0.ffn_norm.weight", [dim], 0.9, 1.1),
+      quant("blk.0.ffn_gate.weight", [dim, hidden], "q4_k"),
+      quant("blk.0.ffn_up.weight", [dim, hidden], "q4_k"),
+      quant("blk.0.ffn_down.weight", [hidden, dim], "q5_0"),
+      f32("output_norm.weight", [dim], 0.9, 1.1),
+      quant("output.weight", [dim, vocab], "q6_k"),
+    ];
+    const u32 = (value: number): GgufWriteValue => ({ type: "u32", value });
+    const dir = await Deno.makeTempDir();
+    try {
+      const path = `${dir}/mix.gguf`;
+      await writeGguf(path, {
+        metadata: [
+          ["general.architecture", { type: "string", value: "llama" }],
+          ["llama.context_length", u32(128)],
+          ["llama.embedding_length", u32(dim)],
+          ["llama.block_count", u32(1)],
+          ["llama.feed_forward_length", u32(hidden)],
+          ["llama.attention.head_count", u32(heads)],
+          ["llama.attention.head_count_kv", u32(kvHeads)],
+          ["tokenizer.ggml.model", { type: "string", value: "llama" }],
+          ["tokenizer.ggml.tokens", {
+            type: "array",
+            elem: "string",
+            value: Array.from({ length: vocab }, (_, i) => `t${i}`),
+          }],
+        ],
+        tensors,
+      });
+      const host = await loadModel(path);
+      const lazy = await loadModel(path, { lazy: true });
+      try {
+        // The reference: every tensor decoded (gguf_blocks.ts), and q|k|v through Q8_0 as well.
+        const requant = (t: typeof host.weights.layers[0]["wq"]) => {
+          const blocks = quantizeQ8_0(t.data);
+          return { ...t, data: dequantizeRow("Q8_0", blocks, t.data.length) };
+        };
+        const l0 = host.weights.layers[0];
+        const cpu = new CpuLlama(host.config, {
+          ...host.weights,
+          layers: [{ ...l0, wq: requant(l0.wq), wk: requant(l0.wk), wv: requant(l0.wv) }],
+        });
+        const prompt = Array.from({ length: 21 }, (_, i) => (i * 7 + 3) % vocab);
+        let logits: Float32Array = new Float32Array();
+        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const runner = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
+          chunk: 8,
+          weights: "native",
+        });
+        try {
+          const formats = new Map(
+            weightBuffers(lazy.config, "f32", Infinity, false, "native", {
+              weights: lazy.weights,
+              layout: runner.layout,
+            }).map((b) => [b.name.replace(/ \(.*\)$/, ""), b.bytes]),
+          );
+          // Bytes say which format each matrix took.
+          assert.equal(
+            formats.get("wqkv L0"),
+            (heads + 2 * kvHeads) * hd * (dim / 4 + dim / 64) * 4,
+          );
+          assert.equal(formats.get("wo L0"), dim * (heads * hd / 256) * 44 * 4);
+          assert.equal(formats.get("w_gate_up L0"), 2 * hidden * (dim / 256) * 36 * 4);
+          assert.equal(
+            formats.get("w_down L0"),
+            dim * (hidden / 8 + hidden / 32 + hidden / 64) * 4,
+          );
+          assert.equal(formats.get("lm_head"), vocab * (dim / 256) * 53 * 4);
+          const g = await gpuGreedy(runner, prompt, 1);
+          // Decoded K-quant values are exact in f32 but for the final subtraction (Q4_K/Q5_K:
+          // d sc q - dmin m, one rounding, the same on both sides), so the f32 tolerance holds.
+          const d = maxAbsDiff(g.logits, logits);
+          assert.ok(d <= 1e-3, `max |diff| ${d}`);
+        } finally {
+          runner.destroy();
+        }
+      } finally {
+        lazy.close?.();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -4,6 +4,9 @@
 // data at the next aligned offset. Tensor data is written as given — the writer does not check
 // it against dims and type, so tests can build inconsistent files on purpose.
 
+import { QUANT_BLOCKS, type QuantFormat } from "../gpu/kernels/matmul.ts";
+import type { Rng } from "./kernel_harness.ts";
+
 /** A scalar metadata value type. */
 export type GgufScalarType =
   | "u8"
@@ -257,4 +260,25 @@ export async function writeGguf(path: string, spec: GgufWriteSpec): Promise<Gguf
   const layout = encodeGguf(spec);
   await Deno.writeFile(path, layout.bytes);
   return layout;
+}
+
+/** Random blocks of a GGUF format, their scales set to finite f16 values of a sensible size. */
+export function randomBlocks(format: QuantFormat, k: number, rng: Rng): Uint8Array {
+  const { elems, bytes } = QUANT_BLOCKS[format];
+  const out = new Uint8Array((k / elems) * bytes);
+  for (let i = 0; i < out.length; i++) out[i] = rng.int(256);
+  const half = (at: number, v: number) => {
+    const h = new Uint16Array(Float16Array.of(v).buffer)[0];
+    out[at] = h & 255;
+    out[at + 1] = h >> 8;
+  };
+  for (let b = 0; b < k / elems; b++) {
+    const o = b * bytes;
+    if (format === "q6_k") half(o + 208, rng.uniform(-0.01, 0.01));
+    else if (format === "q4_k" || format === "q5_k") {
+      half(o, rng.uniform(-0.01, 0.01));
+      half(o + 2, rng.uniform(-0.05, 0.05));
+    } else half(o, rng.uniform(-0.05, 0.05));
+  }
+  return out;
 }

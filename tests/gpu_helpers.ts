@@ -1,7 +1,7 @@
 // Shared set-up for tests that run whole models on the GPU.
 
 import { type BufferLimits, CacheLayout, type KvDtype } from "../cache/layout.ts";
-import type { WeightFormat } from "../gpu/kernels/matmul.ts";
+import type { WeightChoice } from "../gpu/weights.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import { getGpu, type Precision } from "../gpu/device.ts";
 import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
@@ -128,7 +128,7 @@ export async function makeRunner(
     /** How the cache stores keys and values (default: `precision`). */
     kvDtype?: KvDtype;
     /** How matmul weights are stored (default float). */
-    weights?: WeightFormat;
+    weights?: WeightChoice;
   } = {},
 ): Promise<TestRunner> {
   const maxBatch = o.maxBatch ?? 4;

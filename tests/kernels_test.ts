@@ -28,9 +28,11 @@ import {
   MATMUL_GEOMETRY,
   matmulGroups,
   packQuantRow,
+  type QuantFormat,
   quantRowWords,
 } from "../gpu/kernels/matmul.ts";
-import { dequantizeRow, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
+import { randomBlocks } from "./gguf_writer.ts";
+import { dequantizeRow, type GgmlType, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { rmsnorm } from "../gpu/kernels/rmsnorm.ts";
 import { rope } from "../gpu/kernels/rope.ts";
 import {
@@ -309,8 +311,8 @@ interface MatmulCase {
   groups?: [number, number, number];
   /** Row parts the weight is split into (one dispatch each); default 1. */
   parts?: number;
-  /** Quantized weights (w_q8_0.wgsl / w_q4_0.wgsl): K a multiple of 32. */
-  format?: "q8_0" | "q4_0";
+  /** Quantized weights (wgsl/w_<format>.wgsl): K a multiple of the format's block. */
+  format?: QuantFormat;
 }
 
 const MATMUL_CASES: MatmulCase[] = [
@@ -353,6 +355,16 @@ const MATMUL_CASES: MatmulCase[] = [
     { entry: "gemm", N: 67, K: 96, T: 70, norm: true, format },
     { entry: "gemm", N: 130, K: 1216, T: 9, parts: 2, accumulate: true, bias: true, format },
   ]),
+  // The formats GGUF files bring (random blocks): Q5_0 at K = 96, the K-quants at K = 512 (two
+  // super-blocks; every sub-block, half and scale position) and 768 with fused inputs.
+  ...(["q5_0", "q4_k", "q5_k", "q6_k"] as const).flatMap((format): MatmulCase[] => {
+    const K = format === "q5_0" ? 96 : 512;
+    return [
+      { entry: "gemv", N: 67, K, T: 1, format },
+      { entry: "gemv", N: 19, K: K === 96 ? 1216 : 768, T: 3, norm: true, bias: true, format },
+      { entry: "gemm", N: 67, K, T: 70, swiglu: true, accumulate: true, format },
+    ];
+  }),
 ];
 
 /** silu(g) * u as f64. */
@@ -404,8 +416,12 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
       let packed: Uint32Array | null = null;
       const rowWords = c.format ? quantRowWords(c.format, c.K) : 0;
       if (c.format) {
-        const type = c.format === "q8_0" ? "Q8_0" : "Q4_0";
-        const quantize = c.format === "q8_0" ? quantizeQ8_0 : quantizeQ4_0;
+        const type = c.format.toUpperCase() as GgmlType;
+        const quantize = c.format === "q8_0"
+          ? quantizeQ8_0
+          : c.format === "q4_0"
+          ? quantizeQ4_0
+          : (x: Float32Array) => randomBlocks(c.format!, x.length, rng);
         packed = new Uint32Array(c.N * rowWords);
         ws = new Float32Array(c.N * c.K);
         for (let n = 0; n < c.N; n++) {

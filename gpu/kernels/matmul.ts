@@ -48,18 +48,54 @@ export const MATMUL_BINDINGS = { fwd: 0, x: 1, w: 2, bias: 3, y: 4, normW: 5 } a
 
 export type MatmulEntry = "gemv" | "gemm";
 
-/** How a weight matrix is stored: values in the storage precision W ("float"), or blocks of 32
- * quantized weights with an f16 scale each (GGUF's Q8_0, Q4_0). */
-export type WeightFormat = "float" | "q8_0" | "q4_0";
+/** How a weight matrix is stored: values in the storage precision W ("float"), or GGUF's
+ * quantized blocks (q8_0 and q4_0 also quantized on load; the others come from GGUF files). */
+export type WeightFormat = "float" | "q8_0" | "q4_0" | "q5_0" | "q4_k" | "q5_k" | "q6_k";
 
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ["float", "q8_0", "q4_0"];
+export type QuantFormat = Exclude<WeightFormat, "float">;
 
-/** Weights per quantization block of the quantized formats. */
+export const WEIGHT_FORMATS: readonly WeightFormat[] = [
+  "float",
+  "q8_0",
+  "q4_0",
+  "q5_0",
+  "q4_k",
+  "q5_k",
+  "q6_k",
+];
+
+/** The formats `--weights` can quantize to on load (round to nearest, model/gguf_blocks.ts). */
+export const LOAD_QUANT_FORMATS: readonly WeightFormat[] = ["float", "q8_0", "q4_0"];
+
+/** Weights per quantization block of the 32-blocks formats. */
 export const QUANT_BLOCK = 32;
 
-/** u32 words of one row of K weights in a quantized format (values, then f16 scales). */
-export function quantRowWords(format: Exclude<WeightFormat, "float">, k: number): number {
-  return (format === "q8_0" ? k / 4 : k / 8) + Math.ceil(k / 64);
+/** GGUF block geometry of each quantized format: weights and bytes per block. */
+export const QUANT_BLOCKS: Readonly<Record<QuantFormat, { elems: number; bytes: number }>> = {
+  q8_0: { elems: 32, bytes: 34 },
+  q4_0: { elems: 32, bytes: 18 },
+  q5_0: { elems: 32, bytes: 22 },
+  q4_k: { elems: 256, bytes: 144 },
+  q5_k: { elems: 256, bytes: 176 },
+  q6_k: { elems: 256, bytes: 210 },
+};
+
+/** u32 words of one row of K weights in a quantized format (wgsl/w_<format>.wgsl's layout). */
+export function quantRowWords(format: QuantFormat, k: number): number {
+  switch (format) {
+    case "q8_0":
+      return k / 4 + Math.ceil(k / 64);
+    case "q4_0":
+      return k / 8 + Math.ceil(k / 64);
+    case "q5_0":
+      return k / 8 + k / 32 + Math.ceil(k / 64);
+    case "q4_k":
+      return (k / 256) * 36;
+    case "q5_k":
+      return (k / 256) * 44;
+    case "q6_k":
+      return (k / 256) * 53;
+  }
 }
 
 export function matmul(entry: MatmulEntry, c: MatmulConstants, format: WeightFormat = "float") {
@@ -87,30 +123,39 @@ export function matmulGroups(entry: MatmulEntry, n: number, rows: number): Group
 }
 
 /**
- * One row of K weights from GGUF blocks (`blocks`: K / 32 blocks of Q8_0's 34 bytes or Q4_0's 18:
- * an f16 d, then the quants) into the kernel's row layout at `out[offset ..]`: the quants of
- * every block in order, then the f16 scales two to a word (wgsl/w_q8_0.wgsl, w_q4_0.wgsl). The
- * bytes are moved, not requantized: a GGUF tensor and a quantized checkpoint read the same.
+ * One row of K weights from GGUF blocks (`blocks`: the row's blocks as a GGUF file stores them)
+ * into the kernel's row layout at `out[offset ..]` (wgsl/w_<format>.wgsl): Q8_0 / Q4_0 / Q5_0 as
+ * planes (quants, Q5_0's high bits, then the f16 scales two to a word) so that every load is
+ * aligned; Q4_K and Q5_K as they are (whole words already); Q6_K's 210-byte blocks padded to
+ * 212. The bytes are moved, never requantized.
  */
 export function packQuantRow(
-  format: Exclude<WeightFormat, "float">,
+  format: QuantFormat,
   blocks: Uint8Array,
   k: number,
   out: Uint32Array,
   offset: number,
 ): void {
-  const nb = k / QUANT_BLOCK;
+  const { elems, bytes: bb } = QUANT_BLOCKS[format];
+  const nb = k / elems;
+  const dst = new Uint8Array(out.buffer, out.byteOffset + offset * 4, quantRowWords(format, k) * 4);
+  if (format === "q4_k" || format === "q5_k") {
+    dst.set(blocks.subarray(0, nb * bb));
+    return;
+  }
+  if (format === "q6_k") {
+    for (let b = 0; b < nb; b++) dst.set(blocks.subarray(b * bb, (b + 1) * bb), b * 212);
+    return;
+  }
+  // 32-weight blocks: [d f16][q5_0: qh 4 bytes][quants]
   const qBytes = format === "q8_0" ? 32 : 16;
-  const blockBytes = qBytes + 2;
-  const bytes = new Uint8Array(
-    out.buffer,
-    out.byteOffset + offset * 4,
-    quantRowWords(format, k) * 4,
-  );
-  const scales = new Uint16Array(out.buffer, out.byteOffset + (offset + nb * qBytes / 4) * 4, nb);
+  const hBytes = format === "q5_0" ? 4 : 0;
+  const scaleAt = nb * qBytes + nb * hBytes;
   for (let b = 0; b < nb; b++) {
-    const o = b * blockBytes;
-    scales[b] = blocks[o] | (blocks[o + 1] << 8);
-    bytes.set(blocks.subarray(o + 2, o + blockBytes), b * qBytes);
+    const o = b * bb;
+    dst[scaleAt + 2 * b] = blocks[o];
+    dst[scaleAt + 2 * b + 1] = blocks[o + 1];
+    if (hBytes) dst.set(blocks.subarray(o + 2, o + 6), nb * qBytes + 4 * b);
+    dst.set(blocks.subarray(o + 2 + hBytes, o + bb), b * qBytes);
   }
 }
