@@ -1,6 +1,7 @@
 // A GGUF file (llama.cpp's and Ollama's format) as a model: config from its metadata, weights as
 // tensors read from the file on demand, the tokenizer from its own vocabulary when it is a
-// SentencePiece (`llama`) one, and the chat template from `tokenizer.chat_template`.
+// SentencePiece (`llama`) or byte-level BPE (`gpt2`, with a pre-tokenizer zigzag knows) one, and
+// the chat template from `tokenizer.chat_template`.
 //
 // Architecture `llama` (Llama and Mistral; llama.cpp's converter permutes q and k rows for its
 // interleaved-pair RoPE, so the weights run with `ropeStyle: "interleaved"` as stored). Tensor
@@ -23,6 +24,7 @@ import {
   metaStringOpt,
 } from "./gguf.ts";
 import { Template } from "@huggingface/jinja";
+import { HfTokenizer } from "./tokenizer_hf.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
 import {
   type ChatMessage,
@@ -172,10 +174,95 @@ class GgufSpmTokenizer extends Llama2cTokenizer {
   }
 }
 
+/** Pre-tokenizers of the `tokenizer.ggml.pre` values zigzag knows, as tokenizer.json writes
+ * them (llama.cpp's names; each checked against the Hugging Face tokenizer it stands for). */
+const BPE_PRE_TOKENIZERS: Record<string, Record<string, unknown>> = {
+  gpt2: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+  smollm: {
+    type: "Sequence",
+    pretokenizers: [
+      { type: "Digits", individual_digits: true },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+    ],
+  },
+};
+
+/**
+ * A byte-level BPE vocabulary (`tokenizer.ggml.model` "gpt2") as a Hugging Face tokenizer:
+ * tokenizer.json rebuilt from the file's tokens, merges and token types (3 control and 4
+ * user-defined tokens become added tokens, special when control), with the pre-tokenizer its
+ * `tokenizer.ggml.pre` names.
+ */
+function ggufBpeTokenizer(
+  f: GgufFile,
+  config: Pick<ModelConfig, "bosId" | "eosIds">,
+  tokens: string[],
+): Tokenizer {
+  const pre = metaStringOpt(f, "tokenizer.ggml.pre") ?? "gpt2";
+  const preTokenizer = BPE_PRE_TOKENIZERS[pre === "default" ? "gpt2" : pre];
+  if (!preTokenizer) {
+    throw new ModelFormatError(
+      `${f.path}: BPE pre-tokenizer "${pre}" is not one zigzag rebuilds (${
+        Object.keys(BPE_PRE_TOKENIZERS).join(", ")
+      }); pass --tokenizer with the model's tokenizer.json`,
+    );
+  }
+  const merges = metaStringArrayOpt(f, "tokenizer.ggml.merges") ?? [];
+  const types = metaNumberArrayOpt(f, "tokenizer.ggml.token_type") ?? [];
+  const vocab: Record<string, number> = {};
+  tokens.forEach((t, i) => (vocab[t] = i));
+  const added = tokens.flatMap((t, id) =>
+    types[id] === 3 || types[id] === 4
+      ? [{
+        id,
+        content: t,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: types[id] === 3,
+      }]
+      : []
+  );
+  const tokenizerJson = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: preTokenizer,
+    post_processor: null,
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
+  };
+  const text = (id: number | undefined) => id === undefined ? undefined : tokens[id];
+  const tokenizerConfig: Record<string, unknown> = {
+    bos_token: text(metaNumberOpt(f, "tokenizer.ggml.bos_token_id")),
+    eos_token: text(config.eosIds[0]),
+    chat_template: metaStringOpt(f, "tokenizer.chat_template"),
+  };
+  return new HfTokenizer(tokenizerJson, tokenizerConfig, { eosIds: config.eosIds });
+}
+
 /** The GGUF's own tokenizer, or null when its vocabulary is not one zigzag reads. */
-function ggufTokenizer(f: GgufFile, config: ModelConfig): Tokenizer | null {
+export function ggufTokenizer(
+  f: GgufFile,
+  config: Pick<ModelConfig, "bosId" | "eosIds">,
+): Tokenizer | null {
   const model = metaStringOpt(f, "tokenizer.ggml.model");
   const tokens = metaStringArrayOpt(f, "tokenizer.ggml.tokens");
+  if (model === "gpt2" && tokens) return ggufBpeTokenizer(f, config, tokens);
   if (model !== "llama" || !tokens) return null;
   if (config.bosId !== 1) {
     throw new ModelFormatError(
@@ -239,7 +326,7 @@ export async function openGgufModel(
       throw new ModelFormatError(
         `${path}: the GGUF's vocabulary (tokenizer.ggml.model ${
           JSON.stringify(metaStringOpt(f, "tokenizer.ggml.model") ?? "none")
-        }) is not one zigzag reads (llama: SentencePiece); pass --tokenizer`,
+        }) is not one zigzag reads (llama: SentencePiece, gpt2: byte-level BPE); pass --tokenizer`,
       );
     }
     return { source: path, config, weights, tokenizer: own, close: () => r.close() };

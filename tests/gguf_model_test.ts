@@ -16,6 +16,9 @@ import {
   writeGguf,
 } from "./gguf_writer.ts";
 import { Rng } from "./kernel_harness.ts";
+import { readGguf } from "../model/gguf.ts";
+import { ggufTokenizer } from "../model/gguf_model.ts";
+import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import { dequantizeRow, type GgmlType } from "../model/gguf_blocks.ts";
 import type { QuantFormat } from "../gpu/kernels/matmul.ts";
 import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
@@ -343,3 +346,74 @@ Deno.test(
     }
   },
 );
+
+Deno.test("GGUF: a byte-level BPE vocabulary (gpt2, pre smollm) encodes as its tokenizer.json", async () => {
+  const dir = "../shared/tokenizers/smollm2-135m";
+  const tj = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer.json`));
+  const ref = await HfTokenizer.load(dir);
+  const tokens: string[] = [];
+  for (const [t, id] of Object.entries(tj.model.vocab as Record<string, number>)) tokens[id] = t;
+  const special = new Set(
+    tj.added_tokens.filter((a: { special: boolean }) => a.special).map(
+      (a: { id: number }) => a.id,
+    ),
+  );
+  const tmp = await Deno.makeTempDir();
+  try {
+    const path = `${tmp}/vocab.gguf`;
+    const template =
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n" +
+      "{% endfor %}";
+    await writeGguf(path, {
+      metadata: [
+        ["tokenizer.ggml.model", { type: "string", value: "gpt2" }],
+        ["tokenizer.ggml.pre", { type: "string", value: "smollm" }],
+        ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: tokens }],
+        ["tokenizer.ggml.token_type", {
+          type: "array",
+          elem: "i32",
+          value: tokens.map((_, i) => (special.has(i) ? 3 : 1)),
+        }],
+        ["tokenizer.ggml.merges", {
+          type: "array",
+          elem: "string",
+          value: tj.model.merges.map((
+            m: string | string[],
+          ) => (Array.isArray(m) ? m.join(" ") : m)),
+        }],
+        ["tokenizer.ggml.eos_token_id", { type: "u32", value: 2 }],
+        ["tokenizer.chat_template", { type: "string", value: template }],
+      ],
+    });
+    const tok = ggufTokenizer(await readGguf(path), { bosId: -1, eosIds: [2] })!;
+    const texts = [
+      "Hello, world! The year 2026 has 365 days.",
+      "  spaces\tand\nnewlines  \n\n",
+      "naïve café — 日本語のテキスト 🙂",
+      "<|im_start|>user\nhi<|im_end|>",
+      "don't they'll I've 12345678",
+    ];
+    for (const t of texts) {
+      const ids = tok.encode(t);
+      assert.deepEqual(ids, ref.encode(t), JSON.stringify(t));
+      assert.equal(tok.decode(ids), ref.decode(ids));
+    }
+    assert.deepEqual(tok.eosIds, [2]);
+    assert.equal(
+      tok.applyChatTemplate!([{ role: "user", content: "hi" }], false),
+      "<|im_start|>user\nhi<|im_end|>\n",
+    );
+    // A pre-tokenizer zigzag does not rebuild is named, with the way out.
+    await writeGguf(path, {
+      metadata: [
+        ["tokenizer.ggml.model", { type: "string", value: "gpt2" }],
+        ["tokenizer.ggml.pre", { type: "string", value: "qwen2" }],
+        ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: ["a", "b"] }],
+      ],
+    });
+    const f = await readGguf(path);
+    assert.throws(() => ggufTokenizer(f, { bosId: -1, eosIds: [] }), /"qwen2" .*--tokenizer/);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
