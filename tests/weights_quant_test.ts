@@ -109,6 +109,39 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "quantized weights under a duo plan: reordered heads move whole blocks",
+  gpuTest,
+  async (t) => {
+    // head_dim 32: a head is one block of each row of wo, so the cache-order reorder of a duo
+    // layer (its retrieval head 1 first) moves whole blocks and their scales; the GPU must equal
+    // the CPU reference on the original matrices' decoded blocks under the same mask.
+    const config = tinyConfig({ nLayers: 2, maxSeqLen: 256, nHeads: 4, nKvHeads: 2, headDim: 32 });
+    const weights = randomModel(config, 41);
+    const duo = plan(config, "duo", 2, 6, [[1], [0]]);
+    const prompt = Array.from({ length: 40 }, (_, i) => (i * 13 + 5) % config.vocabSize);
+    for (const format of FORMATS) {
+      await t.step(format, async () => {
+        const cpu = new CpuLlama(config, asQuantized(weights, format), duo);
+        let logits: Float32Array = new Float32Array();
+        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const runner = await makeRunner(asModel(config, weights), "f32", duo, {
+          chunk: 16,
+          weights: format,
+        });
+        try {
+          assert.deepEqual(runner.layout.kvHeadOrder(0), [1, 0]);
+          const g = await gpuGreedy(runner, prompt, 1);
+          const d = maxAbsDiff(g.logits, logits);
+          assert.ok(d <= 1e-3, `max |diff| ${d}`);
+        } finally {
+          runner.destroy();
+        }
+      });
+    }
+  },
+);
+
 Deno.test("passkey-llama finds its keys with q8_0 and q4_0 weights", gpuTest, async (t) => {
   const m = await loadModel("../shared/models/passkey-llama");
   const golden = JSON.parse(
