@@ -70,11 +70,6 @@ export function ggufConfig(f: GgufFile): ModelConfig {
   const embd = f.tensorsByName.get("token_embd.weight");
   if (!embd) throw new ModelFormatError(`${f.path}: no tensor token_embd.weight`);
   const tokens = metaStringArrayOpt(f, "tokenizer.ggml.tokens");
-  if (f.tensorsByName.has("rope_freqs.weight")) {
-    throw new ModelFormatError(
-      `${f.path}: rope_freqs.weight (Llama-3.1 RoPE frequency factors) is not supported yet`,
-    );
-  }
   if (f.tensorsByName.has("blk.0.attn_q.bias")) {
     throw new ModelFormatError(`${f.path}: q/k/v biases are not supported for GGUF llama models`);
   }
@@ -294,6 +289,18 @@ export async function openGgufModel(
   try {
     const f = r.file;
     const config = ggufConfig(f);
+    // Llama-3.1's RoPE scaling, as llama.cpp's converter stores it: a factor per pair.
+    const freqs = f.tensorsByName.get("rope_freqs.weight");
+    if (freqs) {
+      const t = ggufTensor(r, freqs);
+      if (t.sourceDtype !== "f32" || t.shape.reduce((a, b) => a * b, 1) !== config.headDim / 2) {
+        throw new ModelFormatError(
+          `${path}: rope_freqs.weight must be ${config.headDim / 2} F32 factors`,
+        );
+      }
+      const raw = await t.readRaw(0, config.headDim / 2);
+      config.ropeFreqFactors = Array.from(new Float32Array(raw.slice().buffer));
+    }
     const t = (name: string) => {
       const info = f.tensorsByName.get(name);
       if (!info) throw new ModelFormatError(`${path}: no tensor ${name}`);

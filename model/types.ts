@@ -30,6 +30,9 @@ export interface ModelConfig {
   ropeTheta: number;
   ropeStyle: RopeStyle;
   ropeScaling: Llama3RopeScaling | null;
+  /** Per-pair frequency factors (a GGUF's `rope_freqs.weight`, Llama-3.1's scaling as
+   * llama.cpp stores it): inv_freq[i] is divided by factor[i]. */
+  ropeFreqFactors?: number[];
   /** Qwen2: q/k/v projections carry biases. */
   qkvBias: boolean;
   /** LM head shares the token embedding matrix. */

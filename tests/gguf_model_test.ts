@@ -8,7 +8,7 @@ import { BLOCK_FORMATS, quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.
 import { quantRowWords } from "../gpu/kernels/matmul.ts";
 import { weightBuffers } from "../gpu/weights.ts";
 import { loadModel } from "../model/load.ts";
-import type { HostTensor, LoadedModel } from "../model/types.ts";
+import type { HostTensor, LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import {
   type GgufWriteTensor,
   type GgufWriteValue,
@@ -21,7 +21,8 @@ import { ggufTokenizer } from "../model/gguf_model.ts";
 import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import { dequantizeRow, type GgmlType } from "../model/gguf_blocks.ts";
 import type { QuantFormat } from "../gpu/kernels/matmul.ts";
-import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import { argmax, CpuLlama, ropeInvFreq as refInvFreq } from "./reference/cpu_llama.ts";
+import { randomModel, tinyConfig } from "../model/random.ts";
 import { gpuGreedy, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
 import { Llama2cTokenizer } from "../model/tokenizer_llama2c.ts";
 
@@ -42,12 +43,14 @@ function tensorOf(name: string, t: HostTensor, type: Quant): GgufWriteTensor {
   return { name, dims, type: BLOCK_FORMATS[q].id, data };
 }
 
-/** stories260K as a GGUF of `type`, with tok512 as its SentencePiece vocabulary. */
-async function writeStories(path: string, m: LoadedModel, type: Quant, arch = "llama") {
-  const c = m.config;
-  const tok = m.tokenizer as Llama2cTokenizer;
-  const dec = new TextDecoder("utf-8", { fatal: true });
-  const tokens = tok.pieces.map((p) => dec.decode(p).replaceAll(" ", "\u2581"));
+/** A llama model's tensors as GGUF writes them (norms and embedding F32, matrices in `type`,
+ * the LM head when untied), and its `llama.*` metadata. */
+function modelGguf(
+  c: ModelConfig,
+  w: ModelWeights,
+  type: Quant,
+  arch = "llama",
+): { meta: [string, GgufWriteValue][]; tensors: GgufWriteTensor[] } {
   const meta: [string, GgufWriteValue][] = [
     ["general.architecture", { type: "string", value: arch }],
     [`${arch}.context_length`, { type: "u32", value: c.maxSeqLen }],
@@ -58,17 +61,7 @@ async function writeStories(path: string, m: LoadedModel, type: Quant, arch = "l
     [`${arch}.attention.head_count_kv`, { type: "u32", value: c.nKvHeads }],
     [`${arch}.attention.layer_norm_rms_epsilon`, { type: "f32", value: c.normEps }],
     [`${arch}.rope.freq_base`, { type: "f32", value: c.ropeTheta }],
-    ["tokenizer.ggml.model", { type: "string", value: "llama" }],
-    ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: tokens }],
-    ["tokenizer.ggml.scores", { type: "array", elem: "f32", value: Array.from(tok.scores) }],
-    ["tokenizer.ggml.bos_token_id", { type: "u32", value: 1 }],
-    ["tokenizer.ggml.eos_token_id", { type: "u32", value: 2 }],
-    ["tokenizer.chat_template", {
-      type: "string",
-      value: "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
-    }],
   ];
-  const w = m.weights;
   const tensors = [tensorOf("token_embd.weight", w.tokenEmbedding, "F32")];
   w.layers.forEach((l, i) => {
     const p = `blk.${i}.`;
@@ -85,6 +78,27 @@ async function writeStories(path: string, m: LoadedModel, type: Quant, arch = "l
     );
   });
   tensors.push(tensorOf("output_norm.weight", w.finalNorm, "F32"));
+  if (w.lmHead !== w.tokenEmbedding) tensors.push(tensorOf("output.weight", w.lmHead, type));
+  return { meta, tensors };
+}
+
+/** stories260K as a GGUF of `type`, with tok512 as its SentencePiece vocabulary. */
+async function writeStories(path: string, m: LoadedModel, type: Quant, arch = "llama") {
+  const tok = m.tokenizer as Llama2cTokenizer;
+  const dec = new TextDecoder("utf-8", { fatal: true });
+  const tokens = tok.pieces.map((p) => dec.decode(p).replaceAll(" ", "\u2581"));
+  const { meta, tensors } = modelGguf(m.config, m.weights, type, arch);
+  meta.push(
+    ["tokenizer.ggml.model", { type: "string", value: "llama" }],
+    ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: tokens }],
+    ["tokenizer.ggml.scores", { type: "array", elem: "f32", value: Array.from(tok.scores) }],
+    ["tokenizer.ggml.bos_token_id", { type: "u32", value: 1 }],
+    ["tokenizer.ggml.eos_token_id", { type: "u32", value: 2 }],
+    ["tokenizer.chat_template", {
+      type: "string",
+      value: "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+    }],
+  );
   await writeGguf(path, { metadata: meta, tensors });
 }
 
@@ -417,3 +431,75 @@ Deno.test("GGUF: a byte-level BPE vocabulary (gpt2, pre smollm) encodes as its t
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test(
+  "GGUF: rope_freqs.weight factors run as the Llama-3 RoPE scaling they encode",
+  gpuTest,
+  async () => {
+    // A Llama-3-scaled random model; the file stores its scaling as llama.cpp's converter does,
+    // one factor per pair (scaled inv_freq = inv_freq / factor), and no rope_scaling metadata.
+    const scaled = tinyConfig({
+      nLayers: 2,
+      maxSeqLen: 256,
+      dim: 128,
+      nHeads: 2,
+      nKvHeads: 1,
+      headDim: 64,
+      ropeStyle: "interleaved",
+      ropeTheta: 500000,
+      tiedEmbeddings: false,
+      ropeScaling: {
+        factor: 8,
+        lowFreqFactor: 1,
+        highFreqFactor: 4,
+        originalMaxPositionEmbeddings: 64,
+      },
+    });
+    const weights = randomModel(scaled, 53);
+    const plain = refInvFreq({ ...scaled, ropeScaling: null });
+    const withScaling = refInvFreq(scaled);
+    const factors = Float32Array.from(plain, (v, i) => v / withScaling[i]);
+    assert.ok(factors.some((f) => f > 7) && factors.some((f) => f === 1), "both ends of the ramp");
+    const { meta, tensors } = modelGguf(scaled, weights, "F32");
+    tensors.push({
+      name: "rope_freqs.weight",
+      dims: [32],
+      type: 0,
+      data: new Uint8Array(factors.buffer),
+    });
+    meta.push(
+      ["tokenizer.ggml.model", { type: "string", value: "llama" }],
+      ["tokenizer.ggml.tokens", {
+        type: "array",
+        elem: "string",
+        value: Array.from({ length: scaled.vocabSize }, (_, i) => `t${i}`),
+      }],
+    );
+    const dir = await Deno.makeTempDir();
+    try {
+      await writeGguf(`${dir}/l3.gguf`, { metadata: meta, tensors });
+      const m = await loadModel(`${dir}/l3.gguf`, { lazy: true });
+      try {
+        assert.equal(m.config.ropeScaling, null);
+        assert.deepEqual(m.config.ropeFreqFactors, Array.from(factors));
+        // The reference runs the config's rope_scaling (Hugging Face's formula), not the factors.
+        const cpu = new CpuLlama(scaled, weights);
+        const prompt = Array.from({ length: 90 }, (_, i) => (i * 11 + 1) % scaled.vocabSize);
+        let logits: Float32Array = new Float32Array();
+        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const runner = await makeRunner(m, "f32", plan(m.config, "full", 0, 1), { chunk: 32 });
+        try {
+          const g = await gpuGreedy(runner, prompt, 1);
+          const d = maxAbsDiff(g.logits, logits);
+          assert.ok(d <= 1e-3, `max |diff| ${d}`);
+        } finally {
+          runner.destroy();
+        }
+      } finally {
+        m.close?.();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

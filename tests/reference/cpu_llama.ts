@@ -36,6 +36,8 @@ export function ropeInvFreq(config: ModelConfig): Float64Array {
   const invFreq = new Float64Array(half);
   for (let i = 0; i < half; i++) {
     invFreq[i] = Math.pow(config.ropeTheta, -(2 * i) / config.headDim);
+    // llama.cpp's freq_factors: the angle theta / factor.
+    if (config.ropeFreqFactors) invFreq[i] /= config.ropeFreqFactors[i];
   }
   const s = config.ropeScaling;
   if (s) {
