@@ -16,6 +16,7 @@ import {
   type GgufFile,
   GgufReader,
   type GgufTensorInfo,
+  metaBoolOpt,
   metaNumber,
   metaNumberArrayOpt,
   metaNumberOpt,
@@ -173,6 +174,22 @@ class GgufSpmTokenizer extends Llama2cTokenizer {
  * them (llama.cpp's names; each checked against the Hugging Face tokenizer it stands for). */
 const BPE_PRE_TOKENIZERS: Record<string, Record<string, unknown>> = {
   gpt2: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+  // Llama 3 (and 3.1, 3.2): its tokenizer.json's Split, then bytes without GPT-2's regex.
+  "llama-bpe": {
+    type: "Sequence",
+    pretokenizers: [
+      {
+        type: "Split",
+        pattern: {
+          Regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?" +
+            "[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        },
+        behavior: "Isolated",
+        invert: false,
+      },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+    ],
+  },
   smollm: {
     type: "Sequence",
     pretokenizers: [
@@ -226,7 +243,7 @@ function ggufBpeTokenizer(
     added_tokens: added,
     normalizer: null,
     pre_tokenizer: preTokenizer,
-    post_processor: null,
+    post_processor: null as Record<string, unknown> | null,
     decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
       type: "BPE",
@@ -242,6 +259,17 @@ function ggufBpeTokenizer(
     },
   };
   const text = (id: number | undefined) => id === undefined ? undefined : tokens[id];
+  // `add_bos_token` (Llama 3 sets it): the post-processor puts BOS before every encoding.
+  const bos = metaNumberOpt(f, "tokenizer.ggml.bos_token_id");
+  if (bos !== undefined && metaBoolOpt(f, "tokenizer.ggml.add_bos_token")) {
+    const b = { SpecialToken: { id: tokens[bos], type_id: 0 } };
+    tokenizerJson.post_processor = {
+      type: "TemplateProcessing",
+      single: [b, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [b, { Sequence: { id: "A", type_id: 0 } }, b, { Sequence: { id: "B", type_id: 1 } }],
+      special_tokens: { [tokens[bos]]: { id: tokens[bos], ids: [bos], tokens: [tokens[bos]] } },
+    };
+  }
   const tokenizerConfig: Record<string, unknown> = {
     bos_token: text(metaNumberOpt(f, "tokenizer.ggml.bos_token_id")),
     eos_token: text(config.eosIds[0]),

@@ -417,6 +417,29 @@ Deno.test("GGUF: a byte-level BPE vocabulary (gpt2, pre smollm) encodes as its t
       tok.applyChatTemplate!([{ role: "user", content: "hi" }], false),
       "<|im_start|>user\nhi<|im_end|>\n",
     );
+    // Llama 3's pre-tokenizer ("llama-bpe") with add_bos_token: BOS first, then (on text whose
+    // words split alike under both regexes) the same pieces.
+    await writeGguf(path, {
+      metadata: [
+        ["tokenizer.ggml.model", { type: "string", value: "gpt2" }],
+        ["tokenizer.ggml.pre", { type: "string", value: "llama-bpe" }],
+        ["tokenizer.ggml.tokens", { type: "array", elem: "string", value: tokens }],
+        ["tokenizer.ggml.merges", {
+          type: "array",
+          elem: "string",
+          value: tj.model.merges.map((
+            m: string | string[],
+          ) => (Array.isArray(m) ? m.join(" ") : m)),
+        }],
+        ["tokenizer.ggml.bos_token_id", { type: "u32", value: 1 }],
+        ["tokenizer.ggml.add_bos_token", { type: "bool", value: true }],
+      ],
+    });
+    const l3 = ggufTokenizer(await readGguf(path), { bosId: 1, eosIds: [] })!;
+    const plain = "The cat sat on the mat, and the dog barked at it.";
+    assert.deepEqual(l3.encode(plain), [1, ...ref.encode(plain)]);
+    assert.deepEqual(l3.encode(plain, { addSpecialTokens: false }), ref.encode(plain));
+    assert.equal(l3.bosId, 1);
     // A pre-tokenizer zigzag does not rebuild is named, with the way out.
     await writeGguf(path, {
       metadata: [
