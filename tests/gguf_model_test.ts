@@ -21,7 +21,7 @@ import { ggufTokenizer } from "../model/gguf_model.ts";
 import { HfTokenizer } from "../model/tokenizer_hf.ts";
 import { dequantizeRow, type GgmlType } from "../model/gguf_blocks.ts";
 import type { QuantFormat } from "../gpu/kernels/matmul.ts";
-import { argmax, CpuLlama, ropeInvFreq as refInvFreq } from "./reference/cpu_llama.ts";
+import { cpuGreedy, CpuLlama, ropeInvFreq as refInvFreq } from "./reference/cpu_llama.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
 import { gpuGreedy, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
 import { Llama2cTokenizer } from "../model/tokenizer_llama2c.ts";
@@ -198,14 +198,7 @@ Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) =
           assert.equal(bytes.has("lm_head"), false);
           const prompt = host.tokenizer!.encode("Once upon a time, there was a little");
           const cpu = new CpuLlama(host.config, host.weights);
-          let logits: Float32Array = new Float32Array();
-          prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
-          const first = logits;
-          const tokens = [argmax(logits)];
-          while (tokens.length < 40) {
-            logits = cpu.forward(tokens[tokens.length - 1], prompt.length + tokens.length - 1);
-            tokens.push(argmax(logits));
-          }
+          const { first, tokens } = cpuGreedy(cpu, prompt, 40);
           const runner = await runnerOf("native");
           try {
             const g = await gpuGreedy(runner, prompt, 40);
@@ -319,8 +312,7 @@ Deno.test(
           layers: [{ ...l0, wq: requant(l0.wq), wk: requant(l0.wk), wv: requant(l0.wv) }],
         });
         const prompt = Array.from({ length: 21 }, (_, i) => (i * 7 + 3) % vocab);
-        let logits: Float32Array = new Float32Array();
-        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const logits = cpuGreedy(cpu, prompt, 1).first;
         const runner = await makeRunner(lazy, "f32", plan(lazy.config, "full", 0, 1), {
           chunk: 8,
           weights: "native",
@@ -508,8 +500,7 @@ Deno.test(
         // The reference runs the config's rope_scaling (Hugging Face's formula), not the factors.
         const cpu = new CpuLlama(scaled, weights);
         const prompt = Array.from({ length: 90 }, (_, i) => (i * 11 + 1) % scaled.vocabSize);
-        let logits: Float32Array = new Float32Array();
-        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const logits = cpuGreedy(cpu, prompt, 1).first;
         const runner = await makeRunner(m, "f32", plan(m.config, "full", 0, 1), { chunk: 32 });
         try {
           const g = await gpuGreedy(runner, prompt, 1);

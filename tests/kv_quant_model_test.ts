@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../model/load.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
-import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
 import {
   asModel,
   gpuGreedy,
@@ -44,17 +44,7 @@ Deno.test(
           // the cache stores them; each decode step reads every earlier key from the cache.
           const cpu = new CpuLlama(config, weights);
           cpu.kvDtype = kv;
-          let logits: Float32Array = new Float32Array();
-          prompt.forEach((tok, i) => (logits = cpu.forward(tok, i, Math.floor(i / CHUNK) * CHUNK)));
-          const cpuFirst = logits;
-          const cpuTokens = [argmax(logits)];
-          while (cpuTokens.length < 24) {
-            logits = cpu.forward(
-              cpuTokens[cpuTokens.length - 1],
-              prompt.length + cpuTokens.length - 1,
-            );
-            cpuTokens.push(argmax(logits));
-          }
+          const { first: cpuFirst, tokens: cpuTokens } = cpuGreedy(cpu, prompt, 24, CHUNK);
           // One decode step after a prefill of the prompt and 9 tokens in chunks of 5, over a
           // quantized cache and over a full-precision one (how far quantization moves logits).
           const longer = [...prompt, ...cpuTokens.slice(0, 9)];

@@ -7,7 +7,7 @@ import { dequantizeRow, type GgmlType, quantizeQ4_0, quantizeQ8_0 } from "../mod
 import { loadModel } from "../model/load.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
 import type { HostTensor, ModelWeights } from "../model/types.ts";
-import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
 import { asModel, gpuGreedy, gpuTest, makeRunner, maxAbsDiff, plan } from "./gpu_helpers.ts";
 
 const FORMATS = ["q8_0", "q4_0"] as const;
@@ -69,18 +69,9 @@ Deno.test(
         await t.step(`${name} ${format}`, async () => {
           const qw = asQuantized(weights, format);
           const cpu = new CpuLlama(config, qw);
-          let logits: Float32Array = new Float32Array();
-          prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
-          const first = logits;
-          const tokens = [argmax(logits)];
-          while (tokens.length < 32) {
-            logits = cpu.forward(tokens[tokens.length - 1], prompt.length + tokens.length - 1);
-            tokens.push(argmax(logits));
-          }
+          const { first, tokens } = cpuGreedy(cpu, prompt, 32);
           // How far quantization moves the logits from the f32 model's.
-          const exact = new CpuLlama(config, weights);
-          let exactFirst: Float32Array = new Float32Array();
-          prompt.forEach((tok, i) => (exactFirst = exact.forward(tok, i)));
+          const exactFirst = cpuGreedy(new CpuLlama(config, weights), prompt, 1).first;
 
           const runner = await makeRunner(
             asModel(config, weights),
@@ -123,8 +114,7 @@ Deno.test(
     for (const format of FORMATS) {
       await t.step(format, async () => {
         const cpu = new CpuLlama(config, asQuantized(weights, format), duo);
-        let logits: Float32Array = new Float32Array();
-        prompt.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+        const logits = cpuGreedy(cpu, prompt, 1).first;
         const runner = await makeRunner(asModel(config, weights), "f32", duo, {
           chunk: 16,
           weights: format,

@@ -9,14 +9,7 @@
 
 fn w_row(n: u32) -> u32 { return n * (K / 256u) * 44u; }
 
-fn w_byte(at: u32, j: u32) -> u32 { return (w[at + j / 4u] >> (8u * (j % 4u))) & 255u; }
-
-fn k4_scale_min(at: u32, j: u32) -> vec2<f32> {
-  if (j < 4u) { return vec2<f32>(f32(w_byte(at, j) & 63u), f32(w_byte(at, j + 4u) & 63u)); }
-  let sc = (w_byte(at, j + 4u) & 15u) | ((w_byte(at, j - 4u) >> 6u) << 4u);
-  let m = (w_byte(at, j + 4u) >> 4u) | ((w_byte(at, j) >> 6u) << 4u);
-  return vec2<f32>(f32(sc), f32(m));
-}
+// w_byte and k4_scale_min: w_kquant_scales.wgsl.
 
 fn w4(base: u32, k4: u32) -> vec4<f32> {
   let blk = base + (k4 / 64u) * 44u;

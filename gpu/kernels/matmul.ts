@@ -99,7 +99,9 @@ export function quantRowWords(format: QuantFormat, k: number): number {
 }
 
 export function matmul(entry: MatmulEntry, c: MatmulConstants, format: WeightFormat = "float") {
-  return kernel(MATMUL_FILE, entry, c, MATMUL_BINDINGS, [`w_${format}.wgsl`]);
+  // Q4_K and Q5_K share their scale packing (wgsl/w_kquant_scales.wgsl, after the codec's binding).
+  const shared = format === "q4_k" || format === "q5_k" ? ["w_kquant_scales.wgsl"] : [];
+  return kernel(MATMUL_FILE, entry, c, MATMUL_BINDINGS, [`w_${format}.wgsl`, ...shared]);
 }
 
 /** The entry point for `rows` rows. */
