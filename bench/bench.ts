@@ -9,12 +9,19 @@
 //   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--profiles N]
 //   [--steps lo,hi] [--chunk N]
 //   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
-//   [--seed N] [--out DIR]
+//   [--weights q8_0,q4_0|none] [--weights-plan PLAN] [--seed N] [--out DIR]
 //
 // Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
 // whatever WebGPU adapter this machine has. Writes bench.json, bench.md and SVG charts to
 // bench/results/ (or --out). See bench/report.ts for the JSON and bench/model_bench.ts for the
 // method. Targets are printed with their gaps, never asserted.
+//
+// Quantized weights (`--weights`, default q8_0,q4_0): the bytes a decode step's GEMVs read per
+// format (closed form, the runner's own buffer plan: the run's shapes, the preset's and
+// Llama-3-8B's), the decode ms/token of the --weights-plan runner (default zigzag) with its
+// matrices quantized on load beside its float runner, at 4096 tokens (else the run's longest
+// decode context), batch by batch in the same rotation; with --kernels the GEMV of each shape in
+// each format, interleaved.
 
 import { CacheGeometry, type KvDtype } from "../cache/layout.ts";
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
@@ -30,16 +37,26 @@ import type { ModelConfig } from "../model/types.ts";
 import {
   attentionCacheBytes,
   type AttentionResult,
+  type MatmulFormat,
+  type MatmulJob,
   type MatmulResult,
+  matmulWeightBytes,
   measureAttentionDecodeSet,
   measureCopy,
   measureMatmul,
+  measureMatmulSet,
   measureReadback,
   measureStreamRead,
   referenceBytes,
 } from "./kernels.ts";
 import { llama3Capacity, managerStats, maxContextFit } from "./kv.ts";
-import { type Cell, decodeMatrices, ModelBench, weightBytes } from "./model_bench.ts";
+import {
+  type Cell,
+  decodeMatrices,
+  ModelBench,
+  weightBytes,
+  weightBytesRow,
+} from "./model_bench.ts";
 import { type BenchPlanName, benchPlans, PLAN_NAMES } from "./plans.ts";
 import {
   type BenchResult,
@@ -60,7 +77,8 @@ const USAGE =
   [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
-  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N] [--seed N] [--out DIR]`;
+  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
+  [--weights q8_0,q4_0|none] [--weights-plan full|duo|zigzag|streaming] [--seed N] [--out DIR]`;
 
 const DEFAULT_PATTERN = new URL(
   "../../shared/duo-patterns/Llama-3-8B-Instruct-Gradient-1048k",
@@ -71,6 +89,11 @@ const OUT = new URL("./results/", import.meta.url).pathname;
 const ATTENTION_CONTEXT = 4096;
 /** Host floats the bench may hold for weights (one layer + embeddings). */
 const MAX_HOST_FLOATS = 1.5e9;
+/** The context of the quantized-weight decode figures (the issue's 4096 tokens) when the run
+ * decodes there; else its longest decode context. */
+const WEIGHTS_CONTEXT = 4096;
+/** The weight formats `--weights` compares with float: the two the runner quantizes on load. */
+const BENCH_WEIGHT_FORMATS: readonly MatmulFormat[] = ["q8_0", "q4_0"];
 
 /** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests; decode steps 1 vs 8. */
 async function serveBench(model = "../shared/models/stories260K", out = "bench/results") {
@@ -126,6 +149,8 @@ async function main(): Promise<number> {
       "kernel-shapes",
       "gemm-rows",
       "attention-context",
+      "weights",
+      "weights-plan",
       "seed",
       "out",
     ],
@@ -255,6 +280,28 @@ async function main(): Promise<number> {
   // The issue's decode attention figures are at 4096 tokens, whatever the model bench's contexts.
   const attentionContext = a.optionalNumber("attention-context", { integer: true, min: 1 }) ??
     ATTENTION_CONTEXT;
+  const weightsArg = a.optionalString("weights") ?? BENCH_WEIGHT_FORMATS.join(",");
+  const weightFormats: MatmulFormat[] = weightsArg === "none" ? [] : [
+    ...new Set(weightsArg.split(",").map((s) => s.trim()).filter((s) => s !== "float")),
+  ].map((s) => {
+    if (!BENCH_WEIGHT_FORMATS.includes(s as MatmulFormat)) {
+      throw new CliError(`--weights takes ${BENCH_WEIGHT_FORMATS.join(",")} or none, got ${s}`);
+    }
+    return s as MatmulFormat;
+  });
+  const weightsPlanArg = a.optionalString("weights-plan") as BenchPlanName | undefined;
+  if (weightsPlanArg && !planNames.includes(weightsPlanArg)) {
+    throw new CliError(`--weights-plan must be one of --plans (${planNames.join(",")})`);
+  }
+  const weightsPlan: BenchPlanName = weightsPlanArg ??
+    (planNames.includes("zigzag") ? "zigzag" : planNames[0]);
+  const weightsContext = contexts.includes(WEIGHTS_CONTEXT) ? WEIGHTS_CONTEXT : contexts.at(-1)!;
+  if (weightFormats.length && weightsContext !== WEIGHTS_CONTEXT) {
+    notes.push(
+      `Quantized-weight decode measured at ${weightsContext} tokens, the run's longest decode ` +
+        `context (the issue's figure is at ${WEIGHTS_CONTEXT}).`,
+    );
+  }
   const kernelShapes = a.optionalString("kernel-shapes")?.split(",").map((s) => {
     const m = s.trim().match(/^(\d+)x(\d+)$/);
     if (!m) throw new CliError(`--kernel-shapes takes NxK,.. (weight rows x columns), got ${s}`);
@@ -367,33 +414,59 @@ async function main(): Promise<number> {
       { label: `lm head ${presetName}`, n: base.vocabSize, k: base.dim },
     ];
     const dtypes: Precision[] = gpu.hasF16 ? ["f16", "f32"] : ["f32"];
-    const jobs = dtypes.flatMap((dtype) =>
-      shapes.flatMap((s) => [
-        ...[1, 8].map((rows) => ({ kind: "gemv" as const, ...s, rows, dtype })),
-        { kind: "gemm" as const, ...s, rows: gemmRows, dtype },
-      ])
-    );
+    // Quantized weights run in the reference's pipeline type (f16 where the adapter has it).
+    const wRef = dtypes[0];
+    // Per shape: the GEMV at batch 1 and 8 in every format (float per dtype, then the quantized
+    // ones where k is whole blocks of 32), interleaved in one sitting; then one GEMM per dtype.
+    const sets: MatmulJob[][] = shapes.flatMap((s) => [
+      ...[1, 8].map((rows) => [
+        ...dtypes.map((dtype) => ({ kind: "gemv" as const, ...s, rows, dtype })),
+        ...(s.k % 32 === 0 ? weightFormats : []).map((format) => ({
+          kind: "gemv" as const,
+          ...s,
+          rows,
+          dtype: wRef,
+          format,
+        })),
+      ]),
+      ...dtypes.map((dtype) => [{ kind: "gemm" as const, ...s, rows: gemmRows, dtype }]),
+    ]);
     kernelResults = [];
     bar = progress("kernels");
-    for (const [i, j] of jobs.entries()) {
-      bar.update(i, jobs.length, `${j.kind} ${j.n}x${j.k} ${j.dtype}`);
-      const job = { ...j };
-      const limitRows = Math.floor(
-        gpu.limits.maxStorageBufferBindingSize /
-          (Math.ceil(j.k / 4) * 4 * (j.dtype === "f16" ? 2 : 4)),
+    for (const [i, set] of sets.entries()) {
+      const j = set[0];
+      bar.update(
+        i,
+        sets.length,
+        `${j.kind} ${j.n}x${j.k} ${set.map((x) => x.format ?? x.dtype).join("/")}`,
       );
-      if (job.n > limitRows) {
-        job.n = limitRows;
-        job.label += ` (rows capped to ${limitRows} by the binding limit)`;
-      }
-      kernelResults.push(
-        await measureMatmul(
-          gpu,
-          pipelines,
-          timer,
-          job,
-          j.kind === "gemm" ? { samples: quick ? 2 : 3, lo: 1, hi: 2 } : rep,
+      // One row count for the whole set: what the largest format's binding holds.
+      const limitRows = Math.min(
+        ...set.map((x) =>
+          Math.floor(
+            gpu.limits.maxStorageBufferBindingSize / matmulWeightBytes(1, x.k, x.dtype, x.format),
+          )
         ),
+      );
+      const jobs = set.map((x) =>
+        x.n > limitRows
+          ? {
+            ...x,
+            n: limitRows,
+            label: `${x.label} (rows capped to ${limitRows} by the binding limit)`,
+          }
+          : x
+      );
+      kernelResults.push(
+        ...(j.kind === "gemm"
+          ? [
+            await measureMatmul(gpu, pipelines, timer, jobs[0], {
+              samples: quick ? 2 : 3,
+              lo: 1,
+              hi: 2,
+            }),
+          ]
+          : await measureMatmulSet(gpu, pipelines, timer, jobs, rep)),
       );
     }
     // Decode attention at --attention-context, per KV dtype: the float caches, then int8 and
@@ -421,8 +494,8 @@ async function main(): Promise<number> {
         return false;
       });
       bar.update(
-        jobs.length + i,
-        jobs.length + attnBatches.length,
+        sets.length + i,
+        sets.length + attnBatches.length,
         `attention b${rows} ${kvs.join("/")} at ${attentionContext}`,
       );
       attention.push(
@@ -441,6 +514,7 @@ async function main(): Promise<number> {
 
   // ---- the model bench ------------------------------------------------------------------------
   let cells: Cell[] = [];
+  let weightCells: Cell[] = [];
   if (!kernelsOnly) {
     bar = progress("building runners");
     bar.update(0, 1, planNames.join(","));
@@ -459,11 +533,14 @@ async function main(): Promise<number> {
       prefillChunk: chunk,
       profiles,
       seed,
+      weightVariants: weightFormats.length
+        ? { plan: weightsPlan, formats: weightFormats, context: weightsContext }
+        : undefined,
       onProgress: (done, total, note) => modelBar.update(done, total, note),
     });
     bar.done();
     phase("runners");
-    cells = await mb.run();
+    ({ cells, weightCells } = await mb.run());
     modelBar.done();
     mb.destroy();
     phase("model");
@@ -491,6 +568,19 @@ async function main(): Promise<number> {
   const l3zc = new CacheGeometry(l3, l3Plans.plans.zigzag, "f16").usedBytes([T32]);
   // The issue's capacity figure: Gradient-4194k's shipped plans, 80 GiB, int4 KV, q4 weights.
   const capacity = await llama3Capacity();
+  // GEMV bytes per decode step by weight format (closed form): the shapes as run, the preset's
+  // own (when the run shrank it) and Llama-3-8B's.
+  const bytesModels: [string, string, ModelConfig][] = [
+    ["run", `${presetName} as run (${layers} layers, vocab ${vocab})`, config],
+  ];
+  const full = (name: string, c: ModelConfig) =>
+    bytesModels.push([name, `${name} (${c.nLayers} layers, vocab ${c.vocabSize})`, c]);
+  const shrunk = layers !== base.nLayers || vocab !== base.vocabSize;
+  if (presetName !== "tiny" && shrunk) full(presetName, base);
+  if (presetName !== "llama-3-8b" || shrunk) full("llama-3-8b", l3);
+  const weightBytesRows = bytesModels.flatMap(([id, label, c]) =>
+    (["float", ...weightFormats] as MatmulFormat[]).map((f) => weightBytesRow(id, label, c, f))
+  );
 
   const streamingPrefill = (() => {
     const sc = cells.filter((x) => x.plan === "streaming" && x.prefill_ms).sort((x, y) =>
@@ -553,6 +643,9 @@ async function main(): Promise<number> {
       prefill_chunk: chunk,
       reference_bytes: refBytes,
       attention_context: attentionContext,
+      weights: weightFormats,
+      weights_plan: weightsPlan,
+      weights_context: weightsContext,
       seed,
     },
     notes,
@@ -601,6 +694,24 @@ async function main(): Promise<number> {
         `the longest context is maxContextFit of CacheGeometry for the shipped zigzag 50% and ` +
         `DuoAttention 50% plans of that model and full attention. DuoAttention's 3.3M ` +
         `(W8A8 + int4 KV, one A100) is quoted from its paper.`,
+      weights: `GEMV bytes per decode step: every matrix the step's GEMVs read (the layers' ` +
+        `wqkv, wo, w_gate_up, w_down and the LM head; not the embedding, which is gathered) as ` +
+        `the runner stores it, summed from gpu/weights.ts weightBuffers (its own buffer plan): ` +
+        `float rows in f16 padded to 4 elements; q8_0 K/4 words + ceil(K/64) words of f16 ` +
+        `scales per row, q4_0 K/8 + ceil(K/64), where K is whole blocks of 32 (else the matrix ` +
+        `stays float); a tied LM head is read as its quantized copy. Decode ms/token: the ` +
+        `${weightsPlan} runner built again with RunnerOptions.weights = ` +
+        `${weightFormats.join(", ") || "(none)"} (quantized on load from the same random ` +
+        `weights), measured as the plans' decode (same method) at ${weightsContext} tokens, in ` +
+        `the same rotation as the plans, so that sample r of each format pairs with the float ` +
+        `runner's sample r; ratios over the float runner (${precision}).` +
+        (kernels
+          ? ` Kernels: each shape's GEMV in ${gpu.hasF16 ? "f16, f32" : "f32"} and ` +
+            `${weightFormats.join(", ") || "no quantized format"} (W ${
+              gpu.hasF16 ? "f16" : "f32"
+            }; 64 distinct quantized rows repeated) at batch 1 and 8, interleaved round by ` +
+            `round; GB/s counts the bytes as stored.`
+          : ""),
     },
     model: {
       preset: presetName,
@@ -634,6 +745,13 @@ async function main(): Promise<number> {
       streaming_prefill: streamingPrefill,
     },
     capacity,
+    weights: {
+      formats: ["float", ...weightFormats],
+      bytes: weightBytesRows,
+      plan: weightFormats.length && weightCells.length ? weightsPlan : null,
+      context: weightFormats.length && weightCells.length ? weightsContext : null,
+      cells: weightCells,
+    },
     ratios: [],
     targets: [],
     elapsed_s: 0,

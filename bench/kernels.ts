@@ -1,6 +1,7 @@
 // Kernel-level measurements: the bandwidth references (a streaming-read kernel and
-// copyBufferToBuffer), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl, and the
-// split-K decode pass of wgsl/attention.wgsl per KV dtype.
+// copyBufferToBuffer), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl (float
+// weights, or GGUF's Q8_0 / Q4_0 blocks packed as the runner packs them), and the split-K decode
+// pass of wgsl/attention.wgsl per KV dtype.
 
 import { type KvDtype, kvDtypeProblem, kvEntryBytes, kvEntryUnits } from "../cache/layout.ts";
 import { readBuffer } from "../gpu/buffers.ts";
@@ -25,9 +26,14 @@ import {
   type MatmulConstants,
   type MatmulEntry,
   matmulGroups,
+  packQuantRow,
+  QUANT_BLOCK,
+  quantRowWords,
+  type WeightFormat,
 } from "../gpu/kernels/matmul.ts";
 import { streamRead, streamReadGroups } from "../gpu/kernels/stream_read.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
+import { quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { mulberry32 } from "../model/random.ts";
 import { PassTimer, type Stat, stat } from "./stats.ts";
 
@@ -75,11 +81,17 @@ export interface MatmulResult {
   n: number;
   k: number;
   rows: number;
+  /** The pipeline's storage type W: the weights' for "float", the activations' and the
+   * shader's `enable f16` otherwise. */
   dtype: Precision;
+  /** How the weight is stored (gpu/kernels/matmul.ts WeightFormat; absent in results written
+   * before quantized weights: "float"). */
+  format?: MatmulFormat;
+  /** Bytes of the weight as stored: n x KP x sizeof(W), or n x quantRowWords(format, k) x 4. */
   weight_bytes: number;
   method: "timestamp" | "wall-slope";
   ms: Stat;
-  /** Weight bytes per second (GEMV: the whole weight is streamed once per call). */
+  /** Weight bytes per second as stored (GEMV: the whole weight is streamed once per call). */
   gbps: Stat;
   gflops: Stat;
 }
@@ -188,6 +200,61 @@ function fillRandom(dev: GPUDevice, buf: GPUBuffer, bytes: number, seed: number)
   }
 }
 
+/** The weight formats measureMatmul builds: float, or the two quantized on load. */
+export type MatmulFormat = Extract<WeightFormat, "float" | "q8_0" | "q4_0">;
+
+/** Bytes of an [n, k] weight in `format` as the runner stores it (rows padded to 4 elements, or
+ * packed quantized rows of quantRowWords words). */
+export function matmulWeightBytes(
+  n: number,
+  k: number,
+  dtype: Precision,
+  format: MatmulFormat = "float",
+): number {
+  return format === "float"
+    ? n * Math.ceil(k / 4) * 4 * (dtype === "f16" ? 2 : 4)
+    : n * quantRowWords(format, k) * 4;
+}
+
+/** Distinct random rows quantized per weight (the rest repeat them: timing does not depend on
+ * the values, and quantizing a large LM head on the host would cost seconds). */
+const QUANT_DISTINCT_ROWS = 64;
+
+/** An [n, k] weight of uniform values in [-1, 1) / sqrt(k) quantized to `format`'s GGUF blocks
+ * (round to nearest, model/gguf_blocks.ts) and packed row by row as the runner packs them
+ * (packQuantRow); QUANT_DISTINCT_ROWS distinct rows, repeated. */
+function uploadQuantWeights(
+  dev: GPUDevice,
+  n: number,
+  k: number,
+  format: "q8_0" | "q4_0",
+  seed: number,
+) {
+  const words = quantRowWords(format, k);
+  const bytes = n * words * 4;
+  const buf = dev.createBuffer({ label: `w ${n}x${k} ${format}`, size: bytes, usage: USAGE });
+  const rand = mulberry32(seed);
+  const distinct = Math.min(n, QUANT_DISTINCT_ROWS);
+  const tile = new Uint32Array(distinct * words);
+  const row = new Float32Array(k);
+  const scale = 1 / Math.sqrt(k);
+  const quantize = format === "q8_0" ? quantizeQ8_0 : quantizeQ4_0;
+  for (let r = 0; r < distinct; r++) {
+    for (let i = 0; i < k; i++) row[i] = (2 * rand() - 1) * scale;
+    packQuantRow(format, quantize(row), k, tile, r * words);
+  }
+  // Chunks of whole tiles, ~16 MiB each.
+  const tilesPerChunk = Math.max(1, Math.floor((1 << 22) / tile.length));
+  const chunk = new Uint32Array(tilesPerChunk * tile.length);
+  for (let t = 0; t < tilesPerChunk; t++) chunk.set(tile, t * tile.length);
+  const chunkRows = tilesPerChunk * distinct;
+  for (let r0 = 0; r0 < n; r0 += chunkRows) {
+    const m = Math.min(chunkRows, n - r0);
+    dev.queue.writeBuffer(buf, r0 * words * 4, chunk, 0, m * words);
+  }
+  return { buf, bytes };
+}
+
 function uploadWeights(dev: GPUDevice, n: number, kp: number, dtype: Precision, seed: number) {
   const count = n * kp;
   const bytes = count * (dtype === "f16" ? 2 : 4);
@@ -216,37 +283,52 @@ function dispatch(
   pass.dispatchWorkgroups(...groups);
 }
 
-/**
- * GEMV (`rows` <= 8) or GEMM throughput of wgsl/matmul.wgsl for a weight [n, k], dispatched as
- * the runner does (gpu/kernels/matmul.ts). Throws when the weight does not fit one storage
- * binding.
- */
-export async function measureMatmul(
+/** One matmul measurement: a weight [n, k] in `format` (default "float": values of `dtype`). */
+export interface MatmulJob {
+  kind: MatmulEntry;
+  label: string;
+  n: number;
+  k: number;
+  rows: number;
+  /** The pipeline's storage type W (the weight's type when `format` is "float"). */
+  dtype: Precision;
+  /** How the weight is stored (default "float"); quantized formats need k a multiple of 32. */
+  format?: MatmulFormat;
+  /** Variant flags (default a plain y = x · Wᵀ). */
+  constants?: Partial<MatmulConstants>;
+}
+
+/** One matmul dispatch, ready to record; `destroy` frees its buffers. */
+interface PreparedMatmul {
+  job: MatmulJob & { format: MatmulFormat };
+  kernel: string;
+  weightBytes: number;
+  record: (pass: GPUComputePassEncoder) => void;
+  destroy: () => void;
+}
+
+async function prepareMatmul(
   gpu: Gpu,
   pipelines: Pipelines,
-  timer: PassTimer,
-  o: {
-    kind: MatmulEntry;
-    label: string;
-    n: number;
-    k: number;
-    rows: number;
-    dtype: Precision;
-    /** Variant flags (default a plain y = x · Wᵀ). */
-    constants?: Partial<MatmulConstants>;
-  },
-  rep: Repeats,
-): Promise<MatmulResult> {
+  o: MatmulJob,
+): Promise<PreparedMatmul> {
   const dev = gpu.device;
+  const format = o.format ?? "float";
+  if (format !== "float" && o.k % QUANT_BLOCK !== 0) {
+    throw new Error(`${o.label}: ${format} needs k a multiple of ${QUANT_BLOCK}, got ${o.k}`);
+  }
   const kp = Math.ceil(o.k / 4) * 4;
-  const wBytes = o.n * kp * (o.dtype === "f16" ? 2 : 4);
+  const wBytes = matmulWeightBytes(o.n, o.k, o.dtype, format);
   if (wBytes > gpu.limits.maxStorageBufferBindingSize) {
     throw new Error(
-      `${o.label}: a ${o.n}x${o.k} ${o.dtype} weight (${(wBytes / 2 ** 20).toFixed(0)} MiB) ` +
-        `exceeds the adapter's storage binding limit`,
+      `${o.label}: a ${o.n}x${o.k} ${format === "float" ? o.dtype : format} weight ` +
+        `(${(wBytes / 2 ** 20).toFixed(0)} MiB) exceeds the adapter's storage binding limit`,
     );
   }
-  const { buf: w } = uploadWeights(dev, o.n, kp, o.dtype, o.n * 31 + o.k);
+  const seed = o.n * 31 + o.k;
+  const { buf: w } = format === "float"
+    ? uploadWeights(dev, o.n, kp, o.dtype, seed)
+    : uploadQuantWeights(dev, o.n, o.k, format, seed);
   const x = dev.createBuffer({ size: o.rows * o.k * 4, usage: USAGE });
   const xd = new Float32Array(o.rows * o.k);
   const rand = mulberry32(3);
@@ -273,7 +355,8 @@ export async function measureMatmul(
     N_OFFSET: 0,
     Y_STRIDE: o.n,
     K: o.k,
-    KP: kp,
+    // Quantized rows are words, not elements: their padded width is K itself (gpu/forward.ts).
+    KP: format === "float" ? kp : o.k,
     ACCUMULATE: false,
     HAS_BIAS: false,
     LOGIT_ROWS: false,
@@ -281,7 +364,7 @@ export async function measureMatmul(
     EPS: 1e-5,
     SWIGLU_INPUT: false,
     ...o.constants,
-  });
+  }, format);
   const pipeline = await pipelineOf(pipelines, k, o.dtype);
   dev.pushErrorScope("validation");
   // bias and normW are read only with HAS_BIAS / NORM_INPUT: any buffer serves.
@@ -289,23 +372,92 @@ export async function measureMatmul(
   const err = await dev.popErrorScope();
   if (err) throw new Error(`${o.label}: ${err.message}`);
   const groups = matmulGroups(o.kind, o.n, o.rows);
-  const r = await timer.measure((pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups), rep);
-  for (const b of [w, x, y, bias, fwd]) b.destroy();
+  return {
+    job: { ...o, format },
+    kernel: k.name,
+    weightBytes: wBytes,
+    record: (pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups),
+    destroy: () => {
+      for (const b of [w, x, y, bias, fwd]) b.destroy();
+    },
+  };
+}
+
+function matmulResult(
+  p: PreparedMatmul,
+  method: "timestamp" | "wall-slope",
+  ms: Stat,
+): MatmulResult {
+  const o = p.job;
   const flops = 2 * o.rows * o.n * o.k;
   return {
     kind: o.kind,
-    kernel: k.name,
+    kernel: p.kernel,
     label: o.label,
     n: o.n,
     k: o.k,
     rows: o.rows,
     dtype: o.dtype,
-    weight_bytes: wBytes,
-    method: r.method,
-    ms: r.ms,
-    gbps: gbpsOf(wBytes, r.ms),
-    gflops: stat(r.ms.samples.map((m) => (m > 0 ? flops / (m * 1e6) : 0))),
+    format: o.format,
+    weight_bytes: p.weightBytes,
+    method,
+    ms,
+    gbps: gbpsOf(p.weightBytes, ms),
+    gflops: stat(ms.samples.map((m) => (m > 0 ? flops / (m * 1e6) : 0))),
   };
+}
+
+/**
+ * GEMV (`rows` <= 8) or GEMM throughput of wgsl/matmul.wgsl for a weight [n, k] in `o.format`,
+ * dispatched as the runner does (gpu/kernels/matmul.ts). Throws when the weight does not fit one
+ * storage binding.
+ */
+export async function measureMatmul(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  o: MatmulJob,
+  rep: Repeats,
+): Promise<MatmulResult> {
+  const p = await prepareMatmul(gpu, pipelines, o);
+  try {
+    const r = await timer.measure(p.record, rep);
+    return matmulResult(p, r.method, r.ms);
+  } finally {
+    p.destroy();
+  }
+}
+
+/**
+ * Several matmuls (e.g. one shape in each weight format) timed in the same sitting,
+ * interleaved: all are built first, then each of `rep.samples` rounds takes one sample of each
+ * (after its own warm-up dispatch), round r starting at job r mod n, so that sample i of every
+ * job comes from the same round (the ratios' `paired` figures).
+ */
+export async function measureMatmulSet(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  jobs: MatmulJob[],
+  rep: Repeats,
+): Promise<MatmulResult[]> {
+  const prepared: PreparedMatmul[] = [];
+  try {
+    for (const o of jobs) prepared.push(await prepareMatmul(gpu, pipelines, o));
+    const samples: number[][] = prepared.map(() => []);
+    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
+    for (let s = 0; s < rep.samples; s++) {
+      for (let i = 0; i < prepared.length; i++) {
+        const j = (s + i) % prepared.length;
+        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
+        samples[j].push(r.ms.samples[0]);
+        methods[j] = r.method;
+      }
+    }
+    return prepared.map((p, i) => matmulResult(p, methods[i], stat(samples[i])));
+  } finally {
+    for (const p of prepared) p.destroy();
+  }
 }
 
 export { Pipelines };

@@ -9,16 +9,24 @@
 // One sample of the steady time per token is (T(hi) - T(lo)) / (hi - lo): the ~11 ms readback
 // and the submission cost cancel. Prefill: wall time of `prefill(seq, context tokens)` in chunks,
 // up to its single final readback (included; it adds at most one ~11 ms poll interval).
+//
+// Quantized weights (`weightVariants`): more runners of one plan over the same random weights,
+// quantized on load (RunnerOptions.weights: q8_0, q4_0), decode-measured at one context in the
+// same rotation as the plans, so each of their samples pairs with the float runner's of that
+// round.
 
 import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
 import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
 import type { Gpu, Precision } from "../gpu/device.ts";
+import { quantRowWords, type WeightFormat } from "../gpu/kernels/matmul.ts";
 import { GREEDY, ModelRunner } from "../gpu/runner.ts";
+import { weightBuffers } from "../gpu/weights.ts";
 import { mulberry32, randomModel } from "../model/random.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import type { BenchPlanName } from "./plans.ts";
 import { profileDecode } from "./profile.ts";
+import type { WeightBytesRow } from "./report.ts";
 import { type Stat, stat } from "./stats.ts";
 
 export interface ModelBenchOptions {
@@ -38,6 +46,10 @@ export interface ModelBenchOptions {
   /** Profiled decode steps per sample with timestamp-query; the fastest is kept (default 3). */
   profiles?: number;
   seed: number;
+  /** Runners of `plan` with quantized matmul weights (RunnerOptions.weights), decode-measured
+   * at `context` only, at every batch, in the same rotation as the plans (whose float runner of
+   * `plan` is the reference). `plan` must be one of `plans`; `context` one of `contexts`. */
+  weightVariants?: { plan: BenchPlanName; formats: WeightFormat[]; context: number };
   onProgress?: (done: number, total: number, note: string) => void;
 }
 
@@ -66,6 +78,8 @@ export interface DecodeMeasurement {
 
 export interface Cell {
   plan: BenchPlanName;
+  /** How the runner's matmul weights are stored; absent: "float" (the precision). */
+  weights?: WeightFormat;
   context: number;
   /** null when the context is above the prefill limit of the run. */
   prefill_ms: Stat | null;
@@ -80,15 +94,92 @@ export interface Cell {
   };
 }
 
-/** Weight bytes a decode step streams (GEMV reads each weight once for the whole batch). */
-export function weightBytes(c: ModelConfig, precision: Precision): number {
-  const pad = (n: number) => Math.ceil(n / 4) * 4;
-  const bpe = precision === "f16" ? 2 : 4;
-  const q = c.nHeads * c.headDim;
-  const kv = c.nKvHeads * c.headDim;
-  const perLayer = (q + 2 * kv) * pad(c.dim) + c.dim * pad(q) + 2 * c.hiddenDim * pad(c.dim) +
-    c.dim * pad(c.hiddenDim);
-  return bpe * (c.nLayers * perLayer + c.vocabSize * pad(c.dim));
+/** One matrix a decode step's GEMVs read, as the runner stores it. */
+export interface GemvMatrix {
+  /** gpu/weights.ts's name of the matrix, e.g. "wqkv L0 (q|k|v projections)" or "lm_head". */
+  name: string;
+  format: WeightFormat;
+  /** Weights (rows x columns, no padding). */
+  params: number;
+  bytes: number;
+}
+
+/** Bytes per row part that weightBuffers may plan: large enough that no matrix is split (the
+ * figure is the sum over parts either way). */
+const NO_SPLIT = 2 ** 52;
+
+/**
+ * Every matrix a decode step's GEMVs read, as the runner uploads it (gpu/weights.ts
+ * weightBuffers, the runner's own buffer plan): the layers' wqkv, wo, w_gate_up, w_down and the
+ * LM head, in `format` where its rows are whole blocks (else float), float matrices in `dt` with
+ * rows padded to 4 elements. Not the embedding, which is gathered (one row per token): the plan
+ * is asked for an untied head, which is what a tied model reads too (the embedding itself when
+ * float, a quantized copy otherwise).
+ */
+export function gemvMatrices(
+  c: ModelConfig,
+  dt: Precision,
+  format: WeightFormat = "float",
+): GemvMatrix[] {
+  const shapes = new Map(decodeMatrices(c).map((m) => [m.label, [m.n, m.k] as const]));
+  const out: GemvMatrix[] = [];
+  for (const b of weightBuffers(c, dt, NO_SPLIT, false, format)) {
+    if (b.name.startsWith("embed")) continue;
+    const key = b.name.split(" ")[0];
+    const shape = shapes.get(key);
+    if (!shape) throw new Error(`gemvMatrices: unexpected weight buffer ${b.name}`);
+    const [n, k] = shape;
+    // The stored format, from the bytes: weightBuffers keeps float where rows are not whole
+    // blocks.
+    const floatBytes = n * Math.ceil(k / 4) * 4 * (dt === "f16" ? 2 : 4);
+    const quantBytes = format === "float" ? null : n * quantRowWords(format, k) * 4;
+    const stored = b.bytes === quantBytes ? format : b.bytes === floatBytes ? "float" : null;
+    if (!stored) {
+      throw new Error(`gemvMatrices: ${b.name} has ${b.bytes} bytes, neither float nor ${format}`);
+    }
+    out.push({ name: b.name, format: stored, params: n * k, bytes: b.bytes });
+  }
+  return out;
+}
+
+/** Weight bytes a decode step streams (GEMV reads each weight once for the whole batch): every
+ * matrix of gemvMatrices. */
+export function weightBytes(
+  c: ModelConfig,
+  precision: Precision,
+  format: WeightFormat = "float",
+): number {
+  return gemvMatrices(c, precision, format).reduce((s, m) => s + m.bytes, 0);
+}
+
+/** The GEMV bytes of one decode step of `c` in `format` (float matrices in f16, the figures'
+ * reference), summed per matrix kind over the layers. */
+export function weightBytesRow(
+  model: string,
+  label: string,
+  c: ModelConfig,
+  format: WeightFormat,
+): WeightBytesRow {
+  const mats = gemvMatrices(c, "f16", format);
+  const byMatrix: Record<string, number> = {};
+  for (const m of mats) {
+    const kind = m.name.split(" ")[0];
+    byMatrix[kind] = (byMatrix[kind] ?? 0) + m.bytes;
+  }
+  const bytes = mats.reduce((s, m) => s + m.bytes, 0);
+  const params = mats.reduce((s, m) => s + m.params, 0);
+  return {
+    model,
+    label,
+    format,
+    float_dtype: "f16",
+    params,
+    bytes,
+    bits_per_weight: (8 * bytes) / params,
+    by_matrix: byMatrix,
+    quantized_matrices: mats.filter((m) => m.format !== "float").length,
+    matrices: mats.length,
+  };
 }
 
 /** The matrices of a decode step, [rows n, columns k], for the GEMV bandwidth figure. */
@@ -125,14 +216,30 @@ function rotate<T>(xs: T[], r: number): T[] {
   return [...xs.slice(k), ...xs.slice(0, k)];
 }
 
-/** A plan's runner and the cache manager that hands out its sequences' pages. */
+/** A plan's runner (float or quantized weights) and the cache manager that hands out its
+ * sequences' pages. */
 interface PlanRunner {
+  plan: BenchPlanName;
+  weights: WeightFormat;
   runner: ModelRunner;
   cache: KvCacheManager;
 }
 
+/** A runner's key: its plan, and the weight format when not float ("zigzag+q4_0"). */
+export function runnerKey(plan: BenchPlanName, weights: WeightFormat = "float"): string {
+  return weights === "float" ? plan : `${plan}+${weights}`;
+}
+
+/** What ModelBench.run measures: the plans' cells, and the weight variants' (one context). */
+export interface ModelBenchCells {
+  cells: Cell[];
+  /** One cell per weight variant (`weights` set), at `weightVariants.context`, decode only. */
+  weightCells: Cell[];
+}
+
 export class ModelBench {
-  readonly runners = new Map<BenchPlanName, PlanRunner>();
+  /** By runnerKey: the plans' float runners, then the weight variants. */
+  readonly runners = new Map<string, PlanRunner>();
   readonly maxContext: number;
   #rand: () => number;
 
@@ -154,7 +261,21 @@ export class ModelBench {
       tokenizer: null,
     };
     const maxBatch = Math.max(...o.batches);
-    for (const [name, plan] of Object.entries(o.plans) as [BenchPlanName, ResolvedPlan][]) {
+    const builds: { name: BenchPlanName; plan: ResolvedPlan; weights: WeightFormat }[] = (
+      Object.entries(o.plans) as [BenchPlanName, ResolvedPlan][]
+    ).map(([name, plan]) => ({ name, plan, weights: "float" }));
+    const wv = o.weightVariants;
+    if (wv) {
+      const plan = o.plans[wv.plan];
+      if (!plan) throw new Error(`weight variants of plan ${wv.plan}, which is not measured`);
+      if (!o.contexts.includes(wv.context)) {
+        throw new Error(`weight variants at ${wv.context} tokens, not a decode context`);
+      }
+      for (const f of wv.formats.filter((f) => f !== "float")) {
+        builds.push({ name: wv.plan, plan, weights: f });
+      }
+    }
+    for (const { name, plan, weights } of builds) {
       const g = new CacheGeometry(o.config, plan, o.precision);
       const perSeq = b.maxContext + o.steps.hi + 1;
       const maxSeqs = maxBatch + 1;
@@ -175,11 +296,17 @@ export class ModelBench {
           prefillChunk: o.prefillChunk,
           maxBatch,
           maxDecodeSteps: o.steps.hi,
+          weights,
         });
-        b.runners.set(name, { runner, cache: new KvCacheManager(layout) });
+        b.runners.set(runnerKey(name, weights), {
+          plan: name,
+          weights,
+          runner,
+          cache: new KvCacheManager(layout),
+        });
       } catch (e) {
         throw new Error(
-          `plan ${name}: ${
+          `plan ${runnerKey(name, weights)}: ${
             (e as Error).message
           } (try a smaller --max-context, --layers or --vocab)`,
         );
@@ -245,10 +372,18 @@ export class ModelBench {
     return ms;
   }
 
-  /** Every cell: prefill (where asked) and decode at each batch, plans interleaved. */
-  async run(): Promise<Cell[]> {
+  /** Every cell: prefill (where asked) and decode at each batch, plans interleaved; the weight
+   * variants' decode at their context, in the same rotation. */
+  async run(): Promise<ModelBenchCells> {
     const o = this.o;
-    const names = [...this.runners.keys()];
+    const all = [...this.runners.values()];
+    const names = all.filter((r) => r.weights === "float").map((r) => r.plan);
+    const variants = all.filter((r) => r.weights !== "float").map((r) =>
+      runnerKey(r.plan, r.weights)
+    );
+    const wCtx = o.weightVariants?.context;
+    /** The runners decode-measured at `ctx`, in their rotation order. */
+    const decodeKeys = (ctx: number): string[] => ctx === wCtx ? [...names, ...variants] : names;
     const { lo, hi } = o.steps;
     const preps = o.prefillReps ?? o.reps;
     // Prefill lengths and the plans measured at each.
@@ -262,12 +397,13 @@ export class ModelBench {
     const total = prefillJobs.reduce((s, j) => s + j.plans.length * preps, 0) +
       (prefillJobs.length ? names.length : 0) +
       names.length * (o.contexts.length * o.batches.length * o.reps +
-          (o.contexts.length ? o.batches.length : 0));
+          (o.contexts.length ? o.batches.length : 0)) +
+      variants.length * o.batches.length * (o.reps + 1);
     let done = 0;
     const tick = (note: string) => o.onProgress?.(++done, total, note);
 
-    // Warm-up: every plan once per phase and batch size.
-    for (const name of names) {
+    // Warm-up: every runner once per phase and batch size.
+    for (const name of [...names, ...variants]) {
       const r = this.runners.get(name)!;
       for (const b of o.contexts.length ? o.batches : []) {
         await this.#timeDecode(r, b, Math.min(...o.contexts), lo);
@@ -303,7 +439,7 @@ export class ModelBench {
     for (const ctx of o.contexts) {
       for (const b of o.batches) {
         for (let rep = 0; rep < o.reps; rep++) {
-          for (const name of rotate(names, rep)) {
+          for (const name of rotate(decodeKeys(ctx), rep)) {
             const r = this.runners.get(name)!;
             const tLo = await this.#timeDecode(r, b, ctx, lo);
             const tHi = await this.#timeDecode(r, b, ctx, hi);
@@ -334,11 +470,50 @@ export class ModelBench {
       }
     }
 
+    /** The decode measurements of runner `key` at `ctx`, one per batch measured. */
+    const decodeOf = (key: string, ctx: number): DecodeMeasurement[] => {
+      const r = this.runners.get(key)!;
+      const wBytes = weightBytes(o.config, o.precision, r.weights);
+      return o.batches.flatMap((b) => {
+        const d = decode.get(`${key}|${ctx}|${b}`);
+        if (!d) return [];
+        const wall = stat(d.slope);
+        const gpu = d.gpu.length ? stat(d.gpu) : null;
+        const ms = gpu ?? wall;
+        const bytes = wBytes + b * kvReadBytes(r.cache.layout, ctx);
+        return [{
+          batch: b,
+          ms_per_token: ms,
+          method: gpu ? "timestamp" as const : "wall-slope" as const,
+          wall_ms_per_token: wall,
+          gpu_ms_per_token: gpu,
+          gpu_kernels_ms: gpu
+            ? Object.fromEntries([...d.kernels].map(([k, v]) => [k, stat(v).median]))
+            : null,
+          ms_per_token_amortised: stat(d.amort),
+          bytes_per_step: bytes,
+          gbps: bytes / (ms.median * 1e6),
+          kv_bytes: d.kv,
+        }];
+      });
+    };
+    /** The cache manager's figures for one sequence of `ctx` tokens. */
+    const kvOf = (key: string, ctx: number): Cell["kv"] => {
+      const r = this.runners.get(key)!;
+      const seqs = this.#openAt(r, 1, ctx);
+      const st = r.cache.stats();
+      for (const s of seqs) r.cache.close(s);
+      const used = r.cache.layout.usedBytes([ctx]);
+      return {
+        bytes: st.total.bytes_used,
+        full_attention_bytes: st.full_attention_bytes,
+        ratio_to_full: st.ratio_to_full,
+        closed_form_bytes: used.retrieval + used.streaming,
+      };
+    };
+
     const cells: Cell[] = [];
-    const wBytes = weightBytes(o.config, o.precision);
     for (const name of names) {
-      const r = this.runners.get(name)!;
-      const g = r.cache.layout;
       const ctxs = [
         ...new Set([
           ...o.contexts,
@@ -348,46 +523,27 @@ export class ModelBench {
       ].sort((a, b) => a - b);
       for (const ctx of ctxs) {
         const p = prefill.get(`${name}|${ctx}`);
-        const seqs = this.#openAt(r, 1, ctx);
-        const st = r.cache.stats();
-        for (const s of seqs) r.cache.close(s);
-        const used = g.usedBytes([ctx]);
         cells.push({
           plan: name,
           context: ctx,
           prefill_ms: p ? stat(p) : null,
-          decode: o.batches.flatMap((b) => {
-            const d = decode.get(`${name}|${ctx}|${b}`);
-            if (!d) return [];
-            const wall = stat(d.slope);
-            const gpu = d.gpu.length ? stat(d.gpu) : null;
-            const ms = gpu ?? wall;
-            const bytes = wBytes + b * kvReadBytes(g, ctx);
-            return [{
-              batch: b,
-              ms_per_token: ms,
-              method: gpu ? "timestamp" as const : "wall-slope" as const,
-              wall_ms_per_token: wall,
-              gpu_ms_per_token: gpu,
-              gpu_kernels_ms: gpu
-                ? Object.fromEntries([...d.kernels].map(([k, v]) => [k, stat(v).median]))
-                : null,
-              ms_per_token_amortised: stat(d.amort),
-              bytes_per_step: bytes,
-              gbps: bytes / (ms.median * 1e6),
-              kv_bytes: d.kv,
-            }];
-          }),
-          kv: {
-            bytes: st.total.bytes_used,
-            full_attention_bytes: st.full_attention_bytes,
-            ratio_to_full: st.ratio_to_full,
-            closed_form_bytes: used.retrieval + used.streaming,
-          },
+          decode: decodeOf(name, ctx),
+          kv: kvOf(name, ctx),
         });
       }
     }
-    return cells;
+    const weightCells: Cell[] = wCtx === undefined ? [] : variants.map((key) => {
+      const r = this.runners.get(key)!;
+      return {
+        plan: r.plan,
+        weights: r.weights,
+        context: wCtx,
+        prefill_ms: null,
+        decode: decodeOf(key, wCtx),
+        kv: kvOf(key, wCtx),
+      };
+    });
+    return { cells, weightCells };
   }
 
   destroy(): void {

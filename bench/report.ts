@@ -5,6 +5,7 @@
 // (`num_ref`, `den_ref`, e.g. `cells[3].decode[0].ms_per_token.median`) and carries their values:
 // value === num / den, num === at(result, num_ref), den === at(result, den_ref).
 
+import type { WeightFormat } from "../gpu/kernels/matmul.ts";
 import type { AttentionResult, CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
 import type { CapacityReport, Fit } from "./kv.ts";
 import type { Cell } from "./model_bench.ts";
@@ -53,6 +54,41 @@ export interface GemvAggregate {
   bytes: number;
   ms: number;
   gbps: number;
+}
+
+/** The bytes one decode step's GEMVs read with the matrices in one weight format (closed form:
+ * gpu/weights.ts weightBuffers, the runner's buffer plan, less the gathered embedding). */
+export interface WeightBytesRow {
+  /** Whose shapes: "run" (the model as the bench ran it), a preset at its full size. */
+  model: string;
+  label: string;
+  format: WeightFormat;
+  /** How float matrices are counted: f16, the reference of the ratios. */
+  float_dtype: "f16";
+  /** Weights of the GEMV matrices (no padding). */
+  params: number;
+  bytes: number;
+  /** 8 x bytes / params: scales and padding included. */
+  bits_per_weight: number;
+  /** Bytes per matrix kind (wqkv, wo, w_gate_up, w_down, lm_head), summed over the layers. */
+  by_matrix: Record<string, number>;
+  /** Matrices stored in `format` (the others stay float: rows not whole blocks). */
+  quantized_matrices: number;
+  matrices: number;
+}
+
+/** Quantized matmul weights (`--weights`). */
+export interface WeightsSection {
+  /** "float" and the quantized formats compared with it. */
+  formats: WeightFormat[];
+  bytes: WeightBytesRow[];
+  /** The plan whose runner was built with quantized weights (null: not measured). */
+  plan: BenchPlanName | null;
+  /** Where their decode was measured (null: not measured). */
+  context: number | null;
+  /** One cell per quantized format (`weights` set): decode at `context`, every batch, in the
+   * same rotation as the plans' cells (the float runner of `plan` is in `cells`). */
+  cells: Cell[];
 }
 
 export interface BenchResult {
@@ -118,6 +154,8 @@ export interface BenchResult {
   /** The longest context of Llama-3-8B-Gradient-4194k in 80 GiB, closed form (bench/kv.ts
    * llama3Capacity; absent in results written before it). */
   capacity?: CapacityReport;
+  /** Quantized matmul weights (absent in results written before them). */
+  weights?: WeightsSection;
   ratios: Ratio[];
   targets: Target[];
   elapsed_s: number;
@@ -208,9 +246,11 @@ const PLAN_COLORS: Record<BenchPlanName, string> = {
   streaming: "#2ca02c",
 };
 
-/** `gemv.f16.1536x576.r1`, with the kernel's file and entry when it is not matmul.wgsl's. */
+/** `gemv.f16.1536x576.r1` (quantized weights: `gemv.q4_0.f16.1536x576.r1`, W after the format),
+ * with the kernel's file and entry when it is not matmul.wgsl's. */
 export function kernelId(k: MatmulResult): string {
-  const base = `${k.kind}.${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
+  const fmt = k.format && k.format !== "float" ? `${k.format}.` : "";
+  const base = `${k.kind}.${fmt}${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
   return k.kernel === `matmul.wgsl:${k.kind}` ? base : `${base}.${k.kernel}`;
 }
 
@@ -232,6 +272,34 @@ export function attentionRatioId(rows: number, kv: string, ref: string, ctx: num
 
 function cellIndex(r: BenchResult, plan: string, ctx: number): number {
   return r.cells.findIndex((c) => c.plan === plan && c.context === ctx);
+}
+
+/** A matmul result's weight format ("float" for results written before formats). */
+function kernelFormat(k: MatmulResult): WeightFormat {
+  return k.format ?? "float";
+}
+
+/** `weights.bytes.run.q4_0/f16`: GEMV bytes per decode step, quantized over f16. */
+export function weightBytesRatioId(model: string, format: string): string {
+  return `weights.bytes.${model}.${format}/f16`;
+}
+
+/** `weights.decode.b1.zigzag.q4_0/float@4096`: decode ms/token, quantized weights over float. */
+export function weightDecodeRatioId(b: number, plan: string, format: string, ctx: number) {
+  return `weights.decode.b${b}.${plan}.${format}/float@${ctx}`;
+}
+
+/** `gemv.b1.q4_0/f16.1536x576`: GEMV ms of a quantized weight over the float one (same W). */
+export function gemvFormatRatioId(k: MatmulResult): string {
+  return `gemv.b${k.rows}.${kernelFormat(k)}/${k.dtype}.${k.n}x${k.k}`;
+}
+
+/** The float result a quantized GEMV is compared with: same shape, rows and W. */
+function gemvFloatIndex(r: BenchResult, k: MatmulResult): number {
+  return (r.kernels ?? []).findIndex((x) =>
+    kernelFormat(x) === "float" && x.kind === k.kind && x.dtype === k.dtype && x.n === k.n &&
+    x.k === k.k && x.rows === k.rows
+  );
 }
 
 /** The ratios zigzag/full and zigzag/duo (and the bandwidth ratios) of a result. */
@@ -326,6 +394,51 @@ export function buildRatios(r: BenchResult): Ratio[] {
       `kernels[${i}].gbps.median`,
       "reference.copy.gbps.median",
     ));
+  });
+  // Quantized GEMVs against the float one of the same shape, rows and W (same sitting).
+  (r.kernels ?? []).forEach((k, i) => {
+    if (kernelFormat(k) === "float") return;
+    const j = gemvFloatIndex(r, k);
+    if (j < 0) return;
+    push(makeRatio(
+      r,
+      gemvFormatRatioId(k),
+      `${k.kernel} ${k.label} ${k.n}x${k.k} rows ${k.rows}: ms with ${k.format} weights / ` +
+        `${k.dtype} weights`,
+      `kernels[${i}].ms.median`,
+      `kernels[${j}].ms.median`,
+    ));
+  });
+  // Quantized matmul weights: GEMV bytes per decode step over f16, and decode ms/token over the
+  // float runner of the same plan at the same context (same rotation).
+  const w = r.weights;
+  (w?.bytes ?? []).forEach((x, i) => {
+    if (x.format === "float") return;
+    const j = w!.bytes.findIndex((y) => y.model === x.model && y.format === "float");
+    if (j < 0) return;
+    push(makeRatio(
+      r,
+      weightBytesRatioId(x.model, x.format),
+      `GEMV bytes per decode step, ${x.format} / f16 (${x.label})`,
+      `weights.bytes[${i}].bytes`,
+      `weights.bytes[${j}].bytes`,
+    ));
+  });
+  (w?.cells ?? []).forEach((c, i) => {
+    const o = cellIndex(r, c.plan, c.context);
+    if (o < 0) return;
+    c.decode.forEach((d, j) => {
+      const k = r.cells[o].decode.findIndex((e) => e.batch === d.batch);
+      if (k < 0) return;
+      push(makeRatio(
+        r,
+        weightDecodeRatioId(d.batch, c.plan, c.weights ?? "float", c.context),
+        `decode ms/token ${c.plan}, ${c.weights} weights / ${r.options.precision}, batch ` +
+          `${d.batch}, at ${c.context}`,
+        `weights.cells[${i}].decode[${j}].ms_per_token.median`,
+        `cells[${o}].decode[${k}].ms_per_token.median`,
+      ));
+    });
   });
   (r.attention ?? []).forEach((x, i) => {
     push(makeRatio(
@@ -476,7 +589,7 @@ export function buildTargets(r: BenchResult): Target[] {
     "bw.gemv.model/stream",
   );
   for (const k of r.kernels ?? []) {
-    if (k.kernel !== "matmul.wgsl:gemv" || k.rows !== 1) continue;
+    if (k.kernel !== "matmul.wgsl:gemv" || k.rows !== 1 || kernelFormat(k) !== "float") continue;
     const id = `bw.${kernelId(k)}/stream`;
     fromRatio(
       `kernels.${id}`,
@@ -503,6 +616,47 @@ export function buildTargets(r: BenchResult): Target[] {
         target,
         attentionRatioId(b, kv, attnRef, attnCtx),
         r.attention?.length ? undefined : "measured with --kernels",
+      );
+    }
+  }
+  // Quantized matmul weights: the bytes of a decode step's GEMVs (closed form, the shapes as
+  // run and Llama-3-8B's), and decode ms/token with q4_0 weights, at batch 1 and 8.
+  if (r.weights) {
+    const w = r.weights;
+    const models = [...new Set(w.bytes.map((x) => x.model))].filter((m) =>
+      m === "run" || m === "llama-3-8b"
+    );
+    for (const m of models) {
+      const label = w.bytes.find((x) => x.model === m)!.label;
+      for (const [fmt, target] of [["q4_0", 0.3], ["q8_0", 0.55]] as const) {
+        fromRatio(
+          `weights.bytes.${m}.${fmt}`,
+          `GEMV bytes per decode step with ${fmt} weights <= ${target}x f16 (${label})`,
+          "<=",
+          target,
+          weightBytesRatioId(m, fmt),
+          w.formats.includes(fmt) ? undefined : `${fmt} not in --weights`,
+        );
+      }
+    }
+    const plan = w.plan ?? (r.options.weights_plan as string | undefined) ?? "zigzag";
+    const ctx = w.context ?? (r.options.weights_context as number | undefined) ?? 4096;
+    const wBatches = w.cells.length
+      ? [...new Set(w.cells.flatMap((c) => c.decode.map((d) => d.batch)))].sort((a, b) => a - b)
+      : [1, 8];
+    for (const b of wBatches) {
+      fromRatio(
+        `weights.decode.b${b}.q4_0`,
+        `decode ms/token with q4_0 weights <= 0.6x ${r.options.precision} (${plan}, batch ${b}, ` +
+          `${ctx} tokens)`,
+        "<=",
+        0.6,
+        weightDecodeRatioId(b, plan, "q4_0", ctx),
+        !w.cells.some((c) => c.weights === "q4_0")
+          ? "measured by the model bench with q4_0 in --weights"
+          : r.options.precision !== "f16"
+          ? `the float runner is ${r.options.precision} on this adapter`
+          : undefined,
       );
     }
   }
@@ -694,6 +848,8 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     }
   }
 
+  if (r.weights) L.push(...weightsMarkdown(r));
+
   L.push("", "### Targets (not asserted)", "");
   L.push("| target | value | met | gap |");
   L.push("| --- | ---: | :---: | --- |");
@@ -757,16 +913,27 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
   if (r.kernels?.length) {
     L.push("", "### Kernels (`--kernels`)", "");
     L.push(
-      "| kernel | shape | weight [n x k] | dtype | rows | ms | weight GB/s | GFLOP/s | / stream | " +
-        "/ copy |",
+      "| kernel | shape | weight [n x k] | weights | rows | ms | weight GB/s | GFLOP/s | / stream | " +
+        "/ copy | ms / float |",
     );
-    L.push("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    L.push("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const k of r.kernels) {
       const id = kernelId(k);
+      const fmt = kernelFormat(k);
       L.push(
-        `| ${k.kernel} | ${k.label} | ${k.n} x ${k.k} | ${k.dtype} | ${k.rows} | ${pm(k.ms)} | ` +
+        `| ${k.kernel} | ${k.label} | ${k.n} x ${k.k} | ${
+          fmt === "float" ? k.dtype : `${fmt} (W ${k.dtype})`
+        } | ${k.rows} | ${pm(k.ms)} | ` +
           `${f(k.gbps.median)} | ${f(k.gflops.median)} | ${rv(`bw.${id}/stream`)} | ` +
-          `${rv(`bw.${id}/copy`)} |`,
+          `${rv(`bw.${id}/copy`)} | ${fmt === "float" ? "" : rv(gemvFormatRatioId(k))} |`,
+      );
+    }
+    if (r.kernels.some((k) => kernelFormat(k) !== "float")) {
+      L.push(
+        "",
+        "A shape's GEMVs at one batch (every weight format) are timed in the same sitting, " +
+          "interleaved round by round; weight GB/s counts the bytes as stored (quantized: " +
+          "quants and scales); ms / float is over the float weight of the same pipeline type W.",
       );
     }
   }
@@ -810,6 +977,73 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
 }
 
 const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+
+/** The quantized-weights section: GEMV bytes per decode step by format, and decode with
+ * quantized weights beside the float runner. */
+export function weightsMarkdown(r: BenchResult): string[] {
+  const w = r.weights;
+  if (!w) return [];
+  const L: string[] = [];
+  const rv = (id: string) => f(r.ratios.find((x) => x.id === id)?.value);
+  L.push(
+    "",
+    "### Quantized weights (`--weights`)",
+    "",
+    "GEMV bytes per decode step: the layers' wqkv, wo, w_gate_up, w_down and the LM head as " +
+      "the runner stores them (gpu/weights.ts weightBuffers; not the gathered embedding; a tied " +
+      "LM head is read as its quantized copy), closed form:",
+    "",
+    "| model | weights | MiB per step | bits / weight | quantized matrices | / f16 |",
+    "| --- | --- | ---: | ---: | ---: | ---: |",
+  );
+  for (const x of w.bytes) {
+    L.push(
+      `| ${x.label} | ${x.format === "float" ? x.float_dtype : x.format} | ${mib(x.bytes)} | ` +
+        `${f(x.bits_per_weight)} | ${x.quantized_matrices} of ${x.matrices} | ${
+          x.format === "float" ? "1" : rv(weightBytesRatioId(x.model, x.format))
+        } |`,
+    );
+  }
+  if (w.cells.length && w.plan !== null && w.context !== null) {
+    const ref = r.cells.find((c) => c.plan === w.plan && c.context === w.context);
+    const batches = [...new Set(w.cells.flatMap((c) => c.decode.map((d) => d.batch)))].sort((
+      a,
+      b,
+    ) => a - b);
+    L.push(
+      "",
+      `Decode with quantized weights: ${w.plan}, ${w.context} tokens, the runner built again ` +
+        `with its matrices quantized on load; measured in the same rotation as the plans, so ` +
+        `each sample pairs with the float runner's of the same round (paired median in ` +
+        `brackets):`,
+      "",
+      `| weights | ${batches.map((b) => `decode ms/token b${b}`).join(" | ")} | ${
+        batches.map((b) => `GB/s b${b}`).join(" | ")
+      } | ${batches.map((b) => `/ float b${b}`).join(" | ")} |`,
+      `| --- | ${batches.map(() => "---:").join(" | ")} | ${
+        batches.map(() => "---:").join(" | ")
+      } | ${batches.map(() => "---:").join(" | ")} |`,
+    );
+    const row = (name: string, c: Cell | undefined, ratio: (b: number) => string) => {
+      const d = (b: number) => c?.decode.find((e) => e.batch === b);
+      L.push(
+        `| ${name} | ${batches.map((b) => pm(d(b)?.ms_per_token)).join(" | ")} | ${
+          batches.map((b) => f(d(b)?.gbps)).join(" | ")
+        } | ${batches.map(ratio).join(" | ")} |`,
+      );
+    };
+    row(`${r.options.precision} (float)`, ref, () => "1");
+    for (const c of w.cells) {
+      row(c.weights ?? "float", c, (b) => {
+        const x = r.ratios.find((y) =>
+          y.id === weightDecodeRatioId(b, c.plan, c.weights ?? "float", c.context)
+        );
+        return x ? `${f(x.value)}${x.paired ? ` (${f(x.paired.median)})` : ""}` : "-";
+      });
+    }
+  }
+  return L;
+}
 
 /** The capacity table: the longest context of one sequence in the budget, per plan and KV dtype,
  * next to DuoAttention's published figure. */

@@ -8,6 +8,7 @@ import { CacheGeometry, CacheLayout } from "../cache/layout.ts";
 import { KvCacheManager } from "../cache/manager.ts";
 import { PRESETS, tinyConfig } from "../model/random.ts";
 import { llama3Capacity, managerStats, maxContextFit } from "../bench/kv.ts";
+import { gemvMatrices, weightBytes, weightBytesRow } from "../bench/model_bench.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
 import { lineChart, niceTicks } from "../bench/svg.ts";
@@ -72,7 +73,7 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     "1,2",
     "--kernels",
     "--kernel-shapes",
-    "64x40",
+    "64x40,48x64",
     "--gemm-rows",
     "16",
     "--attention-context",
@@ -142,9 +143,31 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     c.plan === "zigzag" && c.context === 96
   );
   assert.ok(zig.kv.bytes < full.kv.bytes);
-  // Per dtype: matmul.wgsl gemv at rows 1 and 8, and one GEMM.
-  assert.equal(r.kernels.length, 3 * (r.adapter.shader_f16 ? 2 : 1));
+  // Per shape: matmul.wgsl gemv at rows 1 and 8 per dtype, and q8_0 / q4_0 where k is whole
+  // blocks of 32 (48x64, not 64x40), interleaved; one GEMM per dtype.
+  const nd = r.adapter.shader_f16 ? 2 : 1;
+  const wRef = r.adapter.shader_f16 ? "f16" : "f32";
+  assert.equal(r.kernels.length, 2 * 3 * nd + 2 * 2);
   for (const k of r.kernels) checkStat(k.gbps, `kernel ${k.kind}`);
+  const quantKernels = r.kernels.filter((k: { format: string }) => k.format !== "float");
+  assert.deepEqual(
+    quantKernels.map((k: { n: number; k: number; rows: number; format: string; dtype: string }) =>
+      `${k.n}x${k.k}:${k.rows}:${k.format}:${k.dtype}`
+    ),
+    ["48x64:1:q8_0", "48x64:1:q4_0", "48x64:8:q8_0", "48x64:8:q4_0"].map((x) => `${x}:${wRef}`),
+  );
+  // Weight bytes as stored: 48 rows of 64 weights, 2 blocks: q8_0 16 + 1 words, q4_0 8 + 1.
+  for (const k of quantKernels) {
+    assert.equal(k.weight_bytes, 48 * (k.format === "q8_0" ? 17 : 9) * 4);
+    const id = `gemv.b${k.rows}.${k.format}/${wRef}.48x64`;
+    const x = r.ratios.find((y: { id: string }) => y.id === id);
+    assert.ok(x, `ratio ${id} present`);
+    const j = r.kernels.findIndex((y: { n: number; rows: number; format: string; dtype: string }) =>
+      y.n === 48 && y.rows === k.rows && y.format === "float" && y.dtype === wRef
+    );
+    assert.equal(x.den_ref, `kernels[${j}].ms.median`);
+    assert.ok(x.paired, `${id}: paired samples (interleaved)`);
+  }
   // Per batch 1 and 8: the float caches, int8 and int4, interleaved (same sample counts).
   const kvs = [...(r.adapter.shader_f16 ? ["f16"] : []), "f32", "int8", "int4"];
   assert.deepEqual(
@@ -202,6 +225,97 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     }
   }
 
+  // Quantized weights: the GEMV bytes of a decode step by format, by hand for the tiny shapes
+  // (dim 64, hidden 160, q 64, kv 32, 2 layers, vocab 256; every matrix's K is whole blocks, the
+  // tied LM head read as its quantized copy; the embedding is not a GEMV) and Llama-3-8B's.
+  // A row of K weights: f16 2K bytes, q8_0 (K/4 + ceil(K/64)) words, q4_0 (K/8 + ceil(K/64)).
+  const rowBytes = (fmt: string, k: number) =>
+    fmt === "float" ? 2 * k : 4 * ((fmt === "q8_0" ? k / 4 : k / 8) + Math.ceil(k / 64));
+  const stepBytes = (
+    fmt: string,
+    c: { dim: number; hidden: number; qkv: number; q: number; vocab: number; layers: number },
+  ) =>
+    c.layers * ((c.qkv + 2 * c.hidden) * rowBytes(fmt, c.dim) + c.dim * rowBytes(fmt, c.q) +
+        c.dim * rowBytes(fmt, c.hidden)) + c.vocab * rowBytes(fmt, c.dim);
+  const shapes = {
+    run: { dim: 64, hidden: 160, qkv: 128, q: 64, vocab: 256, layers: 2 },
+    "llama-3-8b": { dim: 4096, hidden: 14336, qkv: 6144, q: 4096, vocab: 128256, layers: 32 },
+  };
+  assert.deepEqual(r.weights.formats, ["float", "q8_0", "q4_0"]);
+  assert.deepEqual(
+    r.weights.bytes.map((x: { model: string; format: string }) => `${x.model}:${x.format}`),
+    ["run", "llama-3-8b"].flatMap((m) => ["float", "q8_0", "q4_0"].map((f) => `${m}:${f}`)),
+  );
+  for (const x of r.weights.bytes) {
+    const c = shapes[x.model as keyof typeof shapes];
+    assert.equal(x.bytes, stepBytes(x.format, c), `${x.model} ${x.format}: bytes by hand`);
+    assert.equal(
+      x.params,
+      c.layers * (c.qkv * c.dim + c.dim * c.q + 3 * c.hidden * c.dim) +
+        c.vocab * c.dim,
+    );
+    assert.equal(x.quantized_matrices, x.format === "float" ? 0 : 4 * c.layers + 1);
+    if (x.format === "float") continue;
+    const id = `weights.bytes.${x.model}.${x.format}/f16`;
+    const ratio = r.ratios.find((y: { id: string }) => y.id === id);
+    assert.ok(ratio, `ratio ${id} present`);
+    assert.equal(ratio.value, stepBytes(x.format, c) / stepBytes("float", c));
+    const t = r.targets.find((y: { id: string }) =>
+      y.id === `weights.bytes.${x.model}.${x.format}`
+    );
+    assert.equal(t.ratio_id, id);
+    assert.equal(t.target, x.format === "q4_0" ? 0.3 : 0.55);
+    assert.equal(t.met, true);
+  }
+  // Llama-3-8B: every K is a multiple of 64, so exactly 4.5 / 16 and 8.5 / 16 of f16.
+  const l3Ratio = (f: string) =>
+    r.ratios.find((y: { id: string }) => y.id === `weights.bytes.llama-3-8b.${f}/f16`).value;
+  assert.equal(l3Ratio("q4_0"), 9 / 32);
+  assert.equal(l3Ratio("q8_0"), 17 / 32);
+  // Decode with quantized weights: the zigzag runner again, at the longest decode context of
+  // the run (96: 4096 is not reached), every batch, paired with the float runner's samples.
+  assert.equal(r.weights.plan, "zigzag");
+  assert.equal(r.weights.context, 96);
+  assert.deepEqual(
+    r.weights.cells.map((c: { plan: string; weights: string; context: number }) =>
+      `${c.plan}:${c.weights}:${c.context}`
+    ),
+    ["zigzag:q8_0:96", "zigzag:q4_0:96"],
+  );
+  const zi = r.cells.findIndex((c: { plan: string; context: number }) =>
+    c.plan === "zigzag" && c.context === 96
+  );
+  for (const [i, c] of r.weights.cells.entries()) {
+    assert.equal(c.prefill_ms, null);
+    assert.deepEqual(c.kv, r.cells[zi].kv, "same plan, same KV");
+    assert.deepEqual(c.decode.map((d: { batch: number }) => d.batch), [1, 8]);
+    for (const [j, d] of c.decode.entries()) {
+      checkStat(d.ms_per_token, `weights ${c.weights} b${d.batch}`, reps);
+      assert.equal(d.gbps, d.bytes_per_step / (d.ms_per_token.median * 1e6));
+      // The step reads the quantized matrices instead of the float ones, the same KV.
+      const ref = r.cells[zi].decode[j];
+      const q = r.weights.bytes.find((x: { model: string; format: string }) =>
+        x.model === "run" && x.format === c.weights
+      );
+      const f = r.weights.bytes.find((x: { model: string; format: string }) =>
+        x.model === "run" && x.format === "float"
+      );
+      const floatBytes = r.options.precision === "f16" ? f.bytes : 2 * f.bytes;
+      assert.equal(ref.bytes_per_step - d.bytes_per_step, floatBytes - q.bytes);
+      const id = `weights.decode.b${d.batch}.zigzag.${c.weights}/float@96`;
+      const x = r.ratios.find((y: { id: string }) => y.id === id);
+      assert.ok(x, `ratio ${id} present`);
+      assert.equal(x.num_ref, `weights.cells[${i}].decode[${j}].ms_per_token.median`);
+      assert.equal(x.den_ref, `cells[${zi}].decode[${j}].ms_per_token.median`);
+      assert.ok(x.paired, `${id}: paired samples (same rotation)`);
+      if (c.weights === "q4_0") {
+        const t = r.targets.find((y: { id: string }) => y.id === `weights.decode.b${d.batch}.q4_0`);
+        assert.equal(t.ratio_id, id);
+        assert.equal(t.target, 0.6);
+      }
+    }
+  }
+
   // The capacity figure (closed form, also in --quick runs): the rows and their target.
   assert.deepEqual(
     r.capacity.rows.map((x: { plan: string; kv_dtype: string }) => `${x.plan}:${x.kv_dtype}`),
@@ -247,8 +361,53 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   assert.ok(md.includes(r.adapter.name));
   assert.ok(md.includes("Targets"));
   assert.ok(md.includes("DuoAttention, published"));
+  assert.ok(md.includes("Quantized weights"));
   assert.match(await Deno.readTextFile(`${out}/decode.svg`), /^<svg[^>]*>[\s\S]*<\/svg>\s*$/);
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("bench: GEMV bytes per decode step by weight format (the runner's buffer plan)", () => {
+  // dim 40 (K of wqkv, w_gate_up and the LM head not whole blocks: they stay float), q 64 and
+  // hidden 96 (wo and w_down quantized).
+  const c = tinyConfig({
+    dim: 40,
+    nHeads: 4,
+    headDim: 16,
+    nKvHeads: 2,
+    hiddenDim: 96,
+    vocabSize: 100,
+  });
+  const f16 = gemvMatrices(c, "f16");
+  assert.deepEqual(f16.map((m) => m.name.split(" ")[0]), [
+    "lm_head",
+    ...Array.from({ length: c.nLayers }, () => ["wqkv", "wo", "w_gate_up", "w_down"]).flat(),
+  ]);
+  for (const fmt of ["q8_0", "q4_0"] as const) {
+    const q = gemvMatrices(c, "f16", fmt);
+    const words = (k: number) => (fmt === "q8_0" ? k / 4 : k / 8) + Math.ceil(k / 64);
+    const want: Record<string, [string, number]> = {
+      lm_head: ["float", 100 * 40 * 2],
+      wqkv: ["float", 128 * 40 * 2],
+      wo: [fmt, 40 * words(64) * 4],
+      w_gate_up: ["float", 192 * 40 * 2],
+      w_down: [fmt, 40 * words(96) * 4],
+    };
+    for (const m of q) {
+      const [format, bytes] = want[m.name.split(" ")[0]];
+      assert.deepEqual([m.format, m.bytes], [format, bytes], m.name);
+    }
+    const row = weightBytesRow("t", "t", c, fmt);
+    assert.equal(row.bytes, weightBytes(c, "f16", fmt));
+    assert.equal(row.quantized_matrices, 2 * c.nLayers);
+    assert.equal(row.bits_per_weight, (8 * row.bytes) / row.params);
+  }
+  // f32 float matrices: twice f16's; rows padded to 4 elements.
+  assert.equal(weightBytes(c, "f32"), 2 * weightBytes(c, "f16"));
+  const odd = tinyConfig({ dim: 36, nHeads: 2, headDim: 18, nKvHeads: 1, hiddenDim: 50 });
+  assert.equal(
+    gemvMatrices(odd, "f16").find((m) => m.name.startsWith("w_down"))!.bytes,
+    36 * 52 * 2,
+  );
 });
 
 Deno.test("bench: longest context that fits = what the cache manager admits", () => {
