@@ -139,10 +139,10 @@ export function q4Weights(c: ModelConfig): Q4Weights {
 
 /** What a runner for one sequence of up to `maxSeqLen` tokens allocates besides its weights. */
 export interface RunnerMemory {
-  /** Activations and the like: runnerBuffers' activations (x, qkv, gate_up rows of a prefill
-   * chunk, the logits of the batch, the decode partials and prefill carry), the activations it
-   * does not list (the attention output and final hidden rows, the small u32 staging buffers of
-   * the runner's #allocateActivations), and the KV page table (kvBufferPlan). */
+  /** Activations and the like: runnerBuffers' activations (x, qkv, attn, gate_up rows of a
+   * prefill chunk, the final hidden rows and logits of the batch, the decode partials and
+   * prefill carry), the small u32 staging buffers it does not list (the runner's
+   * #allocateActivations), and the KV page table (kvBufferPlan). */
   overhead: PlannedBuffer[];
   /** Bytes of the K and V shard buffers (kvBufferPlan without the page table). */
   kv_shard_bytes: number;
@@ -182,8 +182,6 @@ export function runnerMemory(
   return {
     overhead: [
       ...listed,
-      { name: `activation attn (${R} rows)`, bytes: R * c.nHeads * c.headDim * 4, bound: true },
-      { name: `activation x_final (batch ${B})`, bytes: B * c.dim * 4, bound: true },
       { name: "u32 staging (tokens, rows, samplers, sampled ids)", bytes: small, bound: true },
       ...table,
     ],

@@ -522,11 +522,17 @@ export function runnerBuffers(
       bound: true,
     },
     {
+      name: `activation attn (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
+      bytes: rows * c.nHeads * c.headDim * 4,
+      bound: true,
+    },
+    {
       name:
         `activation gate_up (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
       bytes: rows * 2 * c.hiddenDim * 4,
       bound: true,
     },
+    { name: `activation x_final (batch ${B})`, bytes: B * c.dim * 4, bound: true },
     {
       name: `activation logits (batch ${B}: lower --max-batch)`,
       bytes: B * c.vocabSize * 4,

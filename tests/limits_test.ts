@@ -9,6 +9,8 @@ import {
   GpuValidationError,
   withValidation,
 } from "../gpu/limits.ts";
+import { runnerBuffers } from "../gpu/runner.ts";
+import { runnerShape } from "../engine/runners.ts";
 import { writeFakeCheckpoint } from "../model/fake_checkpoint.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
 import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
@@ -158,4 +160,20 @@ Deno.test("generate refuses a --max-model-len the KV cache cannot hold", gpuTest
     out.stderr,
     /--max-model-len 4096: .* holds at most 816 tokens .*--max-model-len 816/,
   );
+});
+
+Deno.test("runnerBuffers lists every activation the runner binds whole", () => {
+  // attn [rows, nHeads * headDim] and x_final [batch, dim] besides x, qkv, gate_up and logits.
+  const c = tinyConfig({ nLayers: 1, dim: 64, nHeads: 4, nKvHeads: 2, headDim: 16 });
+  const p = plan(c, "full", 0, 1);
+  const shape = runnerShape(c, p, { precision: "f32", prefillChunk: 48, maxBatch: 3 }, LIMITS);
+  const bytes = new Map(
+    runnerBuffers(c, { precision: "f32", ...shape }, LIMITS).map((
+      b,
+    ) => [b.name.replace(/ \(.*$/, ""), b.bytes]),
+  );
+  assert.equal(bytes.get("activation attn"), 48 * 4 * 16 * 4);
+  assert.equal(bytes.get("activation x_final"), 3 * 64 * 4);
+  assert.equal(bytes.get("activation x"), 48 * 64 * 4);
+  assert.equal(bytes.get("activation logits"), 3 * c.vocabSize * 4);
 });
