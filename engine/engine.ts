@@ -43,7 +43,7 @@ import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 // What callers need to name the engine's failures and settings without reaching below it.
 export { CacheExhaustedError, KV_DTYPES, type KvDtype };
-export { WEIGHT_FORMATS, type WeightFormat } from "../gpu/kernels/matmul.ts";
+export type { WeightFormat } from "../gpu/kernels/matmul.ts";
 export { WEIGHT_CHOICES, type WeightChoice } from "../gpu/weights.ts";
 export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";

@@ -63,6 +63,13 @@ function readKernel(file: string): string {
   return src;
 }
 
+/** The files of wgsl/ a spec compiles after common.wgsl, in order: the KV codec (`kvCodec`),
+ * the includes, the kernel's own file. */
+function specFiles<C extends Overrides<C>>(spec: KernelSpec<C>): string[] {
+  const codec = spec.kvCodec ? [kvCodecFile(spec.KV ?? "f32")] : [];
+  return [...codec, ...spec.includes ?? [], spec.file];
+}
+
 /** The full source a spec compiles to (exported for tests and debugging). */
 export function kernelSource<C extends Overrides<C>>(spec: KernelSpec<C>): string {
   const w = spec.W ?? "f32";
@@ -70,9 +77,7 @@ export function kernelSource<C extends Overrides<C>>(spec: KernelSpec<C>): strin
   const unit = kv === "int8" || kv === "int4" ? "u32" : kv;
   const header = (w === "f16" || kv === "f16" ? "enable f16;\n" : "") +
     `alias W = ${w};\nalias KV = ${unit};\n`;
-  const codec = spec.kvCodec ? [kvCodecFile(kv)] : [];
-  const files = ["common.wgsl", ...codec, ...spec.includes ?? [], spec.file];
-  return header + files.map(readKernel).join("\n");
+  return header + ["common.wgsl", ...specFiles(spec)].map(readKernel).join("\n");
 }
 
 /** The text of one file of wgsl/ (kernel tests compare its constants with TypeScript's). */
@@ -105,8 +110,7 @@ export class Pipelines {
     for (const [k, v] of given.sort(([a], [b]) => a < b ? -1 : 1)) {
       constants[k] = typeof v === "boolean" ? (v ? 1 : 0) : v;
     }
-    const codec = spec.kvCodec ? [kvCodecFile(spec.KV ?? "f32")] : [];
-    const files = [...codec, ...spec.includes ?? [], spec.file].join("+");
+    const files = specFiles(spec).join("+");
     const moduleKey = `${files}|${spec.W ?? "f32"}|${spec.KV ?? "f32"}`;
     const key = `${moduleKey}|${spec.entry ?? "main"}|${JSON.stringify(constants)}`;
     let p = this.#pipelines.get(key);

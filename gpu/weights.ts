@@ -510,7 +510,7 @@ class WeightUploader {
           throw new Error(`${t.name}: ${m.format} weights come only from a GGUF's own blocks`);
         }
         const words = quantizeRows(m.format, bytes, reads[i].rows, cols, t.sourceDtype);
-        await this.#writeUnits(m, reads[i].dstRow, reads[i].rows, new Uint8Array(words.buffer));
+        await this.#write(m, reads[i].dstRow, reads[i].rows, new Uint8Array(words.buffer));
         this.onBytes?.(raw.byteLength);
         continue;
       }
@@ -520,9 +520,12 @@ class WeightUploader {
     }
   }
 
-  /** Rows [row, row + n) of `m` from `bytes` (rows of m.stride elements in `src` dtype). */
-  async #write(m: GpuMatrix, row: number, n: number, bytes: Uint8Array, src: SourceDtype) {
+  /** Rows [row, row + n) of `m` from `bytes`: rows of m.stride elements in `src` dtype,
+   * converted to the storage precision, or (no `src`) rows as `m` stores them (quantized). */
+  async #write(m: GpuMatrix, row: number, n: number, bytes: Uint8Array, src?: SourceDtype) {
     const srcRowBytes = bytes.byteLength / n;
+    const unitBytes = m.format === "float" ? this.#bytesPerElement : 4;
+    const asStored = src === undefined || src === this.dt;
     for (const part of m.parts) {
       const r0 = Math.max(row, part.rowStart);
       const r1 = Math.min(row + n, part.rowStart + part.rows);
@@ -532,11 +535,11 @@ class WeightUploader {
         (r1 - row) * srcRowBytes,
       ) as Uint8Array<ArrayBuffer>;
       const dstElement = (r0 - part.rowStart) * m.stride;
-      if (src === this.dt || this.convertOn === "host") {
+      if (asStored || this.convertOn === "host") {
         this.device.queue.writeBuffer(
           part.tensor.buffer,
-          dstElement * this.#bytesPerElement,
-          src === this.dt ? piece : convertOnHost(piece, src, this.dt),
+          dstElement * unitBytes,
+          asStored ? piece : convertOnHost(piece, src, this.dt),
         );
       } else {
         await this.#convert(part.tensor, dstElement, piece, src);
@@ -580,22 +583,8 @@ class WeightUploader {
           i * words,
         );
       }
-      await this.#writeUnits(m, r.dstRow, r.rows, new Uint8Array(out.buffer));
+      await this.#write(m, r.dstRow, r.rows, new Uint8Array(out.buffer));
       this.onBytes?.(raw.byteLength);
-    }
-  }
-
-  /** Rows [row, row + n) of a quantized `m` from `bytes`, already in its row layout. */
-  async #writeUnits(m: GpuMatrix, row: number, n: number, bytes: Uint8Array<ArrayBuffer>) {
-    const rowBytes = m.stride * 4;
-    for (const part of m.parts) {
-      const r0 = Math.max(row, part.rowStart);
-      const r1 = Math.min(row + n, part.rowStart + part.rows);
-      if (r0 >= r1) continue;
-      const piece = bytes.subarray((r0 - row) * rowBytes, (r1 - row) * rowBytes);
-      this.device.queue.writeBuffer(part.tensor.buffer, (r0 - part.rowStart) * rowBytes, piece);
-      this.#unflushed += piece.byteLength;
-      if (this.#unflushed >= FLUSH_BYTES) await this.flush();
     }
   }
 

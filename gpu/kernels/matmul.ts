@@ -4,6 +4,7 @@
 // The weights' storage is the matrix's `WeightFormat`, compiled in as the weight codec include
 // (wgsl/w_<format>.wgsl): f16/f32 values, or GGUF's Q8_0 / Q4_0 blocks repacked row by row.
 
+import { BLOCK_FORMATS, type GgmlType } from "../../model/gguf_blocks.ts";
 import { grid, type Groups, kernel } from "./kernel.ts";
 
 export const MATMUL_FILE = "matmul.wgsl";
@@ -54,31 +55,18 @@ export type WeightFormat = "float" | "q8_0" | "q4_0" | "q5_0" | "q4_k" | "q5_k" 
 
 export type QuantFormat = Exclude<WeightFormat, "float">;
 
-export const WEIGHT_FORMATS: readonly WeightFormat[] = [
-  "float",
-  "q8_0",
-  "q4_0",
-  "q5_0",
-  "q4_k",
-  "q5_k",
-  "q6_k",
-];
-
-/** The formats `--weights` can quantize to on load (round to nearest, model/gguf_blocks.ts). */
-export const LOAD_QUANT_FORMATS: readonly WeightFormat[] = ["float", "q8_0", "q4_0"];
-
 /** Weights per quantization block of the 32-blocks formats. */
 export const QUANT_BLOCK = 32;
 
-/** GGUF block geometry of each quantized format: weights and bytes per block. */
-export const QUANT_BLOCKS: Readonly<Record<QuantFormat, { elems: number; bytes: number }>> = {
-  q8_0: { elems: 32, bytes: 34 },
-  q4_0: { elems: 32, bytes: 18 },
-  q5_0: { elems: 32, bytes: 22 },
-  q4_k: { elems: 256, bytes: 144 },
-  q5_k: { elems: 256, bytes: 176 },
-  q6_k: { elems: 256, bytes: 210 },
-};
+/** GGUF block geometry of each quantized format (model/gguf_blocks.ts BLOCK_FORMATS): weights
+ * and bytes per block. */
+export const QUANT_BLOCKS: Readonly<Record<QuantFormat, { elems: number; bytes: number }>> = Object
+  .fromEntries(
+    (["q8_0", "q4_0", "q5_0", "q4_k", "q5_k", "q6_k"] as const).map((f) => {
+      const b = BLOCK_FORMATS[f.toUpperCase() as GgmlType];
+      return [f, { elems: b.blockElems, bytes: b.blockBytes }];
+    }),
+  ) as Record<QuantFormat, { elems: number; bytes: number }>;
 
 /** u32 words of one row of K weights in a quantized format (wgsl/w_<format>.wgsl's layout). */
 export function quantRowWords(format: QuantFormat, k: number): number {
