@@ -13,6 +13,7 @@ import {
   type GgufWriteTensor,
   type GgufWriteValue,
   randomBlocks,
+  withTempDir,
   writeGguf,
 } from "./gguf_writer.ts";
 import { Rng } from "./kernel_harness.ts";
@@ -113,8 +114,7 @@ Deno.test(
   gpuTest,
   async () => {
     const src = await loadModel(STORIES);
-    const dir = await Deno.makeTempDir();
-    try {
+    await withTempDir(async (dir) => {
       await writeStories(`${dir}/stories.gguf`, src, "F32");
       const m = await loadModel(`${dir}/stories.gguf`, { lazy: true });
       try {
@@ -154,16 +154,13 @@ Deno.test(
       } finally {
         m.close?.();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
 
 Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) => {
   const src = await loadModel(STORIES);
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir(async (dir) => {
     for (const type of ["Q8_0", "Q4_0"] as const) {
       await t.step(type, async () => {
         const path = `${dir}/stories-${type}.gguf`;
@@ -224,23 +221,18 @@ Deno.test("GGUF: Q8_0 and Q4_0 files run their own blocks", gpuTest, async (t) =
         }
       });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("GGUF: unsupported architectures and vocabularies are named", async () => {
   const src = await loadModel(STORIES);
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir(async (dir) => {
     await writeStories(`${dir}/gpt.gguf`, src, "F32", "gpt2");
     await assert.rejects(
       () => loadModel(`${dir}/gpt.gguf`),
       /unsupported GGUF architecture "gpt2"; supported: llama/,
     );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test(
@@ -277,8 +269,7 @@ Deno.test(
       quant("output.weight", [dim, vocab], "q6_k"),
     ];
     const u32 = (value: number): GgufWriteValue => ({ type: "u32", value });
-    const dir = await Deno.makeTempDir();
-    try {
+    await withTempDir(async (dir) => {
       const path = `${dir}/mix.gguf`;
       await writeGguf(path, {
         metadata: [
@@ -347,9 +338,7 @@ Deno.test(
       } finally {
         lazy.close?.();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
 
@@ -364,8 +353,7 @@ Deno.test("GGUF: a byte-level BPE vocabulary (gpt2, pre smollm) encodes as its t
       (a: { id: number }) => a.id,
     ),
   );
-  const tmp = await Deno.makeTempDir();
-  try {
+  await withTempDir(async (tmp) => {
     const path = `${tmp}/vocab.gguf`;
     const template =
       "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n" +
@@ -442,9 +430,7 @@ Deno.test("GGUF: a byte-level BPE vocabulary (gpt2, pre smollm) encodes as its t
     });
     const f = await readGguf(path);
     assert.throws(() => ggufTokenizer(f, { bosId: -1, eosIds: [] }), /"qwen2" .*--tokenizer/);
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test(
@@ -490,8 +476,7 @@ Deno.test(
         value: Array.from({ length: scaled.vocabSize }, (_, i) => `t${i}`),
       }],
     );
-    const dir = await Deno.makeTempDir();
-    try {
+    await withTempDir(async (dir) => {
       await writeGguf(`${dir}/l3.gguf`, { metadata: meta, tensors });
       const m = await loadModel(`${dir}/l3.gguf`, { lazy: true });
       try {
@@ -512,8 +497,6 @@ Deno.test(
       } finally {
         m.close?.();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );

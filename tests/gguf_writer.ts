@@ -282,3 +282,13 @@ export function randomBlocks(format: QuantFormat, k: number, rng: Rng): Uint8Arr
   }
   return out;
 }
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards whatever happens. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir();
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

@@ -197,8 +197,17 @@ export class KernelHarness {
   }
 
   /** Runs `fn` once per storage precision as test steps, releasing buffers after each. */
-  async perPrecision(t: Deno.TestContext, fn: (p: ScalarType) => Promise<void>): Promise<void> {
-    for (const p of this.precisions) {
+  perPrecision(t: Deno.TestContext, fn: (p: ScalarType) => Promise<void>): Promise<void> {
+    return this.perVariant(t, this.precisions, fn);
+  }
+
+  /** Runs `fn` once per variant (named by it) as test steps, releasing buffers after each. */
+  async perVariant<V extends string>(
+    t: Deno.TestContext,
+    variants: readonly V[],
+    fn: (v: V) => Promise<void>,
+  ): Promise<void> {
+    for (const p of variants) {
       await t.step({
         name: p,
         sanitizeOps: false,

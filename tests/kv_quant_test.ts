@@ -138,151 +138,129 @@ function edgeHead(kind: number, hd: number, rng: Rng): Float32Array {
 }
 
 Deno.test("kv_store.wgsl quantizes as it writes (int8, int4; paged)", gpuTest, async (t) => {
-  for (const dt of QUANTIZED) {
-    await t.step({
-      name: dt,
-      sanitizeOps: false,
-      sanitizeResources: false,
-      fn: async () => {
-        try {
-          const rng = new Rng(dt === "int8" ? 810 : 820);
-          const HD = 64, NH = 4, NKV = 2, BASE = 0, CH = 2, PS = 4, MAXP = 4, SLOTS = 2;
-          const units = kvEntryUnits(dt, HD);
-          const stride = (NH + 2 * NKV) * HD;
-          const nPages = SLOTS * MAXP;
-          const pageTable = Uint32Array.from(rng.permutation(nPages));
-          const size = nPages * PS * CH * units;
-          const k = h.filled(size, 0xdeadbeef, "u32");
-          const v = h.filled(size, 0xdeadbeef, "u32");
-          // A chunk of 12 rows of slot 1 from position 2: heads 0..3 of K are the edge cases.
-          const rows: RowSpec[] = Array.from(
-            { length: 12 },
-            (_, r) => ({ slot: 1, pos: 2 + r, firstRow: 0, nSeqRows: 12 }),
-          );
-          const qkv = rng.array(rows.length * stride);
-          for (let r = 0; r < 4; r++) {
-            qkv.set(edgeHead(r, HD, rng), r * stride + (NH + BASE) * HD);
-            qkv.set(edgeHead(3 - r, HD, rng), r * stride + (NH + NKV + BASE) * HD);
-          }
-          const pages = new RetrievalPages(PS);
-          await h.dispatch(
-            { W: "f32", KV: dt },
-            kvStore(
-              { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
-              {
-                layout: pages.layout,
-                constants: pages.constants({
-                  maxPagesPerSeq: MAXP,
-                  unitsPerShard: nPages,
-                  shards: 1,
-                }),
-              },
-            ),
-            {
-              fwd: h.forward({ nRows: rows.length }),
-              rows: h.rows(rows),
-              qkv: h.upload(qkv),
-              kCache: k,
-              vCache: v,
-              pageTable: h.upload(pageTable, "u32"),
-              shard: h.shard(0),
-            },
-            kvStoreGroups(rows.length, CH),
-          );
-          const got = { k: await h.readU32(k), v: await h.readU32(v) };
-          const written = new Set<number>();
-          let values = 0, exact = 0;
-          for (const [r, row] of rows.entries()) {
-            const page = pageTable[row.slot * MAXP + Math.floor(row.pos / PS)];
-            for (let ch = 0; ch < CH; ch++) {
-              const dst = ((page * PS + (row.pos % PS)) * CH + ch) * units;
-              for (const [which, off] of [["k", NH], ["v", NH + NKV]] as const) {
-                const x = qkv.subarray(
-                  r * stride + (off + BASE + ch) * HD,
-                  r * stride + (off + BASE + ch + 1) * HD,
-                );
-                const g = got[which].subarray(dst, dst + units);
-                const want = quantizeEntry(dt, x);
-                const what = `${dt} ${which} row ${r} head ${ch}`;
-                // The scale unit: int8's amax is exact (a max of f32 values); int4's f16 scale
-                // comes from a division the GPU may round differently: within one f16 step.
-                if (dt === "int8") assert.equal(g[units - 1], want[units - 1], `${what} amax`);
-                else {
-                  const [gs, gz] = new Float16Array(Uint32Array.of(g[units - 1]).buffer);
-                  const [ws, wz] = new Float16Array(Uint32Array.of(want[units - 1]).buffer);
-                  assert.equal(gz, wz, `${what} zero`);
-                  assert.ok(
-                    Math.abs(gs - ws) <= Math.max(ws * 2 ** -10, 2 ** -24),
-                    `${what} scale ${gs} vs ${ws}`,
-                  );
-                }
-                // Values: within the format's bound of x, and (but for near-ties the GPU's
-                // 1 / scale rounds the other way) the very units the CPU makes.
-                const back = dequantizeEntry(dt, g, HD);
-                const bound = quantBound(dt, x);
-                for (let i = 0; i < HD; i++) {
-                  assert.ok(
-                    Math.abs(back[i] - x[i]) <= bound,
-                    `${what} dim ${i}: ${x[i]} -> ${back[i]}`,
-                  );
-                }
-                for (let u = 0; u < units - 1; u++) {
-                  values++;
-                  if (g[u] === want[u]) exact++;
-                }
-                for (let u = 0; u < units; u++) written.add(dst + u);
-              }
-            }
-          }
-          assert.ok(
-            exact >= 0.98 * values,
-            `${exact} of ${values} value words as the CPU packs them`,
-          );
-          // Nothing else was touched.
-          for (let i = 0; i < size; i++) {
-            if (!written.has(i)) assert.equal(got.k[i], 0xdeadbeef, `k unit ${i} untouched`);
-          }
-        } finally {
-          h.release();
-        }
+  await h.perVariant(t, QUANTIZED, async (dt) => {
+    const rng = new Rng(dt === "int8" ? 810 : 820);
+    const HD = 64, NH = 4, NKV = 2, BASE = 0, CH = 2, PS = 4, MAXP = 4, SLOTS = 2;
+    const units = kvEntryUnits(dt, HD);
+    const stride = (NH + 2 * NKV) * HD;
+    const nPages = SLOTS * MAXP;
+    const pageTable = Uint32Array.from(rng.permutation(nPages));
+    const size = nPages * PS * CH * units;
+    const k = h.filled(size, 0xdeadbeef, "u32");
+    const v = h.filled(size, 0xdeadbeef, "u32");
+    // A chunk of 12 rows of slot 1 from position 2: heads 0..3 of K are the edge cases.
+    const rows: RowSpec[] = Array.from(
+      { length: 12 },
+      (_, r) => ({ slot: 1, pos: 2 + r, firstRow: 0, nSeqRows: 12 }),
+    );
+    const qkv = rng.array(rows.length * stride);
+    for (let r = 0; r < 4; r++) {
+      qkv.set(edgeHead(r, HD, rng), r * stride + (NH + BASE) * HD);
+      qkv.set(edgeHead(3 - r, HD, rng), r * stride + (NH + NKV + BASE) * HD);
+    }
+    const pages = new RetrievalPages(PS);
+    await h.dispatch(
+      { W: "f32", KV: dt },
+      kvStore(
+        { HEAD_DIM: HD, N_HEADS: NH, N_KV_HEADS: NKV, KV_HEAD_BASE: BASE, CACHE_HEADS: CH },
+        {
+          layout: pages.layout,
+          constants: pages.constants({
+            maxPagesPerSeq: MAXP,
+            unitsPerShard: nPages,
+            shards: 1,
+          }),
+        },
+      ),
+      {
+        fwd: h.forward({ nRows: rows.length }),
+        rows: h.rows(rows),
+        qkv: h.upload(qkv),
+        kCache: k,
+        vCache: v,
+        pageTable: h.upload(pageTable, "u32"),
+        shard: h.shard(0),
       },
-    });
-  }
+      kvStoreGroups(rows.length, CH),
+    );
+    const got = { k: await h.readU32(k), v: await h.readU32(v) };
+    const written = new Set<number>();
+    let values = 0, exact = 0;
+    for (const [r, row] of rows.entries()) {
+      const page = pageTable[row.slot * MAXP + Math.floor(row.pos / PS)];
+      for (let ch = 0; ch < CH; ch++) {
+        const dst = ((page * PS + (row.pos % PS)) * CH + ch) * units;
+        for (const [which, off] of [["k", NH], ["v", NH + NKV]] as const) {
+          const x = qkv.subarray(
+            r * stride + (off + BASE + ch) * HD,
+            r * stride + (off + BASE + ch + 1) * HD,
+          );
+          const g = got[which].subarray(dst, dst + units);
+          const want = quantizeEntry(dt, x);
+          const what = `${dt} ${which} row ${r} head ${ch}`;
+          // The scale unit: int8's amax is exact (a max of f32 values); int4's f16 scale
+          // comes from a division the GPU may round differently: within one f16 step.
+          if (dt === "int8") assert.equal(g[units - 1], want[units - 1], `${what} amax`);
+          else {
+            const [gs, gz] = new Float16Array(Uint32Array.of(g[units - 1]).buffer);
+            const [ws, wz] = new Float16Array(Uint32Array.of(want[units - 1]).buffer);
+            assert.equal(gz, wz, `${what} zero`);
+            assert.ok(
+              Math.abs(gs - ws) <= Math.max(ws * 2 ** -10, 2 ** -24),
+              `${what} scale ${gs} vs ${ws}`,
+            );
+          }
+          // Values: within the format's bound of x, and (but for near-ties the GPU's
+          // 1 / scale rounds the other way) the very units the CPU makes.
+          const back = dequantizeEntry(dt, g, HD);
+          const bound = quantBound(dt, x);
+          for (let i = 0; i < HD; i++) {
+            assert.ok(
+              Math.abs(back[i] - x[i]) <= bound,
+              `${what} dim ${i}: ${x[i]} -> ${back[i]}`,
+            );
+          }
+          for (let u = 0; u < units - 1; u++) {
+            values++;
+            if (g[u] === want[u]) exact++;
+          }
+          for (let u = 0; u < units; u++) written.add(dst + u);
+        }
+      }
+    }
+    assert.ok(
+      exact >= 0.98 * values,
+      `${exact} of ${values} value words as the CPU packs them`,
+    );
+    // Nothing else was touched.
+    for (let i = 0; i < size; i++) {
+      if (!written.has(i)) assert.equal(got.k[i], 0xdeadbeef, `k unit ${i} untouched`);
+    }
+  });
 });
 
 Deno.test(
   "attention.wgsl over quantized caches (int8, int4): paged, ring, sharded",
   gpuTest,
   async (t) => {
-    for (const kv of QUANTIZED) {
-      await t.step({
-        name: kv,
-        sanitizeOps: false,
-        sanitizeResources: false,
-        fn: async () => {
-          try {
-            for (const c of ATTENTION_CASES) {
-              const rng = new Rng(900 + c.headDim + c.nHeads + (c.streaming?.recent ?? 0));
-              await checkAttention(h, "f32", c, rng, { kv });
-            }
-            // A long paged sequence over 3 shards, out of order: entry offsets within each shard.
-            const long: AttnConfig = {
-              name: "paged, 3 shards",
-              headDim: 64,
-              nHeads: 4,
-              nKvHeads: 2,
-              kvHeadBase: 0,
-              cacheHeads: 2,
-              pageSize: 16,
-              prefill: [{ slot: 0, pos0: 300, n: 20 }],
-              decode: [{ slot: 0, pos: 420 }, { slot: 1, pos: 37 }],
-            };
-            await checkAttention(h, "f32", long, new Rng(950), { kv, shards: 3 });
-          } finally {
-            h.release();
-          }
-        },
-      });
-    }
+    await h.perVariant(t, QUANTIZED, async (kv) => {
+      for (const c of ATTENTION_CASES) {
+        const rng = new Rng(900 + c.headDim + c.nHeads + (c.streaming?.recent ?? 0));
+        await checkAttention(h, "f32", c, rng, { kv });
+      }
+      // A long paged sequence over 3 shards, out of order: entry offsets within each shard.
+      const long: AttnConfig = {
+        name: "paged, 3 shards",
+        headDim: 64,
+        nHeads: 4,
+        nKvHeads: 2,
+        kvHeadBase: 0,
+        cacheHeads: 2,
+        pageSize: 16,
+        prefill: [{ slot: 0, pos0: 300, n: 20 }],
+        decode: [{ slot: 0, pos: 420 }, { slot: 1, pos: 37 }],
+      };
+      await checkAttention(h, "f32", long, new Rng(950), { kv, shards: 3 });
+    });
   },
 );
