@@ -2,24 +2,17 @@
 // bookkeeping), the closed form of CacheGeometry, and the capacity figure (the longest context
 // of Llama-3-8B-Gradient-4194k that fits 80 GiB with weights and activations counted).
 
-import {
-  CacheGeometry,
-  CacheLayout,
-  DEFAULT_BUFFER_LIMITS,
-  type KvDtype,
-} from "../cache/layout.ts";
+import { CacheGeometry, CacheLayout, type KvDtype } from "../cache/layout.ts";
 import { type CacheStats, KvCacheManager } from "../cache/manager.ts";
-import { runnerShape } from "../engine/runners.ts";
-import { SAMPLING_BYTES } from "../gpu/kernels/sample.ts";
-import type { PlannedBuffer } from "../gpu/limits.ts";
-import { kvBufferPlan } from "../gpu/kv_buffers.ts";
-import { runnerBuffers } from "../gpu/runner.ts";
-import { partLimit, weightBuffers } from "../gpu/weights.ts";
+import { CAPACITY_PREFILL_CHUNK, longestContext } from "../cli/capacity.ts";
 import { PRESETS } from "../model/random.ts";
 import type { ModelConfig } from "../model/types.ts";
 import { builtinPlan, resolvePlan } from "../plans/resolve.ts";
 import { loadPlanFile } from "../plans/schema.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
+
+// The closed form of the longest context lives in cli/capacity.ts (doctor uses it too).
+export { type Fit, maxContextFit, type RunnerMemory, runnerMemory } from "../cli/capacity.ts";
 
 /** The manager's statistics for sequences of these lengths (each given its pages). */
 export function managerStats(
@@ -50,29 +43,6 @@ export function managerStats(
   return m.stats();
 }
 
-export interface Fit {
-  /** Sequences that share the budget (each reserves its ring up front, as the manager does). */
-  seqs: number;
-  budget_bytes: number;
-  /** Longest context each of `seqs` sequences can hold; null when unbounded or none. */
-  max_context: number | null;
-  /** Streaming-only plans hold any length in their rings. */
-  unbounded: boolean;
-}
-
-/**
- * Closed form of the longest context that fits: the layout reserves `seqs` rings, makes
- * floor((budget - rings) / pageBytes) pages, and a sequence of n tokens takes ceil(n / pageSize).
- */
-export function maxContextFit(g: CacheGeometry, budgetBytes: number, seqs: number): Fit {
-  const rings = seqs * g.ringBytes;
-  const base = { seqs, budget_bytes: budgetBytes };
-  if (rings > budgetBytes) return { ...base, max_context: 0, unbounded: false };
-  if (!g.paged) return { ...base, max_context: null, unbounded: true };
-  const pages = Math.floor((budgetBytes - rings) / g.pageBytes);
-  return { ...base, max_context: Math.floor(pages / seqs) * g.pageSize, unbounded: false };
-}
-
 // ---- capacity: the longest context that fits one GPU's memory --------------------------------
 
 /** The memory of the capacity figure: 80 GiB (an A100-80GB / H100-80GB's 80 x 2^30 bytes). */
@@ -87,9 +57,6 @@ export const DUO_PUBLISHED = {
   setting: "DuoAttention 50% + W8A8 weights + int4 KV, Llama-3-8B, one A100-80GB",
   source: "Xiao et al. 2024, DuoAttention (arXiv:2410.10819), abstract",
 } as const;
-/** The engine's defaults the activations are sized with (engine/runners.ts runnerShape). */
-const CAPACITY_PREFILL_CHUNK = 128;
-const CAPACITY_DECODE_STEPS = 8;
 const SHIPPED = new URL("../plans/shipped/", import.meta.url).pathname;
 const GRADIENT_4194K = "llama-3-8b-instruct-gradient-4194k";
 
@@ -137,58 +104,6 @@ export function q4Weights(c: ModelConfig): Q4Weights {
   };
 }
 
-/** What a runner for one sequence of up to `maxSeqLen` tokens allocates besides its weights. */
-export interface RunnerMemory {
-  /** Activations and the like: runnerBuffers' activations (x, qkv, attn, gate_up rows of a
-   * prefill chunk, the final hidden rows and logits of the batch, the decode partials and
-   * prefill carry), the small u32 staging buffers it does not list (the runner's
-   * #allocateActivations), and the KV page table (kvBufferPlan). */
-  overhead: PlannedBuffer[];
-  /** Bytes of the K and V shard buffers (kvBufferPlan without the page table). */
-  kv_shard_bytes: number;
-}
-
-/** The buffers of a runner serving one sequence of up to `maxSeqLen` tokens, sized as the engine
- * sizes it (engine/runners.ts runnerShape with --max-model-len maxSeqLen, a pool of exactly
- * that, batch 1, the default prefill chunk and decode steps). */
-export function runnerMemory(
-  c: ModelConfig,
-  plan: ResolvedPlan,
-  kvDtype: KvDtype,
-  maxSeqLen: number,
-): RunnerMemory {
-  const g = new CacheGeometry(c, plan, kvDtype);
-  const shape = runnerShape(c, plan, {
-    kvCacheBytes: g.ringBytes + g.pagesFor(maxSeqLen) * g.pageBytes,
-    maxBatch: 1,
-    maxSeqs: 1,
-    prefillChunk: CAPACITY_PREFILL_CHUNK,
-    decodeSteps: CAPACITY_DECODE_STEPS,
-    maxModelLen: maxSeqLen,
-    precision: "f16",
-    kvDtype,
-  }, DEFAULT_BUFFER_LIMITS);
-  // runnerBuffers lists the weights first (weightBuffers), then the activations.
-  const limits = DEFAULT_BUFFER_LIMITS as GPUSupportedLimits;
-  const weights = weightBuffers(c, "f16", partLimit(limits)).length;
-  const listed = runnerBuffers(c, { precision: "f16", ...shape }, limits).slice(weights);
-  const R = Math.max(shape.prefillChunk, shape.maxBatch);
-  const B = shape.maxBatch;
-  const S = shape.maxDecodeSteps;
-  // fwd, tokens, rows, gather, sampling, step, sampled, logprobs, unused.
-  const small = 16 + R * 4 + R * 16 + B * 4 + B * SAMPLING_BYTES + 4 + 2 * S * B * 4 + 16;
-  const kv = kvBufferPlan(shape.layout);
-  const table = kv.filter((b) => b.name === "page table");
-  return {
-    overhead: [
-      ...listed,
-      { name: "u32 staging (tokens, rows, samplers, sampled ids)", bytes: small, bound: true },
-      ...table,
-    ],
-    kv_shard_bytes: kv.filter((b) => b.name !== "page table").reduce((s, b) => s + b.bytes, 0),
-  };
-}
-
 export interface CapacityRow {
   /** zigzag50 / duo50: the shipped plans of Gradient-4194k; full: every KV head retrieval. */
   plan: "zigzag50" | "duo50" | "full";
@@ -232,9 +147,7 @@ export interface CapacityReport {
 }
 
 /** One row: the longest context of one sequence whose K/V, with the weights and the runner's
- * other buffers, fits `budget`. The other buffers grow slowly with the context (the page
- * table, the split count up to its cap); they are sized at the context found, repeating until
- * they fit. */
+ * other buffers, fits `budget` (cli/capacity.ts longestContext). */
 export function capacityRow(
   c: ModelConfig,
   plan: ResolvedPlan,
@@ -245,18 +158,8 @@ export function capacityRow(
   budget = CAPACITY_BUDGET_BYTES,
 ): CapacityRow {
   const g = new CacheGeometry(c, plan, kvDtype);
-  const memory = (n: number) => runnerMemory(c, plan, kvDtype, Math.max(g.pageSize, n));
-  const overhead = (m: RunnerMemory) => m.overhead.reduce((s, b) => s + b.bytes, 0);
-  let act = overhead(memory(g.pageSize));
-  let fit = maxContextFit(g, budget - weightBytes - act, 1);
-  for (let i = 0; i < 16; i++) {
-    const next = overhead(memory(fit.max_context ?? 0));
-    if (next <= act) break;
-    act = next;
-    fit = maxContextFit(g, budget - weightBytes - act, 1);
-  }
-  const n = fit.max_context ?? 0;
-  const at = memory(n);
+  const fit = longestContext(c, plan, kvDtype, weightBytes, budget);
+  const n = fit.max_context;
   return {
     plan: name,
     plan_source: source,
@@ -266,11 +169,11 @@ export function capacityRow(
     kv_bytes_per_token: g.tokenBytes(g.retrievalHeads),
     ring_bytes: g.ringBytes,
     weight_bytes: weightBytes,
-    activation_bytes: overhead(at),
-    kv_budget_bytes: fit.budget_bytes,
+    activation_bytes: fit.activation_bytes,
+    kv_budget_bytes: fit.kv_budget_bytes,
     max_context: n,
-    kv_bytes: at.kv_shard_bytes,
-    total_bytes: weightBytes + overhead(at) + at.kv_shard_bytes,
+    kv_bytes: fit.kv_bytes,
+    total_bytes: fit.total_bytes,
     vs_target: n / CAPACITY_TARGET_TOKENS,
     vs_duo_published: n / DUO_PUBLISHED.max_context,
   };

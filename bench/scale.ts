@@ -813,6 +813,8 @@ async function millionChild(s: MillionSpec, f: Record<string, unknown>): Promise
       maxModelLen: T,
       prefillChunk: 16,
       decodeSteps: 1,
+      // Exactly one ring: no prefix-cache snapshots.
+      prefixCache: false,
     });
     try {
       f.load_s = (performance.now() - t0) / 1000;

@@ -24,6 +24,8 @@ export interface KindParams {
   pageSize: number;
   sink: number;
   recent: number;
+  /** Positions a ring keeps beyond sink + recent (prefix-cache snapshots; default 0). */
+  ringSlack?: number;
 }
 
 /** What a kind's kernel constants depend on beyond the kind itself (CacheLayout sets them). */
@@ -86,15 +88,20 @@ export class RetrievalPages implements CacheKind {
   }
 }
 
-/** Streaming heads: the first `sink` positions and the last `recent`, in a ring per slot. */
+/**
+ * Streaming heads: the first `sink` positions and the last `recent`, in a ring per slot. With
+ * `slack` > 0 the ring keeps `slack` older positions too (attention never reads them), so that a
+ * copy of it taken at position b is the exact state of every position in [b - slack, b]: the
+ * prefix cache's snapshots resume from any page boundary in that range.
+ */
 export class StreamingRing implements CacheKind {
   readonly name = "streaming" as const;
   readonly layout = "ring" as const;
   readonly paged = false;
-  constructor(readonly sink: number, readonly recent: number) {}
+  constructor(readonly sink: number, readonly recent: number, readonly slack = 0) {}
 
   get slotsPerSeq(): number {
-    return this.sink + this.recent;
+    return this.sink + this.recent + this.slack;
   }
 
   get unitPositions(): number {
@@ -106,13 +113,14 @@ export class StreamingRing implements CacheKind {
   }
 
   tokensHeld(tokens: number): number {
-    return Math.min(tokens, this.sink + this.recent);
+    return Math.min(tokens, this.slotsPerSeq);
   }
 
   constants(s: KindSizes) {
     return {
       SINK: this.sink,
       RECENT: this.recent,
+      SLACK: this.slack,
       SLOTS_PER_SHARD: s.unitsPerShard,
       CACHE_SHARDS: s.shards,
     };
@@ -125,7 +133,7 @@ export const CACHE_KINDS: readonly {
   make: (p: KindParams) => CacheKind;
 }[] = [
   { name: "retrieval", make: (p) => new RetrievalPages(p.pageSize) },
-  { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent) },
+  { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent, p.ringSlack ?? 0) },
 ];
 
 export const KIND_NAMES: readonly HeadKind[] = CACHE_KINDS.map((k) => k.name);

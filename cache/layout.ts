@@ -122,12 +122,14 @@ export class CacheGeometry {
     readonly plan: ResolvedPlan,
     readonly kvDtype: KvDtype,
     readonly pageSize = 16,
+    /** Positions each ring keeps beyond sink + recent (StreamingRing's slack). */
+    readonly ringSlack = 0,
   ) {
     const problem = kvDtypeProblem(kvDtype, config.headDim);
     if (problem) throw new RangeError(problem);
     this.bytesPerElement = kvUnitBytes(kvDtype);
     this.entryBytes = kvEntryBytes(kvDtype, config.headDim);
-    const params = { pageSize, sink: plan.sink, recent: plan.recent };
+    const params = { pageSize, sink: plan.sink, recent: plan.recent, ringSlack };
     this.kinds = CACHE_KINDS.map((k) => k.make(params));
     this.layers = plan.layers.map((lp) => {
       const parts: CachePartLayout[] = [];
@@ -184,8 +186,14 @@ export class CacheGeometry {
     return b;
   }
 
+  /** Positions of one ring: sink + recent + slack. */
   get ringLength(): number {
-    return this.plan.sink + this.plan.recent;
+    return this.plan.sink + this.plan.recent + this.ringSlack;
+  }
+
+  /** Whether any layer keeps rings (streaming heads). */
+  get ringed(): boolean {
+    return this.kinds.some((k) => !k.paged && this.headsOf(k.name) > 0);
   }
 
   get retrievalHeads(): number {
@@ -259,6 +267,12 @@ export interface CacheSizing {
   /** The adapter's buffer limits (`gpu.limits`), which size the shards; default WebGPU's
    * defaults (128 MiB bindings). Tests pass tiny ones to force several shards. */
   limits?: BufferLimits;
+  /** Positions each ring keeps beyond sink + recent (default 0; the prefix cache's snapshots
+   * need it, see StreamingRing). */
+  ringSlack?: number;
+  /** Rings kept for prefix-cache snapshots besides the sequences' own (default 0; none when
+   * no layer has streaming heads). Their bytes come out of the budget. */
+  snapshotSlots?: number;
 }
 
 /** A geometry sized by a byte budget: pages in the pool, sequence slots, page-table rows. */
@@ -267,22 +281,26 @@ export class CacheLayout extends CacheGeometry {
   readonly maxSeqLen: number;
   readonly maxPagesPerSeq: number;
   readonly numPages: number;
+  /** Rings for prefix-cache snapshots: ring slots [maxSeqs, maxSeqs + snapshotSlots). */
+  readonly snapshotSlots: number;
   readonly budgetBytes: number;
   /** Bytes a shard buffer may take: the binding and buffer limits, at most MAX_SHARD_BYTES. */
   readonly maxShardBytes: number;
   readonly #shards = new Map<HeadKind, KindShards>();
 
   constructor(config: ModelConfig, plan: ResolvedPlan, s: CacheSizing) {
-    super(config, plan, s.kvDtype, s.pageSize ?? 16);
+    super(config, plan, s.kvDtype, s.pageSize ?? 16, s.ringSlack ?? 0);
     this.maxSeqs = s.maxSeqs;
+    this.snapshotSlots = this.ringed ? s.snapshotSlots ?? 0 : 0;
     this.maxSeqLen = s.maxSeqLen;
     this.budgetBytes = s.budgetBytes;
     this.maxPagesPerSeq = Math.ceil(s.maxSeqLen / this.pageSize);
-    const fixed = s.maxSeqs * this.ringBytes;
+    const fixed = this.ringSlots * this.ringBytes;
     if (fixed > s.budgetBytes) {
+      const snaps = this.snapshotSlots > 0 ? ` and ${this.snapshotSlots} prefix snapshots` : "";
       throw new CacheExhaustedError(
         `--kv-cache-mb ${mb(s.budgetBytes)} is too small: the streaming rings of ` +
-          `${s.maxSeqs} sequences alone need ${mb(fixed)} MB`,
+          `${s.maxSeqs} sequences${snaps} alone need ${mb(fixed)} MB`,
       );
     }
     const maxUseful = s.maxSeqs * this.maxPagesPerSeq;
@@ -307,12 +325,12 @@ export class CacheLayout extends CacheGeometry {
 
   /** Shards of whole units, each sized for the kind's largest part. */
   #shardsOf(kind: CacheKind): KindShards {
-    const units = kind.paged ? this.numPages : this.maxSeqs;
+    const units = kind.paged ? this.numPages : this.ringSlots;
     const heads = Math.max(
       0,
       ...this.layers.flatMap((l) => l.parts.filter((p) => p.kind === kind).map((p) => p.heads)),
     );
-    const unitBytes = this.#unitBytes(kind, heads);
+    const unitBytes = this.unitBytes(kind, heads);
     if (units === 0 || unitBytes === 0) {
       return { count: 1, unitsPerShard: Math.max(1, units), units };
     }
@@ -327,8 +345,9 @@ export class CacheLayout extends CacheGeometry {
     return { count: Math.ceil(units / unitsPerShard), unitsPerShard, units };
   }
 
-  /** Bytes of one unit of the kind's K (or V) buffer for a part of `heads` KV heads. */
-  #unitBytes(kind: CacheKind, heads: number): number {
+  /** Bytes of one unit (a page, or one slot's ring) of the kind's K (or V) buffer for a part of
+   * `heads` KV heads. */
+  unitBytes(kind: CacheKind, heads: number): number {
     return kind.unitPositions * heads * this.entryBytes;
   }
 
@@ -341,12 +360,17 @@ export class CacheLayout extends CacheGeometry {
   shardBytes(kind: CacheKind, heads: number, shard: number): number {
     const s = this.shards(kind);
     const units = Math.min(s.unitsPerShard, s.units - shard * s.unitsPerShard);
-    return units * this.#unitBytes(kind, heads);
+    return units * this.unitBytes(kind, heads);
   }
 
-  /** Token positions one part of this kind holds in its buffers (all slots or all pages). */
+  /** Rings in each ring buffer: one per sequence slot, then the snapshots'. */
+  get ringSlots(): number {
+    return this.maxSeqs + this.snapshotSlots;
+  }
+
+  /** Token positions one part of this kind holds in its buffers (all rings or all pages). */
   capacity(kind: CacheKind): number {
-    return kind.paged ? this.numPages * this.pageSize : this.maxSeqs * kind.slotsPerSeq;
+    return kind.paged ? this.numPages * this.pageSize : this.ringSlots * kind.slotsPerSeq;
   }
 
   /** Bytes allocated for each kind. */

@@ -5,8 +5,11 @@
 // The engine allocates here (`ensure`) before it runs a forward and commits after.
 
 import type { HeadKind } from "../plans/types.ts";
-import { CacheExhaustedError, type CacheLayout, type KindBytes } from "./layout.ts";
+import { CacheExhaustedError, type CacheLayout } from "./layout.ts";
 import { PagePool } from "./page_pool.ts";
+import { NO_HIT, PrefixCache, type PrefixCacheStats, type PrefixHit } from "./prefix_cache.ts";
+
+export { NO_HIT, type PrefixHit };
 
 export { CacheExhaustedError };
 
@@ -24,9 +27,16 @@ export interface SeqCache {
 export interface KindStats {
   tokens: number;
   bytes_reserved: number;
+  /** Held by running sequences (a page shared by several counts once). */
   bytes_used: number;
+  /** Held by the prefix cache: its pages (shared or idle) and snapshot rings. */
+  bytes_cached: number;
+  /** Pages some sequence holds. */
   pages_used: number;
+  /** Pages free, idle cached pages included (they are evicted on demand). */
   pages_free: number;
+  /** Pages registered in the prefix cache (shared or idle). */
+  pages_cached: number;
 }
 
 export type CacheStats =
@@ -40,6 +50,8 @@ export type CacheStats =
     full_attention_bytes: number;
     /** total.bytes_used / full_attention_bytes (1 when nothing is cached). */
     ratio_to_full: number;
+    /** The prefix cache (null when disabled). */
+    prefix_cache: PrefixCacheStats | null;
   }
   & Record<HeadKind, KindStats>;
 
@@ -59,11 +71,22 @@ export interface CacheFootprint {
 
 export class KvCacheManager {
   readonly pool: PagePool;
+  /** Null when prefix caching is off (or the layout has no snapshot ring for its rings). */
+  readonly prefix: PrefixCache | null;
   #seqs = new Map<number, SeqCache>();
   #nextId = 1;
 
-  constructor(readonly layout: CacheLayout) {
+  constructor(readonly layout: CacheLayout, opts: { prefixCache?: boolean } = {}) {
     this.pool = new PagePool(layout.numPages, layout.maxSeqs);
+    const prefix = new PrefixCache(this.pool, {
+      pageSize: layout.pageSize,
+      paged: layout.paged,
+      ringed: layout.ringed,
+      ringSlack: layout.ringSlack,
+      snapshotSlots: layout.snapshotSlots,
+      firstSnapshotSlot: layout.maxSeqs,
+    });
+    this.prefix = opts.prefixCache && prefix.usable ? prefix : null;
   }
 
   get pageSize(): number {
@@ -106,6 +129,8 @@ export class KvCacheManager {
     const need = this.pagesNeeded(seq, positions);
     if (need === 0) return true;
     if (seq.pages.length + need > this.maxPagesPerSeq) return false;
+    const short = need - this.pool.freePages;
+    if (short > 0 && this.prefix) this.prefix.evict(short);
     const pages = this.pool.allocate(need);
     if (!pages) return false;
     seq.pages.push(...pages);
@@ -129,16 +154,45 @@ export class KvCacheManager {
     seq.tokens = Math.max(seq.tokens, tokens);
   }
 
-  /** Returns a sequence's pages and slot to the pool (finish or cancel). Idempotent. */
+  // ---- prefix caching (cache/prefix_cache.ts) ------------------------------------------------
+
+  /** Where a prompt whose full pages hash to `chain` could resume (NO_HIT when caching is off). */
+  lookup(chain: readonly string[], promptTokens: number): PrefixHit {
+    return this.prefix?.lookup(chain, promptTokens) ?? NO_HIT;
+  }
+
+  /** Starts a freshly opened sequence at a hit: its cached pages shared, `hit.positions` written.
+   * The caller copies `hit.snapshot` into the sequence's rings before its next forward. */
+  resume(seq: SeqCache, hit: PrefixHit): void {
+    if (seq.tokens !== 0 || seq.pages.length !== 0) throw new Error("resume needs a new sequence");
+    if (hit.positions === 0) return;
+    seq.pages = this.prefix!.acquire(hit);
+    seq.tokens = hit.positions;
+  }
+
+  /** Registers the full pages `seq` has written (their tokens hashing to `chain`) for reuse. */
+  cachePages(seq: SeqCache, chain: readonly string[]): void {
+    this.prefix?.insertPages(chain, seq.pages, Math.floor(seq.tokens / this.pageSize));
+  }
+
+  /** A snapshot ring to copy `seq`'s rings into (its state at `seq.tokens`), or null. */
+  snapshot(seq: SeqCache, chain: readonly string[]): number | null {
+    return this.prefix?.insertSnapshot(chain, seq.tokens) ?? null;
+  }
+
+  /** Returns a sequence's pages and slot to the pool (finish or cancel): the pages the prefix
+   * cache registered stay cached. Idempotent. */
   close(seq: SeqCache): void {
     if (!this.#seqs.delete(seq.id)) return;
     this.pool.release(seq.pages);
+    this.prefix?.released(seq.pages);
     seq.pages = [];
     this.pool.closeSlot(seq.slot);
   }
 
+  /** Pages a sequence may still get: free ones and idle cached ones (evicted on demand). */
   get freePages(): number {
-    return this.pool.freePages;
+    return this.pool.freePages + (this.prefix?.idlePages ?? 0);
   }
 
   get freeSlots(): number {
@@ -167,43 +221,50 @@ export class KvCacheManager {
   stats(): CacheStats {
     const g = this.layout;
     const seqs = [...this.#seqs.values()];
-    const used = { total: 0 } as KindBytes;
-    for (const k of g.kinds) used[k.name] = 0;
-    let tokens = 0;
-    for (const s of seqs) {
-      const b = g.bytes(s);
-      for (const k of g.kinds) used[k.name] += b[k.name];
-      used.total += b.total;
-      tokens += s.tokens;
-    }
+    // Pages shared by several sequences (a cached prefix) count once.
+    const held = new Set<number>();
+    for (const s of seqs) for (const p of s.pages) held.add(p);
+    const pc = this.prefix?.stats() ?? null;
     const reserved = g.reservedBytes();
-    const pagesUsed = this.pool.usedPages;
-    const pagesFree = this.pool.freePages;
+    const pagesUsed = held.size;
+    const pagesFree = this.freePages;
     const out = {
       sequences: seqs.length,
       page_size: g.pageSize,
       sink: g.plan.sink,
       recent: g.plan.recent,
     } as CacheStats;
-    for (const k of g.kinds) {
-      out[k.name] = {
-        tokens: g.headsOf(k.name) > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0,
-        bytes_reserved: reserved[k.name],
-        bytes_used: used[k.name],
-        pages_used: k.paged ? pagesUsed : 0,
-        pages_free: k.paged ? pagesFree : 0,
-      };
-    }
-    out.total = {
-      tokens,
+    const total: KindStats = {
+      tokens: seqs.reduce((a, s) => a + s.tokens, 0),
       bytes_reserved: reserved.total,
-      bytes_used: used.total,
+      bytes_used: 0,
+      bytes_cached: 0,
       pages_used: pagesUsed,
       pages_free: pagesFree,
+      pages_cached: pc?.pages ?? 0,
     };
-    const full = g.fullBytes(tokens);
+    for (const k of g.kinds) {
+      const token = g.tokenBytes(g.headsOf(k.name));
+      const slots = k.paged ? pagesUsed * g.pageSize : seqs.reduce((a, s) => a + k.slotsHeld(s), 0);
+      const cachedSlots = !pc ? 0 : k.paged ? pc.pages * g.pageSize : pc.snapshots * k.slotsPerSeq;
+      const ks: KindStats = {
+        tokens: g.headsOf(k.name) > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0,
+        bytes_reserved: reserved[k.name],
+        bytes_used: slots * token,
+        bytes_cached: cachedSlots * token,
+        pages_used: k.paged ? pagesUsed : 0,
+        pages_free: k.paged ? pagesFree : 0,
+        pages_cached: k.paged ? total.pages_cached : 0,
+      };
+      out[k.name] = ks;
+      total.bytes_used += ks.bytes_used;
+      total.bytes_cached += ks.bytes_cached;
+    }
+    out.total = total;
+    const full = g.fullBytes(total.tokens);
     out.full_attention_bytes = full;
-    out.ratio_to_full = full > 0 ? used.total / full : 1;
+    out.ratio_to_full = full > 0 ? total.bytes_used / full : 1;
+    out.prefix_cache = pc;
     return out;
   }
 }

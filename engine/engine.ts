@@ -15,7 +15,8 @@
 import { CacheExhaustedError, type CacheLayout, KV_DTYPES, type KvDtype } from "../cache/layout.ts";
 import type { WeightChoice } from "../gpu/weights.ts";
 import { KIND_NAMES } from "../cache/kinds.ts";
-import { KvCacheManager, type SeqCache } from "../cache/manager.ts";
+import { KvCacheManager, NO_HIT, type PrefixHit, type SeqCache } from "../cache/manager.ts";
+import { TokenChain } from "../cache/prefix_cache.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
 import { GREEDY, type SamplingParams } from "../gpu/runner.ts";
 import { loadModel } from "../model/load.ts";
@@ -88,6 +89,12 @@ export interface EngineOptions {
   decodeSteps?: number;
   /** Longest sequence served (default: the model's context). */
   maxModelLen?: number;
+  /** Automatic prefix caching (default on): later requests resume from the pages and ring
+   * snapshots earlier ones left (cache/prefix_cache.ts). */
+  prefixCache?: boolean;
+  /** Snapshot rings of the prefix cache (default: 2 per sequence slot, within a quarter of the
+   * KV budget). */
+  prefixSnapshots?: number;
   /** No progress bar while loading (it is drawn only on a terminal anyway). */
   quiet?: boolean;
 }
@@ -103,6 +110,19 @@ class RequestState implements RequestView {
   firstTokenAt = 0;
   /** Why the server cut it short (abortAll), or null. */
   abortedBecause: string | null = null;
+  /** Every token the runner sampled for it, a readback's overshoot included: position
+   * promptTokens + i holds sampled[i] once it is fed. */
+  readonly sampled: number[] = [];
+  /** Hash chain of the full pages of what it has fed (prefix caching). */
+  readonly chain: TokenChain;
+  /** Where the prefix cache lets it resume, as last looked up while it waited. */
+  hit: PrefixHit = NO_HIT;
+  /** Prompt tokens restored from the prefix cache at admission. */
+  cachedPromptTokens = 0;
+  /** The snapshot copy into its rings, issued at admission (awaited before its prefill). */
+  restoring: Promise<void> | null = null;
+  /** A choice of an n > 1 request waits for its first choice's prompt to be cached. */
+  after: RequestState | null = null;
 
   constructor(
     readonly job: Job,
@@ -111,7 +131,10 @@ class RequestState implements RequestView {
     readonly sampling: SamplingParams,
     /** Counted in the metrics (the warm-up is not). */
     readonly metered: boolean,
-  ) {}
+    pageSize: number,
+  ) {
+    this.chain = new TokenChain(pageSize);
+  }
 
   get promptTokens(): number {
     return this.job.request.promptIds.length;
@@ -131,6 +154,21 @@ class RequestState implements RequestView {
 
   get pagesHeld(): number {
     return this.seq?.pages.length ?? 0;
+  }
+
+  get prefixPages(): number {
+    return this.hit.pages.length;
+  }
+
+  get prefixIdlePages(): number {
+    return this.hit.idlePages;
+  }
+
+  /** The token fed at each position written so far (prompt, then sampled tokens). */
+  fedTokens(positions: number): number[] {
+    const p = this.job.request.promptIds;
+    if (positions <= p.length) return p.slice(0, positions);
+    return [...p, ...this.sampled.slice(0, positions - p.length)];
   }
 
   get cancelled(): boolean {
@@ -180,7 +218,7 @@ export class Engine {
     maxQueue: number,
   ) {
     this.#runner = runner;
-    this.#cache = new KvCacheManager(shape.layout);
+    this.#cache = new KvCacheManager(shape.layout, { prefixCache: shape.prefixCache });
     this.limits = new EngineLimits(
       shape.maxSeqLen,
       Math.min(shape.maxBatch, this.#cache.maxSeqs),
@@ -217,6 +255,8 @@ export class Engine {
         decodeSteps: o.decodeSteps,
         maxModelLen: o.maxModelLen,
         kvDtype: o.kvDtype,
+        prefixCache: o.prefixCache,
+        prefixSnapshots: o.prefixSnapshots,
         // A GGUF's own quantized formats unless told otherwise (packed as stored).
         weights: o.weights ?? "native",
       };
@@ -238,7 +278,12 @@ export class Engine {
         precision = resolvePrecision(gpu, o.precision);
         adapterName = gpu.adapterName;
         const local = await createRunner(gpu, model, plan, { ...sizes, precision, onUploadBytes });
-        shape = { ...local.opts, layout: local.layout, maxSeqLen: local.maxSeqLen };
+        shape = {
+          ...local.opts,
+          layout: local.layout,
+          maxSeqLen: local.maxSeqLen,
+          prefixCache: o.prefixCache ?? true,
+        };
         runner = local;
       }
       bar?.done();
@@ -292,7 +337,31 @@ export class Engine {
 
   /** Queues a request. Throws RequestTooLargeError, DrainingError or QueueFullError. */
   submit(req: GenerationRequest): Job {
-    return this.#submit(req, true);
+    return this.#submit(req, true).job;
+  }
+
+  /**
+   * Queues `n` choices of one request (OpenAI's `n`, and `best_of`'s candidates). Choice i samples
+   * with seed `seed + i` when the request is seeded (a fresh seed each when not). With prefix
+   * caching the first choice prefills the prompt and the others wait until it is cached, then
+   * share its pages and resume from its snapshot (recomputing only the prompt's last partial
+   * page), as vLLM's parallel sampling does. Throws as `submit`, with none of the choices queued.
+   */
+  submitChoices(req: GenerationRequest, n: number): Job[] {
+    if (!(Number.isInteger(n) && n >= 1)) throw new RangeError(`n = ${n}`);
+    const states: RequestState[] = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const s = req.sampling;
+        const sampling = s.seed === undefined ? s : { ...s, seed: (s.seed + i) >>> 0 };
+        const after = i > 0 && this.#cache.prefix ? states[0] : null;
+        states.push(this.#submit({ ...req, sampling }, true, after));
+      }
+    } catch (e) {
+      for (const st of states) st.job.cancel();
+      throw e;
+    }
+    return states.map((st) => st.job);
   }
 
   /** A request start to finish; rejects when it ended in an error. */
@@ -314,7 +383,7 @@ export class Engine {
       maxTokens,
       sampling: GREEDY,
       ignoreEos: true,
-    }, false).result;
+    }, false).job.result;
     if (res.finishReason === "error") throw new Error(`warm-up failed: ${res.error}`);
   }
 
@@ -442,7 +511,11 @@ export class Engine {
 
   // ---- the loop ---------------------------------------------------------------------------
 
-  #submit(req: GenerationRequest, metered: boolean): Job {
+  #submit(
+    req: GenerationRequest,
+    metered: boolean,
+    after: RequestState | null = null,
+  ): RequestState {
     if (req.promptIds.length === 0) throw new RequestTooLargeError("prompt", "the prompt is empty");
     if (!(req.maxTokens >= 1)) throw new RequestTooLargeError("max_tokens", "max_tokens < 1");
     const fit = this.limits.fitError(req.promptIds.length, req.maxTokens);
@@ -456,7 +529,9 @@ export class Engine {
     // The job's cancel hook runs only once the job is handed out, when `state` exists.
     const { job, writer } = Job.open(metered ? this.#nextId++ : 0, req, () => this.#cancel(state));
     const output = new RequestOutput(req, this.config.eosIds, this.tokenizer);
-    const state = new RequestState(job, writer, output, sampling, metered);
+    const state = new RequestState(job, writer, output, sampling, metered, this.layout.pageSize);
+    state.after = after;
+    if (this.#cache.prefix && metered) state.chain.extend(req.promptIds);
     this.#waiting.push(state);
     // A free batch row takes it at once; only requests that must wait count against the queue.
     this.#admit();
@@ -470,7 +545,7 @@ export class Engine {
     if (signal?.aborted) job.cancel();
     else signal?.addEventListener("abort", () => job.cancel(), { once: true });
     this.#wake();
-    return job;
+    return state;
   }
 
   /** A queued request ends at once; a running one at the next iteration boundary. */
@@ -520,10 +595,23 @@ export class Engine {
     else this.#finish(r, "abort", new Error(r.abortedBecause));
   }
 
-  /** Schedules admissions; each admitted request gets a cache slot. */
+  /**
+   * Schedules admissions; each admitted request gets a cache slot and, with prefix caching, starts
+   * at the longest cached prefix of its prompt (shared pages, its rings copied from a snapshot).
+   */
   #admit(): void {
     const cache = this.#cache;
-    const { admit, unfit } = this.#scheduler.admit(this.#waiting, this.#runningStates(), {
+    // A later choice of an n > 1 request waits until its first choice's prompt is cached.
+    const ready = this.#waiting.filter((r) =>
+      !r.after || r.after.phase === "decode" ||
+      r.after.phase === "done"
+    );
+    if (cache.prefix) {
+      // Only those that could be admitted now are looked up (hashes were taken at submit).
+      const rows = Math.max(0, this.limits.maxBatch - this.running);
+      for (const r of ready.slice(0, rows)) r.hit = cache.lookup(r.chain.hashes, r.promptTokens);
+    }
+    const { admit, unfit } = this.#scheduler.admit(ready, this.#runningStates(), {
       freePages: cache.freePages,
       freeSlots: cache.freeSlots,
     });
@@ -536,6 +624,18 @@ export class Engine {
       if (!seq) throw new Error("the scheduler admitted a request without a free cache slot");
       this.#waiting.splice(this.#waiting.indexOf(r), 1);
       r.seq = seq;
+      const hit = r.hit;
+      r.hit = NO_HIT;
+      if (hit.positions > 0) {
+        cache.resume(seq, hit);
+        r.prefilled = hit.positions;
+        r.cachedPromptTokens = hit.positions;
+        if (hit.snapshot !== null) r.restoring = this.#runner.copyRing(hit.snapshot, seq.slot);
+      }
+      if (r.metered && cache.prefix) {
+        this.metrics.prefixCacheQueries += r.promptTokens;
+        this.metrics.prefixCacheHits += hit.positions;
+      }
       r.phase = "prefill";
       r.admittedAt = performance.now();
       if (r.metered) this.metrics.queueTime.observe((r.admittedAt - r.job.arrival) / 1000);
@@ -553,6 +653,11 @@ export class Engine {
       const tokens = r.job.request.promptIds.slice(r.prefilled, r.prefilled + work.tokens);
       let first;
       try {
+        if (r.restoring) {
+          const restoring = r.restoring;
+          r.restoring = null;
+          await restoring;
+        }
         const at = this.#allocate(seq, tokens.length);
         first = await this.#runner.prefill(at, tokens, r.sampling, { sample: work.last });
       } catch (e) {
@@ -560,12 +665,16 @@ export class Engine {
         continue;
       }
       r.prefilled += tokens.length;
+      // Its full prompt pages are reusable as soon as their forward is queued (queue order).
+      if (r.metered) this.#cache.cachePages(seq, r.chain.hashes);
       if (!work.last) continue;
+      if (r.metered) this.#snapshot(r);
       sampled = true;
       r.firstTokenAt = performance.now();
       this.#prefilling.splice(this.#prefilling.indexOf(r), 1);
       r.phase = "decode";
       this.#decoding.push(r);
+      r.sampled.push(first.token);
       if (r.cancelled) continue;
       this.#applyTokens(r, [first.token], [first.logprob]);
     }
@@ -595,6 +704,7 @@ export class Engine {
       this.metrics.decodeRows += metered;
     }
     batch.forEach((r, i) => {
+      r.sampled.push(...out.tokens[i]);
       if (r.cancelled || r.phase === "done") return;
       this.#applyTokens(r, out.tokens[i], out.logprobs[i]);
     });
@@ -612,6 +722,18 @@ export class Engine {
     const at: SeqCache = { id: seq.id, slot: seq.slot, pages: [...seq.pages], tokens: seq.tokens };
     this.#cache.commit(seq, seq.tokens + n);
     return at;
+  }
+
+  /** Copies a sequence's rings into a snapshot ring, when that restores a page boundary the
+   * prefix cache cannot restore yet (its state at `seq.tokens`). */
+  #snapshot(r: RequestState): void {
+    const cache = this.#cache;
+    const seq = r.seq!;
+    const slot = cache.snapshot(seq, r.chain.hashes);
+    if (slot === null) return;
+    // Issued now, so it runs after the forwards that wrote the rings and before any later one;
+    // a copy that fails must not be resumed from.
+    this.#runner.copyRing(seq.slot, slot).catch(() => cache.prefix?.dropSnapshot(slot));
   }
 
   /** Hands sampled tokens to the request's output; streams the chunk; finishes it when over. */
@@ -634,6 +756,13 @@ export class Engine {
     let cache: CacheFootprint | null = null;
     if (r.seq) {
       cache = this.#cache.footprint(r.seq);
+      // What it wrote stays reusable: a multi-turn chat resumes from the previous turn. A
+      // failed request's cache is not trusted.
+      if (this.#cache.prefix && r.metered && reason !== "error" && reason !== "abort") {
+        r.chain.extend(r.fedTokens(r.seq.tokens));
+        this.#cache.cachePages(r.seq, r.chain.hashes);
+        this.#snapshot(r);
+      }
       this.#cache.close(r.seq);
     }
     for (const list of [this.#prefilling, this.#decoding]) {
@@ -667,6 +796,7 @@ export class Engine {
         ? error.message
         : String(error),
       promptTokens: r.promptTokens,
+      cachedTokens: r.cachedPromptTokens,
       timeToFirstTokenMs: ttft,
       decodeMs,
       decodeTokensPerS: n > 1 && decodeMs > 0 ? (n - 1) / (decodeMs / 1000) : 0,

@@ -50,6 +50,10 @@ export class EngineMetrics {
   /** Decode readbacks (one `runner.decode` call each) and the sequences they carried. */
   decodeCalls = 0;
   decodeRows = 0;
+  /** Prompt tokens looked up in the prefix cache, and those found (vLLM's prefix_cache_queries
+   * and prefix_cache_hits, in tokens). */
+  prefixCacheQueries = 0;
+  prefixCacheHits = 0;
 
   countFinished(reason: string): void {
     this.finished.set(reason, (this.finished.get(reason) ?? 0) + 1);

@@ -51,6 +51,8 @@ export interface GenerationResult {
   stopReason: string | number | null;
   error?: string;
   promptTokens: number;
+  /** Prompt tokens restored from the prefix cache instead of computed. */
+  cachedTokens: number;
   /** From arrival to the first generated token (queueing included). */
   timeToFirstTokenMs: number;
   /** From the first token to the last. */

@@ -3,7 +3,7 @@
 // timer gap on the same thread, 6-9 ms with the device in a worker), so a server whose GPU lives
 // on its HTTP thread answers nobody, /health included, while a readback is pending. The engine
 // keeps its scheduler, cache manager, jobs and metrics on the calling thread and sends the
-// runner's few calls (prefill, decode, evaluate, destroy) here as messages; the worker owns the
+// runner's few calls (prefill, decode, evaluate, copyRing, destroy) here as messages; the worker owns the
 // device, the weights and the KV buffers.
 //
 // This one module is both sides: imported, it exports RunnerThread; started as a worker, it
@@ -32,6 +32,8 @@ export interface EngineRunner {
     tokens: number[],
     rows: number[],
   ): Promise<{ hidden: Float32Array[]; logits: Float32Array[] }>;
+  /** Copies one ring slot onto another (prefix-cache snapshots), in call order. */
+  copyRing(from: number, to: number): Promise<void>;
   destroy(): void;
 }
 
@@ -54,7 +56,8 @@ export interface RunnerReady {
 type Call =
   | { op: "prefill"; args: Parameters<EngineRunner["prefill"]> }
   | { op: "decode"; args: Parameters<EngineRunner["decode"]> }
-  | { op: "evaluate"; args: Parameters<EngineRunner["evaluate"]> };
+  | { op: "evaluate"; args: Parameters<EngineRunner["evaluate"]> }
+  | { op: "copyRing"; args: Parameters<EngineRunner["copyRing"]> };
 
 type ToWorker = { kind: "build"; spec: RunnerSpec } | { kind: "call"; id: number; call: Call };
 
@@ -153,6 +156,10 @@ export class RunnerThread implements EngineRunner {
     });
   }
 
+  copyRing(...args: Parameters<EngineRunner["copyRing"]>) {
+    return this.#call<void>({ op: "copyRing", args });
+  }
+
   /** Ends the worker, and with it the device and every buffer it held. */
   destroy(): void {
     this.worker.terminate();
@@ -211,6 +218,8 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         ? await r.prefill(...call.args)
         : call.op === "decode"
         ? await r.decode(...call.args)
+        : call.op === "copyRing"
+        ? await r.copyRing(...call.args)
         : await r.evaluate(...call.args);
       scope.postMessage({ kind: "result", id, value });
     } catch (e) {

@@ -6,6 +6,7 @@
 import {
   type BufferLimits,
   CacheExhaustedError,
+  CacheGeometry,
   CacheLayout,
   type KvDtype,
 } from "../cache/layout.ts";
@@ -35,6 +36,24 @@ export interface RunnerSizes {
   /** How matmul weights are stored (default "float": the precision; "native": a GGUF's own
    * formats). */
   weights?: WeightChoice;
+  /** Automatic prefix caching (default on; `--no-prefix-cache`). */
+  prefixCache?: boolean;
+  /** Snapshot rings of the prefix cache (default: 2 per sequence slot, within a quarter of the
+   * budget). */
+  prefixSnapshots?: number;
+}
+
+/** Tokens per page of the paged cache. */
+export const PAGE_SIZE = 16;
+
+/**
+ * Positions a ring keeps beyond sink + recent when prefix caching is on: a snapshot taken at the
+ * end of a prompt or request then restores any page boundary up to two pages before it, past
+ * a decode readback's overshoot (a finished request's last tokens may run `decodeSteps - 1`
+ * beyond its stop).
+ */
+export function ringSlackFor(decodeSteps: number): number {
+  return 2 * PAGE_SIZE + decodeSteps;
 }
 
 /** What the engine's loop needs to know of its runner's geometry. */
@@ -46,6 +65,8 @@ export interface RunnerShape {
   prefillChunk: number;
   /** How matmul weights are stored (undefined: "float"). */
   weights?: WeightChoice;
+  /** Automatic prefix caching is on. */
+  prefixCache: boolean;
 }
 
 /**
@@ -60,12 +81,27 @@ export function runnerShape(
   limits: BufferLimits,
 ): RunnerShape {
   const maxBatch = o.maxBatch ?? 8;
+  const maxSeqs = o.maxSeqs ?? maxBatch + 1;
+  const decodeSteps = o.decodeSteps ?? 8;
+  const budgetBytes = o.kvCacheBytes ?? 256 * (1 << 20);
+  const kvDtype = o.kvDtype ?? o.precision;
+  const prefixCache = o.prefixCache ?? true;
+  const ringSlack = prefixCache ? ringSlackFor(decodeSteps) : 0;
+  let snapshotSlots = 0;
+  if (prefixCache) {
+    const ring = new CacheGeometry(config, plan, kvDtype, PAGE_SIZE, ringSlack).ringBytes;
+    snapshotSlots = o.prefixSnapshots ??
+      (ring > 0 ? Math.min(2 * maxSeqs, Math.floor(budgetBytes / 4 / ring)) : 0);
+  }
   const layout = new CacheLayout(config, plan, {
-    budgetBytes: o.kvCacheBytes ?? 256 * (1 << 20),
-    maxSeqs: o.maxSeqs ?? maxBatch + 1,
+    budgetBytes,
+    maxSeqs,
     maxSeqLen: o.maxModelLen ?? config.maxSeqLen,
-    kvDtype: o.kvDtype ?? o.precision,
+    kvDtype,
+    pageSize: PAGE_SIZE,
     limits,
+    ringSlack,
+    snapshotSlots,
   });
   const fits = layout.numPages * layout.pageSize;
   if (o.maxModelLen !== undefined && layout.paged && fits < o.maxModelLen) {
@@ -80,9 +116,10 @@ export function runnerShape(
     layout,
     maxSeqLen: layout.maxSeqLen,
     maxBatch,
-    maxDecodeSteps: o.decodeSteps ?? 8,
+    maxDecodeSteps: decodeSteps,
     prefillChunk: o.prefillChunk ?? 128,
     weights: o.weights,
+    prefixCache,
   };
 }
 

@@ -6,7 +6,8 @@
 // A request is admitted only when the pool can hold its worst case (prompt + max_tokens + one
 // readback of overshoot), counting what running requests may still claim, so a running sequence
 // never waits for memory and the loop cannot deadlock; a request that does not fit waits in the
-// queue until others finish.
+// queue until others finish. Pages of its prompt that the prefix cache holds are shared, not
+// claimed again (but taking idle ones out of the cache uses up free room).
 // Prefill: up to `prefillBudget` prompt tokens per iteration, oldest first, so a long prompt is
 // spread over several iterations and running sequences keep decoding in between.
 // Decode: every running sequence together, `decodeSteps` tokens per readback (fewer when every
@@ -27,6 +28,10 @@ export interface RequestView {
   readonly cachedTokens: number;
   /** Pages held (0 before admission). */
   readonly pagesHeld: number;
+  /** Before admission: pages of its prompt the prefix cache holds (it will share them), and how
+   * many of those no sequence holds now (they leave the free room when it takes them). */
+  readonly prefixPages: number;
+  readonly prefixIdlePages: number;
   readonly cancelled: boolean;
 }
 
@@ -143,7 +148,9 @@ export class Scheduler {
     let active = running.length;
     for (const r of waiting) {
       if (active >= this.limits.maxBatch) break;
-      const need = this.limits.worstPages(r.promptTokens, r.maxTokens);
+      const worst = this.limits.worstPages(r.promptTokens, r.maxTokens);
+      // Cached pages it shares are not claimed again; idle ones it takes leave the free room.
+      const need = worst - r.prefixPages + r.prefixIdlePages;
       if (need > room.freePages - reserved || slots === 0) {
         // It waits for running requests to return memory; with none running it never could
         // (submit() rules that out, so this is only a safety net against a stuck queue).

@@ -37,6 +37,8 @@ export class KvBuffers {
   /** Per slot: the sequence whose pages are in its row (the object: ids are per manager), and
    * how many of them. */
   #rows: { seq: SeqCache | null; pages: number }[];
+  /** Staging for ring copies within one shard buffer (WebGPU copies never share a buffer). */
+  readonly #ringScratch: GPUBuffer | null;
 
   constructor(readonly device: GPUDevice, readonly layout: CacheLayout) {
     const g = layout;
@@ -68,6 +70,47 @@ export class KvBuffers {
       usage: STORAGE,
     });
     this.#rows = Array.from({ length: g.maxSeqs }, () => ({ seq: null, pages: 0 }));
+    const ringBytes = Math.max(0, ...this.#ringParts().map((p) => g.unitBytes(p.kind, p.heads)));
+    this.#ringScratch = g.snapshotSlots > 0 && ringBytes > 0
+      ? device.createBuffer({ label: "ring copy scratch", size: ringBytes, usage: STORAGE })
+      : null;
+  }
+
+  #ringParts(): KvPartBuffers[] {
+    return this.layers.flat().filter((p) => !p.kind.paged);
+  }
+
+  /**
+   * Records a copy of ring slot `from` onto ring slot `to` in every streaming part, K and V (a
+   * prefix-cache snapshot taken or restored: slots >= maxSeqs are the snapshot rings). Queue
+   * order makes it see every forward submitted before it and precede every later one.
+   */
+  copyRing(enc: GPUCommandEncoder, from: number, to: number): void {
+    const g = this.layout;
+    for (const slot of [from, to]) {
+      if (!(slot >= 0 && slot < g.ringSlots)) throw new RangeError(`no ring slot ${slot}`);
+    }
+    if (from === to) return;
+    for (const part of this.#ringParts()) {
+      const { unitsPerShard } = g.shards(part.kind);
+      const bytes = g.unitBytes(part.kind, part.heads);
+      const at = (slot: number) => ({
+        shard: Math.floor(slot / unitsPerShard),
+        offset: (slot % unitsPerShard) * bytes,
+      });
+      const a = at(from);
+      const b = at(to);
+      for (const kv of ["k", "v"] as const) {
+        const src = part.shards[a.shard][kv];
+        const dst = part.shards[b.shard][kv];
+        if (src !== dst) {
+          enc.copyBufferToBuffer(src, a.offset, dst, b.offset, bytes);
+        } else {
+          enc.copyBufferToBuffer(src, a.offset, this.#ringScratch!, 0, bytes);
+          enc.copyBufferToBuffer(this.#ringScratch!, 0, dst, b.offset, bytes);
+        }
+      }
+    }
   }
 
   /**
@@ -111,6 +154,7 @@ export class KvBuffers {
     }
     for (const b of this.#shardIndex) b.destroy();
     this.pageTable.destroy();
+    this.#ringScratch?.destroy();
   }
 }
 

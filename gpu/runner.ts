@@ -459,6 +459,19 @@ export class ModelRunner {
   }
 
   /**
+   * Copies ring slot `from` onto `to` in every streaming part (a prefix-cache snapshot taken or
+   * restored), in order with the forwards around it; resolves once submitted (no readback).
+   */
+  copyRing(from: number, to: number): Promise<void> {
+    return this.#exclusive(() => {
+      const enc = this.device.createCommandEncoder();
+      this.kv.copyRing(enc, from, to);
+      this.device.queue.submit([enc.finish()]);
+      return Promise.resolve();
+    });
+  }
+
+  /**
    * Stages one decode step of `batch` and hands `use` its dispatches in order (forward, head,
    * sampler; the step chaining excluded), with their workgroup counts, while no other forward can
    * run: the hook bench/profile.ts times kernels with. Whatever `use` records reads the staged

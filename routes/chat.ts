@@ -99,14 +99,15 @@ export function chatRoute(ctx: ServerContext): Hono {
       body.add_generation_prompt ?? true,
       "messages",
     );
+    const { n } = gen.choiceCounts(body);
     // Without a limit: as much as the context (and the KV pool) leaves.
-    const job = gen.startGeneration(c, engine, body, {
+    const jobs = gen.startChoices(c, engine, body, {
       promptIds: prompt,
       maxTokens: body.max_completion_tokens ?? body.max_tokens ??
         Math.max(1, engine.limits.maxNewTokens(prompt.length)),
       defaultTemperature: 1,
       promptField: "messages",
-    });
+    }, n);
     const id = gen.requestId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "chat.completion.chunk", created, model: ctx.modelId };
@@ -115,30 +116,30 @@ export function chatRoute(ctx: ServerContext): Hono {
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage ?? false;
       const u = includeUsage ? { usage: null } : {};
-      // OpenAI's stream opens with a chunk carrying only the role.
-      const roleChunk = {
+      // OpenAI's stream opens each choice with a chunk carrying only the role.
+      const roleChunk = (index: number) => ({
         ...head,
         choices: [{
-          index: 0,
+          index,
           delta: { role: "assistant", content: "" },
           logprobs: null,
           finish_reason: null,
         }],
         ...u,
-      };
-      let first = true;
-      return gen.streamJob(c, job, {
-        chunk: (ch) => {
+      });
+      const opened = new Set<number>();
+      return gen.streamJobs(c, jobs, {
+        chunk: (ch, index) => {
           const out = [];
-          if (first) {
-            first = false;
-            out.push(roleChunk);
+          if (!opened.has(index)) {
+            opened.add(index);
+            out.push(roleChunk(index));
           }
           if (ch.text !== "" || (body.logprobs && ch.ids.length)) {
             out.push({
               ...head,
               choices: [{
-                index: 0,
+                index,
                 delta: { content: ch.text },
                 logprobs: body.logprobs ? logprobsOf(tok, ch.ids, ch.logprobs, top) : null,
                 finish_reason: null,
@@ -148,36 +149,38 @@ export function chatRoute(ctx: ServerContext): Hono {
           }
           return out;
         },
-        end: (res: GenerationResult) => [
-          ...(first ? [roleChunk] : []),
-          {
-            ...head,
-            choices: [{
-              index: 0,
-              delta: {},
-              logprobs: null,
-              finish_reason: gen.finishReason(res),
-            }],
-            ...u,
-          },
+        end: (res: GenerationResult[]) => [
+          ...res.flatMap((r, index) => [
+            ...(opened.has(index) ? [] : [roleChunk(index)]),
+            {
+              ...head,
+              choices: [{
+                index,
+                delta: {},
+                logprobs: null,
+                finish_reason: gen.finishReason(r),
+              }],
+              ...u,
+            },
+          ]),
           ...(includeUsage ? [{ ...head, choices: [], usage: gen.usage(res) }] : []),
         ],
       });
     }
-    const res = await gen.resultOf(job);
+    const all = await gen.resultsOf(jobs);
     return c.json({
       id,
       object: "chat.completion",
       created,
       model: ctx.modelId,
-      choices: [{
-        index: 0,
+      choices: all.map((res, index) => ({
+        index,
         message: { role: "assistant", content: res.text },
         logprobs: body.logprobs ? logprobsOf(tok, res.ids, res.logprobs, top) : null,
         finish_reason: gen.finishReason(res),
         stop_reason: res.stopReason,
-      }],
-      usage: gen.usage(res),
+      })),
+      usage: gen.usage(all),
     });
   });
 }

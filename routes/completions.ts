@@ -2,8 +2,9 @@
 //
 // One prompt per request (text or token ids; a one-element array of either is accepted). `logprobs`
 // is 0 or 1: the GPU sampler returns the sampled token's log-probability, not a top-k list, so
-// `top_logprobs` holds just the sampled token. Not supported (400 naming the field): n > 1,
-// best_of > 1, echo, suffix, penalties, logit_bias.
+// `top_logprobs` holds just the sampled token. `n` choices share one prefill (prefix caching);
+// `best_of` candidates are ranked by cumulative log-probability (not streamable). Not supported
+// (400 naming the field): echo, suffix, penalties, logit_bias.
 
 import type { Hono } from "hono";
 import { z } from "zod";
@@ -30,9 +31,7 @@ export const CompletionRequest = z.object({
   }).nullish(),
   echo: z.boolean().nullish().refine((v) => !v, { message: "echo is not supported" }),
   suffix: z.string().nullish().refine((v) => !v, { message: "suffix is not supported" }),
-  best_of: z.number().int().nullish().refine((v) => v == null || v === 1, {
-    message: "only best_of = 1 is supported",
-  }),
+  best_of: fields.bestOf,
 }).strict();
 
 type Body = z.infer<typeof CompletionRequest>;
@@ -65,12 +64,13 @@ function logprobsOf(
 
 export function completionsRoute(ctx: ServerContext): Hono {
   return postRoute(ctx, "/v1/completions", CompletionRequest, async (c, engine, body) => {
-    const job = gen.startGeneration(c, engine, body, {
+    const { n, bestOf } = gen.choiceCounts(body);
+    const jobs = gen.startChoices(c, engine, body, {
       promptIds: await gen.promptIds(ctx, engine, onePrompt(body.prompt), "prompt"),
       maxTokens: body.max_tokens ?? 16,
       defaultTemperature: 1,
       promptField: "prompt",
-    });
+    }, bestOf);
     const id = gen.requestId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const tok = engine.tokenizer;
@@ -80,12 +80,12 @@ export function completionsRoute(ctx: ServerContext): Hono {
 
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage ?? false;
-      return gen.streamJob(c, job, {
-        chunk: (ch) => {
+      return gen.streamJobs(c, jobs, {
+        chunk: (ch, index) => {
           return [{
             ...head,
             choices: [{
-              index: 0,
+              index,
               text: ch.text,
               logprobs: wantLogprobs ? logprobsOf(tok, ch.ids, ch.logprobs, ch.offsets, top) : null,
               finish_reason: null,
@@ -93,29 +93,31 @@ export function completionsRoute(ctx: ServerContext): Hono {
             ...(includeUsage ? { usage: null } : {}),
           }];
         },
-        end: (res: GenerationResult) => [
-          {
+        end: (res: GenerationResult[]) => [
+          ...res.map((r, index) => ({
             ...head,
-            choices: [{ index: 0, text: "", logprobs: null, finish_reason: gen.finishReason(res) }],
+            choices: [{ index, text: "", logprobs: null, finish_reason: gen.finishReason(r) }],
             ...(includeUsage ? { usage: null } : {}),
-          },
+          })),
           ...(includeUsage ? [{ ...head, choices: [], usage: gen.usage(res) }] : []),
         ],
       });
     }
-    const res = await gen.resultOf(job);
+    const all = await gen.resultsOf(jobs);
+    const chosen = bestOf > n ? gen.bestOf(all, n) : all;
     return c.json({
       ...head,
-      choices: [{
-        index: 0,
+      choices: chosen.map((res, index) => ({
+        index,
         text: res.text,
         logprobs: wantLogprobs
           ? logprobsOf(tok, res.ids, res.logprobs, res.textOffsets, top)
           : null,
         finish_reason: gen.finishReason(res),
         stop_reason: res.stopReason,
-      }],
-      usage: gen.usage(res),
+      })),
+      // Every candidate's tokens were generated (OpenAI bills best_of's too).
+      usage: gen.usage(all),
     });
   });
 }

@@ -8,6 +8,9 @@
 //           streaming_bytes, bytes, full_attention_bytes, ratio_to_full}, logprobs?}
 // Streamed: `data: {token_ids, text, logprobs?}` per readback, then the answer less text and
 //           token_ids, then `data: [DONE]`.
+// n > 1: the answer (and each streamed chunk) is choice 0's as above, and the answer adds
+//           `choices: [{index, text, token_ids, finish_reason, stop_reason, logprobs?}]`; streamed
+//           chunks carry their choice's `index`. The prompt is prefilled once.
 
 import type { Hono } from "hono";
 import { z } from "zod";
@@ -37,41 +40,57 @@ export const GenerateRequest = z.object({
 
 export function generateRoute(ctx: ServerContext): Hono {
   return postRoute(ctx, "/v1/generate", GenerateRequest, async (c, engine, body) => {
-    const job = gen.startGeneration(c, engine, body, {
+    const { n } = gen.choiceCounts(body);
+    const jobs = gen.startChoices(c, engine, body, {
       promptIds: await gen.promptIds(ctx, engine, body.prompt, "prompt"),
       maxTokens: body.max_tokens ?? 16,
       defaultTemperature: 0,
       promptField: "prompt",
-    });
+    }, n);
     const id = gen.requestId("gen");
-    const summary = (res: GenerationResult) => ({
+    const summary = (all: GenerationResult[]) => ({
       id,
       model: ctx.modelId,
-      finish_reason: gen.finishReason(res),
-      stop_reason: res.stopReason,
-      usage: gen.usage(res),
-      time_to_first_token_ms: res.timeToFirstTokenMs,
-      decode_tokens_per_s: res.decodeTokensPerS,
-      queue_ms: res.queueMs,
-      e2e_ms: res.e2eMs,
-      cache: res.cache,
+      finish_reason: gen.finishReason(all[0]),
+      stop_reason: all[0].stopReason,
+      usage: gen.usage(all),
+      time_to_first_token_ms: all[0].timeToFirstTokenMs,
+      decode_tokens_per_s: all[0].decodeTokensPerS,
+      queue_ms: all[0].queueMs,
+      e2e_ms: all[0].e2eMs,
+      cache: all[0].cache,
     });
+    const lps = (l: number[]) => body.logprobs ? { logprobs: l } : {};
     if (body.stream) {
-      return gen.streamJob(c, job, {
-        chunk: (ch) => [{
+      return gen.streamJobs(c, jobs, {
+        chunk: (ch, index) => [{
+          ...(n > 1 ? { index } : {}),
           token_ids: ch.ids,
           text: ch.text,
-          ...(body.logprobs ? { logprobs: ch.logprobs } : {}),
+          ...lps(ch.logprobs),
         }],
-        end: (res) => [summary(res)],
+        end: (all) => [summary(all)],
       });
     }
-    const res = await gen.resultOf(job);
+    const all = await gen.resultsOf(jobs);
+    const res = all[0];
     return c.json({
-      ...summary(res),
+      ...summary(all),
       text: res.text,
       token_ids: res.ids,
-      ...(body.logprobs ? { logprobs: res.logprobs } : {}),
+      ...lps(res.logprobs),
+      ...(n > 1
+        ? {
+          choices: all.map((r, index) => ({
+            index,
+            text: r.text,
+            token_ids: r.ids,
+            finish_reason: gen.finishReason(r),
+            stop_reason: r.stopReason,
+            ...lps(r.logprobs),
+          })),
+        }
+        : {}),
     });
   });
 }

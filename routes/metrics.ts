@@ -1,6 +1,7 @@
 // GET /metrics: Prometheus text format. Requests running and waiting, KV-cache usage (ratio and
 // bytes by layer kind), the full-attention equivalent, time to first token, time per output token
-// and end-to-end latency histograms, prompt and generated token counts.
+// and end-to-end latency histograms, prompt and generated token counts, prefix-cache queries and
+// hits (in tokens) and what the prefix cache holds.
 
 import { Hono } from "hono";
 import type { ServerContext } from "../server/context.ts";
@@ -101,7 +102,27 @@ export function metricsRoute(ctx: ServerContext): Hono {
           "Batched decode calls (one readback each)",
           m.decodeCalls,
         )
-        .counter("zigzag_decode_rows_total", "Sequences carried by decode calls", m.decodeRows);
+        .counter("zigzag_decode_rows_total", "Sequences carried by decode calls", m.decodeRows)
+        .counter(
+          "zigzag_prefix_cache_queries_total",
+          "Prompt tokens looked up in the prefix cache (vLLM's prefix_cache_queries)",
+          m.prefixCacheQueries,
+        )
+        .counter(
+          "zigzag_prefix_cache_hits_total",
+          "Prompt tokens restored from the prefix cache instead of computed",
+          m.prefixCacheHits,
+        )
+        .gauge(
+          "zigzag_kv_cache_cached_bytes",
+          "KV-cache bytes the prefix cache holds (its pages and snapshot rings), by layer kind",
+          kinds.map((k) => [{ kind: k }, st[k].bytes_cached]),
+        )
+        .gauge(
+          "zigzag_kv_cache_pages_cached",
+          "Pages registered in the prefix cache (shared or idle; idle ones count as free)",
+          st.total.pages_cached,
+        );
     }
     return c.body(e.toString(), 200, {
       "Content-Type": "text/plain; version=0.0.4; charset=utf-8",

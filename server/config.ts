@@ -35,6 +35,8 @@ export interface ServerConfig {
   kvDtype?: KvDtype;
   /** How matmul weights are stored (default float: the precision). */
   weights?: WeightChoice;
+  /** Automatic prefix caching (default on; `--no-prefix-cache`, ZIGZAG_PREFIX_CACHE=0). */
+  prefixCache?: boolean;
   /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
   chatTemplate?: string;
   /** Name the API reports for the model (default: the model directory's or repo's name). */
@@ -83,6 +85,9 @@ flags (environment variable in brackets; a flag wins):
   --decode-steps N      tokens per readback [ZIGZAG_DECODE_STEPS] (default 8)
   --prefill-chunk N     prompt tokens per prefill forward [ZIGZAG_PREFILL_CHUNK] (default 128)
   --max-model-len N     context served (default: the model's) [ZIGZAG_MAX_MODEL_LEN]
+  --no-prefix-cache     recompute every prompt from token 0 (default: automatic prefix caching:
+                        requests resume from the pages and ring snapshots of earlier ones)
+                        [ZIGZAG_PREFIX_CACHE=0]
   --api-key KEY         require "Authorization: Bearer KEY" (or "X-Api-Key: KEY") on /v1/*,
                         /tokenize, /detokenize [ZIGZAG_API_KEY; prefer it: a flag is visible
                         to every local user in the process list]
@@ -181,7 +186,7 @@ export function parseServerConfig(
   const args = argv[0] === "--" ? argv.slice(1) : argv;
   let a;
   try {
-    a = parseArgs(args, { booleans: ["help"], values: VALUE_FLAGS });
+    a = parseArgs(args, { booleans: ["help", "no-prefix-cache"], values: VALUE_FLAGS });
   } catch (e) {
     if (e instanceof CliError) throw new ConfigError("flags", undefined, e.message);
     throw e;
@@ -234,8 +239,25 @@ export function parseServerConfig(
       `must be one of ${WEIGHT_CHOICES.join(", ")}`,
     );
   }
+  let prefixCache = true;
+  if (a.boolean("no-prefix-cache")) {
+    prefixCache = false;
+    sources["prefix-cache"] = "--no-prefix-cache";
+  } else {
+    const v = env("ZIGZAG_PREFIX_CACHE");
+    if (v !== undefined && v !== "") {
+      sources["prefix-cache"] = "ZIGZAG_PREFIX_CACHE";
+      const on = ["1", "true", "on", "yes"].includes(v.toLowerCase());
+      const off = ["0", "false", "off", "no"].includes(v.toLowerCase());
+      if (!on && !off) {
+        throw new ConfigError("ZIGZAG_PREFIX_CACHE", v, "must be 1/0, true/false or on/off");
+      }
+      prefixCache = on;
+    }
+  }
   const cfg: ServerConfig = {
     model,
+    prefixCache,
     tokenizer: str("tokenizer", "ZIGZAG_TOKENIZER"),
     plan: str("plan", "ZIGZAG_PLAN"),
     sink: num({ flag: "sink", env: "ZIGZAG_SINK", integer: true, min: 0 }),

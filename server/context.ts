@@ -171,6 +171,7 @@ export class ServerContext {
         prefillChunk: cfg.prefillChunk,
         decodeSteps: cfg.decodeSteps,
         maxModelLen: cfg.maxModelLen,
+        prefixCache: cfg.prefixCache,
         quiet: !Deno.stderr.isTerminal(),
         // The device on a thread of its own: a pending readback never holds up HTTP.
         gpuThread: true,
@@ -224,7 +225,8 @@ export class ServerContext {
         }` +
         ` on ${engine.adapterName}, KV cache ` +
         `${engine.layout.kvDtype}, ${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
-        `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback` +
+        `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback, prefix cache ` +
+        (engine.shape.prefixCache ? `on (${engine.layout.snapshotSlots} snapshot rings)` : "off") +
         (this.chat ? `, chat template from ${this.chat.source}` : ""),
     );
     return engine;

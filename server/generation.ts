@@ -120,18 +120,30 @@ export function startGeneration(
   body: GenerationBody,
   spec: GenerationSpec,
 ): Job {
+  return startChoices(c, engine, body, spec, 1)[0];
+}
+
+/** `startGeneration` for `n` choices of the prompt (engine.submitChoices: prefilled once, with
+ * prefix caching; seeds seed + i). */
+export function startChoices(
+  c: Context,
+  engine: Engine,
+  body: GenerationBody,
+  spec: GenerationSpec,
+  n: number,
+): Job[] {
   const sampling = samplingOf(body, spec.defaultTemperature);
   const stops = stopsOf(engine, body);
   if (stops.stopStrings.length) needTokenizer(engine, "stop");
   try {
-    return engine.submit({
+    return engine.submitChoices({
       promptIds: spec.promptIds,
       maxTokens: spec.maxTokens,
       sampling,
       ...stops,
       ignoreEos: body.ignore_eos ?? false,
       signal: clientSignal(c),
-    });
+    }, n);
   } catch (e) {
     if (e instanceof RequestTooLargeError) {
       throw badField(
@@ -179,17 +191,49 @@ export async function resultOf(job: Job): Promise<GenerationResult> {
   return res;
 }
 
+/** Every choice's result (as `resultOf`: the first failure throws). */
+export function resultsOf(jobs: Job[]): Promise<GenerationResult[]> {
+  return Promise.all(jobs.map(resultOf));
+}
+
+/** `best_of`: the `n` results with the highest cumulative log-probability (as vLLM ranks them),
+ * best first. */
+export function bestOf(results: GenerationResult[], n: number): GenerationResult[] {
+  const score = (r: GenerationResult) => r.logprobs.reduce((a, b) => a + b, 0);
+  return results.map((r) => ({ r, s: score(r) })).sort((a, b) => b.s - a.s).slice(0, n).map((x) =>
+    x.r
+  );
+}
+
+/** `n` and `best_of` as a route takes them: best_of >= n, both at most MAX_CHOICES; best_of
+ * cannot stream (the best are known only at the end). */
+export function choiceCounts(
+  b: { n?: number | null; best_of?: number | null; stream?: boolean | null },
+): { n: number; bestOf: number } {
+  const n = b.n ?? 1;
+  const best = b.best_of ?? n;
+  if (best < n) throw badField("best_of", `best_of (${best}) must be at least n (${n})`);
+  if (best > n && b.stream) throw badField("best_of", "best_of > n cannot be streamed");
+  return { n, bestOf: best };
+}
+
 /** OpenAI's finish_reason, and vLLM's "abort" for a request the server cut short (a request its
  * client cancelled has no one left to read it). */
 export function finishReason(res: GenerationResult): "stop" | "length" | "abort" {
   return res.finishReason === "length" || res.finishReason === "abort" ? res.finishReason : "stop";
 }
 
-export function usage(res: GenerationResult) {
+/** OpenAI's usage of one or more choices of one prompt (the prompt counted once), with the
+ * prompt tokens the prefix cache restored as `prompt_tokens_details.cached_tokens`. */
+export function usage(res: GenerationResult | GenerationResult[]) {
+  const all = Array.isArray(res) ? res : [res];
+  const completion = all.reduce((a, r) => a + r.ids.length, 0);
   return {
-    prompt_tokens: res.promptTokens,
-    completion_tokens: res.ids.length,
-    total_tokens: res.promptTokens + res.ids.length,
+    prompt_tokens: all[0].promptTokens,
+    completion_tokens: completion,
+    total_tokens: all[0].promptTokens + completion,
+    // The first choice met the cache as the request found it; the others share its prompt.
+    prompt_tokens_details: { cached_tokens: all[0].cachedTokens },
   };
 }
 
@@ -209,26 +253,50 @@ export interface SseHandlers {
 
 /** Streams a job as server-sent events, one write per readback, ending with `data: [DONE]`. */
 export function streamJob(c: Context, job: Job, h: SseHandlers): Response {
+  return streamJobs(c, [job], {
+    chunk: (ch) => h.chunk(ch),
+    end: (res) => h.end(res[0]),
+  });
+}
+
+/** Handlers of a stream of several choices: chunks carry the choice's index. */
+export interface MultiSseHandlers {
+  chunk(c: GenerationChunk, index: number): unknown[];
+  /** Events after every choice's last chunk. */
+  end(res: GenerationResult[]): unknown[];
+}
+
+/** Streams the choices of one request as they come (each readback's chunk as one write, the
+ * choices interleaved), then the end events and `data: [DONE]`. */
+export function streamJobs(c: Context, jobs: Job[], h: MultiSseHandlers): Response {
   return streamSSE(c, async (stream) => {
-    stream.onAbort(() => job.cancel());
-    for await (const chunk of job.chunks()) {
-      if (stream.aborted) break;
-      const events = h.chunk(chunk);
-      if (events.length) {
-        await stream.write(events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join(""));
+    stream.onAbort(() => jobs.forEach((j) => j.cancel()));
+    const sse = (events: unknown[]) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("");
+    // Writes in order, one at a time.
+    let writing = Promise.resolve();
+    const write = (text: string) => {
+      writing = writing.then(() => stream.aborted ? undefined : stream.write(text).then(() => {}));
+      return writing;
+    };
+    await Promise.all(jobs.map(async (job, i) => {
+      for await (const chunk of job.chunks()) {
+        if (stream.aborted) break;
+        const events = h.chunk(chunk, i);
+        if (events.length) await write(sse(events));
       }
-    }
-    const res = await job.result;
-    if (stream.aborted || res.finishReason === "cancelled") return;
+    }));
+    await writing;
+    const res = await Promise.all(jobs.map((j) => j.result));
+    if (stream.aborted || res.some((r) => r.finishReason === "cancelled")) return;
     // A stream that did not end normally says why in OpenAI's error shape, then [DONE].
-    const events = res.finishReason === "error"
-      ? [errorBody(engineError(res))]
-      : res.finishReason === "abort"
-      ? [errorBody(abortError(res))]
+    const failed = res.find((r) => r.finishReason === "error");
+    const aborted = res.find((r) => r.finishReason === "abort");
+    const events = failed
+      ? [errorBody(engineError(failed))]
+      : aborted
+      ? [errorBody(abortError(aborted))]
       : h.end(res);
-    await stream.write(
-      events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("") + "data: [DONE]\n\n",
-    );
+    await stream.write(sse(events) + "data: [DONE]\n\n");
   });
 }
 

@@ -15,6 +15,9 @@ function onlyDefault<T extends z.ZodTypeAny>(
 
 export const tokenId = z.number().int().min(0);
 
+/** Most choices (`n`, `best_of`) one request may ask for. */
+export const MAX_CHOICES = 64;
+
 export const fields = {
   model: z.string().min(1).nullish(),
   maxTokens: z.number().int().min(1).nullish(),
@@ -31,7 +34,10 @@ export const fields = {
   stream: z.boolean().nullish(),
   streamOptions: z.object({ include_usage: z.boolean().nullish() }).strict().nullish(),
   ignoreEos: z.boolean().nullish(),
-  n: onlyDefault(z.number().int(), (v) => v === 1, "only n = 1 is supported"),
+  /** Choices of one prompt (prefilled once; `seed + i` per choice when seeded). */
+  n: z.number().int().min(1).max(MAX_CHOICES).nullish(),
+  /** Candidates `n` is chosen from by cumulative log-probability (completions). */
+  bestOf: z.number().int().min(1).max(MAX_CHOICES).nullish(),
   presencePenalty: onlyDefault(
     z.number().min(-2).max(2),
     (v) => v === 0,

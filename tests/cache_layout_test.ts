@@ -53,6 +53,7 @@ Deno.test("cache kinds: what each keeps of a sequence", () => {
   assert.deepEqual(ring.constants(sizes), {
     SINK: 2,
     RECENT: 6,
+    SLACK: 0,
     SLOTS_PER_SHARD: 3,
     CACHE_SHARDS: 2,
   });
@@ -123,6 +124,7 @@ Deno.test("cache layout: a budget gives pages, rows, capacities and reserved byt
   assert.deepEqual(l.constants(l.kind(S)), {
     SINK: 2,
     RECENT: 6,
+    SLACK: 0,
     SLOTS_PER_SHARD: 2,
     CACHE_SHARDS: 1,
   });

@@ -312,25 +312,32 @@ Deno.test("stats: zigzag bytes by kind, reserved bytes and footprints by hand", 
       tokens: 117,
       bytes_reserved: 13 * 8192,
       bytes_used: retrieval,
+      bytes_cached: 0,
       pages_used: 9,
       pages_free: 4,
+      pages_cached: 0,
     },
     streaming: {
       tokens: 33,
       bytes_reserved: 3 * 8192,
       bytes_used: streamingBytes,
+      bytes_cached: 0,
       pages_used: 0,
       pages_free: 0,
+      pages_cached: 0,
     },
     total: {
       tokens: 117,
       bytes_reserved: 128 * 1024, // the whole budget: 13 pages + 3 rings of 8 KiB
       bytes_used: retrieval + streamingBytes,
+      bytes_cached: 0,
       pages_used: 9,
       pages_free: 4,
+      pages_cached: 0,
     },
     full_attention_bytes: full,
     ratio_to_full: (73728 + 16896) / 119808,
+    prefix_cache: null,
   });
   const want = m.layout.usedBytes(lengths);
   assert.deepEqual(want, {

@@ -69,7 +69,8 @@ const CASES: Case[] = [
   { name: "seed a string", body: { prompt: "x", seed: "abc" }, status: 400, param: "seed" },
   { name: "stop a number", body: { prompt: "x", stop: 5 }, status: 400, param: "stop" },
   { name: "stream a string", body: { prompt: "x", stream: "yes" }, status: 400, param: "stream" },
-  { name: "n = 2", body: { prompt: "x", n: 2 }, status: 400, param: "n" },
+  { name: "n = 65", body: { prompt: "x", n: 65 }, status: 400, param: "n" },
+  { name: "best_of < n", body: { prompt: "x", n: 3, best_of: 2 }, status: 400, param: "best_of" },
   { name: "logprobs 5", body: { prompt: "x", logprobs: 5 }, status: 400, param: "logprobs" },
   { name: "echo", body: { prompt: "x", echo: true }, status: 400, param: "echo" },
   {

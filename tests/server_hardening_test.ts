@@ -85,6 +85,23 @@ Deno.test("--allowed-origins: parsed to browser Origin form, from flag or variab
   assert.match(USAGE, /X-Api-Key: KEY/);
 });
 
+Deno.test("--no-prefix-cache and ZIGZAG_PREFIX_CACHE: on by default, off by flag or variable", () => {
+  assert.equal(config([]).prefixCache, true);
+  assert.equal(config(["--no-prefix-cache"]).prefixCache, false);
+  assert.equal(config([], { ZIGZAG_PREFIX_CACHE: "0" }).prefixCache, false);
+  assert.equal(config([], { ZIGZAG_PREFIX_CACHE: "on" }).prefixCache, true);
+  assert.equal(config(["--no-prefix-cache"], { ZIGZAG_PREFIX_CACHE: "1" }).prefixCache, false);
+  assert.throws(
+    () => config([], { ZIGZAG_PREFIX_CACHE: "maybe" }),
+    (e) => e instanceof ConfigError && /^zigzag: ZIGZAG_PREFIX_CACHE=maybe: must be/.test(e.line),
+  );
+  assert.throws(
+    () => config(["--no-prefix-cache=2"]),
+    (e) => e instanceof ConfigError && /--no-prefix-cache takes no value/.test(e.line),
+  );
+  assert.match(USAGE, /--no-prefix-cache .*\[ZIGZAG_PREFIX_CACHE=0\]/s);
+});
+
 Deno.test("--api-key on the command line: a start-up warning naming ZIGZAG_API_KEY", () => {
   const flag = startupWarnings(config(["--api-key", KEY]));
   assert.equal(flag.length, 1);

@@ -149,7 +149,7 @@ Deno.test(
     const dir = await Deno.makeTempDir();
     const planFile = `${dir}/stories.zigzag.json`;
     await Deno.writeTextFile(planFile, JSON.stringify(PLAN));
-    const server = await startTestServer({ plan: planFile, maxBatch: 4 });
+    const server = await startTestServer({ plan: planFile, maxBatch: 4, prefixCache: false });
     const ac = new AbortController();
     try {
       // Closed form, from the plan alone.

@@ -53,7 +53,88 @@ Deno.test(
           prompt_tokens: cli.prompt_ids.length,
           completion_tokens: N,
           total_tokens: cli.prompt_ids.length + N,
+          prompt_tokens_details: { cached_tokens: 0 },
         });
+      });
+
+      await t.step("n and best_of; the prefix cache in usage and /metrics", async () => {
+        // A prompt of several pages, so that later requests and choices resume from the cache.
+        const long = `${PROMPT} there was a little girl named Lily. She loved to play outside ` +
+          "in the sunshine with her dog, who was big and brown.";
+        const base = { model: "stories260K", prompt: long, max_tokens: 8 };
+        const greedy = await client.completions.create({ ...base, temperature: 0, n: 3 });
+        assert.deepEqual(greedy.choices.map((c) => c.index), [0, 1, 2]);
+        assert.equal(new Set(greedy.choices.map((c) => c.text)).size, 1, "greedy choices equal");
+        assert.equal(greedy.usage?.completion_tokens, 24);
+        const seeded = { ...base, temperature: 1, seed: 5, n: 4 };
+        const a = await client.completions.create(seeded);
+        const b = await client.completions.create(seeded);
+        assert.deepEqual(a.choices.map((c) => c.text), b.choices.map((c) => c.text));
+        // A repeat of the prompt resumes at its last page boundary.
+        const p = a.usage!.prompt_tokens;
+        const cached = (b.usage as { prompt_tokens_details?: { cached_tokens: number } })
+          .prompt_tokens_details?.cached_tokens;
+        assert.equal(cached, Math.floor((p - 1) / 16) * 16);
+        // best_of 3, n 2: the two most probable of three candidates, best first.
+        const best = await client.completions.create({
+          ...base,
+          temperature: 1,
+          seed: 9,
+          n: 2,
+          best_of: 3,
+          logprobs: 1,
+        });
+        assert.equal(best.choices.length, 2);
+        const score = (c: (typeof best.choices)[0]) =>
+          c.logprobs!.token_logprobs!.reduce((x, y) => x + y, 0);
+        assert.ok(score(best.choices[0]) >= score(best.choices[1]));
+        // The candidates are the n = 3 choices of the same seed: best_of keeps the top two.
+        const cands = await client.completions.create({
+          ...base,
+          temperature: 1,
+          seed: 9,
+          n: 3,
+          logprobs: 1,
+        });
+        const top2 = [...cands.choices].sort((x, y) => score(y) - score(x)).slice(0, 2);
+        assert.deepEqual(best.choices.map((c) => c.text), top2.map((c) => c.text));
+        assert.equal(best.usage?.completion_tokens, 24, "every candidate counts");
+        const bad = await post(`${server.url}/v1/completions`, { ...base, n: 3, best_of: 2 });
+        assert.equal(bad.status, 400);
+        assert.equal((await bad.json()).error.param, "best_of");
+        // Chat, streamed, two choices: each opens with its role and ends with its finish_reason.
+        const stream = await client.chat.completions.create({
+          model: "stories260K",
+          messages: [{ role: "user", content: long }],
+          max_tokens: 8,
+          temperature: 0,
+          n: 2,
+          stream: true,
+        });
+        const text = ["", ""];
+        const roles = [0, 0];
+        const finish: (string | null)[] = [null, null];
+        for await (const ch of stream) {
+          for (const c of ch.choices) {
+            if (c.delta.role) roles[c.index]++;
+            text[c.index] += c.delta.content ?? "";
+            if (c.finish_reason) finish[c.index] = c.finish_reason;
+          }
+        }
+        assert.deepEqual(roles, [1, 1]);
+        assert.deepEqual(finish, ["length", "length"]);
+        assert.equal(text[0], text[1]);
+        assert.equal(text[0], greedy.choices[0].text, "chat joins one message as the prompt");
+        const metrics = await (await fetch(`${server.url}/metrics`)).text();
+        const counter = (name: string) =>
+          Number(metrics.match(new RegExp(`^${name} (\\d+)`, "m"))![1]);
+        assert.ok(counter("zigzag_prefix_cache_hits_total") >= cached!);
+        assert.ok(
+          counter("zigzag_prefix_cache_queries_total") > counter("zigzag_prefix_cache_hits_total"),
+        );
+        const st = await (await fetch(`${server.url}/v1/cache/stats`)).json();
+        assert.ok(st.prefix_cache.pages > 0);
+        assert.equal(st.total.pages_used, 0);
       });
 
       await t.step("completions ending at EOS: finish_reason stop", async () => {

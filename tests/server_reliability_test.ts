@@ -63,7 +63,7 @@ Deno.test(
   "a client that goes away is cancelled within one iteration, whatever its body size",
   serverTest,
   async (t) => {
-    const server = await startTestServer({ maxBatch: 1, prefillChunk: 8 });
+    const server = await startTestServer({ maxBatch: 1, prefillChunk: 8, prefixCache: false });
     const engine = server.ctx.loadedEngine!;
     const body = (stream: boolean, maxTokens = 250) => ({
       prompt: LONG_PROMPT,

@@ -20,6 +20,9 @@
 //                             [0, sink_end(i)) and [max(sink_end(i), window_start(i)), i];
 //   holds(i, j)               whether key j (<= i) is among them, i.e. still held in the cache
 //                             once position i is written.
+//   keeps(i, j)               whether the layout stores key j once position i is written: what
+//                             `holds` sees, and for a ring with slack the slack's older keys
+//                             too (a prefix-cache snapshot resumes from them).
 // Binding 5 belongs to the layout (the page table here; unused by the ring).
 
 override PAGE_SIZE: u32;        // positions per page
@@ -61,3 +64,4 @@ fn shard_holds_any(slot: u32, j0: u32, j1: u32, shard: u32) -> bool {
 fn sink_end(i: u32) -> u32 { return 0u; }
 fn window_start(i: u32) -> u32 { return 0u; }
 fn holds(i: u32, j: u32) -> bool { return true; }
+fn keeps(i: u32, j: u32) -> bool { return true; }

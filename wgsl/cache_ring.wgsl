@@ -1,13 +1,17 @@
-// KV-cache layout "ring" (cache/kinds.ts StreamingRing): per sequence slot a ring of SINK + RECENT
-// positions: the first SINK positions (attention sinks) stay, later ones cycle through the RECENT
-// window. Keys stay as RoPE rotated them at their original positions. The rings are split into
+// KV-cache layout "ring" (cache/kinds.ts StreamingRing): per sequence slot a ring of
+// SINK + RECENT + SLACK positions: the first SINK positions (attention sinks) stay, later ones
+// cycle through the other RECENT + SLACK. A query sees the sinks and the last RECENT positions;
+// the SLACK older ones are kept so that a copy of the ring taken at position b (a prefix-cache
+// snapshot) is the exact state of any position in [b - SLACK, b]. Keys stay as RoPE rotated them
+// at their original positions. The rings are split into
 // CACHE_SHARDS buffer pairs of SLOTS_PER_SHARD slots: slot s lives in shard s / SLOTS_PER_SHARD,
 // so each sequence's keys are all in one shard. Included (gpu/pipelines.ts) after common.wgsl
 // and the KV codec; cache_paged.wgsl defines the same functions and documents them. The
 // including kernel declares HEAD_DIM and CACHE_HEADS.
 
 override SINK: u32;             // attention-sink positions kept
-override RECENT: u32;           // most recent positions kept (the current one included), >= 1
+override RECENT: u32;           // most recent positions seen (the current one included), >= 1
+override SLACK: u32 = 0u;       // older positions kept beyond RECENT (prefix-cache snapshots)
 override SLOTS_PER_SHARD: u32;  // sequence slots whose rings each shard buffer holds
 override CACHE_SHARDS: u32;     // shard buffers of the part
 
@@ -18,10 +22,10 @@ fn cache_shard(slot: u32, j: u32) -> u32 {
 
 fn cache_entry(slot: u32, j: u32, ch: u32) -> u32 {
   var s = j;
-  if (j >= SINK) { s = SINK + (j - SINK) % RECENT; }
+  if (j >= SINK) { s = SINK + (j - SINK) % (RECENT + SLACK); }
   var local = slot;
   if (CACHE_SHARDS > 1u) { local = slot % SLOTS_PER_SHARD; }
-  return ((local * (SINK + RECENT) + s) * CACHE_HEADS + ch) * kv_entry_units();
+  return ((local * (SINK + RECENT + SLACK) + s) * CACHE_HEADS + ch) * kv_entry_units();
 }
 
 // A slot's whole ring is in one shard.
@@ -38,3 +42,4 @@ fn window_start(i: u32) -> u32 {
   return 0u;
 }
 fn holds(i: u32, j: u32) -> bool { return j < SINK || i - j < RECENT; }
+fn keeps(i: u32, j: u32) -> bool { return j < SINK || i - j < RECENT + SLACK; }

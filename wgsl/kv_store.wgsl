@@ -2,10 +2,10 @@
 // layer's attention has read them (so a streaming ring may be overwritten safely). Addresses come
 // from the layout include (cache_paged.wgsl or cache_ring.wgsl), the stored form from the KV
 // codec (kv_float.wgsl, kv_int8.wgsl, kv_int4.wgsl): quantized as it is written, so no
-// full-precision copy of the cache ever exists. A row is stored only when the layout still holds
-// its position once the sequence's last row in this forward is written (`holds`): pages keep
-// every position; a ring keeps positions < SINK and the last RECENT (earlier rows of a long
-// chunk would be overwritten by later ones in the same ring slot, so they are skipped). A part
+// full-precision copy of the cache ever exists. A row is stored only when the layout still keeps
+// its position once the sequence's last row in this forward is written (`keeps`): pages keep
+// every position; a ring keeps positions < SINK and the last RECENT + SLACK (earlier rows of a
+// long chunk would be overwritten by later ones in the same ring slot, so they are skipped). A part
 // split into shards is stored by one dispatch per shard, each writing the rows whose position
 // its shard holds.
 
@@ -56,7 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let row = rows[r];
   let j = row.pos;
   let last = row.pos + (row.first_row + row.n_seq_rows - 1u - r);
-  if (!holds(last, j)) { return; }
+  if (!keeps(last, j)) { return; }
   if (cache_shard(row.slot, j) != shard.index) { return; }
   let dst = cache_entry(row.slot, j, ch);
   let stride = (N_HEADS + 2u * N_KV_HEADS) * HEAD_DIM;
