@@ -1,4 +1,6 @@
-// deno task bench --serve [--model PATH] [--out DIR]: the serving throughput (bench/serve.ts).
+// deno task bench --serve [--serve-only throughput,prefix] [--model PATH] [--prefix-model DIR]
+//   [--prefix-plan PLAN] [--out DIR]: the serving throughput (bench/serve.ts) and prefix caching,
+//   8 questions of one ~1,900-token document on the pass-key model (bench/prefix.ts); only that.
 // deno task bench --scale [--scale-only context,load,logits,million] ...: 8B layouts and
 //   million-token contexts (bench/scale.ts; `deno task bench --scale --help`); only that.
 // deno task bench [--quick] [--kernels | --kernels-only] [--preset NAME] [--layers N] [--vocab N|auto]
@@ -28,6 +30,7 @@ import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli
 import { CliError, intList, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
 import { runServeBench, serveMarkdown } from "./serve.ts";
+import { PREFIX_MODEL, PREFIX_PLAN, prefixMarkdown, runPrefixBench } from "./prefix.ts";
 import { scaleMain } from "./scale.ts";
 import { progress } from "../util/progress.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
@@ -71,6 +74,8 @@ import { PassTimer } from "./stats.ts";
 
 const USAGE =
   `usage: deno task bench --scale [--scale-only context,load,logits,million] (see --scale --help)
+       deno task bench --serve [--serve-only throughput,prefix] [--model PATH] [--prefix-model DIR]
+         [--prefix-plan PLAN] [--out DIR]
        deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
     [...Object.keys(PRESETS), "tiny"].join("|")
   }]
@@ -95,23 +100,57 @@ const WEIGHTS_CONTEXT = 4096;
 /** The weight formats `--weights` compares with float: the two the runner quantizes on load. */
 const BENCH_WEIGHT_FORMATS: readonly MatmulFormat[] = ["q8_0", "q4_0"];
 
-/** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests; decode steps 1 vs 8. */
-async function serveBench(model = "../shared/models/stories260K", out = "bench/results") {
-  const bar = progress("serve bench");
-  const r = await runServeBench({
-    model,
-    concurrency: [1, 4, 16],
-    maxTokens: 64,
-    repeats: 3,
-    onProgress: (d, t) => bar.update(d, t),
-  });
-  bar.done();
+/** The parts of `--serve` (`--serve-only` picks some). */
+const SERVE_PARTS = ["throughput", "prefix"] as const;
+type ServePart = typeof SERVE_PARTS[number];
+
+interface ServeArgs {
+  parts: ServePart[];
+  model?: string;
+  prefixModel?: string;
+  prefixPlan?: string;
+  out?: string;
+}
+
+/** `--serve`: aggregate tokens/s at 1, 4, 16 concurrent requests, decode steps 1 vs 8
+ * (serve.json, serve.md); prefix caching over one long document (prefix.json, prefix.md). */
+async function serveBench(o: ServeArgs) {
+  const out = o.out ?? "bench/results";
   await Deno.mkdir(out, { recursive: true });
-  await Deno.writeTextFile(`${out}/serve.json`, JSON.stringify(r, null, 2) + "\n");
-  const md = serveMarkdown(r);
-  await Deno.writeTextFile(`${out}/serve.md`, md);
-  console.log(md);
-  console.log(`wrote ${out}/serve.json and ${out}/serve.md`);
+  if (o.parts.includes("throughput")) {
+    const model = o.model ?? "../shared/models/stories260K";
+    const bar = progress("serve bench");
+    const r = await runServeBench({
+      model,
+      concurrency: [1, 4, 16],
+      maxTokens: 64,
+      repeats: 3,
+      onProgress: (d, t) => bar.update(d, t),
+    });
+    bar.done();
+    await Deno.writeTextFile(`${out}/serve.json`, JSON.stringify(r, null, 2) + "\n");
+    const md = serveMarkdown(r);
+    await Deno.writeTextFile(`${out}/serve.md`, md);
+    console.log(md);
+    console.log(`wrote ${out}/serve.json and ${out}/serve.md`);
+  }
+  if (o.parts.includes("prefix")) {
+    const bar = progress("prefix cache");
+    const r = await runPrefixBench({
+      model: o.prefixModel ?? PREFIX_MODEL,
+      plan: o.prefixPlan ?? PREFIX_PLAN,
+      onProgress: (d, t, note) => bar.update(d, t, note),
+    });
+    bar.done();
+    await Deno.writeTextFile(
+      `${out}/prefix.json`,
+      await denoFmt(JSON.stringify(r, null, 2) + "\n", "json"),
+    );
+    const md = await denoFmt(prefixMarkdown(r), "md");
+    await Deno.writeTextFile(`${out}/prefix.md`, md);
+    console.log(md);
+    console.log(`wrote ${out}/prefix.json and ${out}/prefix.md in ${r.elapsed_s.toFixed(0)} s`);
+  }
   return 0;
 }
 
@@ -125,6 +164,9 @@ async function main(): Promise<number> {
     booleans: ["quick", "kernels", "kernels-only", "serve", "help"],
     values: [
       "model",
+      "serve-only",
+      "prefix-model",
+      "prefix-plan",
       "preset",
       "layers",
       "vocab",
@@ -160,8 +202,21 @@ async function main(): Promise<number> {
     return 0;
   }
   const quick = a.boolean("quick");
-  if (a.boolean("serve")) {
-    return await serveBench(a.optionalString("model"), a.optionalString("out"));
+  // --serve-only implies --serve.
+  const only = a.optionalString("serve-only")?.split(",").map((s) => s.trim());
+  if (a.boolean("serve") || only) {
+    for (const p of only ?? []) {
+      if (!SERVE_PARTS.includes(p as ServePart)) {
+        throw new CliError(`--serve-only takes ${SERVE_PARTS.join(",")}, got ${p}`);
+      }
+    }
+    return await serveBench({
+      parts: (only ?? SERVE_PARTS) as ServePart[],
+      model: a.optionalString("model"),
+      prefixModel: a.optionalString("prefix-model"),
+      prefixPlan: a.optionalString("prefix-plan"),
+      out: a.optionalString("out"),
+    });
   }
   const notes: string[] = [];
 

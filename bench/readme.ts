@@ -12,6 +12,7 @@ import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { denoFmt } from "./fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
 import { type ServeBenchResult, serveMarkdown } from "./serve.ts";
+import { type PrefixBenchResult, prefixMarkdown } from "./prefix.ts";
 import { EVAL_SCHEMA, evalMarkdown, type EvalResult, heatmapName } from "../eval/eval.ts";
 
 export const START = "<!-- bench:start -->";
@@ -127,6 +128,15 @@ async function main(): Promise<number> {
   try {
     const serve: ServeBenchResult = JSON.parse(await Deno.readTextFile(servePath));
     benchSection += "\n\n#### Serving (`deno task bench --serve`)\n\n" + serveMarkdown(serve);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  // The prefix-cache figures (`deno task bench --serve`, bench/prefix.ts), likewise.
+  const prefixPath = `${dirOf(absolute(jsonPath))}/prefix.json`;
+  try {
+    const prefix: PrefixBenchResult = JSON.parse(await Deno.readTextFile(prefixPath));
+    benchSection += "\n\n#### Prefix caching (`deno task bench --serve`)\n\n" +
+      prefixMarkdown(prefix);
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }

@@ -19,7 +19,7 @@
 #        fake-8b        deno task fake-model --preset llama3-8b-1048k --layers 2 --dtype bf16
 #        generate-8b    deno task generate on it (--prompt-ids 1,2,3 --max-tokens 8 --json)
 #        bench-scale    deno task bench --scale: context, logits, million, then the 32-layer load
-#        serve          deno task bench --serve (stories260K)
+#        serve          deno task bench --serve --serve-only throughput (stories260K)
 #   4. writes OUT_DIR: run.log (every step's output), summary.json, report.md (every bench's
 #      Markdown), bench-quick.json, bench-smollm2.json, bench-scale.json, serve.json: at most 8
 #      files, no folders; prints a one-screen summary last (scripts/gpu_summary.ts).
@@ -355,7 +355,7 @@ if wanted bench-scale; then
 fi
 
 if [ "$HAVE_SHARED" = 1 ]; then
-  step serve "$(bud 30 120)" deno task bench --serve --model ../shared/models/stories260K --out "$WORK/serve"
+  step serve "$(bud 30 120)" deno task bench --serve --serve-only throughput --model ../shared/models/stories260K --out "$WORK/serve"
 elif wanted serve; then
   skip serve "no ../shared/models/stories260K"
 fi

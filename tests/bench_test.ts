@@ -11,6 +11,8 @@ import { llama3Capacity, managerStats, maxContextFit } from "../bench/kv.ts";
 import { gemvMatrices, weightBytes, weightBytesRow } from "../bench/model_bench.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
+import { prefixDocument } from "../bench/prefix.ts";
+import { loadTokenizer } from "../model/load.ts";
 import { lineChart, niceTicks } from "../bench/svg.ts";
 import { parseGateTsv } from "../plans/duo_import.ts";
 import { resolvePlan } from "../plans/resolve.ts";
@@ -554,4 +556,22 @@ Deno.test("bench svg: ticks and a well-formed chart", () => {
   assert.ok(svg.includes("t &lt;&amp;&gt;"));
   assert.equal((svg.match(/<path /g) ?? []).length, 1);
   assert.equal((svg.match(/<circle /g) ?? []).length, 3);
+});
+
+Deno.test("bench --serve prefix: one document, its questions share it token for token", async () => {
+  const tok = await loadTokenizer(`${ROOT}../shared/models/passkey-llama`);
+  const doc = prefixDocument(tok, { documentTokens: 600, questions: 4, seed: 3 });
+  // The document is built from whole filler sentences, so it lands a little under the request.
+  assert.ok(doc.tokens <= 600 && doc.tokens >= 500, `document of ${doc.tokens} tokens`);
+  assert.equal(doc.asks.length, 4);
+  assert.equal(new Set(doc.asks.map((a) => a.name)).size, 4, "four different names");
+  const docIds = tok.encode(doc.document);
+  for (const a of doc.asks) {
+    assert.ok(doc.document.includes(a.value), `the code for ${a.name} is in the document`);
+    // Every page but the one the question starts in is shared: the prompt begins with the
+    // document's tokens (all but the last, which may merge with the question's first piece).
+    assert.deepEqual(a.prompt.slice(0, docIds.length - 1), docIds.slice(0, -1), a.name);
+    assert.ok(a.prompt.length > docIds.length, "the question adds tokens");
+  }
+  assert.deepEqual(prefixDocument(tok, { documentTokens: 600, questions: 4, seed: 3 }), doc);
 });
