@@ -40,6 +40,7 @@ import type { ModelConfig } from "../model/types.ts";
 import {
   attentionCacheBytes,
   type AttentionResult,
+  type FmaResult,
   type MatmulFormat,
   type MatmulJob,
   type MatmulResult,
@@ -48,6 +49,7 @@ import {
   measureCopy,
   measureMatmul,
   measureMatmulSet,
+  measurePeakFma,
   measureReadback,
   measureStreamRead,
   referenceBytes,
@@ -417,9 +419,9 @@ async function main(): Promise<number> {
   const timer = new PassTimer(gpu);
   const rep = { samples: quick ? 3 : 5, lo: 1, hi: 3 };
   let bar = progress("references");
-  bar.update(0, 3, "readback");
+  bar.update(0, 4, "readback");
   const readback = await measureReadback(gpu, quick ? 5 : 10);
-  bar.update(1, 3, "streaming read");
+  bar.update(1, 4, "streaming read");
   const refBytes = referenceBytes(gpu, refMb * 2 ** 20);
   const stream = await measureStreamRead(
     gpu,
@@ -429,11 +431,19 @@ async function main(): Promise<number> {
     rep,
     quick ? [1024, 4096, 16384] : [256, 1024, 4096, 16384],
   );
-  bar.update(2, 3, "copyBufferToBuffer");
+  bar.update(2, 4, "copyBufferToBuffer");
   const copy = await measureCopy(gpu, refBytes, { samples: rep.samples, lo: 1, hi: 5 });
+  bar.update(3, 4, "peak FMA");
+  const fma: FmaResult[] = [];
+  for (const dtype of (gpu.hasF16 ? ["f32", "f16"] : ["f32"]) as Precision[]) {
+    fma.push(await measurePeakFma(gpu, pipelines, timer, dtype, rep, quick ? [1024] : undefined));
+  }
   phase("references");
   bar.done(
-    `stream ${stream.best.gbps.median.toFixed(2)} GB/s, copy ${copy.gbps.median.toFixed(2)} GB/s`,
+    `stream ${stream.best.gbps.median.toFixed(2)} GB/s, copy ${
+      copy.gbps.median.toFixed(2)
+    } GB/s, ` +
+      fma.map((x) => `${x.dtype} FMA ${x.best.gflops.median.toFixed(1)} GFLOP/s`).join(", "),
   );
 
   // ---- GEMV of the model's own matrices -------------------------------------------------------
@@ -725,6 +735,11 @@ async function main(): Promise<number> {
         `row's visible K and V) / median step time; compared with the fastest variant of ` +
         `wgsl/stream_read.wgsl (vec4 reads, grid-stride or chunked, 256..16384 workgroups) and ` +
         `with copyBufferToBuffer (bytes copied per second), both measured in this run.`,
+      compute: `the compute roof: wgsl/peak_fma.wgsl, 8 independent vec4 FMA chains per thread ` +
+        `(no memory traffic), in f32${gpu.hasF16 ? " and f16" : ""}, the fastest of ` +
+        `${quick ? "1024 workgroups" : "256, 1024 and 4096 workgroups"} of 256 threads; FLOPs = ` +
+        `threads x iterations x 8 chains x 4 lanes x 2. Kernel GFLOP/s are reported against the ` +
+        `roof of their arithmetic precision (/ FMA).`,
       kernels:
         `${
           gpu.hasTimestamps ? "GPU timestamps around 3 dispatches in one pass" : "wall-clock slope"
@@ -775,7 +790,7 @@ async function main(): Promise<number> {
       weight_bytes: weightBytes(config, precision),
     },
     plans: Object.fromEntries(planNames.map((p) => [p, plans.summaries[p]])),
-    reference: { readback_ms: readback, stream_read: stream, copy },
+    reference: { readback_ms: readback, stream_read: stream, copy, fma },
     decode_gemv: {
       matrices: gemvs,
       bytes: gemvBytes,

@@ -1,5 +1,5 @@
 // Kernel-level measurements: the bandwidth references (a streaming-read kernel and
-// copyBufferToBuffer), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl (float
+// copyBufferToBuffer), the compute roof (a peak-FMA kernel, f32 and f16), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl (float
 // weights, or GGUF's Q8_0 / Q4_0 blocks packed as the runner packs them), and the split-K decode
 // pass of wgsl/attention.wgsl per KV dtype.
 
@@ -32,6 +32,7 @@ import {
   type WeightFormat,
 } from "../gpu/kernels/matmul.ts";
 import { streamRead, streamReadGroups } from "../gpu/kernels/stream_read.ts";
+import { peakFma, peakFmaFlops, peakFmaGroups } from "../gpu/kernels/peak_fma.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
 import { quantizeQ4_0, quantizeQ8_0 } from "../model/gguf_blocks.ts";
 import { mulberry32 } from "../model/random.ts";
@@ -157,6 +158,64 @@ export async function measureStreamRead(
   sink.destroy();
   const best = variants.reduce((a, b) => (b.gbps.median > a.gbps.median ? b : a));
   return { kernel: "wgsl/stream_read.wgsl", bytes, method, best, variants };
+}
+
+export interface FmaVariant {
+  workgroups: number;
+  workgroup_size: number;
+  iters: number;
+  flops: number;
+  ms: Stat;
+  gflops: Stat;
+}
+
+export interface FmaResult {
+  kernel: "wgsl/peak_fma.wgsl";
+  /** The arithmetic precision (W); f16 only on adapters with shader-f16. */
+  dtype: Precision;
+  method: "timestamp" | "wall-slope";
+  /** The fastest variant (by median); its GFLOP/s is the compute roof of the GEMM ratios. */
+  best: FmaVariant;
+  variants: FmaVariant[];
+}
+
+/** The compute roof: peak FMA throughput in `dtype`, over a few grid sizes. */
+export async function measurePeakFma(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  dtype: Precision,
+  rep: Repeats,
+  workgroupCounts = [256, 1024, 4096],
+  iters = 256,
+): Promise<FmaResult> {
+  const dev = gpu.device;
+  const WG = 256;
+  const maxWg = Math.max(...workgroupCounts);
+  const sink = dev.createBuffer({ label: "fma sink", size: maxWg * WG * 4, usage: USAGE });
+  const variants: FmaVariant[] = [];
+  let method: "timestamp" | "wall-slope" = "wall-slope";
+  for (const wgs of workgroupCounts) {
+    const c = { ITERS: iters, WG };
+    const k = peakFma(c);
+    const pipeline = await pipelineOf(pipelines, k, dtype);
+    const d = { pipeline, bindGroup: bindGroup(dev, pipeline, k, { sink }) };
+    const groups = peakFmaGroups(wgs);
+    const flops = peakFmaFlops(c, groups[0]);
+    const r = await timer.measure((pass) => dispatch(pass, d, groups), rep);
+    method = r.method;
+    variants.push({
+      workgroups: groups[0],
+      workgroup_size: WG,
+      iters,
+      flops,
+      ms: r.ms,
+      gflops: stat(r.ms.samples.map((m) => (m > 0 ? flops / (m * 1e6) : 0))),
+    });
+  }
+  sink.destroy();
+  const best = variants.reduce((a, b) => (b.gflops.median > a.gflops.median ? b : a));
+  return { kernel: "wgsl/peak_fma.wgsl", dtype, method, best, variants };
 }
 
 /** copyBufferToBuffer of `bytes`, timed by the wall-clock slope (copies are outside passes). */

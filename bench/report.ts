@@ -6,7 +6,13 @@
 // value === num / den, num === at(result, num_ref), den === at(result, den_ref).
 
 import type { WeightFormat } from "../gpu/kernels/matmul.ts";
-import type { AttentionResult, CopyResult, MatmulResult, StreamReadResult } from "./kernels.ts";
+import type {
+  AttentionResult,
+  CopyResult,
+  FmaResult,
+  MatmulResult,
+  StreamReadResult,
+} from "./kernels.ts";
 import type { CapacityReport, Fit } from "./kv.ts";
 import type { Cell } from "./model_bench.ts";
 import type { BenchPlanName, PlanSummary } from "./plans.ts";
@@ -119,6 +125,8 @@ export interface BenchResult {
     readback_ms: Stat;
     stream_read: StreamReadResult;
     copy: CopyResult;
+    /** The compute roofs, one per arithmetic precision (absent in results before them). */
+    fma?: FmaResult[];
   };
   decode_gemv: GemvAggregate | null;
   kernels: MatmulResult[] | null;
@@ -380,6 +388,17 @@ export function buildRatios(r: BenchResult): Ratio[] {
   ));
   (r.kernels ?? []).forEach((k, i) => {
     const id = kernelId(k);
+    // Against the compute roof of the kernel's arithmetic precision, when it was measured.
+    const roof = (r.reference.fma ?? []).findIndex((x) => x.dtype === k.dtype);
+    if (roof >= 0) {
+      push(makeRatio(
+        r,
+        `compute.${id}/fma`,
+        `${k.kernel} ${k.label} ${k.n}x${k.k} ${k.dtype} rows ${k.rows}: GFLOP/s / peak FMA`,
+        `kernels[${i}].gflops.median`,
+        `reference.fma[${roof}].best.gflops.median`,
+      ));
+    }
     push(makeRatio(
       r,
       `bw.${id}/stream`,
@@ -748,7 +767,13 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       `workgroups, ${ref.stream_read.best.chunked ? "chunked" : "grid-stride"}, ` +
       `${mib(ref.stream_read.bytes)} MiB, ${ref.stream_read.method}); copyBufferToBuffer ` +
       `**${f(ref.copy.gbps.median)} GB/s** copied; readback round trip ` +
-      `${f(ref.readback_ms.median)} ms.`,
+      `${f(ref.readback_ms.median)} ms.` +
+      (ref.fma?.length
+        ? ` Compute roof (wgsl/peak_fma.wgsl, independent FMA chains): ` +
+          ref.fma.map((x) =>
+            `**${f(x.best.gflops.median)} GFLOP/s** ${x.dtype} (${x.best.workgroups} workgroups)`
+          ).join(", ") + "."
+        : ""),
   );
   if (r.decode_gemv) {
     L.push(
@@ -914,9 +939,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     L.push("", "### Kernels (`--kernels`)", "");
     L.push(
       "| kernel | shape | weight [n x k] | weights | rows | ms | weight GB/s | GFLOP/s | / stream | " +
-        "/ copy | ms / float |",
+        "/ copy | / FMA | ms / float |",
     );
-    L.push("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    L.push("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const k of r.kernels) {
       const id = kernelId(k);
       const fmt = kernelFormat(k);
@@ -925,7 +950,9 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
           fmt === "float" ? k.dtype : `${fmt} (W ${k.dtype})`
         } | ${k.rows} | ${pm(k.ms)} | ` +
           `${f(k.gbps.median)} | ${f(k.gflops.median)} | ${rv(`bw.${id}/stream`)} | ` +
-          `${rv(`bw.${id}/copy`)} | ${fmt === "float" ? "" : rv(gemvFormatRatioId(k))} |`,
+          `${rv(`bw.${id}/copy`)} | ${rv(`compute.${id}/fma`)} | ${
+            fmt === "float" ? "" : rv(gemvFormatRatioId(k))
+          } |`,
       );
     }
     if (r.kernels.some((k) => kernelFormat(k) !== "float")) {

@@ -1,7 +1,7 @@
 // GET /metrics: Prometheus text format. Requests running and waiting, KV-cache usage (ratio and
 // bytes by layer kind), the full-attention equivalent, time to first token, time per output token
 // and end-to-end latency histograms, prompt and generated token counts, prefix-cache queries and
-// hits (in tokens) and what the prefix cache holds.
+// hits (in tokens), what the prefix cache holds, and the cache configuration as an info gauge.
 
 import { Hono } from "hono";
 import type { ServerContext } from "../server/context.ts";
@@ -122,6 +122,20 @@ export function metricsRoute(ctx: ServerContext): Hono {
           "zigzag_kv_cache_pages_cached",
           "Pages registered in the prefix cache (shared or idle; idle ones count as free)",
           st.total.pages_cached,
+        )
+        // vLLM's cache_config_info: the configuration as labels, value 1 (the Inference
+        // Extension's "cache info" metric; a picker reads the block size from it).
+        .gauge(
+          "zigzag_cache_config_info",
+          "KV-cache configuration (labels): page size, pages, ring length, KV dtype, plan mode",
+          [[{
+            block_size: String(st.geometry.page_size),
+            num_gpu_blocks: String(st.pages_total),
+            ring_length: String(st.geometry.ring_length),
+            kv_cache_dtype: st.geometry.kv_dtype,
+            plan_mode: st.plan.mode,
+            prefix_caching: String(st.prefix_cache !== null),
+          }, 1]],
         );
     }
     return c.body(e.toString(), 200, {

@@ -117,6 +117,20 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   checkStat(r.reference.stream_read.best.gbps, "stream");
   checkStat(r.reference.copy.gbps, "copy");
   assert.ok(r.reference.stream_read.variants.length >= 2);
+  // The compute roof: f32 always (f16 beside it on shader-f16 adapters); FLOPs are the closed
+  // form of the kernel's work, and the GEMM kernels are reported against the f32 roof.
+  const fma32 = r.reference.fma.find((x: { dtype: string }) => x.dtype === "f32");
+  assert.ok(fma32, "an f32 FMA roof");
+  checkStat(fma32.best.gflops, "fma f32");
+  for (const v of fma32.variants) {
+    assert.equal(v.flops, v.workgroups * v.workgroup_size * v.iters * 8 * 4 * 2);
+  }
+  assert.ok(
+    r.ratios.some((x: { id: string; den_ref: string }) =>
+      x.id.startsWith("compute.") && x.den_ref.startsWith("reference.fma[")
+    ),
+    "kernels against the FMA roof",
+  );
   assert.equal(r.cells.length, 9); // 4 plans x 2 contexts + streaming prefill at 144
   for (const [i, c] of r.cells.entries()) {
     const w = `cells[${i}]`;

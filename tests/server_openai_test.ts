@@ -135,6 +135,20 @@ Deno.test(
         const st = await (await fetch(`${server.url}/v1/cache/stats`)).json();
         assert.ok(st.prefix_cache.pages > 0);
         assert.equal(st.total.pages_used, 0);
+        // The info gauge's labels are the stats' geometry (vLLM's cache_config_info).
+        const info = metrics.match(/^zigzag_cache_config_info\{(.*)\} 1$/m);
+        assert.ok(info, "zigzag_cache_config_info present with value 1");
+        const labels = Object.fromEntries(
+          [...info[1].matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]),
+        );
+        assert.deepEqual(labels, {
+          block_size: String(st.geometry.page_size),
+          num_gpu_blocks: String(st.pages_total),
+          ring_length: String(st.geometry.ring_length),
+          kv_cache_dtype: st.geometry.kv_dtype,
+          plan_mode: st.plan.mode,
+          prefix_caching: "true",
+        });
       });
 
       await t.step("completions ending at EOS: finish_reason stop", async () => {
