@@ -18,9 +18,8 @@
 import { Engine } from "../engine/engine.ts";
 import { type GenerationResult, GREEDY } from "../engine/request.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
-import { calibrationSet } from "../identify/calibration.ts";
+import { multiKeyDocument } from "../identify/calibration.ts";
 import { loadModel } from "../model/load.ts";
-import type { Tokenizer } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
 import { makeTarget, type Ratio, type Target } from "./report.ts";
 
@@ -29,8 +28,6 @@ export const PREFIX_SCHEMA = "zigzag-bench-prefix/1";
 const ROOT = new URL("../", import.meta.url).pathname;
 export const PREFIX_MODEL = `${ROOT}../shared/models/passkey-llama`;
 export const PREFIX_PLAN = `${ROOT}plans/shipped/passkey-llama.zigzag50.json`;
-/** The question every prompt shares up to the name (the document's end is the cached prefix). */
-const QUESTION = (name: string) => `\nWhat is the code for ${name}? The code for ${name} is`;
 
 export interface PrefixBenchOptions {
   /** A Hugging Face directory with a tokenizer (default the pass-key model). */
@@ -114,35 +111,6 @@ export interface PrefixBenchResult {
   elapsed_s: number;
 }
 
-/** One document with `k` named codes and its `k` questions, deterministic from the seed. */
-export function prefixDocument(
-  tokenizer: Tokenizer,
-  o: { documentTokens: number; questions: number; seed: number },
-): { document: string; tokens: number; asks: { name: string; value: string; prompt: number[] }[] } {
-  const build = (length: number) => {
-    const s = calibrationSet(tokenizer, {
-      lengths: [length],
-      samples: 1,
-      seed: o.seed,
-      needles: o.questions,
-    })[0];
-    const cut = s.text.indexOf("\nWhat is the code for ");
-    if (cut < 0) throw new Error("prefixDocument: no question in the calibration document");
-    const document = s.text.slice(0, cut);
-    return { s, document, tokens: tokenizer.encode(document).length };
-  };
-  // The calibration length counts the questions and answers appended to the document: measure
-  // them once, then ask for the document plus them (the needles depend on the seed alone).
-  const probe = build(o.documentTokens + 64 * o.questions);
-  const tail = probe.s.tokens.length - probe.tokens;
-  const { s, document, tokens } = build(o.documentTokens + tail);
-  const asks = s.answers.map((a) => {
-    const n = s.needles[a.needle];
-    return { name: n.name, value: n.value, prompt: tokenizer.encode(document + QUESTION(n.name)) };
-  });
-  return { document, tokens, asks };
-}
-
 const fmtBytes = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
 
 export async function runPrefixBench(o: PrefixBenchOptions = {}): Promise<PrefixBenchResult> {
@@ -158,7 +126,7 @@ export async function runPrefixBench(o: PrefixBenchOptions = {}): Promise<Prefix
   const gpu = await getGpu();
   const precision = resolvePrecision(gpu, o.precision ?? "f32");
   const docTokens = Math.min(o.documentTokens ?? 1900, model.config.maxSeqLen - 64 - maxTokens);
-  const doc = prefixDocument(tokenizer, { documentTokens: docTokens, questions: nq, seed });
+  const doc = multiKeyDocument(tokenizer, { documentTokens: docTokens, keys: nq, seed });
   const longest = Math.max(...doc.asks.map((a) => a.prompt.length)) + maxTokens;
   if (longest > model.config.maxSeqLen) {
     throw new Error(`prefix bench: ${longest} tokens exceed the model's ${model.config.maxSeqLen}`);

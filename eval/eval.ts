@@ -1,9 +1,13 @@
-// deno task eval: pass-key retrieval accuracy on a grid of lengths x depths, per plan, on a real
-// model (../shared/models/passkey-llama by default). Exact match of " " + digits, greedy, fixed
-// seeds. Writes JSON, a Markdown table and one SVG heatmap per plan, with progress on a TTY.
+// deno task eval: retrieval accuracy per plan on a real model (../shared/models/passkey-llama by
+// default), exact match of " " + digits, greedy, fixed seeds. Tasks (--tasks):
+//   passkey   one pass key on a grid of lengths x depths (eval/passkey.ts);
+//   multikey  --keys named codes per document, each asked by name (eval/multikey.ts): harder,
+//             it separates plans that both find a single key.
+// Writes JSON, Markdown tables and one SVG heatmap per plan, with progress on a TTY.
 //
 //   deno task eval [--model DIR] [--plans full,streaming,zigzag.json,...] [--lengths 256,512]
 //     [--depths 0.1,0.5,0.9] [--samples N] [--seed S] [--sink 16 --recent 64]
+//     [--tasks passkey,multikey] [--keys 4]
 //     [--precision f16|f32] [--kv-dtypes f16,int8,int4] [--quick] [--out DIR]
 //
 // With several --kv-dtypes every plan runs over a cache of each, and the first is the reference
@@ -19,7 +23,12 @@ import { loadPlanArg } from "../plans/resolve.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { progress } from "../util/progress.ts";
 import { accuracyHeatmap } from "./heatmap.ts";
+import { multikeyAccuracy, type MultikeyCell } from "./multikey.ts";
 import { DEFAULT_DEPTHS, passkeyAccuracy, type PasskeyCell } from "./passkey.ts";
+
+/** The eval's tasks (`--tasks`). */
+export const EVAL_TASKS = ["passkey", "multikey"] as const;
+export type EvalTask = typeof EVAL_TASKS[number];
 
 const DEFAULT_MODEL = "../shared/models/passkey-llama";
 export const EVAL_SCHEMA = "zigzag-eval/1";
@@ -40,6 +49,17 @@ export interface PlanEval {
   overall: number;
   forward_tokens: number;
   wall_s: number;
+  /** The multi-key task (absent when it did not run). */
+  multikey?: {
+    keys: number;
+    cells: MultikeyCell[];
+    by_length: Record<string, number>;
+    overall: number;
+    forward_tokens: number;
+    /** Prompt tokens the prefix cache restored (each document is computed once). */
+    cached_tokens: number;
+    wall_s: number;
+  };
 }
 
 export interface EvalResult {
@@ -51,6 +71,10 @@ export interface EvalResult {
   precision: string;
   /** The KV dtypes each plan ran with; the first is the reference of `kv_target`. */
   kv_dtypes: KvDtype[];
+  /** The tasks that ran (absent in results written before the multi-key task: passkey). */
+  tasks?: EvalTask[];
+  /** Codes per document of the multi-key task. */
+  keys?: number;
   seed: number;
   samples: number;
   lengths: number[];
@@ -88,6 +112,10 @@ export interface EvalOptions {
   precision?: "f16" | "f32";
   /** KV dtypes to run every plan with (default: the precision alone). */
   kvDtypes?: KvDtype[];
+  /** Default: passkey alone. */
+  tasks?: EvalTask[];
+  /** Codes per multi-key document (default 4). */
+  keys?: number;
   quiet?: boolean;
 }
 
@@ -101,6 +129,8 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     throw new CliError(`--lengths: ${Math.max(...o.lengths)} exceeds the model's context`);
   }
   const kvDtypes = o.kvDtypes?.length ? o.kvDtypes : [precision];
+  const tasks: EvalTask[] = o.tasks?.length ? o.tasks : ["passkey"];
+  const keys = o.keys ?? 4;
   const plans: PlanEval[] = [];
   for (const [name, kv] of o.plans.flatMap((n) => kvDtypes.map((k) => [n, k] as const))) {
     const plan = await loadPlanArg(name, o.model.config, { sink: o.sink, recent: o.recent });
@@ -119,14 +149,37 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     const bar = o.quiet ? null : progress(`eval ${name}${kvDtypes.length > 1 ? ` ${kv}` : ""}`);
     const t0 = performance.now();
     let res;
+    let multi: PlanEval["multikey"];
     try {
-      res = await passkeyAccuracy(engine, {
-        lengths: o.lengths,
-        depths: o.depths,
-        samples: o.samples,
-        seed: o.seed,
-        onProgress: (d, t) => bar?.update(d, t),
-      });
+      res = tasks.includes("passkey")
+        ? await passkeyAccuracy(engine, {
+          lengths: o.lengths,
+          depths: o.depths,
+          samples: o.samples,
+          seed: o.seed,
+          onProgress: (d, t) => bar?.update(d, t, "passkey"),
+        })
+        : { cells: [], byLength: {}, forwardTokens: 0 };
+      if (tasks.includes("multikey")) {
+        const m0 = performance.now();
+        const m = await multikeyAccuracy(engine, {
+          lengths: o.lengths,
+          keys,
+          samples: o.samples,
+          seed: o.seed,
+          onProgress: (d, t) => bar?.update(d, t, "multikey"),
+        });
+        const n = m.cells.reduce((a, c) => a + c.total, 0);
+        multi = {
+          keys,
+          cells: m.cells,
+          by_length: Object.fromEntries(Object.entries(m.byLength)),
+          overall: n ? m.cells.reduce((a, c) => a + c.correct, 0) / n : 0,
+          forward_tokens: m.forwardTokens,
+          cached_tokens: m.cachedTokens,
+          wall_s: (performance.now() - m0) / 1000,
+        };
+      }
     } finally {
       await engine.close();
     }
@@ -145,11 +198,14 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       overall: total ? res.cells.reduce((a, c) => a + c.correct, 0) / total : 0,
       forward_tokens: res.forwardTokens,
       wall_s: wall,
+      ...(multi ? { multikey: multi } : {}),
     });
   }
   const base = kvDtypes[0];
   const full = plans.find((p) => p.mode === "full" && p.kv_dtype === base);
-  const results = plans.filter((p) => p !== full && p.kv_dtype === base).map((p) => {
+  // The targets are the pass-key task's.
+  const scored = tasks.includes("passkey") ? plans : [];
+  const results = scored.filter((p) => p !== full && p.kv_dtype === base).map((p) => {
     let worst = 0;
     for (const l of o.lengths) {
       const f = full?.by_length[l] ?? 0;
@@ -157,7 +213,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     }
     return { plan: p.plan, met: full !== undefined && worst <= 5, worst_gap: worst };
   });
-  const kvResults = plans.filter((p) => p.kv_dtype !== base).map((p): KvTargetResult => {
+  const kvResults = scored.filter((p) => p.kv_dtype !== base).map((p): KvTargetResult => {
     const ref = plans.find((q) => q.plan === p.plan && q.kv_dtype === base)!;
     const rule = p.kv_dtype === "int4" ? "within 5" : "equal";
     let worst = -Infinity;
@@ -184,6 +240,8 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     deno: Deno.version.deno,
     precision,
     kv_dtypes: kvDtypes,
+    tasks,
+    ...(tasks.includes("multikey") ? { keys } : {}),
     seed: o.seed,
     samples: o.samples,
     lengths: o.lengths,
@@ -203,6 +261,37 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
 
 /** The Markdown table: one row per plan, accuracy per length. */
 export function evalMarkdown(r: EvalResult): string {
+  const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
+  const tasks = r.tasks ?? ["passkey"];
+  const lines = tasks.includes("passkey") ? passkeyMarkdown(r) : [];
+  if (r.plans.some((p) => p.multikey)) {
+    if (lines.length) lines.push("");
+    lines.push(
+      `Several keys asked by name on \`${r.model}\` (${r.keys} codes per document, each asked ` +
+        `in its own prompt; ${r.samples} documents per length, seed ${r.seed}; a document's first ` +
+        `question runs first, so the prefix cache can restore the document for the others: ` +
+        `pages always, streaming layers when a ring snapshot covers a page boundary of the ` +
+        `shared prefix):`,
+      "",
+      `| plan | KV | sink + recent | ${r.lengths.join(" | ")} | all | prompt tokens cached |`,
+      `| --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- | ---: |`,
+    );
+    for (const p of r.plans) {
+      const m = p.multikey;
+      if (!m) continue;
+      const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+      lines.push(
+        `| ${p.plan} | ${p.kv_dtype ?? r.precision} | ${sr} | ${
+          r.lengths.map((l) => pct(m.by_length[l])).join(" | ")
+        } | ${pct(m.overall)} | ${m.cached_tokens} |`,
+      );
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** The pass-key table and its targets. */
+function passkeyMarkdown(r: EvalResult): string[] {
   const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
   const lines = [
     `Pass-key accuracy on \`${r.model}\` (${r.adapter}, ${r.precision}, KV ` +
@@ -241,7 +330,7 @@ export function evalMarkdown(r: EvalResult): string {
         "cells differ)",
     );
   }
-  return lines.join("\n") + "\n";
+  return lines;
 }
 
 function list(s: string, flag: string, parse: (v: string) => number): number[] {
@@ -271,13 +360,15 @@ async function main(): Promise<number> {
       ...WINDOW_FLAGS,
       PRECISION_FLAG,
       "kv-dtypes",
+      "tasks",
+      "keys",
     ],
   });
   if (a.boolean("help")) {
     console.log(
       "usage: deno task eval [--model DIR] [--plans full,streaming,FILE] [--lengths 256,512] " +
         "[--depths 0.1,0.5] [--samples N] [--seed S] [--sink N --recent N] [--precision f16|f32] " +
-        "[--kv-dtypes f16,int8,int4] [--quick] [--out DIR]",
+        "[--kv-dtypes f16,int8,int4] [--tasks passkey,multikey] [--keys N] [--quick] [--out DIR]",
     );
     return 0;
   }
@@ -311,6 +402,15 @@ async function main(): Promise<number> {
   if (kvDtypes && new Set(kvDtypes).size !== kvDtypes.length) {
     throw new CliError("--kv-dtypes: each dtype at most once");
   }
+  const tasks = (a.optionalString("tasks") ?? EVAL_TASKS.join(",")).split(",").map((s) => s.trim())
+    .filter(Boolean);
+  for (const t of tasks) {
+    if (!(EVAL_TASKS as readonly string[]).includes(t)) {
+      throw new CliError(`--tasks: "${t}" is not one of ${EVAL_TASKS.join(", ")}`);
+    }
+  }
+  if (tasks.length === 0) throw new CliError("--tasks: name at least one task");
+  const keys = a.optionalNumber("keys", { integer: true, min: 2 }) ?? 4;
   const result = await runEval({
     model,
     modelPath,
@@ -323,6 +423,8 @@ async function main(): Promise<number> {
     recent: window.recent ?? 64,
     precision: precisionFlag(a),
     kvDtypes: kvDtypes as KvDtype[] | undefined,
+    tasks: tasks as EvalTask[],
+    keys,
   });
   const out = a.optionalString("out") ?? "eval/results";
   await Deno.mkdir(out, { recursive: true });

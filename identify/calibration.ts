@@ -450,3 +450,62 @@ export function passkeyPrompt(
     length: opts.length,
   };
 }
+
+/** One document with several named codes and a question for each (the multi-key eval task and
+ * the prefix-cache bench). */
+export interface MultiKeyDocument {
+  /** The document text, without any question. */
+  document: string;
+  /** Its tokens (BOS included). */
+  tokens: number;
+  /** One per code, in the calibration sample's question order: the prompt is the document
+   * followed by `\nWhat is the code for NAME? The code for NAME is`; the answer " " + value. */
+  asks: { name: string; value: string; answer: string; prompt: number[] }[];
+}
+
+/** The question of the multi-key format, up to where the code follows. */
+export const codeQuestion = (name: string) =>
+  `\nWhat is the code for ${name}? The code for ${name} is`;
+
+/**
+ * A document of at most `documentTokens` tokens (as close as whole words allow) with `keys`
+ * named codes at stratified depths (calibrationSet's K > 1 format, the one passkey-llama was
+ * trained on) and one prompt per code, deterministic from the seed. Every prompt shares the
+ * document's tokens, so a prefix cache computes the document once.
+ */
+export function multiKeyDocument(
+  tokenizer: Tokenizer,
+  o: { documentTokens: number; keys: number; seed: number; haystack?: string },
+): MultiKeyDocument {
+  if (!(o.keys >= 2 && Number.isInteger(o.keys))) {
+    throw new Error(`multiKeyDocument: keys must be an integer >= 2, got ${o.keys}`);
+  }
+  const build = (length: number) => {
+    const s = calibrationSet(tokenizer, {
+      lengths: [length],
+      samples: 1,
+      seed: o.seed,
+      needles: o.keys,
+      haystack: o.haystack,
+    })[0];
+    const cut = s.text.indexOf("\nWhat is the code for ");
+    if (cut < 0) throw new Error("multiKeyDocument: no question in the calibration document");
+    const document = s.text.slice(0, cut);
+    return { s, document, tokens: tokenizer.encode(document).length };
+  };
+  // The calibration length counts the questions and answers appended to the document: measure
+  // them once, then ask for the document plus them (the needles depend on the seed alone).
+  const probe = build(o.documentTokens + 64 * o.keys);
+  const tail = probe.s.tokens.length - probe.tokens;
+  const { s, document, tokens } = build(o.documentTokens + tail);
+  const asks = s.answers.map((a) => {
+    const n = s.needles[a.needle];
+    return {
+      name: n.name,
+      value: n.value,
+      answer: " " + n.value,
+      prompt: tokenizer.encode(document + codeQuestion(n.name)),
+    };
+  });
+  return { document, tokens, asks };
+}

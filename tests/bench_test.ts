@@ -11,7 +11,7 @@ import { llama3Capacity, managerStats, maxContextFit } from "../bench/kv.ts";
 import { gemvMatrices, weightBytes, weightBytesRow } from "../bench/model_bench.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
-import { prefixDocument } from "../bench/prefix.ts";
+import { multiKeyDocument } from "../identify/calibration.ts";
 import { loadTokenizer } from "../model/load.ts";
 import { lineChart, niceTicks } from "../bench/svg.ts";
 import { parseGateTsv } from "../plans/duo_import.ts";
@@ -572,9 +572,9 @@ Deno.test("bench svg: ticks and a well-formed chart", () => {
   assert.equal((svg.match(/<circle /g) ?? []).length, 3);
 });
 
-Deno.test("bench --serve prefix: one document, its questions share it token for token", async () => {
+Deno.test("multiKeyDocument (eval multikey, bench --serve prefix): questions share the document", async () => {
   const tok = await loadTokenizer(`${ROOT}../shared/models/passkey-llama`);
-  const doc = prefixDocument(tok, { documentTokens: 600, questions: 4, seed: 3 });
+  const doc = multiKeyDocument(tok, { documentTokens: 600, keys: 4, seed: 3 });
   // The document is built from whole filler sentences, so it lands a little under the request.
   assert.ok(doc.tokens <= 600 && doc.tokens >= 500, `document of ${doc.tokens} tokens`);
   assert.equal(doc.asks.length, 4);
@@ -587,5 +587,5 @@ Deno.test("bench --serve prefix: one document, its questions share it token for 
     assert.deepEqual(a.prompt.slice(0, docIds.length - 1), docIds.slice(0, -1), a.name);
     assert.ok(a.prompt.length > docIds.length, "the question adds tokens");
   }
-  assert.deepEqual(prefixDocument(tok, { documentTokens: 600, questions: 4, seed: 3 }), doc);
+  assert.deepEqual(multiKeyDocument(tok, { documentTokens: 600, keys: 4, seed: 3 }), doc);
 });

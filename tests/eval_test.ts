@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { EVAL_SCHEMA, evalMarkdown, runEval } from "../eval/eval.ts";
+import { multikeyDocuments } from "../eval/multikey.ts";
 import { accuracyHeatmap } from "../eval/heatmap.ts";
 import { loadModel } from "../model/load.ts";
 import { gpuTest } from "./gpu_helpers.ts";
@@ -89,5 +90,63 @@ Deno.test(
     const md = evalMarkdown(r);
     assert.match(md, /\| full \| int4 \| - \| all \| 100% \| 100% \|/);
     assert.match(md, /full over int8 KV: meets "equal" against f32/);
+  },
+);
+
+Deno.test(
+  "eval multikey: several codes asked by name, against the shipped numbers",
+  gpuTest,
+  async () => {
+    // Shipped (eval.json kv_by_name_4keys, 20 documents per length): full attention 0.8 at 512
+    // tokens, all-streaming 0.0. Here 2 documents x 4 questions: a binomial 8 at p = 0.8 stays
+    // above 0.45 with ~99% probability, so full must reach 0.45; all-streaming may pick up a code
+    // whose needle lies in its last 64 tokens (1 in 4 at most), so it must stay at or below 0.25.
+    const shipped = JSON.parse(await Deno.readTextFile(`${MODEL}/eval.json`)).kv_by_name_4keys;
+    assert.equal(shipped.full["512"], 0.8);
+    assert.equal(shipped.stream_all["512"], 0);
+    const model = await loadModel(MODEL);
+    const opts = {
+      model,
+      modelPath: MODEL,
+      plans: ["full", "streaming"],
+      lengths: [512],
+      depths: [0.5],
+      samples: 2,
+      seed: 5,
+      sink: 16,
+      recent: 64,
+      precision: "f32" as const,
+      tasks: ["multikey" as const],
+      keys: 4,
+      quiet: true,
+    };
+    const r = await runEval(opts);
+    assert.deepEqual(r.tasks, ["multikey"]);
+    assert.equal(r.keys, 4);
+    const [full, stream] = r.plans.map((p) => p.multikey!);
+    assert.ok(full.by_length["512"] >= 0.45, `full ${full.by_length["512"]}`);
+    assert.ok(stream.by_length["512"] <= 0.25, `streaming ${stream.by_length["512"]}`);
+    assert.ok(full.by_length["512"] > stream.by_length["512"]);
+    for (const m of [full, stream]) assert.equal(m.cells[0].total, 8);
+    // Token accounting against the prompts themselves (rebuilt independently of the run): every
+    // prompt token is computed or restored, plus the answer's length + 1 decoded tokens, and with
+    // full attention each later question restores at least the document's whole pages.
+    const tok = model.tokenizer!;
+    const docs = multikeyDocuments(tok, {
+      lengths: [512],
+      keys: 4,
+      samples: 2,
+      seed: 5,
+    });
+    const prompts = docs.flatMap((d) => d.doc.asks);
+    assert.ok(prompts.every((a) => a.prompt.length <= 512));
+    const tokens = prompts.reduce(
+      (a, q) => a + q.prompt.length + tok.encode(q.answer, { addSpecialTokens: false }).length + 1,
+      0,
+    );
+    for (const m of [full, stream]) assert.equal(m.forward_tokens + m.cached_tokens, tokens);
+    const pages = docs.reduce((a, d) => a + 3 * Math.floor((d.doc.tokens - 1) / 16) * 16, 0);
+    assert.ok(full.cached_tokens >= pages, `full restored ${full.cached_tokens} < ${pages}`);
+    assert.match(evalMarkdown(r), /\| full \| f32 \| - \| \d+% \| \d+% \| \d+ \|/);
   },
 );
