@@ -667,7 +667,13 @@ export class Engine {
       r.prefilled += tokens.length;
       // Its full prompt pages are reusable as soon as their forward is queued (queue order).
       if (r.metered) this.#cache.cachePages(seq, r.chain.hashes);
-      if (!work.last) continue;
+      if (!work.last) {
+        // The boundary before the prompt's final piece is a resume point too: requests that
+        // share a document but not its question (longer than the rings' slack) restore from it.
+        const left = r.promptTokens - r.prefilled;
+        if (r.metered && left <= this.limits.prefillBudget) this.#snapshot(r);
+        continue;
+      }
       if (r.metered) this.#snapshot(r);
       sampled = true;
       r.firstTokenAt = performance.now();

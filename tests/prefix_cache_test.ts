@@ -212,6 +212,11 @@ Deno.test(
     const doc = [1, ...ids(299, 5).map((x) => 3 + x)];
     const q1 = [...doc, 5, 6, 7];
     const q2 = [...doc, 9, 10, 11, 12, 13];
+    // A second document asked two questions of 60 tokens: longer than the rings' slack, so the
+    // streaming layers resume from the boundary before q3's final prefill piece (320), not its end.
+    const doc2 = [1, ...ids(299, 8).map((x) => 3 + x)];
+    const q3 = [...doc2, ...ids(60, 9).map((x) => 3 + x)];
+    const q4 = [...doc2, ...ids(60, 10).map((x) => 3 + x)];
     for (const [name, p] of Object.entries(plans)) {
       await t.step(name, async () => {
         const run = async (prefixCache: boolean) => {
@@ -231,22 +236,23 @@ Deno.test(
             const b = await gen(q2); // shares the document
             const again = await gen(q1); // the same prompt: a hit ending mid-page
             const turn2 = await gen([...q1, ...a.ids, 42, 43]); // resumes from a's end
+            const c3 = await gen(q3);
+            const c4 = await gen(q4);
             const st = e.cacheReport();
             assert.equal(st.total.pages_used, 0, "idle again");
-            return {
-              ids: [a, b, again, turn2].map((r) => r.ids),
-              cached: [a, b, again, turn2].map((r) => r.cachedTokens),
-            };
+            const all = [a, b, again, turn2, c3, c4];
+            return { ids: all.map((r) => r.ids), cached: all.map((r) => r.cachedTokens) };
           } finally {
             await e.close();
           }
         };
         const off = await run(false);
         const on = await run(true);
-        assert.deepEqual(off.cached, [0, 0, 0, 0]);
+        assert.deepEqual(off.cached, [0, 0, 0, 0, 0, 0]);
         // b: the document's 300 tokens, page-aligned: 288. again: 303 tokens, resume at 288 and
         // recompute 15 (mid-page). turn2: 303 + 12 + 2 = 317 fed, a's end snapshotted at 314.
-        assert.deepEqual(on.cached, [0, 288, 288, 304]);
+        // c4: doc2's 288, from the snapshot q3 took at 320 (it covers 280..320).
+        assert.deepEqual(on.cached, [0, 288, 288, 304, 0, 288]);
         assert.deepEqual(on.ids, off.ids);
       });
     }
