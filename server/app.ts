@@ -11,9 +11,11 @@ import { generateRoute } from "../routes/generate.ts";
 import { healthRoute } from "../routes/health.ts";
 import { metricsRoute } from "../routes/metrics.ts";
 import { modelsRoute } from "../routes/models.ts";
+import { openapiRoute } from "../routes/openapi.ts";
 import { tokenizeRoute } from "../routes/tokenize.ts";
 import type { ServerContext } from "./context.ts";
 import { ApiError, sendError } from "./errors.ts";
+import { type ApiRoute, apiRoutes } from "./route.ts";
 
 /** Routes that need the API key when one is set (/health and /metrics stay open for probes). */
 function needsKey(path: string): boolean {
@@ -163,6 +165,8 @@ export function createApp(ctx: ServerContext): Hono {
     });
   }
 
+  // Every route module's routes, for the API document (GET /openapi.json).
+  const api: ApiRoute[] = [];
   for (
     const route of [
       healthRoute,
@@ -176,7 +180,10 @@ export function createApp(ctx: ServerContext): Hono {
       cacheStatsRoute,
     ]
   ) {
-    app.route("/", route(ctx));
+    const sub = route(ctx);
+    app.route("/", sub);
+    api.push(...apiRoutes(sub));
   }
+  app.route("/", openapiRoute(api));
   return app;
 }

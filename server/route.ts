@@ -13,6 +13,17 @@ import { ApiError, badField } from "./errors.ts";
 /** A route's body: whatever its schema holds, with the optional `model` every route takes. */
 type RouteBody = z.ZodType<{ model?: string | null }, z.ZodTypeDef, unknown>;
 
+/** A route as the API document (GET /openapi.json) describes it. */
+export interface ApiRoute {
+  method: "GET" | "POST";
+  path: string;
+  /** The schema the route parses its JSON body with (POST routes made by postRoute). */
+  body?: z.ZodTypeAny;
+}
+
+/** Each postRoute app's body schemas, by path: what apiRoutes reads. */
+const bodySchemas = new WeakMap<Hono, Map<string, z.ZodTypeAny>>();
+
 /** `POST path`, handled with the engine and the parsed, checked body. */
 export function postRoute<S extends RouteBody>(
   ctx: ServerContext,
@@ -27,7 +38,26 @@ export function postRoute<S extends RouteBody>(
     checkModel(ctx, body.model);
     return await handle(c, engine, body);
   });
+  bodySchemas.set(app, new Map([[path, schema]]));
   return app;
+}
+
+/**
+ * The GET and POST routes a route module's app serves, as Hono registered them, each POST with
+ * the schema postRoute parses its body with: what the app assembles the API document from.
+ */
+export function apiRoutes(app: Hono): ApiRoute[] {
+  const bodies = bodySchemas.get(app);
+  const seen = new Set<string>();
+  const out: ApiRoute[] = [];
+  for (const r of app.routes) {
+    const method = r.method.toUpperCase();
+    if ((method !== "GET" && method !== "POST") || seen.has(`${method} ${r.path}`)) continue;
+    seen.add(`${method} ${r.path}`);
+    const body = method === "POST" ? bodies?.get(r.path) : undefined;
+    out.push(body ? { method, path: r.path, body } : { method, path: r.path });
+  }
+  return out;
 }
 
 /** Checks a request's `model` field: absent, or a name this server answers to. */
