@@ -20,7 +20,15 @@ import {
   encodeForward,
   encodeRows,
 } from "../gpu/kernels/common.ts";
-import { bindGroup, type Bound, pipelineOf } from "../gpu/kernels/kernel.ts";
+import {
+  bindGroup,
+  type BindingIndices,
+  type Bound,
+  type BufferSet,
+  type Groups,
+  type Kernel,
+  pipelineOf,
+} from "../gpu/kernels/kernel.ts";
 import {
   matmul,
   type MatmulConstants,
@@ -140,10 +148,8 @@ export async function measureStreamRead(
   for (const chunked of [false, true]) {
     for (const wgs of workgroupCounts) {
       const k = streamRead({ N_VEC4: bytes / 16, WG, CHUNKED: chunked });
-      const pipeline = await pipelineOf(pipelines, k, "f32");
-      const d = { pipeline, bindGroup: bindGroup(dev, pipeline, k, { src, sink }) };
       const groups = streamReadGroups(wgs);
-      const r = await timer.measure((pass) => dispatch(pass, d, groups), rep);
+      const r = await timeKernel(dev, pipelines, timer, k, "f32", { src, sink }, groups, rep);
       method = r.method;
       variants.push({
         workgroups: groups[0],
@@ -197,12 +203,9 @@ export async function measurePeakFma(
   let method: "timestamp" | "wall-slope" = "wall-slope";
   for (const wgs of workgroupCounts) {
     const c = { ITERS: iters, WG };
-    const k = peakFma(c);
-    const pipeline = await pipelineOf(pipelines, k, dtype);
-    const d = { pipeline, bindGroup: bindGroup(dev, pipeline, k, { sink }) };
     const groups = peakFmaGroups(wgs);
     const flops = peakFmaFlops(c, groups[0]);
-    const r = await timer.measure((pass) => dispatch(pass, d, groups), rep);
+    const r = await timeKernel(dev, pipelines, timer, peakFma(c), dtype, { sink }, groups, rep);
     method = r.method;
     variants.push({
       workgroups: groups[0],
@@ -332,6 +335,22 @@ function uploadWeights(dev: GPUDevice, n: number, kp: number, dtype: Precision, 
 }
 
 /** One dispatch of a bound kernel. */
+/** One kernel's dispatch of `groups`, timed as PassTimer.measure does. */
+async function timeKernel<B extends BindingIndices>(
+  dev: GPUDevice,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  k: Kernel<B>,
+  dtype: Precision,
+  buffers: BufferSet<B>,
+  groups: Groups,
+  rep: Repeats,
+) {
+  const pipeline = await pipelineOf(pipelines, k, dtype);
+  const d = { pipeline, bindGroup: bindGroup(dev, pipeline, k, buffers) };
+  return await timer.measure((pass) => dispatch(pass, d, groups), rep);
+}
+
 function dispatch(
   pass: GPUComputePassEncoder,
   d: Pick<Bound, "pipeline" | "bindGroup">,

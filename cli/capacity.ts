@@ -6,7 +6,7 @@
 import { CacheGeometry, DEFAULT_BUFFER_LIMITS, type KvDtype } from "../cache/layout.ts";
 import type { WeightChoice } from "../engine/engine.ts";
 import { runnerShape } from "../engine/runners.ts";
-import { SAMPLING_BYTES } from "../gpu/kernels/sample.ts";
+import { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SAMPLING_BYTES } from "../gpu/kernels/sample.ts";
 import type { PlannedBuffer } from "../gpu/limits.ts";
 import { kvBufferPlan } from "../gpu/kv_buffers.ts";
 import { runnerBuffers } from "../gpu/runner.ts";
@@ -81,8 +81,9 @@ export function runnerMemory(
   const R = Math.max(shape.prefillChunk, shape.maxBatch);
   const B = shape.maxBatch;
   const S = shape.maxDecodeSteps;
-  // fwd, tokens, rows, gather, sampling, step, sampled, logprobs, unused.
-  const small = 16 + R * 4 + R * 16 + B * 4 + B * SAMPLING_BYTES + 4 + 2 * S * B * 4 + 16;
+  // fwd, tokens, rows, gather, sampling, step, sampled, logprobs, unused, logit bias, top logprobs.
+  const small = 16 + R * 4 + R * 16 + B * 4 + B * SAMPLING_BYTES + 4 + 2 * S * B * 4 + 16 +
+    B * MAX_LOGIT_BIAS * 8 + S * B * MAX_TOP_LOGPROBS * 8;
   const kv = kvBufferPlan(shape.layout);
   const table = kv.filter((b) => b.name === "page table");
   return {

@@ -19,6 +19,8 @@ import { KvCacheManager, NO_HIT, type PrefixHit, type SeqCache } from "../cache/
 import { TokenChain } from "../cache/prefix_cache.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
 import { GREEDY, type SamplingParams } from "../gpu/runner.ts";
+import { penalised } from "../gpu/kernels/sample.ts";
+import { checkTopK, type PromptLogprobs } from "../gpu/logprobs.ts";
 import { loadModel } from "../model/load.ts";
 import { weightBytes } from "../model/tensors.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
@@ -48,6 +50,7 @@ export type { WeightFormat } from "../gpu/kernels/matmul.ts";
 export { WEIGHT_CHOICES, type WeightChoice } from "../gpu/weights.ts";
 export { createRunner, type RunnerSizes } from "./runners.ts";
 export { GpuUnavailableError, type Precision } from "../gpu/device.ts";
+export { MAX_PROMPT_TOP, type PromptLogprobs } from "../gpu/logprobs.ts";
 
 export interface EngineOptions {
   /** A model path (llama2.c file or directory, Hugging Face directory) or a model loaded already. */
@@ -414,6 +417,49 @@ export class Engine {
     }
   }
 
+  /**
+   * Teacher-forced prompt log-probabilities (echo, prompt_logprobs): logprobs[i] = log p(
+   * promptIds[i] | promptIds[<i]) ([0] NaN) and, with `topK` (0..20), each position's topK most
+   * likely tokens ([0] empty). The runner reduces each group of logits rows as it reads it back,
+   * in f64 (gpu/logprobs.ts). Runs beside the loop in a cache slot of its own, as `score`; throws
+   * when the prompt exceeds the model's length or the cache has no room for it.
+   */
+  async promptLogprobs(
+    promptIds: number[],
+    opts: { topK?: number } = {},
+  ): Promise<PromptLogprobs> {
+    const topK = checkTopK(opts.topK ?? 0);
+    const n = promptIds.length;
+    if (n === 0) throw new RangeError("promptLogprobs: the prompt is empty");
+    const V = this.config.vocabSize;
+    const bad = promptIds.find((t) => !(Number.isInteger(t) && t >= 0 && t < V));
+    if (bad !== undefined) {
+      throw new RangeError(`promptLogprobs: token id ${bad} is outside the vocabulary of ${V}`);
+    }
+    if (n > this.limits.context) {
+      throw new RequestTooLargeError(
+        "prompt",
+        `promptLogprobs: the prompt has ${n} tokens but the model length is ` +
+          `${this.limits.context} tokens`,
+      );
+    }
+    const cache = this.#cache;
+    const need = this.layout.pagesFor(n);
+    const reserved = this.#scheduler.reservedPages(this.#runningStates());
+    const seq = need > cache.freePages - reserved ? null : cache.open();
+    if (!seq) {
+      throw new CacheExhaustedError(
+        `promptLogprobs: the KV cache has no room for ${n} tokens beside ` +
+          `${this.running} running request(s)`,
+      );
+    }
+    try {
+      return await this.#runner.evaluateLogprobs(this.#allocate(seq, n), promptIds, topK);
+    } finally {
+      cache.close(seq);
+    }
+  }
+
   // ---- figures ----------------------------------------------------------------------------
 
   /** The running requests' cache use, oldest first. */
@@ -659,7 +705,12 @@ export class Engine {
           await restoring;
         }
         const at = this.#allocate(seq, tokens.length);
-        first = await this.#runner.prefill(at, tokens, r.sampling, { sample: work.last });
+        // A penalised sampler's token counts start from the whole prompt (prefix-cache hits
+        // included), at the prefill that samples.
+        first = await this.#runner.prefill(at, tokens, r.sampling, {
+          sample: work.last,
+          ...(work.last && penalised(r.sampling) ? { prompt: r.job.request.promptIds } : {}),
+        });
       } catch (e) {
         this.#finish(r, "error", e);
         continue;
@@ -682,7 +733,7 @@ export class Engine {
       this.#decoding.push(r);
       r.sampled.push(first.token);
       if (r.cancelled) continue;
-      this.#applyTokens(r, [first.token], [first.logprob]);
+      this.#applyTokens(r, [first.token], [first.logprob], first.top && [first.top]);
     }
     return sampled;
   }
@@ -712,7 +763,7 @@ export class Engine {
     batch.forEach((r, i) => {
       r.sampled.push(...out.tokens[i]);
       if (r.cancelled || r.phase === "done") return;
-      this.#applyTokens(r, out.tokens[i], out.logprobs[i]);
+      this.#applyTokens(r, out.tokens[i], out.logprobs[i], out.top?.[i]);
     });
     return true;
   }
@@ -743,9 +794,14 @@ export class Engine {
   }
 
   /** Hands sampled tokens to the request's output; streams the chunk; finishes it when over. */
-  #applyTokens(r: RequestState, tokens: number[], logprobs: number[]): void {
+  #applyTokens(
+    r: RequestState,
+    tokens: number[],
+    logprobs: number[],
+    top?: [number, number][][],
+  ): void {
     r.lastToken = tokens[tokens.length - 1];
-    r.writer.push(r.output.accept(tokens, logprobs));
+    r.writer.push(r.output.accept(tokens, logprobs, top));
     if (r.output.finishReason !== null) {
       this.#finish(r, r.output.finishReason, undefined, r.output.stopReason);
     }
@@ -792,6 +848,7 @@ export class Engine {
     r.writer.settle({
       ids: r.output.ids,
       logprobs: r.output.logprobs,
+      ...(r.output.topLogprobs ? { topLogprobs: r.output.topLogprobs } : {}),
       text: r.output.text,
       textOffsets: r.output.textOffsets,
       finishReason: reason,

@@ -10,6 +10,8 @@ import { TextStream } from "./text.ts";
 export class RequestOutput {
   readonly ids: number[] = [];
   readonly logprobs: number[] = [];
+  /** Per kept id, its top log-probabilities [id, logprob] (when the sampler returns them). */
+  topLogprobs: [number, number][][] | null = null;
   /** Set once the output is over: "stop" or "length". */
   finishReason: "stop" | "length" | null = null;
   /** The stop string or stop id that ended it (null for EOS or length). */
@@ -46,8 +48,13 @@ export class RequestOutput {
    * Takes sampled tokens in order until one ends the output, and returns what they add. Tokens
    * after the stop (the rest of a readback) are dropped; a stop id or EOS is not kept.
    */
-  accept(tokens: readonly number[], logprobs: readonly number[]): GenerationChunk {
+  accept(
+    tokens: readonly number[],
+    logprobs: readonly number[],
+    top?: readonly [number, number][][],
+  ): GenerationChunk {
     const first = this.ids.length;
+    if (top && !this.topLogprobs) this.topLogprobs = [];
     for (let i = 0; i < tokens.length && !this.finished; i++) {
       const t = tokens[i];
       if (this.#stopIds.has(t)) {
@@ -57,6 +64,7 @@ export class RequestOutput {
       }
       this.ids.push(t);
       this.logprobs.push(logprobs[i]);
+      if (this.topLogprobs) this.topLogprobs.push(top?.[i] ?? []);
       if (this.#text?.push(t)) {
         this.finishReason = "stop";
         this.stopReason = this.#text.stoppedBy;
@@ -68,6 +76,7 @@ export class RequestOutput {
     return {
       ids: this.ids.slice(first),
       logprobs: this.logprobs.slice(first),
+      ...(this.topLogprobs ? { topLogprobs: this.topLogprobs.slice(first) } : {}),
       text: this.#text?.take(this.finished) ?? "",
       offsets: this.#text ? this.#text.offsets.slice(first, this.ids.length) : [],
     };

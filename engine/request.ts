@@ -9,6 +9,7 @@ import type { CacheFootprint } from "../cache/manager.ts";
 import type { SamplingParams } from "../gpu/runner.ts";
 
 export { GREEDY, type SamplingParams } from "../gpu/runner.ts";
+export { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS } from "../gpu/kernels/sample.ts";
 export type { CacheFootprint };
 
 /** Why a request ended: a stop (EOS, stop id or string), max_tokens, its caller's cancel, the
@@ -34,6 +35,8 @@ export interface GenerationRequest {
 export interface GenerationChunk {
   ids: number[];
   logprobs: number[];
+  /** Per id, the sampler's top log-probabilities [id, logprob] (`sampling.topLogprobs` > 0). */
+  topLogprobs?: [number, number][][];
   /** Text that became final with these tokens (may be empty, e.g. half a character). */
   text: string;
   /** Offset in the whole generated text where each id's text starts. */
@@ -43,6 +46,8 @@ export interface GenerationChunk {
 export interface GenerationResult {
   ids: number[];
   logprobs: number[];
+  /** Per id, the sampler's top log-probabilities [id, logprob] (`sampling.topLogprobs` > 0). */
+  topLogprobs?: [number, number][][];
   text: string;
   /** Offset in `text` where each id's text starts. */
   textOffsets: number[];

@@ -3,8 +3,8 @@
 // timer gap on the same thread, 6-9 ms with the device in a worker), so a server whose GPU lives
 // on its HTTP thread answers nobody, /health included, while a readback is pending. The engine
 // keeps its scheduler, cache manager, jobs and metrics on the calling thread and sends the
-// runner's few calls (prefill, decode, evaluate, copyRing, destroy) here as messages; the worker owns the
-// device, the weights and the KV buffers.
+// runner's few calls (prefill, decode, evaluate, evaluateLogprobs, copyRing, destroy) here as
+// messages; the worker owns the device, the weights and the KV buffers.
 //
 // This one module is both sides: imported, it exports RunnerThread; started as a worker, it
 // builds the runner and answers calls.
@@ -12,7 +12,8 @@
 import { CacheExhaustedError } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
 import { getGpu, GpuUnavailableError, type Precision, resolvePrecision } from "../gpu/device.ts";
-import type { DecodeRow, ModelRunner, SamplingParams } from "../gpu/runner.ts";
+import type { Decoded, DecodeRow, ModelRunner, Sampled, SamplingParams } from "../gpu/runner.ts";
+import type { PromptLogprobs } from "../gpu/logprobs.ts";
 import { loadModel } from "../model/load.ts";
 import type { BufferLimits } from "../cache/layout.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
@@ -24,14 +25,16 @@ export interface EngineRunner {
     seq: SeqCache,
     tokens: number[],
     sampling: SamplingParams,
-    opts?: { sample?: boolean },
-  ): Promise<{ token: number; logprob: number }>;
-  decode(batch: DecodeRow[], steps: number): Promise<{ tokens: number[][]; logprobs: number[][] }>;
+    opts?: { sample?: boolean; prompt?: readonly number[] },
+  ): Promise<Sampled>;
+  decode(batch: DecodeRow[], steps: number): Promise<Decoded>;
   evaluate(
     seq: SeqCache,
     tokens: number[],
     rows: number[],
   ): Promise<{ hidden: Float32Array[]; logits: Float32Array[] }>;
+  /** Teacher-forced prompt log-probabilities (gpu/logprobs.ts), reduced where the runner runs. */
+  evaluateLogprobs(seq: SeqCache, tokens: number[], topK: number): Promise<PromptLogprobs>;
   /** Copies one ring slot onto another (prefix-cache snapshots), in call order. */
   copyRing(from: number, to: number): Promise<void>;
   destroy(): void;
@@ -57,6 +60,7 @@ type Call =
   | { op: "prefill"; args: Parameters<EngineRunner["prefill"]> }
   | { op: "decode"; args: Parameters<EngineRunner["decode"]> }
   | { op: "evaluate"; args: Parameters<EngineRunner["evaluate"]> }
+  | { op: "evaluateLogprobs"; args: Parameters<EngineRunner["evaluateLogprobs"]> }
   | { op: "copyRing"; args: Parameters<EngineRunner["copyRing"]> };
 
 type ToWorker = { kind: "build"; spec: RunnerSpec } | { kind: "call"; id: number; call: Call };
@@ -142,11 +146,11 @@ export class RunnerThread implements EngineRunner {
   }
 
   prefill(...args: Parameters<EngineRunner["prefill"]>) {
-    return this.#call<{ token: number; logprob: number }>({ op: "prefill", args });
+    return this.#call<Sampled>({ op: "prefill", args });
   }
 
   decode(...args: Parameters<EngineRunner["decode"]>) {
-    return this.#call<{ tokens: number[][]; logprobs: number[][] }>({ op: "decode", args });
+    return this.#call<Decoded>({ op: "decode", args });
   }
 
   evaluate(...args: Parameters<EngineRunner["evaluate"]>) {
@@ -154,6 +158,10 @@ export class RunnerThread implements EngineRunner {
       op: "evaluate",
       args,
     });
+  }
+
+  evaluateLogprobs(...args: Parameters<EngineRunner["evaluateLogprobs"]>) {
+    return this.#call<PromptLogprobs>({ op: "evaluateLogprobs", args });
   }
 
   copyRing(...args: Parameters<EngineRunner["copyRing"]>) {
@@ -220,6 +228,8 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         ? await r.decode(...call.args)
         : call.op === "copyRing"
         ? await r.copyRing(...call.args)
+        : call.op === "evaluateLogprobs"
+        ? await r.evaluateLogprobs(...call.args)
         : await r.evaluate(...call.args);
       scope.postMessage({ kind: "result", id, value });
     } catch (e) {

@@ -42,7 +42,7 @@ import { kvStore, kvStoreGroups } from "./kernels/kv_store.ts";
 import { matmul, type MatmulConstants, matmulEntry, matmulGroups } from "./kernels/matmul.ts";
 import { rmsnorm, rmsnormGroups } from "./kernels/rmsnorm.ts";
 import { rope, ropeGroups } from "./kernels/rope.ts";
-import { sample, sampleGroups } from "./kernels/sample.ts";
+import { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, sample, sampleGroups } from "./kernels/sample.ts";
 import type { KvBuffers, KvPartBuffers } from "./kv_buffers.ts";
 import type { Pipelines } from "./pipelines.ts";
 import type { GpuMatrix, ModelTensors } from "./weights.ts";
@@ -87,6 +87,14 @@ export interface Activations {
   /** [decode steps, maxBatch] tokens and their log-probabilities. */
   sampled: GpuTensor;
   logprobs: GpuTensor;
+  /** [maxBatch, vocab]: the logits after logit_bias and penalties, which the sampler draws from. */
+  work: GpuTensor;
+  /** u32 [sequence slot, vocab]: bit 31 = in the prompt, bits 0..30 = times generated. */
+  counts: GpuTensor;
+  /** [maxBatch, MAX_LOGIT_BIAS] (id, f32 bits) logit_bias entries. */
+  bias: GpuTensor;
+  /** [decode steps, maxBatch, MAX_TOP_LOGPROBS] (id, f32 bits) top log-probabilities. */
+  top: GpuTensor;
   /** Bound where a kernel declares a binding its variant never reads (bias, norm). */
   unused: GpuTensor;
 }
@@ -227,7 +235,12 @@ class ForwardBuilder {
   sample(): Promise<Dispatch> {
     const a = this.#a;
     return this.#dispatch(
-      sample({ VOCAB: this.#c.vocabSize, MAX_ROWS: this.s.maxBatch }),
+      sample({
+        VOCAB: this.#c.vocabSize,
+        MAX_ROWS: this.s.maxBatch,
+        MAX_BIAS: MAX_LOGIT_BIAS,
+        MAX_TOP: MAX_TOP_LOGPROBS,
+      }),
       {
         fwd: a.fwd,
         rows: a.rows,
@@ -237,6 +250,10 @@ class ForwardBuilder {
         sampled: a.sampled,
         logprobs: a.logprobs,
         step: a.step,
+        work: a.work,
+        counts: a.counts,
+        bias: a.bias,
+        top: a.top,
       },
       (s) => sampleGroups(s.logitRows),
     );

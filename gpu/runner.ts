@@ -28,8 +28,19 @@ import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kern
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
 
-import { encodeSampling, SAMPLING_BYTES, type SamplingParams } from "./kernels/sample.ts";
+import {
+  encodeBias,
+  encodeSampling,
+  MAX_LOGIT_BIAS,
+  MAX_TOP_LOGPROBS,
+  penalised,
+  promptCounts,
+  SAMPLING_BYTES,
+  type SamplingParams,
+  topOf,
+} from "./kernels/sample.ts";
 import { KvBuffers } from "./kv_buffers.ts";
+import { checkTopK, type PromptLogprobs, reduceRow } from "./logprobs.ts";
 import { checkBufferPlan, type PlannedBuffer, withValidation } from "./limits.ts";
 import { Pipelines } from "./pipelines.ts";
 import {
@@ -71,6 +82,17 @@ export interface RunnerOptions {
 export interface Sampled {
   token: number;
   logprob: number;
+  /** The `sampling.topLogprobs` most likely tokens, [id, logprob], by logprob then lower id. */
+  top?: [number, number][];
+}
+
+/** What a decode returns: per sequence, per step. */
+export interface Decoded {
+  tokens: number[][];
+  logprobs: number[][];
+  /** Per sequence, per step, its top log-probabilities (sequences asking none: empty lists). */
+  top?: [number, number][][][];
+  logits?: Float32Array[];
 }
 
 /** One decode row: a sequence, its next input token and its sampler. */
@@ -106,6 +128,8 @@ export class ModelRunner {
   readonly maxSplits: number;
   readonly device: GPUDevice;
   readonly pipelines: Pipelines;
+  /** Sequence slots the sampler's token counts hold (penalties): slots >= this cannot use them. */
+  readonly countsSlots: number;
 
   #weights!: ModelTensors;
   #act!: Activations;
@@ -127,6 +151,7 @@ export class ModelRunner {
     }
     this.maxRows = Math.max(opts.prefillChunk, opts.maxBatch);
     this.maxSplits = runnerSplits(this.config, opts);
+    this.countsSlots = countsSlots(this.config, opts, gpu.limits);
     this.kv = new KvBuffers(gpu.device, opts.layout);
   }
 
@@ -223,6 +248,10 @@ export class ModelRunner {
       carry: t([R, c.nHeads, CARRY_FLOATS], "attn carry"),
       sampled: t([S, B], "sampled", "u32"),
       logprobs: t([S, B], "logprobs"),
+      work: t([B, c.vocabSize], "sampler logits"),
+      counts: t([this.countsSlots, c.vocabSize], "sampler token counts", "u32"),
+      bias: t([B, MAX_LOGIT_BIAS, 2], "logit bias", "u32"),
+      top: t([S, B, MAX_TOP_LOGPROBS, 2], "top logprobs", "u32"),
       unused: t([4], "unused binding"),
     };
   }
@@ -264,6 +293,9 @@ export class ModelRunner {
     if (f.sampling) {
       q.writeBuffer(a.step.buffer, 0, new Uint32Array([0]));
       q.writeBuffer(a.sampling.buffer, 0, encodeSampling(f.sampling));
+      if (f.sampling.some((p) => p.logitBias?.length)) {
+        q.writeBuffer(a.bias.buffer, 0, encodeBias(f.sampling));
+      }
     }
     const shape = {
       rows: rows.length,
@@ -310,19 +342,42 @@ export class ModelRunner {
     return out;
   }
 
+  /** Throws when a penalised sequence's slot has no row of token counts. */
+  #checkCounts(seq: SeqCache, sampling: SamplingParams): void {
+    if (penalised(sampling) && seq.slot >= this.countsSlots) {
+      throw new Error(
+        `penalties need a row of the sampler token counts buffer, which holds ${this.countsSlots} ` +
+          `of the ${this.layout.maxSeqs} sequence slots at vocab ${this.config.vocabSize} ` +
+          `(the adapter's binding limit): lower --max-seqs`,
+      );
+    }
+  }
+
   /**
    * Prefills `tokens` at positions [seq.tokens, seq.tokens + n) in chunks and samples the next
    * token from the last row. `readLogits` also returns that row's logits (tests).
    * `sample: false` only fills the cache (part of a longer prompt): no readback, token -1.
+   * A penalised sampler first resets the slot's token counts: `prompt` (default `tokens`) seen,
+   * nothing generated.
    */
   prefill(
     seq: SeqCache,
     tokens: number[],
     sampling: SamplingParams,
-    opts: { chunk?: number; readLogits?: boolean; sample?: boolean } = {},
+    opts: {
+      chunk?: number;
+      readLogits?: boolean;
+      sample?: boolean;
+      prompt?: readonly number[];
+    } = {},
   ): Promise<Sampled & { logits?: Float32Array }> {
     return this.#exclusive(async () => {
       if (tokens.length === 0) throw new RangeError("prefill needs at least one token");
+      if (opts.sample !== false && penalised(sampling)) {
+        this.#checkCounts(seq, sampling);
+        const row = promptCounts(this.config.vocabSize, opts.prompt ?? tokens);
+        this.device.queue.writeBuffer(this.#act.counts.buffer, seq.slot * row.byteLength, row);
+      }
       const start = seq.tokens;
       this.kv.sync(seq, start + tokens.length);
       const p = this.#programs;
@@ -340,14 +395,17 @@ export class ModelRunner {
       }
       // A prompt prefilled in parts: only its last part samples (and waits for the GPU).
       if (opts.sample === false) return { token: -1, logprob: 0 };
-      const [tok, lp] = await this.#read("prefill", [
+      const k = sampling.topLogprobs ?? 0;
+      const [tok, lp, top] = await this.#read("prefill", [
         { buffer: this.#act.sampled.buffer, bytes: 4 },
         { buffer: this.#act.logprobs.buffer, bytes: 4 },
+        ...(k > 0 ? [{ buffer: this.#act.top.buffer, bytes: MAX_TOP_LOGPROBS * 8 }] : []),
       ]);
       const out: Sampled & { logits?: Float32Array } = {
         token: new Uint32Array(tok)[0],
         logprob: new Float32Array(lp)[0],
       };
+      if (top) out.top = topOf(new Uint32Array(top), this.opts.maxBatch, 0, 0, k);
       if (opts.readLogits) {
         out.logits = new Float32Array(
           (await this.#read("prefill", [
@@ -405,6 +463,59 @@ export class ModelRunner {
     });
   }
 
+  /**
+   * Teacher-forced prompt log-probabilities: prefills `tokens` like `evaluate` and, for each
+   * position i > 0, returns log p(tokens[i] | tokens[<i]) and (topK > 0) the topK most likely
+   * tokens there. Each group of logits rows is reduced as it is read back (gpu/logprobs.ts), so
+   * only one group's logits are ever on the host.
+   */
+  evaluateLogprobs(
+    seq: SeqCache,
+    tokens: number[],
+    topK = 0,
+    opts: { chunk?: number } = {},
+  ): Promise<PromptLogprobs> {
+    return this.#exclusive(async () => {
+      const n = tokens.length;
+      const k = checkTopK(topK);
+      const logprobs = new Float32Array(n).fill(NaN);
+      const ranks = new Uint32Array(n);
+      const top = k > 0
+        ? Array.from({ length: n }, () => ({ ids: [] as number[], logprobs: [] as number[] }))
+        : null;
+      if (n === 0) return { logprobs, top, ranks };
+      const start = seq.tokens;
+      this.kv.sync(seq, start + n);
+      const p = this.#programs;
+      const B = this.opts.maxBatch;
+      const V = this.config.vocabSize;
+      for (const [c0, len] of this.#chunks(n, opts.chunk)) {
+        const chunk = { seq, tokens: tokens.slice(c0, c0 + len), pos: start + c0 };
+        const shape = this.#stage({ seqs: [chunk], reach: len, logitRows: [] });
+        this.#submit((pass) => this.#record(pass, [p.body.prefill], shape));
+        // Row r predicts tokens[r + 1]: the chunk's rows but the prompt's last.
+        const last = Math.min(c0 + len, n - 1);
+        for (let g0 = c0; g0 < last; g0 += B) {
+          const g1 = Math.min(g0 + B, last);
+          const logitRows = Array.from({ length: g1 - g0 }, (_, i) => g0 - c0 + i);
+          const headShape = this.#stage({ seqs: [chunk], reach: len, logitRows });
+          this.#submit((pass) => this.#record(pass, [p.head], headShape));
+          const [l] = await this.#read("evaluateLogprobs", [
+            { buffer: this.#act.logits.buffer, bytes: (g1 - g0) * V * 4 },
+          ]);
+          const lf = new Float32Array(l);
+          for (let r = g0; r < g1; r++) {
+            const red = reduceRow(lf, (r - g0) * V, V, tokens[r + 1], k);
+            logprobs[r + 1] = red.logprob;
+            ranks[r + 1] = red.rank;
+            if (top) top[r + 1] = { ids: red.ids, logprobs: red.logprobs };
+          }
+        }
+      }
+      return { logprobs, top, ranks };
+    });
+  }
+
   /** Stages `steps` decode steps of a batch (one row per sequence, logits for every row). */
   #stageDecode(batch: DecodeRow[], steps: number): ForwardShape {
     return this.#stage({
@@ -424,11 +535,12 @@ export class ModelRunner {
     batch: DecodeRow[],
     steps: number,
     opts: { readLogits?: boolean } = {},
-  ): Promise<{ tokens: number[][]; logprobs: number[][]; logits?: Float32Array[] }> {
+  ): Promise<Decoded> {
     return this.#exclusive(async () => {
       const B = batch.length;
       if (B === 0 || B > this.opts.maxBatch) throw new RangeError(`decode batch of ${B}`);
       if (steps < 1 || steps > this.opts.maxDecodeSteps) throw new RangeError(`${steps} steps`);
+      for (const b of batch) this.#checkCounts(b.seq, b.sampling);
       const shape = this.#stageDecode(batch, steps);
       const p = this.#programs;
       this.#submit((pass) => {
@@ -437,16 +549,29 @@ export class ModelRunner {
         }
       });
       const maxB = this.opts.maxBatch;
-      const [tokBuf, lpBuf] = await this.#read("decode", [
+      const wantTop = batch.some((b) => (b.sampling.topLogprobs ?? 0) > 0);
+      const [tokBuf, lpBuf, topBuf] = await this.#read("decode", [
         { buffer: this.#act.sampled.buffer, bytes: steps * maxB * 4 },
         { buffer: this.#act.logprobs.buffer, bytes: steps * maxB * 4 },
+        ...(wantTop
+          ? [{ buffer: this.#act.top.buffer, bytes: steps * maxB * MAX_TOP_LOGPROBS * 8 }]
+          : []),
       ]);
       const tok = new Uint32Array(tokBuf);
       const lp = new Float32Array(lpBuf);
-      const out: { tokens: number[][]; logprobs: number[][]; logits?: Float32Array[] } = {
+      const out: Decoded = {
         tokens: batch.map((_, i) => Array.from({ length: steps }, (_, s) => tok[s * maxB + i])),
         logprobs: batch.map((_, i) => Array.from({ length: steps }, (_, s) => lp[s * maxB + i])),
       };
+      if (topBuf) {
+        const top = new Uint32Array(topBuf);
+        out.top = batch.map((b, i) =>
+          Array.from(
+            { length: steps },
+            (_, s) => topOf(top, maxB, s, i, b.sampling.topLogprobs ?? 0),
+          )
+        );
+      }
       if (opts.readLogits) {
         const V = this.config.vocabSize;
         const all = new Float32Array(
@@ -557,8 +682,32 @@ export function runnerBuffers(
       bound: true,
     },
     { name: "attention carry", bytes: rows * c.nHeads * CARRY_FLOATS * 4, bound: true },
+    {
+      name: `sampler logits (batch ${B}: lower --max-batch)`,
+      bytes: B * c.vocabSize * 4,
+      bound: true,
+    },
+    {
+      name: "sampler token counts",
+      bytes: countsSlots(c, opts, limits) * c.vocabSize * 4,
+      bound: true,
+    },
   );
   return out;
+}
+
+/**
+ * Sequence slots the sampler's token counts (u32 [slot, vocab], for penalties) hold: every slot
+ * when one binding holds them, else as many as it does (a penalised request in a later slot is an
+ * error naming the buffer).
+ */
+export function countsSlots(
+  c: ModelConfig,
+  opts: RunnerOptions,
+  limits: GPUSupportedLimits,
+): number {
+  const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  return Math.max(1, Math.min(opts.layout.maxSeqs, Math.floor(limit / (c.vocabSize * 4))));
 }
 
 /** Key splits of the runner's decode partials: capped (longer contexts take more keys per

@@ -3,7 +3,9 @@
 // Messages are rendered with the model's chat template (tokenizer_config.json /
 // chat_template.jinja) or the server's --chat-template file; a model with neither answers 400.
 // Message content is a string or an array of text parts. `logprobs: true` returns the sampled
-// tokens' log-probabilities; `top_logprobs` may be 0 or 1 (the sampler keeps no top-k list).
+// tokens' log-probabilities and, with `top_logprobs: k` (0..20), each token's k most likely
+// tokens (from the GPU sampler; ties by lower id). All are log-softmax of the raw model logits,
+// before logit_bias, penalties and temperature (vLLM's default).
 
 import type { Hono } from "hono";
 import { z } from "zod";
@@ -43,9 +45,7 @@ export const ChatRequest = z.object({
   max_completion_tokens: fields.maxTokens,
   stop: fields.stop,
   logprobs: z.boolean().nullish(),
-  top_logprobs: z.number().int().min(0).max(1, {
-    message: "must be 0 or 1: only the sampled token's logprob is available",
-  }).nullish(),
+  top_logprobs: fields.topLogprobs,
   add_generation_prompt: z.boolean().nullish(),
   tools: z.array(z.unknown()).nullish().refine((v) => !v?.length, {
     message: "tool calling is not supported",
@@ -70,14 +70,22 @@ function messagesOf(body: Body): ChatMessage[] {
   }));
 }
 
-function logprobsOf(tok: Tokenizer | null, ids: number[], lps: number[], top: boolean) {
+function logprobsOf(
+  tok: Tokenizer | null,
+  ids: number[],
+  lps: number[],
+  top: [number, number][][] | undefined,
+) {
   const enc = new TextEncoder();
+  const entry = (id: number, logprob: number) => {
+    const token = gen.tokenText(tok, id);
+    return { token, logprob, bytes: Array.from(enc.encode(token)) };
+  };
   return {
-    content: ids.map((id, i) => {
-      const token = gen.tokenText(tok, id);
-      const entry = { token, logprob: lps[i], bytes: Array.from(enc.encode(token)) };
-      return { ...entry, top_logprobs: top ? [entry] : [] };
-    }),
+    content: ids.map((id, i) => ({
+      ...entry(id, lps[i]),
+      top_logprobs: (top?.[i] ?? []).map(([t, lp]) => entry(t, lp)),
+    })),
   };
 }
 
@@ -107,11 +115,11 @@ export function chatRoute(ctx: ServerContext): Hono {
         Math.max(1, engine.limits.maxNewTokens(prompt.length)),
       defaultTemperature: 1,
       promptField: "messages",
+      topLogprobs: body.logprobs ? body.top_logprobs ?? 0 : 0,
     }, n);
     const id = gen.requestId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "chat.completion.chunk", created, model: ctx.modelId };
-    const top = (body.top_logprobs ?? 0) > 0;
 
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage ?? false;
@@ -141,7 +149,9 @@ export function chatRoute(ctx: ServerContext): Hono {
               choices: [{
                 index,
                 delta: { content: ch.text },
-                logprobs: body.logprobs ? logprobsOf(tok, ch.ids, ch.logprobs, top) : null,
+                logprobs: body.logprobs
+                  ? logprobsOf(tok, ch.ids, ch.logprobs, ch.topLogprobs)
+                  : null,
                 finish_reason: null,
               }],
               ...u,
@@ -176,7 +186,7 @@ export function chatRoute(ctx: ServerContext): Hono {
       choices: all.map((res, index) => ({
         index,
         message: { role: "assistant", content: res.text },
-        logprobs: body.logprobs ? logprobsOf(tok, res.ids, res.logprobs, top) : null,
+        logprobs: body.logprobs ? logprobsOf(tok, res.ids, res.logprobs, res.topLogprobs) : null,
         finish_reason: gen.finishReason(res),
         stop_reason: res.stopReason,
       })),

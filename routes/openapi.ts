@@ -3,8 +3,8 @@
 // the zod schema the route validates with, converted by zod-to-json-schema: a field added to or
 // dropped from a schema shows here with no second copy to keep in step. Strict objects render as
 // `additionalProperties: false`; optional fields are left out of `required` and nullable ones
-// accept `null` (`anyOf [..., {type: "null"}]`). Refinements (a value that must be 0, `echo` that
-// must be false) are checks beyond JSON Schema: the 400 names them.
+// accept `null` (`anyOf [..., {type: "null"}]`). Refinements (a value that must be 0, `suffix` that
+// must be empty) are checks beyond JSON Schema: the 400 names them.
 
 import { Hono } from "hono";
 import { z } from "zod";

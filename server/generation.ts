@@ -64,6 +64,11 @@ export interface GenerationBody {
   stop?: string | number | (string | number)[] | null;
   stop_token_ids?: number[] | null;
   ignore_eos?: boolean | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  repetition_penalty?: number | null;
+  /** Token id (decimal string) -> bias. */
+  logit_bias?: Record<string, number> | null;
 }
 
 export function samplingOf(b: GenerationBody, defaultTemperature: number): SamplingParams {
@@ -73,7 +78,36 @@ export function samplingOf(b: GenerationBody, defaultTemperature: number): Sampl
   if (b.min_p != null) s.minP = b.min_p;
   // The GPU RNG takes a u32 seed.
   if (b.seed != null) s.seed = Number(BigInt.asUintN(32, BigInt(b.seed)));
+  if (b.presence_penalty) s.presencePenalty = b.presence_penalty;
+  if (b.frequency_penalty) s.frequencyPenalty = b.frequency_penalty;
+  if (b.repetition_penalty != null && b.repetition_penalty !== 1) {
+    s.repetitionPenalty = b.repetition_penalty;
+  }
   return s;
+}
+
+/**
+ * `logit_bias` as [id, bias] pairs, one per id (a key given twice, "7" and "07", keeps the last):
+ * a key that is not a token id, or an id outside the vocabulary, is a 400 naming logit_bias.
+ */
+export function logitBiasOf(
+  b: GenerationBody,
+  vocab: number,
+): [number, number][] | undefined {
+  if (!b.logit_bias) return undefined;
+  const byId = new Map<number, number>();
+  for (const [key, bias] of Object.entries(b.logit_bias)) {
+    if (!/^\s*\d+\s*$/.test(key)) {
+      throw badField("logit_bias", `key "${key}" is not a token id`);
+    }
+    const id = Number(key);
+    if (id >= vocab) {
+      throw badField("logit_bias", `token id ${id} is outside the vocabulary (${vocab})`);
+    }
+    byId.set(id, bias);
+  }
+  const out = [...byId].filter(([, bias]) => bias !== 0);
+  return out.length ? out : undefined;
 }
 
 /** `stop` (a value or a list of strings and ids) and `stop_token_ids` as strings and ids; an id
@@ -108,6 +142,8 @@ export interface GenerationSpec {
   defaultTemperature: number;
   /** The field a prompt that can never fit is reported on. */
   promptField: string;
+  /** Top log-probabilities to return per token (0: none). */
+  topLogprobs?: number;
 }
 
 /**
@@ -133,6 +169,9 @@ export function startChoices(
   n: number,
 ): Job[] {
   const sampling = samplingOf(body, spec.defaultTemperature);
+  const bias = logitBiasOf(body, engine.config.vocabSize);
+  if (bias) sampling.logitBias = bias;
+  if (spec.topLogprobs) sampling.topLogprobs = spec.topLogprobs;
   const stops = stopsOf(engine, body);
   if (stops.stopStrings.length) needTokenizer(engine, "stop");
   try {

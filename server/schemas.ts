@@ -3,15 +3,9 @@
 // `.strict()`: an unknown field (`temprature`) is a 400 naming it, not a setting silently ignored.
 
 import { z } from "zod";
+import { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS } from "../engine/request.ts";
 
-/** A value the API accepts but that must equal the only supported setting. */
-function onlyDefault<T extends z.ZodTypeAny>(
-  schema: T,
-  ok: (v: z.infer<T>) => boolean,
-  why: string,
-) {
-  return schema.nullish().refine((v) => v === undefined || v === null || ok(v), { message: why });
-}
+export { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS };
 
 export const tokenId = z.number().int().min(0);
 
@@ -38,26 +32,20 @@ export const fields = {
   n: z.number().int().min(1).max(MAX_CHOICES).nullish(),
   /** Candidates `n` is chosen from by cumulative log-probability (completions). */
   bestOf: z.number().int().min(1).max(MAX_CHOICES).nullish(),
-  presencePenalty: onlyDefault(
-    z.number().min(-2).max(2),
-    (v) => v === 0,
-    "penalties are not supported by the GPU sampler; use 0",
-  ),
-  frequencyPenalty: onlyDefault(
-    z.number().min(-2).max(2),
-    (v) => v === 0,
-    "penalties are not supported by the GPU sampler; use 0",
-  ),
-  repetitionPenalty: onlyDefault(
-    z.number().gt(0),
-    (v) => v === 1,
-    "penalties are not supported by the GPU sampler; use 1",
-  ),
-  logitBias: onlyDefault(
-    z.record(z.number()),
-    (v) => Object.keys(v).length === 0,
-    "logit_bias is not supported",
-  ),
+  /** OpenAI's, over the generated tokens: logit -= presence * (count > 0). */
+  presencePenalty: z.number().min(-2).max(2).nullish(),
+  /** OpenAI's, over the generated tokens: logit -= frequency * count. */
+  frequencyPenalty: z.number().min(-2).max(2).nullish(),
+  /** vLLM / HF's, over the prompt's and the generated tokens: logit > 0 ? logit / p : logit * p. */
+  repetitionPenalty: z.number().gt(0).max(100).nullish(),
+  /** Token id (a decimal string) -> bias added to its logit, as OpenAI's (ids checked against
+   * the vocabulary by server/generation.ts). */
+  logitBias: z.record(z.number().min(-100).max(100)).refine(
+    (v) => Object.keys(v).length <= MAX_LOGIT_BIAS,
+    { message: `at most ${MAX_LOGIT_BIAS} entries` },
+  ).nullish(),
+  /** Top log-probabilities per token (completions' `logprobs`, chat's `top_logprobs`). */
+  topLogprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
   user: z.string().nullish(),
 };
 

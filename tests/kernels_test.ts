@@ -14,6 +14,7 @@
 //  - kernels with exp / cos / inverseSqrt: WGSL's accuracy of those builtins (see each test).
 
 import assert from "node:assert/strict";
+import { logSumExp } from "./reference/log_softmax.ts";
 import { CACHE_KINDS, RetrievalPages, StreamingRing } from "../cache/kinds.ts";
 import { uploadMatrix } from "../gpu/buffers.ts";
 import { ATTENTION_FILE, ATTENTION_GEOMETRY } from "../gpu/kernels/attention.ts";
@@ -37,6 +38,8 @@ import { rmsnorm } from "../gpu/kernels/rmsnorm.ts";
 import { rope } from "../gpu/kernels/rope.ts";
 import {
   encodeSampling,
+  MAX_LOGIT_BIAS,
+  MAX_TOP_LOGPROBS,
   sample,
   SAMPLE_FILE,
   SAMPLING_BYTES,
@@ -779,14 +782,6 @@ function sampleRef(
   return { token, kept, ambiguous };
 }
 
-function logSumExp(l: ArrayLike<number>): number {
-  let mx = -Infinity;
-  for (let i = 0; i < l.length; i++) mx = Math.max(mx, l[i]);
-  let z = 0;
-  for (let i = 0; i < l.length; i++) z += Math.exp(l[i] - mx);
-  return mx + Math.log(z);
-}
-
 /** Runs sample.wgsl over `logits` rows [n, vocab]; logits row r reads token row gather[r]. */
 async function runSampler(
   p: ScalarType,
@@ -804,7 +799,12 @@ async function runSampler(
   const logprobs = h.filled((step + 1) * maxRows, SENTINEL);
   await h.dispatch(
     p,
-    sample({ VOCAB: vocab, MAX_ROWS: maxRows }),
+    sample({
+      VOCAB: vocab,
+      MAX_ROWS: maxRows,
+      MAX_BIAS: MAX_LOGIT_BIAS,
+      MAX_TOP: MAX_TOP_LOGPROBS,
+    }),
     {
       fwd: h.forward({ nRows: tokenRows.length, nLogitRows: n }),
       rows: h.rows(tokenRows),
@@ -814,6 +814,11 @@ async function runSampler(
       sampled,
       logprobs,
       step: h.upload([step], "u32"),
+      // No penalties, bias or top logprobs here (tests/sampling_test.ts covers them).
+      work: h.filled(n * vocab, 0),
+      counts: h.filled(Math.max(...tokenRows.map((r) => r.slot)) + 1, 0, "u32"),
+      bias: h.filled(2, 0, "u32"),
+      top: h.filled(2, 0, "u32"),
     },
     [n + 1, 1, 1], // one workgroup past n_logit_rows, which must do nothing
   );

@@ -169,14 +169,24 @@ Deno.test("the converted schemas keep types, bounds, enums and unions", async ()
   const completion = bodyOf(doc, "/v1/completions");
   assert.deepEqual(completion.additionalProperties, false);
   assert.deepEqual(completion.required, ["prompt"]);
-  assert.deepEqual(nonNull(completion.properties.max_tokens), { type: "integer", minimum: 1 });
+  // 0 is allowed with echo (the handler refuses it otherwise); elsewhere max_tokens is >= 1.
+  assert.deepEqual(nonNull(completion.properties.max_tokens), { type: "integer", minimum: 0 });
+  assert.deepEqual(
+    nonNull(bodyOf(doc, "/v1/generate").properties.max_tokens),
+    { type: "integer", minimum: 1 },
+  );
+  assert.deepEqual(nonNull(bodyOf(doc, "/v1/generate").properties.prompt_logprobs), {
+    type: "integer",
+    minimum: 0,
+    maximum: 20,
+  });
   assert.deepEqual(completion.properties.stream.type, ["boolean", "null"]);
   assert.deepEqual(nonNull(completion.properties.top_p).exclusiveMinimum, 0);
   assert.deepEqual(completion.properties.prompt.anyOf.length, 4);
   assert.deepEqual(nonNull(completion.properties.logprobs), {
     type: "integer",
     minimum: 0,
-    maximum: 1,
+    maximum: 20,
   });
 
   const chat = bodyOf(doc, "/v1/chat/completions");
