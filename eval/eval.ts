@@ -2,12 +2,14 @@
 // default), exact match of " " + digits, greedy, fixed seeds. Tasks (--tasks):
 //   passkey   one pass key on a grid of lengths x depths (eval/passkey.ts);
 //   multikey  --keys named codes per document, each asked by name (eval/multikey.ts): harder,
-//             it separates plans that both find a single key.
+//             it separates plans that both find a single key;
+//   text      held-out prose, teacher-forced: nats per token and bits per byte (eval/text.ts),
+//             what a plan costs where no retrieval is asked for.
 // Writes JSON, Markdown tables and one SVG heatmap per plan, with progress on a TTY.
 //
 //   deno task eval [--model DIR] [--plans full,streaming,zigzag.json,...] [--lengths 256,512]
 //     [--depths 0.1,0.5,0.9] [--samples N] [--seed S] [--sink 16 --recent 64]
-//     [--tasks passkey,multikey] [--keys 4]
+//     [--tasks passkey,multikey,text] [--keys 4]
 //     [--precision f16|f32] [--kv-dtypes f16,int8,int4] [--quick] [--out DIR]
 //
 // With several --kv-dtypes every plan runs over a cache of each, and the first is the reference
@@ -25,9 +27,10 @@ import { progress } from "../util/progress.ts";
 import { accuracyHeatmap } from "./heatmap.ts";
 import { multikeyAccuracy, type MultikeyCell } from "./multikey.ts";
 import { DEFAULT_DEPTHS, passkeyAccuracy, type PasskeyCell } from "./passkey.ts";
+import { textLoss, type TextLossCell } from "./text.ts";
 
 /** The eval's tasks (`--tasks`). */
-export const EVAL_TASKS = ["passkey", "multikey"] as const;
+export const EVAL_TASKS = ["passkey", "multikey", "text"] as const;
 export type EvalTask = typeof EVAL_TASKS[number];
 
 const DEFAULT_MODEL = "../shared/models/passkey-llama";
@@ -58,6 +61,14 @@ export interface PlanEval {
     forward_tokens: number;
     /** Prompt tokens the prefix cache restored (each document is computed once). */
     cached_tokens: number;
+    wall_s: number;
+  };
+  /** The held-out text task (absent when it did not run). */
+  text?: {
+    cells: TextLossCell[];
+    /** Over every length. */
+    nats_per_token: number;
+    bits_per_byte: number;
     wall_s: number;
   };
 }
@@ -150,6 +161,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
     const t0 = performance.now();
     let res;
     let multi: PlanEval["multikey"];
+    let text: PlanEval["text"];
     try {
       res = tasks.includes("passkey")
         ? await passkeyAccuracy(engine, {
@@ -180,6 +192,22 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
           wall_s: (performance.now() - m0) / 1000,
         };
       }
+      if (tasks.includes("text")) {
+        const t0 = performance.now();
+        const cells = await textLoss(engine, {
+          lengths: o.lengths,
+          samples: o.samples,
+          seed: o.seed,
+          onProgress: (d, t) => bar?.update(d, t, "text"),
+        });
+        const sum = (f: (c: TextLossCell) => number) => cells.reduce((a, c) => a + f(c), 0);
+        text = {
+          cells,
+          nats_per_token: sum((c) => c.nll) / sum((c) => c.tokens),
+          bits_per_byte: sum((c) => c.nll) / Math.LN2 / sum((c) => c.bytes),
+          wall_s: (performance.now() - t0) / 1000,
+        };
+      }
     } finally {
       await engine.close();
     }
@@ -199,6 +227,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       forward_tokens: res.forwardTokens,
       wall_s: wall,
       ...(multi ? { multikey: multi } : {}),
+      ...(text ? { text } : {}),
     });
   }
   const base = kvDtypes[0];
@@ -287,6 +316,27 @@ export function evalMarkdown(r: EvalResult): string {
       );
     }
   }
+  if (r.plans.some((p) => p.text)) {
+    if (lines.length) lines.push("");
+    lines.push(
+      `Held-out text (filler prose the model never saw, ${r.samples} documents per length, ` +
+        "teacher-forced; bits per byte over every length; lower is better), nats per token:",
+      "",
+      `| plan | KV | sink + recent | ${r.lengths.join(" | ")} | bits per byte |`,
+      `| --- | --- | --- | ${r.lengths.map(() => "---:").join(" | ")} | ---: |`,
+    );
+    for (const p of r.plans) {
+      const x = p.text;
+      if (!x) continue;
+      const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+      lines.push(
+        `| ${p.plan} | ${p.kv_dtype ?? r.precision} | ${sr} | ${
+          r.lengths.map((l) => x.cells.find((c) => c.length === l)?.nats_per_token.toFixed(4))
+            .join(" | ")
+        } | ${x.bits_per_byte.toFixed(4)} |`,
+      );
+    }
+  }
   return lines.join("\n") + "\n";
 }
 
@@ -368,7 +418,8 @@ async function main(): Promise<number> {
     console.log(
       "usage: deno task eval [--model DIR] [--plans full,streaming,FILE] [--lengths 256,512] " +
         "[--depths 0.1,0.5] [--samples N] [--seed S] [--sink N --recent N] [--precision f16|f32] " +
-        "[--kv-dtypes f16,int8,int4] [--tasks passkey,multikey] [--keys N] [--quick] [--out DIR]",
+        "[--kv-dtypes f16,int8,int4] [--tasks passkey,multikey,text] [--keys N] [--quick] " +
+        "[--out DIR]",
     );
     return 0;
   }

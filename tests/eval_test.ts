@@ -5,6 +5,10 @@
 import assert from "node:assert/strict";
 import { EVAL_SCHEMA, evalMarkdown, runEval } from "../eval/eval.ts";
 import { multikeyDocuments } from "../eval/multikey.ts";
+import { textDocuments } from "../eval/text.ts";
+import { loadPlanArg } from "../plans/resolve.ts";
+import { CpuLlama } from "./reference/cpu_llama.ts";
+import { logSumExp } from "./reference/log_softmax.ts";
 import { accuracyHeatmap } from "../eval/heatmap.ts";
 import { loadModel } from "../model/load.ts";
 import { gpuTest } from "./gpu_helpers.ts";
@@ -150,3 +154,47 @@ Deno.test(
     assert.match(evalMarkdown(r), /\| full \| f32 \| - \| \d+% \| \d+% \| \d+ \|/);
   },
 );
+
+Deno.test("eval text: held-out loss per plan equals the CPU forward's", gpuTest, async () => {
+  const model = await loadModel(MODEL);
+  const r = await runEval({
+    model,
+    modelPath: MODEL,
+    plans: ["full", "streaming"],
+    lengths: [200],
+    depths: [0.5],
+    samples: 1,
+    seed: 2,
+    sink: 4,
+    recent: 32,
+    precision: "f32",
+    tasks: ["text"],
+    quiet: true,
+  });
+  const [doc] = textDocuments(model.tokenizer!, { lengths: [200], samples: 1, seed: 2 });
+  assert.equal(doc.ids.length, 200);
+  // Held out: no digits (the retrieval tasks' codes), and not the calibration documents' text.
+  assert.doesNotMatch(model.tokenizer!.decode(doc.ids), /[0-9]/);
+  for (const [i, name] of ["full", "streaming"].entries()) {
+    const plan = await loadPlanArg(name, model.config, { sink: 4, recent: 32 });
+    const cpu = new CpuLlama(model.config, model.weights, plan);
+    let nll = 0;
+    let logits = cpu.forward(doc.ids[0], 0);
+    for (let k = 1; k < doc.ids.length; k++) {
+      nll -= logits[doc.ids[k]] - logSumExp(logits);
+      if (k < doc.ids.length - 1) logits = cpu.forward(doc.ids[k], k);
+    }
+    const cell = r.plans[i].text!.cells[0];
+    assert.equal(cell.tokens, 199);
+    // f32 GPU vs f64 CPU: per-token log-probs agree to ~1e-5 (tests/prompt_logprobs_test.ts);
+    // 1e-3 nats per token on the mean is a wide margin that still catches any wrong position.
+    assert.ok(
+      Math.abs(cell.nats_per_token - nll / 199) < 1e-3,
+      `${name}: ${cell.nats_per_token} vs CPU ${nll / 199}`,
+    );
+    const bytes = new TextEncoder().encode(model.tokenizer!.decode(doc.ids.slice(1))).length;
+    assert.ok(Math.abs(cell.bytes - bytes) <= 1, `${name}: ${cell.bytes} bytes vs ${bytes}`);
+    assert.ok(Math.abs(cell.bits_per_byte - cell.nll / Math.LN2 / cell.bytes) < 1e-12);
+  }
+  assert.match(evalMarkdown(r), /\| streaming \| f32 \| 4 \+ 32 \| \d\.\d{4} \| \d\.\d{4} \|/);
+});
