@@ -17,7 +17,7 @@ import type { CapacityReport, Fit } from "./kv.ts";
 import type { Cell } from "./model_bench.ts";
 import type { BenchPlanName, PlanSummary } from "./plans.ts";
 import { type Stat, stat } from "./stats.ts";
-import { lineChart, type Series } from "./svg.ts";
+import { lineChart, type Series } from "../util/svg.ts";
 
 export const SCHEMA = "zigzag-bench/1";
 

@@ -1,23 +1,33 @@
 // deno task generate --model PATH [--tokenizer PATH] (--prompt TEXT | --prompt-ids 1,2,3)
 //   --max-tokens N [--temperature T --top-k K --top-p P --min-p P --seed S]
+//   [--presence-penalty X --frequency-penalty X --repetition-penalty X]
+//   [--logit-bias ID:BIAS,ID:BIAS] [--top-logprobs K]
 //   [--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--weights native|float|q8_0|q4_0]
 //   [--plan full|streaming|FILE]
 //   [--sink N --recent N]
 //   [--chunk N] [--decode-steps N] [--kv-cache-mb N] [--max-model-len N] [--json]
 //
 // An engine with one batch row: the text is printed chunk by chunk as the server streams it.
+// --top-logprobs K adds `top_logprobs` to the --json output: per generated token, the K most
+// likely tokens as {id, logprob}, most likely first.
 
 import { Engine } from "../engine/engine.ts";
 import type { GenerationResult } from "../engine/request.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
-import { ENGINE_FLAGS, engineFlags } from "./flags.ts";
+import {
+  checkLogitBias,
+  ENGINE_FLAGS,
+  engineFlags,
+  SAMPLING_FLAGS,
+  samplingFlags,
+} from "./flags.ts";
 
 const USAGE = "usage: deno task generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) " +
   "--max-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S] " +
+  "[--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] " +
+  "[--logit-bias ID:BIAS,ID:BIAS] [--top-logprobs K] " +
   "[--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--weights native|float|q8_0|q4_0] " +
   "[--plan full|streaming|FILE] [--json]";
-
-const SAMPLING_FLAGS = ["temperature", "top-k", "top-p", "min-p", "seed"];
 
 async function main(): Promise<number> {
   const a = parseArgs(Deno.args, {
@@ -41,18 +51,13 @@ async function main(): Promise<number> {
     }
   }
   const maxTokens = a.number("max-tokens", { integer: true, min: 0 });
-  const sampling = {
-    temperature: a.optionalNumber("temperature", { min: 0 }) ?? 0,
-    topK: a.optionalNumber("top-k", { integer: true, min: 0 }),
-    topP: a.optionalNumber("top-p", { min: 0, max: 1 }),
-    minP: a.optionalNumber("min-p", { min: 0, max: 1 }),
-    // Reproducible unless asked otherwise: seed 0 when none is given (the server draws one).
-    seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 0,
-  };
+  // Reproducible unless asked otherwise: greedy, seed 0 when none is given (the server draws one).
+  const sampling = samplingFlags(a);
   const engine = await Engine.create({ ...engineFlags(a), maxBatch: 1 });
   try {
     const tok = engine.tokenizer;
     const vocab = engine.config.vocabSize;
+    checkLogitBias(sampling, vocab);
     if (promptIds === undefined) {
       if (!tok) {
         throw new CliError("--prompt needs a tokenizer: pass --tokenizer PATH or use --prompt-ids");
@@ -74,6 +79,7 @@ async function main(): Promise<number> {
     const json = a.boolean("json");
     const enc = new TextEncoder();
     let ids: number[] = [];
+    let top: [number, number][][] = [];
     let text = "";
     let finishReason: GenerationResult["finishReason"] = "length";
     let timings = { time_to_first_token_ms: 0, decode_ms: 0, decode_tokens_per_s: 0 };
@@ -86,6 +92,7 @@ async function main(): Promise<number> {
       const res = await job.result;
       if (res.finishReason === "error") throw new Error(`generation failed: ${res.error}`);
       ids = res.ids;
+      top = res.topLogprobs ?? [];
       text = tok ? res.text : res.ids.join(" ");
       finishReason = res.finishReason;
       timings = {
@@ -104,6 +111,11 @@ async function main(): Promise<number> {
         kv_dtype: engine.layout.kvDtype,
         plan: engine.plan.mode,
         adapter: engine.adapterName,
+        ...(sampling.topLogprobs
+          ? {
+            top_logprobs: top.map((entries) => entries.map(([id, logprob]) => ({ id, logprob }))),
+          }
+          : {}),
         timings,
       }));
     } else {

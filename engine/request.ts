@@ -10,6 +10,13 @@ import type { SamplingParams } from "../gpu/runner.ts";
 
 export { GREEDY, type SamplingParams } from "../gpu/runner.ts";
 export { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS } from "../gpu/kernels/sample.ts";
+
+/** presence_penalty and frequency_penalty lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range). */
+export const MAX_PENALTY = 2;
+/** repetition_penalty lies in (0, MAX_REPETITION_PENALTY]. */
+export const MAX_REPETITION_PENALTY = 100;
+/** A logit_bias value lies in [-MAX_BIAS_VALUE, MAX_BIAS_VALUE] (OpenAI's range). */
+export const MAX_BIAS_VALUE = 100;
 export type { CacheFootprint };
 
 /** Why a request ended: a stop (EOS, stop id or string), max_tokens, its caller's cancel, the

@@ -3,7 +3,13 @@
 // `.strict()`: an unknown field (`temprature`) is a 400 naming it, not a setting silently ignored.
 
 import { z } from "zod";
-import { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS } from "../engine/request.ts";
+import {
+  MAX_BIAS_VALUE,
+  MAX_LOGIT_BIAS,
+  MAX_PENALTY,
+  MAX_REPETITION_PENALTY,
+  MAX_TOP_LOGPROBS,
+} from "../engine/request.ts";
 
 export { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS };
 
@@ -33,14 +39,14 @@ export const fields = {
   /** Candidates `n` is chosen from by cumulative log-probability (completions). */
   bestOf: z.number().int().min(1).max(MAX_CHOICES).nullish(),
   /** OpenAI's, over the generated tokens: logit -= presence * (count > 0). */
-  presencePenalty: z.number().min(-2).max(2).nullish(),
+  presencePenalty: z.number().min(-MAX_PENALTY).max(MAX_PENALTY).nullish(),
   /** OpenAI's, over the generated tokens: logit -= frequency * count. */
-  frequencyPenalty: z.number().min(-2).max(2).nullish(),
+  frequencyPenalty: z.number().min(-MAX_PENALTY).max(MAX_PENALTY).nullish(),
   /** vLLM / HF's, over the prompt's and the generated tokens: logit > 0 ? logit / p : logit * p. */
-  repetitionPenalty: z.number().gt(0).max(100).nullish(),
+  repetitionPenalty: z.number().gt(0).max(MAX_REPETITION_PENALTY).nullish(),
   /** Token id (a decimal string) -> bias added to its logit, as OpenAI's (ids checked against
    * the vocabulary by server/generation.ts). */
-  logitBias: z.record(z.number().min(-100).max(100)).refine(
+  logitBias: z.record(z.number().min(-MAX_BIAS_VALUE).max(MAX_BIAS_VALUE)).refine(
     (v) => Object.keys(v).length <= MAX_LOGIT_BIAS,
     { message: `at most ${MAX_LOGIT_BIAS} entries` },
   ).nullish(),

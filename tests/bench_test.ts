@@ -13,7 +13,7 @@ import { benchPlans, resamplePattern } from "../bench/plans.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
 import { multiKeyDocument } from "../identify/calibration.ts";
 import { loadTokenizer } from "../model/load.ts";
-import { lineChart, niceTicks } from "../bench/svg.ts";
+import { lineChart, niceTicks } from "../util/svg.ts";
 import { parseGateTsv } from "../plans/duo_import.ts";
 import { resolvePlan } from "../plans/resolve.ts";
 import { loadPlanFile } from "../plans/schema.ts";

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { EVAL_SCHEMA, evalMarkdown, runEval } from "../eval/eval.ts";
 import { multikeyDocuments } from "../eval/multikey.ts";
+import { kvFraction, randomLayers, type SweepResult, sweepSeries } from "../eval/sweep.ts";
 import { textDocuments } from "../eval/text.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
 import { CpuLlama } from "./reference/cpu_llama.ts";
@@ -197,4 +198,45 @@ Deno.test("eval text: held-out loss per plan equals the CPU forward's", gpuTest,
     assert.ok(Math.abs(cell.bits_per_byte - cell.nll / Math.LN2 / cell.bytes) < 1e-12);
   }
   assert.match(evalMarkdown(r), /\| streaming \| f32 \| 4 \+ 32 \| \d\.\d{4} \| \d\.\d{4} \|/);
+});
+
+Deno.test("eval sweep: KV bytes closed form, random layers, lines averaged by bytes", () => {
+  // 8 layers x 2 KV heads at 1024 tokens with an 80-token window: 4 retrieval heads hold
+  // 4 x 1024 + 12 x 80 entries of the 16 x 1024 full attention holds.
+  assert.equal(kvFraction(4, 16, 1024, 80), (4 * 1024 + 12 * 80) / (16 * 1024));
+  assert.equal(kvFraction(16, 16, 1024, 80), 1);
+  assert.equal(kvFraction(0, 16, 64, 80), 1, "a window longer than the text keeps everything");
+  const a = randomLayers(8, 3, 11);
+  assert.deepEqual(randomLayers(8, 3, 11), a, "deterministic");
+  assert.equal(new Set(a).size, 3);
+  assert.ok(a.every((l, i) => l >= 0 && l < 8 && (i === 0 || a[i - 1] < l)), "sorted, distinct");
+  const seen = new Set(Array.from({ length: 20 }, (_, s) => randomLayers(8, 3, s).join()));
+  assert.ok(seen.size > 5, "seeds give different layers");
+  const point = (series: string, kv: number, acc: number, seed?: number) => ({
+    series,
+    method: "random" as const,
+    form: "zigzag" as const,
+    budget: 0.25,
+    seed,
+    plan: "p",
+    retrieval_units: 4,
+    units: 16,
+    kv_fraction: kv,
+    multikey: acc,
+    multikey_by_length: {},
+    nats_per_token: 1,
+    bits_per_byte: 1,
+  });
+  const r = {
+    points: [
+      point("random zigzag", 0.5, 0.25, 1),
+      point("random zigzag", 0.5, 0.75, 2),
+      point("full", 1, 1),
+    ],
+  } as unknown as SweepResult;
+  const s = sweepSeries(r, (p) => p.multikey);
+  assert.deepEqual(s.map((x) => [x.name, x.points]), [["random zigzag", [[0.5, 0.5]]], ["full", [[
+    1,
+    1,
+  ]]]]);
 });

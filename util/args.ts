@@ -28,6 +28,8 @@ export interface ArgSpec {
 export interface NumberOptions {
   integer?: boolean;
   min?: number;
+  /** Exclusive lower bound: the value must be greater. */
+  above?: number;
   max?: number;
 }
 
@@ -90,6 +92,9 @@ export class Args {
     }
     if (opts.min !== undefined && v < opts.min) {
       throw new CliError(`--${name} must be at least ${opts.min}, got ${raw}`);
+    }
+    if (opts.above !== undefined && v <= opts.above) {
+      throw new CliError(`--${name} must be greater than ${opts.above}, got ${raw}`);
     }
     if (opts.max !== undefined && v > opts.max) {
       throw new CliError(`--${name} must be at most ${opts.max}, got ${raw}`);

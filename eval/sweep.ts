@@ -1,0 +1,468 @@
+// deno task eval-sweep: accuracy and text loss against KV bytes, one line per identification
+// method and plan form, as the DuoAttention / RazorAttention papers plot them.
+//
+//   deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor]
+//     [--budgets 0.125,0.25,0.375,0.5] [--random-seeds 3] [--lengths 512,1024] [--samples 2]
+//     [--keys 4] [--sink 16 --recent 64] [--precision f16|f32] [--out DIR]
+//
+// 1. Identification: each method runs once in duo form (identify/identify.ts), which scores every
+//    KV head and every layer; the plans of every budget are those scores re-thresholded
+//    (selectZigzagLayers for zigzag, selectDuoHeads for duo), so a method's line is one ranking
+//    cut at several sizes. (Ablate's zigzag swap refinement is not rerun per budget.)
+// 2. Baselines: random layers (zigzag, `--random-seeds` seeds per budget), the complement of
+//    every method's 50% plans (its retrieval and streaming units swapped), full and streaming.
+// 3. Every distinct plan is evaluated (eval/eval.ts: the multi-key task and held-out text, same
+//    lengths, seeds and windows), and placed at its KV bytes: the closed form
+//    (retrieval units x L + streaming units x min(L, sink + recent)) / (all units x L) at the
+//    longest length L, the fraction of full attention's cache.
+// Writes sweep.json, sweep.md, sweep-accuracy.svg, sweep-text.svg and the plans (plans/*.json).
+
+import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
+import { getGpu, resolvePrecision } from "../gpu/device.ts";
+import { identify, type IdentifyMethod, METHODS } from "../identify/identify.ts";
+import { mulberry32 } from "../model/random.ts";
+import { loadModel } from "../model/load.ts";
+import type { LoadedModel } from "../model/types.ts";
+import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "../plans/duo_import.ts";
+import type { PlanInput } from "../plans/schema.ts";
+import { lineChart, type Series } from "../util/svg.ts";
+import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { progress } from "../util/progress.ts";
+import { type EvalResult, runEval } from "./eval.ts";
+
+export const SWEEP_SCHEMA = "zigzag-eval-sweep/1";
+const DEFAULT_MODEL = "../shared/models/passkey-llama";
+
+/** One point of the sweep: a plan, where it came from, its KV bytes and its scores. */
+export interface SweepPoint {
+  /** Line it belongs to: "ablate zigzag", "random zigzag", "full", ... */
+  series: string;
+  method: IdentifyMethod | "random" | "complement" | "full" | "streaming";
+  form: "zigzag" | "duo" | "full" | "streaming";
+  budget: number;
+  seed?: number;
+  /** The plan file evaluated (under the output folder), or "full" / "streaming". */
+  plan: string;
+  retrieval_units: number;
+  units: number;
+  /** KV bytes / full attention's at the longest length (closed form). */
+  kv_fraction: number;
+  multikey: number;
+  multikey_by_length: Record<string, number>;
+  nats_per_token: number;
+  bits_per_byte: number;
+}
+
+export interface SweepResult {
+  schema: typeof SWEEP_SCHEMA;
+  created: string;
+  model: string;
+  adapter: string;
+  precision: string;
+  methods: IdentifyMethod[];
+  budgets: number[];
+  lengths: number[];
+  samples: number;
+  keys: number;
+  sink: number;
+  recent: number;
+  identification: { method: IdentifyMethod; wall_s: number; forward_tokens: number }[];
+  points: SweepPoint[];
+  elapsed_s: number;
+}
+
+export interface SweepOptions {
+  model: LoadedModel;
+  modelPath: string;
+  methods: IdentifyMethod[];
+  budgets: number[];
+  randomSeeds: number;
+  lengths: number[];
+  samples: number;
+  keys: number;
+  sink: number;
+  recent: number;
+  seed: number;
+  precision?: "f16" | "f32";
+  out: string;
+  quiet?: boolean;
+}
+
+/** KV bytes of a plan over full attention's at `length` tokens (closed form; units = KV heads). */
+export function kvFraction(
+  retrievalUnits: number,
+  units: number,
+  length: number,
+  window: number,
+): number {
+  return (retrievalUnits * length + (units - retrievalUnits) * Math.min(length, window)) /
+    (units * length);
+}
+
+/** `k` distinct layers of `n`, deterministic from the seed. */
+export function randomLayers(n: number, k: number, seed: number): number[] {
+  const r = mulberry32(seed);
+  const idx = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx.slice(0, k).sort((a, b) => a - b);
+}
+
+export async function runSweep(o: SweepOptions): Promise<SweepResult> {
+  const t0 = performance.now();
+  const c = o.model.config;
+  const gpu = await getGpu();
+  const precision = resolvePrecision(gpu, o.precision ?? "f32");
+  const model = {
+    architecture: c.architecture,
+    num_layers: c.nLayers,
+    num_kv_heads: c.nKvHeads,
+    head_dim: c.headDim,
+  };
+  const units = c.nLayers * c.nKvHeads;
+  const L = Math.max(...o.lengths);
+  const window = o.sink + o.recent;
+  await Deno.mkdir(`${o.out}/plans`, { recursive: true });
+
+  // Plans by their content, so that equal plans are evaluated once.
+  const files = new Map<string, string>();
+  const planFile = async (name: string, p: PlanInput): Promise<string> => {
+    const key = JSON.stringify([p.mode, p.layers, p.heads]);
+    const known = files.get(key);
+    if (known) return known;
+    const path = `${o.out}/plans/${name}.json`;
+    await Deno.writeTextFile(path, JSON.stringify(p, null, 2) + "\n");
+    files.set(key, path);
+    return path;
+  };
+  const provenance = (method: string, budget: number) => ({
+    source: o.modelPath,
+    method: `eval-sweep: ${method}`,
+    budget,
+  });
+  const zigzag = (layers: number[], method: string, budget: number): PlanInput => ({
+    version: 1,
+    model,
+    mode: "zigzag",
+    provenance: provenance(method, budget),
+    sink: o.sink,
+    recent: o.recent,
+    layers: Array.from(
+      { length: c.nLayers },
+      (_, l) => layers.includes(l) ? "retrieval" : "streaming",
+    ),
+  });
+  const duo = (sel: boolean[][], method: string, budget: number): PlanInput => ({
+    version: 1,
+    model,
+    mode: "duo",
+    provenance: provenance(method, budget),
+    sink: o.sink,
+    recent: o.recent,
+    heads: sel.map((row) => row.map((r) => (r ? "retrieval" : "streaming"))),
+  });
+
+  type Pending = Omit<
+    SweepPoint,
+    "multikey" | "multikey_by_length" | "nats_per_token" | "bits_per_byte" | "kv_fraction"
+  >;
+  const pending: Pending[] = [
+    {
+      series: "full",
+      method: "full",
+      form: "full",
+      budget: 1,
+      plan: "full",
+      retrieval_units: units,
+      units,
+    },
+    {
+      series: "streaming",
+      method: "streaming",
+      form: "streaming",
+      budget: 0,
+      plan: "streaming",
+      retrieval_units: 0,
+      units,
+    },
+  ];
+  const identification: SweepResult["identification"] = [];
+  for (const method of o.methods) {
+    const bar = o.quiet ? null : progress(`identify ${method}`);
+    const r = await identify(o.model, {
+      method,
+      mode: "duo",
+      budget: 0.5,
+      lengths: o.lengths,
+      samples: 1,
+      seed: o.seed,
+      sink: o.sink,
+      recent: o.recent,
+      precision,
+      gpu,
+      onProgress: (d, t, note) => bar?.update(d, t, note),
+    });
+    bar?.done();
+    identification.push({
+      method,
+      wall_s: +r.wallSeconds.toFixed(1),
+      forward_tokens: r.forwardTokens,
+    });
+    const heads = r.plan.scores?.kv_heads;
+    const layers = r.plan.scores?.layers;
+    if (!heads || !layers) throw new Error(`identify ${method}: no head and layer scores`);
+    for (const b of o.budgets) {
+      const chosen = selectZigzagLayers(layers, b);
+      pending.push({
+        series: `${method} zigzag`,
+        method,
+        form: "zigzag",
+        budget: b,
+        plan: await planFile(`${method}-zigzag-${b}`, zigzag(chosen, method, b)),
+        retrieval_units: chosen.length * c.nKvHeads,
+        units,
+      });
+      const sel = selectDuoHeads(heads, b);
+      pending.push({
+        series: `${method} duo`,
+        method,
+        form: "duo",
+        budget: b,
+        plan: await planFile(`${method}-duo-${b}`, duo(sel, method, b)),
+        retrieval_units: sel.flat().filter(Boolean).length,
+        units,
+      });
+    }
+    // The complement at 50%: what the method left out, at the same bytes.
+    const half = selectZigzagLayers(layers, 0.5);
+    const rest = Array.from({ length: c.nLayers }, (_, l) => l).filter((l) => !half.includes(l));
+    pending.push({
+      series: "complement zigzag",
+      method: "complement",
+      form: "zigzag",
+      budget: rest.length / c.nLayers,
+      plan: await planFile(
+        `${method}-zigzag-complement`,
+        zigzag(rest, `${method} complement`, 0.5),
+      ),
+      retrieval_units: rest.length * c.nKvHeads,
+      units,
+    });
+    const selHalf = selectDuoHeads(heads, 0.5).map((row) => row.map((x) => !x));
+    pending.push({
+      series: "complement duo",
+      method: "complement",
+      form: "duo",
+      budget: selHalf.flat().filter(Boolean).length / units,
+      plan: await planFile(`${method}-duo-complement`, duo(selHalf, `${method} complement`, 0.5)),
+      retrieval_units: selHalf.flat().filter(Boolean).length,
+      units,
+    });
+  }
+  for (const b of o.budgets) {
+    for (let s = 1; s <= o.randomSeeds; s++) {
+      const chosen = randomLayers(c.nLayers, retrievalCount(c.nLayers, b), s * 7919 + o.seed);
+      pending.push({
+        series: "random zigzag",
+        method: "random",
+        form: "zigzag",
+        budget: b,
+        seed: s,
+        plan: await planFile(`random-zigzag-${b}-${s}`, zigzag(chosen, `random seed ${s}`, b)),
+        retrieval_units: chosen.length * c.nKvHeads,
+        units,
+      });
+    }
+  }
+
+  const distinct = [...new Set(pending.map((p) => p.plan))];
+  const r: EvalResult = await runEval({
+    model: o.model,
+    modelPath: o.modelPath,
+    plans: distinct,
+    lengths: o.lengths,
+    depths: [0.5],
+    samples: o.samples,
+    seed: o.seed,
+    sink: o.sink,
+    recent: o.recent,
+    precision,
+    tasks: ["multikey", "text"],
+    keys: o.keys,
+    quiet: o.quiet,
+  });
+  const points: SweepPoint[] = pending.map((p) => {
+    const e = r.plans.find((x) => x.plan === p.plan)!;
+    return {
+      ...p,
+      kv_fraction: kvFraction(p.retrieval_units, units, L, window),
+      multikey: e.multikey!.overall,
+      multikey_by_length: e.multikey!.by_length,
+      nats_per_token: e.text!.nats_per_token,
+      bits_per_byte: e.text!.bits_per_byte,
+    };
+  });
+  return {
+    schema: SWEEP_SCHEMA,
+    created: new Date().toISOString(),
+    model: o.modelPath,
+    adapter: gpu.adapterName,
+    precision,
+    methods: o.methods,
+    budgets: o.budgets,
+    lengths: o.lengths,
+    samples: o.samples,
+    keys: o.keys,
+    sink: o.sink,
+    recent: o.recent,
+    identification,
+    points,
+    elapsed_s: +((performance.now() - t0) / 1000).toFixed(1),
+  };
+}
+
+/** Each line's points by KV bytes (random seeds averaged per budget). */
+export function sweepSeries(r: SweepResult, y: (p: SweepPoint) => number): Series[] {
+  const names = [...new Set(r.points.map((p) => p.series))];
+  return names.map((name, i) => {
+    const ps = r.points.filter((p) => p.series === name);
+    const byX = new Map<number, number[]>();
+    for (const p of ps) byX.set(p.kv_fraction, [...(byX.get(p.kv_fraction) ?? []), y(p)]);
+    const points = [...byX.entries()].sort((a, b) => a[0] - b[0]).map(([x, ys]) =>
+      [x, ys.reduce((a, v) => a + v, 0) / ys.length] as [number, number]
+    );
+    return {
+      name,
+      points,
+      dashed: name.includes("duo") || name.startsWith("random"),
+      color: ["#444444", "#1f77b4", "#1f77b4", "#d62728", "#d62728", "#2ca02c", "#2ca02c"][i],
+    };
+  });
+}
+
+/** The Markdown table: every point, by line then bytes. */
+export function sweepMarkdown(r: SweepResult): string {
+  const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
+  const L = [
+    `Budget sweep on \`${r.model}\` (${r.adapter}, ${r.precision}; sink ${r.sink} + recent ` +
+    `${r.recent}; multi-key: ${r.keys} codes per document, ${r.samples} documents per length at ` +
+    `${r.lengths.join(", ")} tokens; text: ${r.samples} held-out documents per length). KV ` +
+    `bytes are the fraction of full attention's cache at ${Math.max(...r.lengths)} tokens.`,
+    "",
+    `| line | budget | KV bytes | multi-key | ${
+      r.lengths.map((l) => `@${l}`).join(" | ")
+    } | nats / token | plan |`,
+    `| --- | ---: | ---: | ---: | ${r.lengths.map(() => "---:").join(" | ")} | ---: | --- |`,
+  ];
+  const order = [...new Set(r.points.map((p) => p.series))];
+  const sorted = [...r.points].sort((a, b) =>
+    order.indexOf(a.series) - order.indexOf(b.series) || a.kv_fraction - b.kv_fraction ||
+    (a.seed ?? 0) - (b.seed ?? 0)
+  );
+  for (const p of sorted) {
+    L.push(
+      `| ${p.series}${p.seed ? ` (seed ${p.seed})` : ""} | ${p.budget.toFixed(3)} | ${
+        p.kv_fraction.toFixed(3)
+      } | ${pct(p.multikey)} | ${
+        r.lengths.map((l) => pct(p.multikey_by_length[l])).join(" | ")
+      } | ${p.nats_per_token.toFixed(4)} | ${p.plan.replace(/^.*\//, "")} |`,
+    );
+  }
+  L.push(
+    "",
+    "Identification: " +
+      r.identification.map((x) => `${x.method} ${x.wall_s} s (${x.forward_tokens} forward tokens)`)
+        .join(", ") +
+      `; the whole sweep ${r.elapsed_s} s.`,
+  );
+  return L.join("\n") + "\n";
+}
+
+function list(s: string, flag: string): number[] {
+  const out = s.split(",").map((v) => Number(v.trim()));
+  if (out.some((v) => !Number.isFinite(v))) throw new CliError(`--${flag}: bad list "${s}"`);
+  return out;
+}
+
+async function main(): Promise<number> {
+  const a = parseArgs(Deno.args, {
+    booleans: ["help"],
+    values: [
+      "model",
+      "methods",
+      "budgets",
+      "random-seeds",
+      "lengths",
+      "samples",
+      "keys",
+      "seed",
+      "out",
+      ...WINDOW_FLAGS,
+      PRECISION_FLAG,
+    ],
+  });
+  if (a.boolean("help")) {
+    console.log(
+      "usage: deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor] " +
+        "[--budgets 0.125,0.25,0.375,0.5] [--random-seeds N] [--lengths 512,1024] [--samples N] " +
+        "[--keys N] [--seed S] [--sink N --recent N] [--precision f16|f32] [--out DIR]",
+    );
+    return 0;
+  }
+  const methods = (a.optionalString("methods") ?? METHODS.join(",")).split(",").map((s) =>
+    s.trim()
+  );
+  for (const m of methods) {
+    if (!(METHODS as readonly string[]).includes(m)) {
+      throw new CliError(`--methods: "${m}" is not one of ${METHODS.join(", ")}`);
+    }
+  }
+  const budgets = list(a.optionalString("budgets") ?? "0.125,0.25,0.375,0.5", "budgets");
+  if (budgets.some((b) => !(b > 0 && b <= 1))) throw new CliError("--budgets must lie in (0, 1]");
+  const modelPath = a.optionalString("model") ?? DEFAULT_MODEL;
+  const model = await loadModel(modelPath);
+  const window = windowFlags(a);
+  const out = a.optionalString("out") ?? "eval/results/sweep";
+  const r = await runSweep({
+    model,
+    modelPath,
+    methods: methods as IdentifyMethod[],
+    budgets,
+    randomSeeds: a.optionalNumber("random-seeds", { integer: true, min: 0 }) ?? 3,
+    lengths: list(a.optionalString("lengths") ?? "512,1024", "lengths"),
+    samples: a.optionalNumber("samples", { integer: true, min: 1 }) ?? 2,
+    keys: a.optionalNumber("keys", { integer: true, min: 2 }) ?? 4,
+    seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1,
+    sink: window.sink ?? 16,
+    recent: window.recent ?? 64,
+    precision: precisionFlag(a),
+    out,
+  });
+  await Deno.writeTextFile(`${out}/sweep.json`, JSON.stringify(r, null, 2) + "\n");
+  const md = sweepMarkdown(r);
+  await Deno.writeTextFile(`${out}/sweep.md`, md);
+  const chart = (title: string, yLabel: string, y: (p: SweepPoint) => number) =>
+    lineChart({
+      title,
+      xLabel: `KV bytes / full attention's at ${Math.max(...r.lengths)} tokens`,
+      yLabel,
+      series: sweepSeries(r, y),
+      width: 760,
+      xFormat: (v) => v.toFixed(2),
+    });
+  await Deno.writeTextFile(
+    `${out}/sweep-accuracy.svg`,
+    chart("Multi-key accuracy against KV bytes", "accuracy", (p) => p.multikey),
+  );
+  await Deno.writeTextFile(
+    `${out}/sweep-text.svg`,
+    chart("Held-out text loss against KV bytes", "nats per token", (p) => p.nats_per_token),
+  );
+  console.log(md);
+  console.log(`wrote ${out}/sweep.json, sweep.md, sweep-accuracy.svg, sweep-text.svg`);
+  return 0;
+}
+
+if (import.meta.main) runMain(main);
