@@ -9,11 +9,13 @@
 // nothing and exits 1 when a section is out of date.
 
 import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { pathExists } from "../util/fs.ts";
 import { denoFmt } from "./fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
 import { type ServeBenchResult, serveMarkdown } from "./serve.ts";
 import { type PrefixBenchResult, prefixMarkdown } from "./prefix.ts";
 import { EVAL_SCHEMA, evalMarkdown, type EvalResult, heatmapName } from "../eval/eval.ts";
+import { SWEEP_SCHEMA, sweepMarkdown, type SweepResult } from "../eval/sweep.ts";
 
 export const START = "<!-- bench:start -->";
 export const END = "<!-- bench:end -->";
@@ -141,12 +143,17 @@ async function main(): Promise<number> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   let text = replaceSection(readme, benchSection, readmePath);
-  text = replaceSection(
-    text,
-    renderEvalSection(evalResult, baseOf(evalPath)),
-    readmePath,
-    EVAL_MARKERS,
-  );
+  let evalSection = renderEvalSection(evalResult, baseOf(evalPath));
+  // The budget sweep (`deno task eval-sweep`) sits in sweep/ beside eval.json when it was run.
+  const sweepPath = `${dirOf(absolute(evalPath))}/sweep/sweep.json`;
+  if (pathExists(sweepPath)) {
+    const sweep = await readJson<SweepResult>(sweepPath, SWEEP_SCHEMA, "eval-sweep");
+    const base = baseOf(sweepPath);
+    evalSection += "\n\n#### Budget sweep (`deno task eval-sweep`)\n\n" + sweepMarkdown(sweep) +
+      `\n![multi-key accuracy against KV bytes](${base}sweep-accuracy.svg) ` +
+      `![held-out text loss against KV bytes](${base}sweep-text.svg)`;
+  }
+  text = replaceSection(text, evalSection, readmePath, EVAL_MARKERS);
   // Format the whole README as deno fmt would (its own text is unchanged when already formatted).
   const next = await denoFmt(text, "md");
   if (a.boolean("check")) {
