@@ -71,7 +71,7 @@ import {
   renderMarkdown,
   SCHEMA,
 } from "./report.ts";
-import { denoFmt } from "./fmt.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { PassTimer } from "./stats.ts";
 
 const USAGE =

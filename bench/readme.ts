@@ -10,7 +10,7 @@
 
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
-import { denoFmt } from "./fmt.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { type BenchResult, renderMarkdown, SCHEMA } from "./report.ts";
 import { type ServeBenchResult, serveMarkdown } from "./serve.ts";
 import { type PrefixBenchResult, prefixMarkdown } from "./prefix.ts";

@@ -58,7 +58,7 @@ import type { ResolvedPlan } from "../plans/types.ts";
 import { CliError, intList, parseArgs, runMain } from "../util/args.ts";
 import { pathExists } from "../util/fs.ts";
 import { progress } from "../util/progress.ts";
-import { denoFmt } from "./fmt.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { maxContextFit } from "./kv.ts";
 import {
   compareLogits,

@@ -22,7 +22,7 @@
 
 import { parseArgs, runMain } from "../util/args.ts";
 import { progress } from "../util/progress.ts";
-import { denoFmt } from "./fmt.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { JOIN_TEMPLATE, PROMPTS } from "./story_prompts.ts";
 
 const USAGE = `usage: deno task soak [--requests N] [--time-limit-s S] [--concurrency C]

@@ -23,6 +23,7 @@ import { loadModel } from "../model/load.ts";
 import type { LoadedModel } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { progress } from "../util/progress.ts";
 import { accuracyHeatmap } from "./heatmap.ts";
 import { multikeyAccuracy, type MultikeyCell } from "./multikey.ts";
@@ -319,8 +320,8 @@ export function evalMarkdown(r: EvalResult): string {
   if (r.plans.some((p) => p.text)) {
     if (lines.length) lines.push("");
     lines.push(
-      `Held-out text (filler prose the model never saw, ${r.samples} documents per length, ` +
-        "teacher-forced; bits per byte over every length; lower is better), nats per token:",
+      `Held-out text (filler prose from seeds no other task draws, ${r.samples} documents per ` +
+        "length, teacher-forced; bits per byte over every length; lower is better), nats per token:",
       "",
       `| plan | KV | sink + recent | ${r.lengths.join(" | ")} | bits per byte |`,
       `| --- | --- | --- | ${r.lengths.map(() => "---:").join(" | ")} | ---: |`,
@@ -479,18 +480,25 @@ async function main(): Promise<number> {
   });
   const out = a.optionalString("out") ?? "eval/results";
   await Deno.mkdir(out, { recursive: true });
-  await Deno.writeTextFile(`${out}/eval.json`, JSON.stringify(result, null, 2) + "\n");
+  // Formatted as `deno fmt` wants them: the results are committed.
+  await Deno.writeTextFile(
+    `${out}/eval.json`,
+    await denoFmt(JSON.stringify(result, null, 2) + "\n", "json"),
+  );
   const md = evalMarkdown(result);
-  await Deno.writeTextFile(`${out}/eval.md`, md);
+  await Deno.writeTextFile(`${out}/eval.md`, await denoFmt(md, "md"));
   for (const p of result.plans) {
     const kv = result.kv_dtypes.length > 1 ? p.kv_dtype : undefined;
     await Deno.writeTextFile(
       `${out}/${heatmapName(p.plan, kv)}`,
-      accuracyHeatmap(
-        p.cells,
-        `${p.plan}${kv ? ` (${kv} KV)` : ""}: pass-key accuracy`,
-        result.lengths,
-        result.depths,
+      await denoFmt(
+        accuracyHeatmap(
+          p.cells,
+          `${p.plan}${kv ? ` (${kv} KV)` : ""}: pass-key accuracy`,
+          result.lengths,
+          result.depths,
+        ),
+        "svg",
       ),
     );
   }

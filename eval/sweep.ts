@@ -27,6 +27,7 @@ import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "../plans/duo
 import type { PlanInput } from "../plans/schema.ts";
 import { lineChart, type Series } from "../util/svg.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
+import { denoFmt } from "../util/fmt.ts";
 import { progress } from "../util/progress.ts";
 import { type EvalResult, runEval } from "./eval.ts";
 
@@ -133,7 +134,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     const known = files.get(key);
     if (known) return known;
     const path = `${o.out}/plans/${name}.json`;
-    await Deno.writeTextFile(path, JSON.stringify(p, null, 2) + "\n");
+    await Deno.writeTextFile(path, await denoFmt(JSON.stringify(p, null, 2) + "\n", "json"));
     files.set(key, path);
     return path;
   };
@@ -440,9 +441,13 @@ async function main(): Promise<number> {
     precision: precisionFlag(a),
     out,
   });
-  await Deno.writeTextFile(`${out}/sweep.json`, JSON.stringify(r, null, 2) + "\n");
+  // Formatted as `deno fmt` wants them: the results are committed.
+  await Deno.writeTextFile(
+    `${out}/sweep.json`,
+    await denoFmt(JSON.stringify(r, null, 2) + "\n", "json"),
+  );
   const md = sweepMarkdown(r);
-  await Deno.writeTextFile(`${out}/sweep.md`, md);
+  await Deno.writeTextFile(`${out}/sweep.md`, await denoFmt(md, "md"));
   const chart = (title: string, yLabel: string, y: (p: SweepPoint) => number) =>
     lineChart({
       title,
@@ -454,11 +459,17 @@ async function main(): Promise<number> {
     });
   await Deno.writeTextFile(
     `${out}/sweep-accuracy.svg`,
-    chart("Multi-key accuracy against KV bytes", "accuracy", (p) => p.multikey),
+    await denoFmt(
+      chart("Multi-key accuracy against KV bytes", "accuracy", (p) => p.multikey),
+      "svg",
+    ),
   );
   await Deno.writeTextFile(
     `${out}/sweep-text.svg`,
-    chart("Held-out text loss against KV bytes", "nats per token", (p) => p.nats_per_token),
+    await denoFmt(
+      chart("Held-out text loss against KV bytes", "nats per token", (p) => p.nats_per_token),
+      "svg",
+    ),
   );
   console.log(md);
   console.log(`wrote ${out}/sweep.json, sweep.md, sweep-accuracy.svg, sweep-text.svg`);
