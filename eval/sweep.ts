@@ -167,7 +167,12 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
 
   type Pending = Omit<
     SweepPoint,
-    "multikey" | "multikey_by_length" | "nats_per_token" | "bits_per_byte" | "kv_fraction"
+    | "multikey"
+    | "multikey_by_length"
+    | "nats_per_token"
+    | "bits_per_byte"
+    | "kv_fraction"
+    | "units"
   >;
   const pending: Pending[] = [
     {
@@ -177,7 +182,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       budget: 1,
       plan: "full",
       retrieval_units: units,
-      units,
     },
     {
       series: "streaming",
@@ -186,7 +190,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       budget: 0,
       plan: "streaming",
       retrieval_units: 0,
-      units,
     },
   ];
   const identification: SweepResult["identification"] = [];
@@ -223,7 +226,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         budget: b,
         plan: await planFile(`${method}-zigzag-${b}`, zigzag(chosen, method, b)),
         retrieval_units: chosen.length * c.nKvHeads,
-        units,
       });
       const sel = selectDuoHeads(heads, b);
       pending.push({
@@ -233,7 +235,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         budget: b,
         plan: await planFile(`${method}-duo-${b}`, duo(sel, method, b)),
         retrieval_units: sel.flat().filter(Boolean).length,
-        units,
       });
     }
     // The complement at 50%: what the method left out, at the same bytes.
@@ -249,7 +250,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         zigzag(rest, `${method} complement`, 0.5),
       ),
       retrieval_units: rest.length * c.nKvHeads,
-      units,
     });
     const selHalf = selectDuoHeads(heads, 0.5).map((row) => row.map((x) => !x));
     pending.push({
@@ -259,7 +259,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       budget: selHalf.flat().filter(Boolean).length / units,
       plan: await planFile(`${method}-duo-complement`, duo(selHalf, `${method} complement`, 0.5)),
       retrieval_units: selHalf.flat().filter(Boolean).length,
-      units,
     });
   }
   for (const b of o.budgets) {
@@ -273,7 +272,6 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         seed: s,
         plan: await planFile(`random-zigzag-${b}-${s}`, zigzag(chosen, `random seed ${s}`, b)),
         retrieval_units: chosen.length * c.nKvHeads,
-        units,
       });
     }
   }
@@ -298,6 +296,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     const e = r.plans.find((x) => x.plan === p.plan)!;
     return {
       ...p,
+      units,
       kv_fraction: kvFraction(p.retrieval_units, units, L, window),
       multikey: e.multikey!.overall,
       multikey_by_length: e.multikey!.by_length,
