@@ -130,8 +130,11 @@ async function serveBench(o: ServeArgs) {
       onProgress: (d, t) => bar.update(d, t),
     });
     bar.done();
-    await Deno.writeTextFile(`${out}/serve.json`, JSON.stringify(r, null, 2) + "\n");
-    const md = serveMarkdown(r);
+    await Deno.writeTextFile(
+      `${out}/serve.json`,
+      await denoFmt(JSON.stringify(r, null, 2) + "\n", "json"),
+    );
+    const md = await denoFmt(serveMarkdown(r), "md");
     await Deno.writeTextFile(`${out}/serve.md`, md);
     console.log(md);
     console.log(`wrote ${out}/serve.json and ${out}/serve.md`);

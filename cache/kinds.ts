@@ -8,7 +8,7 @@
 // KV bytes (admission, statistics, metrics, the bench) goes through `CacheGeometry.bytes`, which
 // asks the kinds.
 //
-// Adding a kind: a value in the plan schema's HeadKindSchema, one class here (registered in
+// Adding a kind: a head kind of plans (plans/types.ts HeadKind), one class here (registered in
 // CACHE_KINDS), its WGSL layout include and the attention/store entry points that use it.
 
 import type { HeadKind } from "../plans/types.ts";
@@ -47,6 +47,12 @@ export interface CacheKind {
   readonly paged: boolean;
   /** Token positions per KV head that every sequence slot reserves whatever its length. */
   readonly slotsPerSeq: number;
+  /** Keeps RazorAttention's compensation token: attention reads it and `wgsl/compensation.wgsl`
+   * folds the keys that leave the window into it. */
+  readonly compensated: boolean;
+  /** f32 words per KV head that every sequence slot keeps besides its positions (a
+   * compensation token's running sums), 0 for most kinds. */
+  stateWords(headDim: number): number;
   /** Token positions of one shard unit: the kind's buffers are split into shards of whole units
    * (a page of the pool, or one sequence slot's ring). */
   readonly unitPositions: number;
@@ -64,7 +70,12 @@ export class RetrievalPages implements CacheKind {
   readonly layout = "paged" as const;
   readonly paged = true;
   readonly slotsPerSeq = 0;
+  readonly compensated = false;
   constructor(readonly pageSize: number) {}
+
+  stateWords(): number {
+    return 0;
+  }
 
   get unitPositions(): number {
     return this.pageSize;
@@ -95,10 +106,15 @@ export class RetrievalPages implements CacheKind {
  * prefix cache's snapshots resume from any page boundary in that range.
  */
 export class StreamingRing implements CacheKind {
-  readonly name = "streaming" as const;
+  readonly name: HeadKind = "streaming";
   readonly layout = "ring" as const;
   readonly paged = false;
+  readonly compensated: boolean = false;
   constructor(readonly sink: number, readonly recent: number, readonly slack = 0) {}
+
+  stateWords(_headDim: number): number {
+    return 0;
+  }
 
   get slotsPerSeq(): number {
     return this.sink + this.recent + this.slack;
@@ -127,6 +143,26 @@ export class StreamingRing implements CacheKind {
   }
 }
 
+/**
+ * Streaming heads with RazorAttention's compensation token: the ring of StreamingRing, plus per
+ * sequence slot and KV head the sums of the keys and of the values that have left the window
+ * (positions [sink, i + 1 - recent) for a query at i), each with a Neumaier correction term:
+ * 4 x head_dim f32 words. Attention treats them as one more key, the mean key with logit
+ * q.k_mean + ln(count), carrying the mean value; the count follows from the position. No slack:
+ * a snapshot's sums are those of its own position, so the prefix cache leaves these plans alone.
+ */
+export class CompensatedRing extends StreamingRing {
+  override readonly name: HeadKind = "compensated";
+  override readonly compensated = true;
+  constructor(sink: number, recent: number) {
+    super(sink, recent, 0);
+  }
+
+  override stateWords(headDim: number): number {
+    return 4 * headDim;
+  }
+}
+
 /** Every kind, in cache order: within a layer, heads of an earlier kind come first. */
 export const CACHE_KINDS: readonly {
   name: HeadKind;
@@ -134,6 +170,7 @@ export const CACHE_KINDS: readonly {
 }[] = [
   { name: "retrieval", make: (p) => new RetrievalPages(p.pageSize) },
   { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent, p.ringSlack ?? 0) },
+  { name: "compensated", make: (p) => new CompensatedRing(p.sink, p.recent) },
 ];
 
 export const KIND_NAMES: readonly HeadKind[] = CACHE_KINDS.map((k) => k.name);

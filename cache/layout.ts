@@ -179,11 +179,24 @@ export class CacheGeometry {
     return this.pageSize * this.#pagedTokenBytes();
   }
 
-  /** Bytes one sequence slot reserves across every non-paged part (its rings). */
+  /** Bytes of a kind's per-slot state (compensation sums) for `heads` KV heads. */
+  stateBytes(kind: CacheKind, heads: number): number {
+    return kind.stateWords(this.config.headDim) * 4 * heads;
+  }
+
+  /** Bytes one sequence slot reserves across every non-paged part (its rings and their state). */
   get ringBytes(): number {
     let b = 0;
-    for (const k of this.kinds) b += k.slotsPerSeq * this.tokenBytes(this.headsOf(k.name));
+    for (const k of this.kinds) {
+      const heads = this.headsOf(k.name);
+      b += k.slotsPerSeq * this.tokenBytes(heads) + this.stateBytes(k, heads);
+    }
     return b;
+  }
+
+  /** Whether any layer keeps compensation tokens. */
+  get compensated(): boolean {
+    return this.kinds.some((k) => k.compensated && this.headsOf(k.name) > 0);
   }
 
   /** Positions of one ring: sink + recent + slack. */
@@ -215,16 +228,19 @@ export class CacheGeometry {
     return this.paged ? Math.ceil(positions / this.pageSize) : 0;
   }
 
-  /** The byte formula: what a sequence in this state occupies, per kind and in total. */
+  /** The byte formula: what a sequence in this state occupies, per kind and in total (a kind's
+   * per-slot state counts once the sequence holds a position). */
   bytes(s: SeqState): KindBytes {
-    return this.kindBytes((k) => k.slotsHeld(s));
+    return this.kindBytes((k) => k.slotsHeld(s), s.tokens > 0 ? 1 : 0);
   }
 
-  /** Bytes of each kind when it holds `slots(kind)` token positions per KV head. */
-  protected kindBytes(slots: (k: CacheKind) => number): KindBytes {
+  /** Bytes of each kind when it holds `slots(kind)` token positions per KV head and `states`
+   * slots' per-slot state. */
+  protected kindBytes(slots: (k: CacheKind) => number, states: number): KindBytes {
     const out = { total: 0 } as KindBytes;
     for (const k of this.kinds) {
-      const b = slots(k) * this.tokenBytes(this.headsOf(k.name));
+      const heads = this.headsOf(k.name);
+      const b = slots(k) * this.tokenBytes(heads) + states * this.stateBytes(k, heads);
       out[k.name] = b;
       out.total += b;
     }
@@ -375,7 +391,7 @@ export class CacheLayout extends CacheGeometry {
 
   /** Bytes allocated for each kind. */
   reservedBytes(): KindBytes {
-    return this.kindBytes((k) => this.capacity(k));
+    return this.kindBytes((k) => this.capacity(k), this.ringSlots);
   }
 
   /** The layout's `override` constants for a kind's kernels. */

@@ -211,7 +211,7 @@ export class KvCacheManager {
       tokens: seq.tokens,
       pages: seq.pages.length,
       retrieval_bytes: b.retrieval,
-      streaming_bytes: b.streaming,
+      streaming_bytes: b.streaming + b.compensated,
       bytes: b.total,
       full_attention_bytes: full,
       ratio_to_full: full > 0 ? b.total / full : 1,
@@ -243,14 +243,16 @@ export class KvCacheManager {
       pages_free: pagesFree,
       pages_cached: pc?.pages ?? 0,
     };
+    const started = seqs.filter((s) => s.tokens > 0).length;
     for (const k of g.kinds) {
       const token = g.tokenBytes(g.headsOf(k.name));
+      const state = g.stateBytes(k, g.headsOf(k.name));
       const slots = k.paged ? pagesUsed * g.pageSize : seqs.reduce((a, s) => a + k.slotsHeld(s), 0);
       const cachedSlots = !pc ? 0 : k.paged ? pc.pages * g.pageSize : pc.snapshots * k.slotsPerSeq;
       const ks: KindStats = {
         tokens: g.headsOf(k.name) > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0,
         bytes_reserved: reserved[k.name],
-        bytes_used: slots * token,
+        bytes_used: slots * token + started * state,
         bytes_cached: cachedSlots * token,
         pages_used: k.paged ? pagesUsed : 0,
         pages_free: k.paged ? pagesFree : 0,

@@ -31,6 +31,12 @@ export const KV_DTYPE_FLAG = "kv-dtype";
 /** --weights native|float|q8_0|q4_0: how matmul weights are stored. */
 export const WEIGHTS_FLAG = "weights";
 
+/** --compensation: the plan's streaming heads keep RazorAttention's compensation token. */
+export const COMPENSATION_FLAG = "compensation";
+
+/** The boolean flags `engineFlags` reads. */
+export const ENGINE_BOOLEANS = [COMPENSATION_FLAG] as const;
+
 /** The flags `engineFlags` reads. */
 export const ENGINE_FLAGS = [
   "model",
@@ -62,7 +68,7 @@ export function kvDtypeFlag(a: Args): KvDtype | undefined {
   return a.optionalChoice(KV_DTYPE_FLAG, KV_DTYPES);
 }
 
-/** An engine's options from ENGINE_FLAGS (--model required). */
+/** An engine's options from ENGINE_FLAGS and ENGINE_BOOLEANS (--model required). */
 export function engineFlags(a: Args): EngineOptions {
   const prefillChunk = a.optionalNumber("chunk", { integer: true, min: 1 });
   const decodeSteps = a.optionalNumber("decode-steps", { integer: true, min: 1, max: 64 });
@@ -83,6 +89,7 @@ export function engineFlags(a: Args): EngineOptions {
     weights,
     plan,
     ...window,
+    ...(a.boolean(COMPENSATION_FLAG) ? { compensation: true } : {}),
     kvCacheBytes: kvCacheMb === undefined ? undefined : kvCacheMb * (1 << 20),
     prefillChunk,
     decodeSteps,

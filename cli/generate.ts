@@ -16,6 +16,7 @@ import type { GenerationResult } from "../engine/request.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import {
   checkLogitBias,
+  ENGINE_BOOLEANS,
   ENGINE_FLAGS,
   engineFlags,
   SAMPLING_FLAGS,
@@ -27,11 +28,11 @@ const USAGE = "usage: deno task generate --model PATH (--prompt TEXT | --prompt-
   "[--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] " +
   "[--logit-bias ID:BIAS,ID:BIAS] [--top-logprobs K] " +
   "[--precision f16|f32] [--kv-dtype f16|f32|int8|int4] [--weights native|float|q8_0|q4_0] " +
-  "[--plan full|streaming|FILE] [--json]";
+  "[--plan full|streaming|FILE] [--compensation] [--json]";
 
 async function main(): Promise<number> {
   const a = parseArgs(Deno.args, {
-    booleans: ["json", "help"],
+    booleans: ["json", "help", ...ENGINE_BOOLEANS],
     values: [...ENGINE_FLAGS, ...SAMPLING_FLAGS, "prompt", "prompt-ids", "max-tokens"],
   });
   if (a.boolean("help")) {

@@ -8,7 +8,8 @@
 //   3. allocates: the cache manager assigns the pages those positions need (`reserve`) and
 //      records them as written (`commit`) as their forward is issued,
 //   4. runs: the runner prefills each piece (only a prompt's last piece samples and reads back),
-//      then ONE batched decode of `decodeSteps` tokens for every running sequence,
+//      then ONE batched decode of `decodeSteps` tokens for every running sequence (overlapped:
+//      the next one is queued behind it before its readback is awaited, see #decodeStep),
 //   5. applies the outputs: hands the sampled tokens to each request's output (engine/output.ts:
 //      stops and text), streams one chunk per readback and finishes the requests that are over.
 
@@ -18,7 +19,7 @@ import { KIND_NAMES } from "../cache/kinds.ts";
 import { KvCacheManager, NO_HIT, type PrefixHit, type SeqCache } from "../cache/manager.ts";
 import { TokenChain } from "../cache/prefix_cache.ts";
 import { getGpu, type Gpu, type Precision, resolvePrecision } from "../gpu/device.ts";
-import { GREEDY, type SamplingParams } from "../gpu/runner.ts";
+import { type Decoded, GREEDY, type SamplingParams } from "../gpu/runner.ts";
 import { penalised } from "../gpu/kernels/sample.ts";
 import { checkTopK, type PromptLogprobs } from "../gpu/logprobs.ts";
 import { loadModel } from "../model/load.ts";
@@ -41,8 +42,29 @@ import {
   RequestTooLargeError,
 } from "./request.ts";
 import { type EngineRunner, RunnerThread } from "./runner_thread.ts";
-import { createRunner, type RunnerShape, runnerShape } from "./runners.ts";
-import { EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
+import { createRunner, planCompensates, type RunnerShape, runnerShape } from "./runners.ts";
+import { type DecodeWork, EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
+
+/** Most tokens per readback `decodeSteps: "auto"` may choose (the runner is sized for them). */
+export const AUTO_DECODE_STEPS = 8;
+
+/** What `decodeSteps: "auto"` measured and chose. */
+export interface StepTiming {
+  /** GPU-bound ms per decode step (two-count slope). */
+  stepMs: number;
+  /** ms a readback adds beyond its steps. */
+  readbackWaitMs: number;
+  /** Tokens per readback chosen. */
+  steps: number;
+}
+
+/** A decode submitted to the runner whose tokens are not read back yet. */
+interface PendingDecode extends DecodeWork<RequestState> {
+  /** Settles once the runner has queued it (rejects when it could not). */
+  submitted: Promise<void>;
+  /** Queued behind another decode, continuing it on the GPU. */
+  chained: boolean;
+}
 
 // What callers need to name the engine's failures and settings without reaching below it.
 export { CacheExhaustedError, KV_DTYPES, type KvDtype };
@@ -76,6 +98,8 @@ export interface EngineOptions {
   /** Override the named plan's streaming window. */
   sink?: number;
   recent?: number;
+  /** Streaming heads keep RazorAttention's compensation token (default: the plan's). */
+  compensation?: boolean;
   /** KV-cache budget (default 256 MiB). */
   kvCacheBytes?: number;
   /** Sequences decoded together, at most 64 (default 8). */
@@ -88,8 +112,12 @@ export interface EngineOptions {
   maxQueue?: number;
   /** Prompt tokens per prefill forward, and per loop iteration (default 128). */
   prefillChunk?: number;
-  /** Tokens per readback (default 8). */
-  decodeSteps?: number;
+  /** Tokens per readback (default 8), or "auto": at most AUTO_DECODE_STEPS, the fewest whose GPU
+   * time covers a readback's wait, timed at warm-up (see `warmUp`). */
+  decodeSteps?: number | "auto";
+  /** Queue the next decode steps before waiting on a readback (default on): the GPU keeps
+   * working through the ~10 ms each readback costs. Tokens are the same either way. */
+  overlapDecode?: boolean;
   /** Longest sequence served (default: the model's context). */
   maxModelLen?: number;
   /** Automatic prefix caching (default on): later requests resume from the pages and ring
@@ -116,6 +144,15 @@ class RequestState implements RequestView {
   /** Every token the runner sampled for it, a readback's overshoot included: position
    * promptTokens + i holds sampled[i] once it is fed. */
   readonly sampled: number[] = [];
+  /** Submitted decodes that include it, not read back yet. */
+  inFlight = 0;
+  /** Finished while a decode including it was in flight: its pages are released (and cached)
+   * once that decode is read back, since the GPU still writes them. */
+  releaseDeferred = false;
+  /** Its cache may be kept for reuse when released (it did not fail). */
+  reusable = true;
+  /** Its pages went back to the pool. */
+  released = false;
   /** Hash chain of the full pages of what it has fed (prefix caching). */
   readonly chain: TokenChain;
   /** Where the prefix cache lets it resume, as last looked up while it waited. */
@@ -208,6 +245,15 @@ export class Engine {
   /** The engine opened the model's files (closed with the engine). */
   #ownsModel = false;
   readonly #loop: Promise<void>;
+  readonly #overlap: boolean;
+  readonly #autoSteps: boolean;
+  /** What `--decode-steps auto` measured at warm-up (null before, or with a fixed count). */
+  stepTiming: StepTiming | null = null;
+  /** The decode submitted ahead, whose tokens are not read back yet (overlapped decode). */
+  #pending: PendingDecode | null = null;
+  /** The runner's last forward was a decode that a chained one may continue (no prefill or
+   * scoring forward since). */
+  #chainable = false;
 
   private constructor(
     readonly model: LoadedModel<AnyTensor>,
@@ -219,8 +265,12 @@ export class Engine {
     runner: EngineRunner,
     readonly shape: RunnerShape,
     maxQueue: number,
+    overlap: boolean,
+    autoSteps: boolean,
   ) {
+    this.#autoSteps = autoSteps;
     this.#runner = runner;
+    this.#overlap = overlap;
     this.#cache = new KvCacheManager(shape.layout, { prefixCache: shape.prefixCache });
     this.limits = new EngineLimits(
       shape.maxSeqLen,
@@ -245,7 +295,11 @@ export class Engine {
     try {
       const plan = typeof o.plan === "object"
         ? o.plan
-        : await loadPlanArg(o.plan ?? "full", model.config, { sink: o.sink, recent: o.recent });
+        : await loadPlanArg(o.plan ?? "full", model.config, {
+          sink: o.sink,
+          recent: o.recent,
+          compensation: o.compensation,
+        });
       const bar = o.quiet ? null : progress("loading model");
       const total = weightBytes(model.weights);
       let done = 0;
@@ -255,7 +309,7 @@ export class Engine {
         maxBatch: o.maxBatch,
         maxSeqs: o.maxSeqs,
         prefillChunk: o.prefillChunk,
-        decodeSteps: o.decodeSteps,
+        decodeSteps: o.decodeSteps === "auto" ? AUTO_DECODE_STEPS : o.decodeSteps,
         maxModelLen: o.maxModelLen,
         kvDtype: o.kvDtype,
         prefixCache: o.prefixCache,
@@ -285,7 +339,7 @@ export class Engine {
           ...local.opts,
           layout: local.layout,
           maxSeqLen: local.maxSeqLen,
-          prefixCache: o.prefixCache ?? true,
+          prefixCache: (o.prefixCache ?? true) && !planCompensates(plan),
         };
         runner = local;
       }
@@ -300,6 +354,8 @@ export class Engine {
         runner,
         shape,
         o.maxQueue ?? Infinity,
+        o.overlapDecode ?? true,
+        o.decodeSteps === "auto",
       );
       if (owned) engine.#ownsModel = true;
       return engine;
@@ -388,6 +444,57 @@ export class Engine {
       ignoreEos: true,
     }, false).job.result;
     if (res.finishReason === "error") throw new Error(`warm-up failed: ${res.error}`);
+    if (this.#autoSteps) await this.#chooseSteps();
+  }
+
+  /** Tokens per readback the scheduler asks for now (`decodeSteps`, or what auto chose). */
+  get stepsPerReadback(): number {
+    return this.#scheduler.stepsPerReadback;
+  }
+
+  /**
+   * `--decode-steps auto`: times one sequence's decode of 1 and of `cap` steps per readback
+   * (fastest of 2 each, no overlap) on a scratch slot, solves ms = readbackWait + steps * step,
+   * and picks the fewest steps whose GPU time covers twice the wait when decode is overlapped
+   * (the queued steps must outlast the readback), or keeps the wait under 10% of a readback's
+   * time when it is not. Streamed chunks stay as small as that allows.
+   */
+  async #chooseSteps(): Promise<void> {
+    const cap = this.limits.decodeSteps;
+    const positions = 1 + 2 * (1 + cap);
+    const cache = this.#cache;
+    if (cap < 2 || positions > this.limits.context) return;
+    if (this.layout.pagesFor(positions) > cache.freePages) return;
+    const seq = cache.open();
+    if (!seq) return;
+    try {
+      this.#chainable = false;
+      const bos = Math.max(0, this.config.bosId);
+      let token = (await this.#runner.prefill(this.#allocate(seq, 1), [bos], GREEDY)).token;
+      const time = async (steps: number) => {
+        const t0 = performance.now();
+        const out = await this.#runner.decode(
+          [{ seq: this.#allocate(seq, steps), token, sampling: GREEDY }],
+          steps,
+        );
+        token = out.tokens[0][steps - 1];
+        return performance.now() - t0;
+      };
+      let one = Infinity;
+      let many = Infinity;
+      for (let r = 0; r < 2; r++) {
+        one = Math.min(one, await time(1));
+        many = Math.min(many, await time(cap));
+      }
+      const stepMs = Math.max(1e-3, (many - one) / (cap - 1));
+      const waitMs = Math.max(0, one - stepMs);
+      const need = this.#overlap ? 2 * waitMs / stepMs : 9 * waitMs / stepMs;
+      const steps = Math.max(1, Math.min(cap, Math.ceil(need)));
+      this.#scheduler.stepsPerReadback = steps;
+      this.stepTiming = { stepMs, readbackWaitMs: waitMs, steps };
+    } finally {
+      cache.close(seq);
+    }
   }
 
   /**
@@ -411,6 +518,7 @@ export class Engine {
       );
     }
     try {
+      this.#chainable = false;
       return await this.#runner.evaluate(this.#allocate(seq, promptIds.length), promptIds, rows);
     } finally {
       cache.close(seq);
@@ -454,6 +562,7 @@ export class Engine {
       );
     }
     try {
+      this.#chainable = false;
       return await this.#runner.evaluateLogprobs(this.#allocate(seq, n), promptIds, topK);
     } finally {
       cache.close(seq);
@@ -496,6 +605,7 @@ export class Engine {
         ring_bytes: g.ringBytes,
         retrieval_kv_heads: g.retrievalHeads,
         streaming_kv_heads: g.streamingHeads,
+        compensated_kv_heads: g.headsOf("compensated"),
         full_token_bytes: g.tokenBytes(c.nLayers * c.nKvHeads),
       },
       plan: {
@@ -503,6 +613,7 @@ export class Engine {
         source: this.planSource,
         sink: plan.sink,
         recent: plan.recent,
+        compensation: plan.compensation ?? false,
         layers_by_kind: {
           retrieval: count("retrieval"),
           streaming: count("streaming"),
@@ -618,6 +729,11 @@ export class Engine {
       this.#dropCancelled();
       this.#admit();
       if (this.running === 0) {
+        // Sequences that finished with steps in flight hold their pages until those are read.
+        if (this.#pending) {
+          await this.#decodeStep();
+          continue;
+        }
         if (this.waiting > 0) continue;
         for (const r of this.#idle.splice(0)) r();
         if (this.#closed) break;
@@ -630,10 +746,14 @@ export class Engine {
       // Prefill pieces that sample nothing never wait for the GPU: let HTTP handlers run.
       if (!sampled && !decoded) await new Promise((r) => setTimeout(r, 0));
     }
+    while (this.#pending) await this.#decodeStep();
   }
 
   #dropCancelled(): void {
-    for (const r of this.#runningStates()) if (r.cancelled) this.#finishCancelled(r);
+    // One with steps in flight ends when they are read back, its pages free at once then.
+    for (const r of this.#runningStates()) {
+      if (r.cancelled && r.inFlight === 0) this.#finishCancelled(r);
+    }
   }
 
   #finishCancelled(r: RequestState): void {
@@ -707,6 +827,7 @@ export class Engine {
         const at = this.#allocate(seq, tokens.length);
         // A penalised sampler's token counts start from the whole prompt (prefix-cache hits
         // included), at the prefill that samples.
+        this.#chainable = false;
         first = await this.#runner.prefill(at, tokens, r.sampling, {
           sample: work.last,
           ...(work.last && penalised(r.sampling) ? { prompt: r.job.request.promptIds } : {}),
@@ -738,34 +859,88 @@ export class Engine {
     return sampled;
   }
 
-  /** One batched decode for every decoding sequence; false when there were none. */
+  /**
+   * One batched decode for every decoding sequence; false when there were none. Overlapped: the
+   * decode after this one is submitted before this one's readback is awaited, when it can
+   * continue it on the GPU (the same rows, each needing tokens beyond those in flight, no other
+   * forward in between); the readback of a decode submitted ahead is awaited in the next call,
+   * after queueing the next again. New prompts join when the chain breaks.
+   */
   async #decodeStep(): Promise<boolean> {
-    const work = this.#scheduler.decode(this.#decoding);
-    if (!work) return false;
+    let current = this.#pending;
+    this.#pending = null;
+    if (!current) {
+      const work = this.#scheduler.decode(this.#decoding);
+      if (!work) return false;
+      current = this.#submitDecode(work, false);
+    }
+    // The readback is asked for before the next steps are queued: Deno's mapAsync call returns
+    // once the GPU has finished all work queued so far and its promise settles ~10 ms later, so
+    // steps queued after the call keep the GPU busy through that wait (queued before it, they
+    // would be waited for too).
+    const readback = this.#runner.collectDecode();
+    readback.catch(() => {}); // awaited in #collectDecode
+    if (this.#overlap && this.#chainable) {
+      const next = this.#scheduler.decodeAhead(this.#decoding, current.batch, current.steps);
+      if (next) this.#pending = this.#submitDecode(next, true);
+    }
+    await this.#collectDecode(current, readback);
+    return true;
+  }
+
+  /** Allocates the positions of a decode and queues it on the runner (no readback). */
+  #submitDecode(work: DecodeWork<RequestState>, chained: boolean): PendingDecode {
     const { batch, steps } = work;
-    let out;
+    let submitted: Promise<void>;
     try {
       const rows = batch.map((r) => ({
         seq: this.#allocate(r.seq!, steps),
-        token: r.lastToken,
+        // A chained decode's first tokens are on the GPU (the previous decode's last samples).
+        token: chained ? 0 : r.lastToken,
         sampling: r.sampling,
       }));
-      out = await this.#runner.decode(rows, steps);
+      submitted = this.#runner.submitDecode(rows, steps, { chained });
     } catch (e) {
+      submitted = Promise.reject(e);
+    }
+    for (const r of batch) r.inFlight++;
+    this.#chainable = true;
+    return { batch, steps, chained, submitted };
+  }
+
+  /** Applies a submitted decode's tokens once read back (a finished request's are dropped). */
+  async #collectDecode(p: PendingDecode, readback: Promise<Decoded>): Promise<void> {
+    const { batch } = p;
+    let out;
+    try {
+      // A decode that could not be queued reports why, not the empty readback.
+      await p.submitted;
+      out = await readback;
+    } catch (e) {
+      this.#chainable = false;
       for (const r of batch) this.#finish(r, "error", e);
-      return true;
+      return;
+    } finally {
+      for (const r of batch) {
+        r.inFlight--;
+        if (r.inFlight === 0 && r.releaseDeferred && out === undefined) this.#release(r, false);
+      }
     }
     const metered = batch.filter((r) => r.metered).length;
     if (metered > 0) {
       this.metrics.decodeCalls++;
       this.metrics.decodeRows += metered;
+      if (p.chained) this.metrics.decodeOverlapped++;
     }
     batch.forEach((r, i) => {
       r.sampled.push(...out.tokens[i]);
+      if (r.inFlight === 0 && r.releaseDeferred) this.#release(r, true);
+      if (r.cancelled && r.inFlight === 0) this.#finishCancelled(r);
       if (r.cancelled || r.phase === "done") return;
-      this.#applyTokens(r, out.tokens[i], out.logprobs[i], out.top?.[i]);
+      // Rows that asked none get no top lists, whichever batch carried them.
+      const top = (r.sampling.topLogprobs ?? 0) > 0 ? out.top?.[i] : undefined;
+      this.#applyTokens(r, out.tokens[i], out.logprobs[i], top);
     });
-    return true;
   }
 
   /**
@@ -807,6 +982,20 @@ export class Engine {
     }
   }
 
+  /** Returns a finished request's pages to the pool, first caching them when `reusable`. */
+  #release(r: RequestState, reusable: boolean): void {
+    const seq = r.seq;
+    if (!seq || r.released) return;
+    r.released = true;
+    r.releaseDeferred = false;
+    if (this.#cache.prefix && r.metered && reusable && r.reusable) {
+      r.chain.extend(r.fedTokens(seq.tokens));
+      this.#cache.cachePages(seq, r.chain.hashes);
+      this.#snapshot(r);
+    }
+    this.#cache.close(seq);
+  }
+
   #finish(
     r: RequestState,
     reason: FinishReason,
@@ -820,12 +1009,11 @@ export class Engine {
       cache = this.#cache.footprint(r.seq);
       // What it wrote stays reusable: a multi-turn chat resumes from the previous turn. A
       // failed request's cache is not trusted.
-      if (this.#cache.prefix && r.metered && reason !== "error" && reason !== "abort") {
-        r.chain.extend(r.fedTokens(r.seq.tokens));
-        this.#cache.cachePages(r.seq, r.chain.hashes);
-        this.#snapshot(r);
-      }
-      this.#cache.close(r.seq);
+      const reusable = reason !== "error" && reason !== "abort";
+      if (r.inFlight > 0) {
+        r.releaseDeferred = true;
+        r.reusable = reusable;
+      } else this.#release(r, reusable);
     }
     for (const list of [this.#prefilling, this.#decoding]) {
       const i = list.indexOf(r);

@@ -50,6 +50,8 @@ export class EngineMetrics {
   /** Decode readbacks (one `runner.decode` call each) and the sequences they carried. */
   decodeCalls = 0;
   decodeRows = 0;
+  /** Of those, decodes queued behind one in flight (overlapped decode: the GPU did not wait). */
+  decodeOverlapped = 0;
   /** Prompt tokens looked up in the prefix cache, and those found (vLLM's prefix_cache_queries
    * and prefix_cache_hits, in tokens). */
   prefixCacheQueries = 0;

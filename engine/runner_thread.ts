@@ -3,8 +3,8 @@
 // timer gap on the same thread, 6-9 ms with the device in a worker), so a server whose GPU lives
 // on its HTTP thread answers nobody, /health included, while a readback is pending. The engine
 // keeps its scheduler, cache manager, jobs and metrics on the calling thread and sends the
-// runner's few calls (prefill, decode, evaluate, evaluateLogprobs, copyRing, destroy) here as
-// messages; the worker owns the device, the weights and the KV buffers.
+// runner's few calls (prefill, decode, submitDecode, collectDecode, evaluate, evaluateLogprobs,
+// copyRing, destroy) here as messages; the worker owns the device, the weights and the KV buffers.
 //
 // This one module is both sides: imported, it exports RunnerThread; started as a worker, it
 // builds the runner and answers calls.
@@ -28,6 +28,11 @@ export interface EngineRunner {
     opts?: { sample?: boolean; prompt?: readonly number[] },
   ): Promise<Sampled>;
   decode(batch: DecodeRow[], steps: number): Promise<Decoded>;
+  /** Queues a decode without waiting for it (ModelRunner.submitDecode: `chained` continues the
+   * previous decode's rows from the tokens it sampled last, on the GPU). */
+  submitDecode(batch: DecodeRow[], steps: number, opts?: { chained?: boolean }): Promise<void>;
+  /** Reads back the oldest decode queued by submitDecode. */
+  collectDecode(): Promise<Decoded>;
   evaluate(
     seq: SeqCache,
     tokens: number[],
@@ -59,6 +64,8 @@ export interface RunnerReady {
 type Call =
   | { op: "prefill"; args: Parameters<EngineRunner["prefill"]> }
   | { op: "decode"; args: Parameters<EngineRunner["decode"]> }
+  | { op: "submitDecode"; args: Parameters<EngineRunner["submitDecode"]> }
+  | { op: "collectDecode"; args: [] }
   | { op: "evaluate"; args: Parameters<EngineRunner["evaluate"]> }
   | { op: "evaluateLogprobs"; args: Parameters<EngineRunner["evaluateLogprobs"]> }
   | { op: "copyRing"; args: Parameters<EngineRunner["copyRing"]> };
@@ -153,6 +160,14 @@ export class RunnerThread implements EngineRunner {
     return this.#call<Decoded>({ op: "decode", args });
   }
 
+  submitDecode(...args: Parameters<EngineRunner["submitDecode"]>) {
+    return this.#call<void>({ op: "submitDecode", args });
+  }
+
+  collectDecode() {
+    return this.#call<Decoded>({ op: "collectDecode", args: [] });
+  }
+
   evaluate(...args: Parameters<EngineRunner["evaluate"]>) {
     return this.#call<{ hidden: Float32Array[]; logits: Float32Array[] }>({
       op: "evaluate",
@@ -222,10 +237,21 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
   const run = async (id: number, call: Call) => {
     try {
       const r = runner!;
+      if (call.op === "collectDecode") {
+        // Only the mapAsync call holds the queue (it returns once the GPU is done); the next
+        // call (a decode queued ahead) runs during the ~10 ms until its promise settles.
+        r.collectDecode().then(
+          (value) => scope.postMessage({ kind: "result", id, value }),
+          (e) => scope.postMessage({ kind: "error", id, error: sendable(e) }),
+        );
+        return;
+      }
       const value = call.op === "prefill"
         ? await r.prefill(...call.args)
         : call.op === "decode"
         ? await r.decode(...call.args)
+        : call.op === "submitDecode"
+        ? await r.submitDecode(...call.args)
         : call.op === "copyRing"
         ? await r.copyRing(...call.args)
         : call.op === "evaluateLogprobs"

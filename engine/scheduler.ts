@@ -11,7 +11,8 @@
 // Prefill: up to `prefillBudget` prompt tokens per iteration, oldest first, so a long prompt is
 // spread over several iterations and running sequences keep decoding in between.
 // Decode: every running sequence together, `decodeSteps` tokens per readback (fewer when every
-// sequence needs fewer, or the context ends).
+// sequence needs fewer, or the context ends); with overlap, the next decode of the same rows is
+// queued behind the one in flight (decodeAhead).
 
 import type { CacheLayout } from "../cache/layout.ts";
 import { RequestTooLargeError } from "./request.ts";
@@ -125,7 +126,13 @@ export class EngineLimits {
 }
 
 export class Scheduler {
-  constructor(readonly limits: EngineLimits) {}
+  /** Tokens per readback asked for, at most limits.decodeSteps (`--decode-steps auto` lowers
+   * it; admission still reserves a readback of limits.decodeSteps). */
+  stepsPerReadback: number;
+
+  constructor(readonly limits: EngineLimits) {
+    this.stepsPerReadback = limits.decodeSteps;
+  }
 
   /** Pages running requests may still claim beyond what they hold. */
   reservedPages(running: readonly RequestView[]): number {
@@ -184,12 +191,38 @@ export class Scheduler {
   decode<R extends RequestView>(decoding: readonly R[]): DecodeWork<R> | null {
     const batch = decoding.filter((r) => !r.cancelled);
     if (batch.length === 0) return null;
-    let steps = this.limits.decodeSteps;
+    let steps = this.stepsPerReadback;
     let most = 0;
     for (const r of batch) {
       most = Math.max(most, r.maxTokens - r.generated);
       steps = Math.min(steps, this.limits.context - r.cachedTokens);
     }
     return { batch, steps: Math.max(1, Math.min(steps, most)) };
+  }
+
+  /**
+   * The decode to queue behind one in flight (`batch`, `inFlight` steps each) before its tokens
+   * are known: the same rows, when every one of them is still decoding and needs tokens beyond
+   * those in flight; else null (the chain breaks: new prompts join, finished rows leave).
+   * Overshoot stays as without overlap: a row needing fewer than `steps` more runs at most
+   * decodeSteps - 1 extra positions.
+   */
+  decodeAhead<R extends RequestView>(
+    decoding: readonly R[],
+    batch: readonly R[],
+    inFlight: number,
+  ): DecodeWork<R> | null {
+    const live = decoding.filter((r) => !r.cancelled);
+    if (live.length !== batch.length || live.some((r, i) => r !== batch[i])) return null;
+    let steps = this.stepsPerReadback;
+    let most = 0;
+    for (const r of batch) {
+      const left = r.maxTokens - r.generated - inFlight;
+      if (left <= 0) return null;
+      most = Math.max(most, left);
+      steps = Math.min(steps, this.limits.context - r.cachedTokens);
+    }
+    if (steps < 1) return null;
+    return { batch: [...batch], steps: Math.min(steps, most) };
   }
 }

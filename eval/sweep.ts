@@ -3,7 +3,8 @@
 //
 //   deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor]
 //     [--budgets 0.125,0.25,0.375,0.5] [--random-seeds 3] [--lengths 512,1024] [--samples 2]
-//     [--keys 4] [--sink 16 --recent 64] [--precision f16|f32] [--out DIR]
+//     [--keys 4] [--sink 16 --recent 64] [--compensation off|on|both] [--precision f16|f32]
+//     [--out DIR]
 //
 // 1. Identification: each method runs once in duo form (identify/identify.ts), which scores every
 //    KV head and every layer; the plans of every budget are those scores re-thresholded
@@ -11,10 +12,13 @@
 //    cut at several sizes. (Ablate's zigzag swap refinement is not rerun per budget.)
 // 2. Baselines: random layers (zigzag, `--random-seeds` seeds per budget), the complement of
 //    every method's 50% plans (its retrieval and streaming units swapped), full and streaming.
+//    `--compensation both` adds every method's and the streaming plan with RazorAttention's
+//    compensation token on their streaming heads (lines "... +comp"); `on` evaluates only those.
 // 3. Every distinct plan is evaluated (eval/eval.ts: the multi-key task and held-out text, same
 //    lengths, seeds and windows), and placed at its KV bytes: the closed form
 //    (retrieval units x L + streaming units x min(L, sink + recent)) / (all units x L) at the
-//    longest length L, the fraction of full attention's cache.
+//    longest length L, the fraction of full attention's cache (a compensated streaming unit
+//    counts its sums as the positions of as many bytes).
 // Writes sweep.json, sweep.md, sweep-accuracy.svg, sweep-text.svg and the plans (plans/*.json).
 
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
@@ -23,6 +27,8 @@ import { identify, type IdentifyMethod, METHODS } from "../identify/identify.ts"
 import { mulberry32 } from "../model/random.ts";
 import { loadModel } from "../model/load.ts";
 import type { LoadedModel } from "../model/types.ts";
+import { kvEntryBytes } from "../cache/layout.ts";
+import { CompensatedRing } from "../cache/kinds.ts";
 import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "../plans/duo_import.ts";
 import type { PlanInput } from "../plans/schema.ts";
 import { lineChart, type Series } from "../util/svg.ts";
@@ -42,6 +48,8 @@ export interface SweepPoint {
   form: "zigzag" | "duo" | "full" | "streaming";
   budget: number;
   seed?: number;
+  /** Streaming heads keep the compensation token. */
+  compensation?: boolean;
   /** The plan file evaluated (under the output folder), or "full" / "streaming". */
   plan: string;
   retrieval_units: number;
@@ -67,10 +75,15 @@ export interface SweepResult {
   keys: number;
   sink: number;
   recent: number;
+  compensation: CompensationChoice;
   identification: { method: IdentifyMethod; wall_s: number; forward_tokens: number }[];
   points: SweepPoint[];
   elapsed_s: number;
 }
+
+/** Which plans the sweep evaluates: plain streaming heads, compensated ones, or both. */
+export type CompensationChoice = "off" | "on" | "both";
+export const COMPENSATION_CHOICES: readonly CompensationChoice[] = ["off", "on", "both"];
 
 export interface SweepOptions {
   model: LoadedModel;
@@ -83,6 +96,8 @@ export interface SweepOptions {
   keys: number;
   sink: number;
   recent: number;
+  /** Default "off". */
+  compensation?: CompensationChoice;
   seed: number;
   precision?: "f16" | "f32";
   out: string;
@@ -125,12 +140,18 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const units = c.nLayers * c.nKvHeads;
   const L = Math.max(...o.lengths);
   const window = o.sink + o.recent;
+  const choice = o.compensation ?? "off";
+  const variants = choice === "both" ? [false, true] : [choice === "on"];
+  // A compensated unit's sums, in positions of K and V entries (the KV cache in the precision).
+  const compPositions = new CompensatedRing(o.sink, o.recent).stateWords(c.headDim) * 4 /
+    (2 * kvEntryBytes(precision, c.headDim));
+  const suffix = (comp: boolean) => comp ? " +comp" : "";
   await Deno.mkdir(`${o.out}/plans`, { recursive: true });
 
   // Plans by their content, so that equal plans are evaluated once.
   const files = new Map<string, string>();
   const planFile = async (name: string, p: PlanInput): Promise<string> => {
-    const key = JSON.stringify([p.mode, p.layers, p.heads]);
+    const key = JSON.stringify([p.mode, p.layers, p.heads, p.compensation ?? false]);
     const known = files.get(key);
     if (known) return known;
     const path = `${o.out}/plans/${name}.json`;
@@ -143,25 +164,27 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     method: `eval-sweep: ${method}`,
     budget,
   });
-  const zigzag = (layers: number[], method: string, budget: number): PlanInput => ({
+  const zigzag = (layers: number[], method: string, budget: number, comp = false): PlanInput => ({
     version: 1,
     model,
     mode: "zigzag",
     provenance: provenance(method, budget),
     sink: o.sink,
     recent: o.recent,
+    ...(comp ? { compensation: true } : {}),
     layers: Array.from(
       { length: c.nLayers },
       (_, l) => layers.includes(l) ? "retrieval" : "streaming",
     ),
   });
-  const duo = (sel: boolean[][], method: string, budget: number): PlanInput => ({
+  const duo = (sel: boolean[][], method: string, budget: number, comp = false): PlanInput => ({
     version: 1,
     model,
     mode: "duo",
     provenance: provenance(method, budget),
     sink: o.sink,
     recent: o.recent,
+    ...(comp ? { compensation: true } : {}),
     heads: sel.map((row) => row.map((r) => (r ? "retrieval" : "streaming"))),
   });
 
@@ -183,15 +206,26 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       plan: "full",
       retrieval_units: units,
     },
-    {
-      series: "streaming",
+  ];
+  for (const comp of variants) {
+    pending.push({
+      series: `streaming${suffix(comp)}`,
       method: "streaming",
       form: "streaming",
       budget: 0,
-      plan: "streaming",
+      ...(comp ? { compensation: true } : {}),
+      plan: !comp ? "streaming" : await planFile("streaming-comp", {
+        version: 1,
+        model,
+        mode: "streaming",
+        provenance: provenance("streaming", 0),
+        sink: o.sink,
+        recent: o.recent,
+        compensation: true,
+      }),
       retrieval_units: 0,
-    },
-  ];
+    });
+  }
   const identification: SweepResult["identification"] = [];
   for (const method of o.methods) {
     const bar = o.quiet ? null : progress(`identify ${method}`);
@@ -217,25 +251,31 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     const heads = r.plan.scores?.kv_heads;
     const layers = r.plan.scores?.layers;
     if (!heads || !layers) throw new Error(`identify ${method}: no head and layer scores`);
-    for (const b of o.budgets) {
-      const chosen = selectZigzagLayers(layers, b);
-      pending.push({
-        series: `${method} zigzag`,
-        method,
-        form: "zigzag",
-        budget: b,
-        plan: await planFile(`${method}-zigzag-${b}`, zigzag(chosen, method, b)),
-        retrieval_units: chosen.length * c.nKvHeads,
-      });
-      const sel = selectDuoHeads(heads, b);
-      pending.push({
-        series: `${method} duo`,
-        method,
-        form: "duo",
-        budget: b,
-        plan: await planFile(`${method}-duo-${b}`, duo(sel, method, b)),
-        retrieval_units: sel.flat().filter(Boolean).length,
-      });
+    for (const comp of variants) {
+      const tag = comp ? "-comp" : "";
+      const flag = comp ? { compensation: true } : {};
+      for (const b of o.budgets) {
+        const chosen = selectZigzagLayers(layers, b);
+        pending.push({
+          series: `${method} zigzag${suffix(comp)}`,
+          method,
+          form: "zigzag",
+          budget: b,
+          ...flag,
+          plan: await planFile(`${method}-zigzag-${b}${tag}`, zigzag(chosen, method, b, comp)),
+          retrieval_units: chosen.length * c.nKvHeads,
+        });
+        const sel = selectDuoHeads(heads, b);
+        pending.push({
+          series: `${method} duo${suffix(comp)}`,
+          method,
+          form: "duo",
+          budget: b,
+          ...flag,
+          plan: await planFile(`${method}-duo-${b}${tag}`, duo(sel, method, b, comp)),
+          retrieval_units: sel.flat().filter(Boolean).length,
+        });
+      }
     }
     // The complement at 50%: what the method left out, at the same bytes.
     const half = selectZigzagLayers(layers, 0.5);
@@ -297,7 +337,12 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     return {
       ...p,
       units,
-      kv_fraction: kvFraction(p.retrieval_units, units, L, window),
+      kv_fraction: kvFraction(
+        p.retrieval_units,
+        units,
+        L,
+        window + (p.compensation ? compPositions : 0),
+      ),
       multikey: e.multikey!.overall,
       multikey_by_length: e.multikey!.by_length,
       nats_per_token: e.text!.nats_per_token,
@@ -317,6 +362,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     keys: o.keys,
     sink: o.sink,
     recent: o.recent,
+    compensation: choice,
     identification,
     points,
     elapsed_s: +((performance.now() - t0) / 1000).toFixed(1),
@@ -337,9 +383,30 @@ export function sweepSeries(r: SweepResult, y: (p: SweepPoint) => number): Serie
       name,
       points,
       dashed: name.includes("duo") || name.startsWith("random"),
-      color: ["#444444", "#1f77b4", "#1f77b4", "#d62728", "#d62728", "#2ca02c", "#2ca02c"][i],
+      // A method's zigzag and duo lines (and their +comp lines) share a color.
+      color: seriesColor(name, i),
     };
   });
+}
+
+const METHOD_COLORS: Record<string, string> = {
+  full: "#444444",
+  streaming: "#8c564b",
+  ablate: "#1f77b4",
+  "retrieval-score": "#d62728",
+  razor: "#2ca02c",
+  random: "#9467bd",
+  complement: "#7f7f7f",
+};
+
+/** A line's color by its method; "+comp" lines a lighter shade of it. */
+function seriesColor(name: string, i: number): string | undefined {
+  const base = METHOD_COLORS[name.split(" ")[0]];
+  if (!base) return ["#17becf", "#bcbd22", "#e377c2"][i % 3];
+  if (!name.endsWith("+comp")) return base;
+  // Half way to white.
+  const c = [1, 3, 5].map((k) => parseInt(base.slice(k, k + 2), 16));
+  return "#" + c.map((v) => Math.round((v + 255) / 2).toString(16).padStart(2, "0")).join("");
 }
 
 /** The Markdown table: every point, by line then bytes. */
@@ -347,7 +414,13 @@ export function sweepMarkdown(r: SweepResult): string {
   const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
   const L = [
     `Budget sweep on \`${r.model}\` (${r.adapter}, ${r.precision}; sink ${r.sink} + recent ` +
-    `${r.recent}; multi-key: ${r.keys} codes per document, ${r.samples} documents per length at ` +
+    `${r.recent}${
+      r.compensation === "off"
+        ? ""
+        : r.compensation === "on"
+        ? ", every streaming head compensated"
+        : "; +comp: streaming heads with the compensation token"
+    }; multi-key: ${r.keys} codes per document, ${r.samples} documents per length at ` +
     `${r.lengths.join(", ")} tokens; text: ${r.samples} held-out documents per length). KV ` +
     `bytes are the fraction of full attention's cache at ${Math.max(...r.lengths)} tokens.`,
     "",
@@ -399,6 +472,7 @@ async function main(): Promise<number> {
       "keys",
       "seed",
       "out",
+      "compensation",
       ...WINDOW_FLAGS,
       PRECISION_FLAG,
     ],
@@ -407,7 +481,8 @@ async function main(): Promise<number> {
     console.log(
       "usage: deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor] " +
         "[--budgets 0.125,0.25,0.375,0.5] [--random-seeds N] [--lengths 512,1024] [--samples N] " +
-        "[--keys N] [--seed S] [--sink N --recent N] [--precision f16|f32] [--out DIR]",
+        "[--keys N] [--seed S] [--sink N --recent N] [--compensation off|on|both] " +
+        "[--precision f16|f32] [--out DIR]",
     );
     return 0;
   }
@@ -437,6 +512,7 @@ async function main(): Promise<number> {
     seed: a.optionalNumber("seed", { integer: true, min: 0 }) ?? 1,
     sink: window.sink ?? 16,
     recent: window.recent ?? 64,
+    compensation: a.optionalChoice("compensation", COMPENSATION_CHOICES) ?? "off",
     precision: precisionFlag(a),
     out,
   });

@@ -4,6 +4,7 @@
 //   x = embed(tokens)
 //   for each layer:
 //     x += Wo · attention(rope(Wqkv · rmsnorm(x)))      over each cache part of the layer
+//                                                       (a compensated part's token folded first)
 //     x += Wdown · swiglu(Wgate_up · rmsnorm(x))
 //   logits = lm_head · rmsnorm(x)                        for the rows that need logits
 //   token = sample(logits)
@@ -38,6 +39,7 @@ import {
   type Groups,
   type Kernel,
 } from "./kernels/kernel.ts";
+import { compensationFold, compensationGroups } from "./kernels/compensation.ts";
 import { kvStore, kvStoreGroups } from "./kernels/kv_store.ts";
 import { matmul, type MatmulConstants, matmulEntry, matmulGroups } from "./kernels/matmul.ts";
 import { rmsnorm, rmsnormGroups } from "./kernels/rmsnorm.ts";
@@ -95,6 +97,10 @@ export interface Activations {
   bias: GpuTensor;
   /** [decode steps, maxBatch, MAX_TOP_LOGPROBS] (id, f32 bits) top log-probabilities. */
   top: GpuTensor;
+  /** [maxRows, nKvHeads, 2, headDim]: each row's compensation means for the attention of a
+   * compensated part (compensation.wgsl writes them, comp_mean.wgsl reads them); one word when
+   * no layer is compensated. */
+  compRows: GpuTensor;
   /** Bound where a kernel declares a binding its variant never reads (bias, norm). */
   unused: GpuTensor;
 }
@@ -193,6 +199,7 @@ class ForwardBuilder {
     const parts = this.s.kv.layers[l];
     let calls = 0;
     for (const part of parts) {
+      if (part.kind.compensated) d.push(...await this.#compensationFold(part));
       d.push(...await this.#attention(part, mode));
       calls++;
     }
@@ -290,6 +297,7 @@ class ForwardBuilder {
       out: a.attn,
       partials: a.partials,
       carry: a.carry,
+      compRows: a.compRows,
     });
     const nq = part.heads * group;
     const shards = part.shards.map((_, s) => s);
@@ -348,8 +356,34 @@ class ForwardBuilder {
     );
   }
 
+  /** The compensation token's means for each row of a compensated part, before its attention:
+   * one dispatch per shard. */
+  #compensationFold(part: KvPartBuffers): Promise<Dispatch[]> {
+    const c = this.#c;
+    const k = compensationFold({
+      HEAD_DIM: c.headDim,
+      N_HEADS: c.nHeads,
+      N_KV_HEADS: c.nKvHeads,
+      KV_HEAD_BASE: part.kvHeadBase,
+      CACHE_HEADS: part.heads,
+    }, this.#cachePart(part));
+    return Promise.all(
+      part.shards.map((_, s) =>
+        this.#dispatch(
+          k,
+          { ...this.#cacheBuffers(part, s), compRows: this.#a.compRows, compState: part.state! },
+          (f) => compensationGroups(f.rows, part.heads),
+        )
+      ),
+    );
+  }
+
   #cachePart(part: KvPartBuffers) {
-    return { layout: part.kind.layout, constants: this.s.kv.layout.constants(part.kind) };
+    return {
+      layout: part.kind.layout,
+      constants: this.s.kv.layout.constants(part.kind),
+      compensated: part.kind.compensated,
+    };
   }
 
   /** What the attention and KV-store kernels of a part read: the fused rows and one shard of

@@ -25,6 +25,9 @@ export interface KvShard {
 export interface KvPartBuffers extends CachePartLayout {
   /** In shard order: shard s holds units [s, s + 1) * unitsPerShard of the part's kind. */
   shards: KvShard[];
+  /** f32 [ring slots, heads, stateWords]: the kind's per-slot state (a compensated ring's
+   * sums), or null when the kind keeps none. */
+  state: GPUBuffer | null;
 }
 
 export class KvBuffers {
@@ -61,7 +64,11 @@ export class KvBuffers {
             device.createBuffer({ label: kvLabel(part, li, name, s), size, usage: STORAGE });
           return { k: mk("k"), v: mk("v"), index: this.#shardIndex[s] };
         });
-        return { ...part, shards };
+        const stateBytes = g.ringSlots * g.stateBytes(part.kind, part.heads);
+        const state = stateBytes > 0
+          ? device.createBuffer({ label: stateLabel(part, li), size: stateBytes, usage: STORAGE })
+          : null;
+        return { ...part, shards, state };
       })
     );
     this.pageTable = device.createBuffer({
@@ -70,7 +77,12 @@ export class KvBuffers {
       usage: STORAGE,
     });
     this.#rows = Array.from({ length: g.maxSeqs }, () => ({ seq: null, pages: 0 }));
-    const ringBytes = Math.max(0, ...this.#ringParts().map((p) => g.unitBytes(p.kind, p.heads)));
+    const ringBytes = Math.max(
+      0,
+      ...this.#ringParts().map((p) =>
+        Math.max(g.unitBytes(p.kind, p.heads), g.stateBytes(p.kind, p.heads))
+      ),
+    );
     this.#ringScratch = g.snapshotSlots > 0 && ringBytes > 0
       ? device.createBuffer({ label: "ring copy scratch", size: ringBytes, usage: STORAGE })
       : null;
@@ -100,6 +112,12 @@ export class KvBuffers {
       });
       const a = at(from);
       const b = at(to);
+      if (part.state) {
+        // The sums of the snapshot's own position (a compensated ring keeps no slack).
+        const sb = g.stateBytes(part.kind, part.heads);
+        enc.copyBufferToBuffer(part.state, from * sb, this.#ringScratch!, 0, sb);
+        enc.copyBufferToBuffer(this.#ringScratch!, 0, part.state, to * sb, sb);
+      }
       for (const kv of ["k", "v"] as const) {
         const src = part.shards[a.shard][kv];
         const dst = part.shards[b.shard][kv];
@@ -150,6 +168,7 @@ export class KvBuffers {
           s.k.destroy();
           s.v.destroy();
         }
+        p.state?.destroy();
       }
     }
     for (const b of this.#shardIndex) b.destroy();
@@ -160,6 +179,10 @@ export class KvBuffers {
 
 function kvLabel(part: CachePartLayout, layer: number, kv: string, shard: number): string {
   return `kv ${part.kind.name} ${kv} L${layer} shard ${shard}`;
+}
+
+function stateLabel(part: CachePartLayout, layer: number): string {
+  return `kv ${part.kind.name} state L${layer}`;
 }
 
 /** Every KV-cache buffer the layout allocates, each bound whole: one K and one V per shard of
@@ -174,6 +197,8 @@ export function kvBufferPlan(g: CacheLayout): PlannedBuffer[] {
           out.push({ name: kvLabel(part, li, kv, s), bytes, bound: true });
         }
       }
+      const state = g.ringSlots * g.stateBytes(part.kind, part.heads);
+      if (state > 0) out.push({ name: stateLabel(part, li), bytes: state, bound: true });
     }
   });
   out.push({ name: "page table", bytes: g.maxSeqs * g.maxPagesPerSeq * 4, bound: true });

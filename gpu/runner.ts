@@ -25,6 +25,7 @@ import {
 } from "./forward.ts";
 import { ATTENTION_GEOMETRY, CARRY_FLOATS, maxSplitsFor, splitsFor } from "./kernels/attention.ts";
 import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kernels/common.ts";
+import { compRowWords } from "./kernels/compensation.ts";
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
 
@@ -95,6 +96,16 @@ export interface Decoded {
   logits?: Float32Array[];
 }
 
+/** A submitted decode awaiting its readback: its staging buffer holds tokens [steps][maxBatch],
+ * then log-probs, then (when a row asked) top log-probs. */
+interface InFlightDecode {
+  staging: GPUBuffer;
+  rows: number;
+  steps: number;
+  /** Each row's top log-probs count. */
+  topK: number[];
+}
+
 /** One decode row: a sequence, its next input token and its sampler. */
 export interface DecodeRow {
   seq: SeqCache;
@@ -135,6 +146,11 @@ export class ModelRunner {
   #act!: Activations;
   #programs!: Programs;
   #busy: Promise<unknown> = Promise.resolve();
+  /** Decodes submitted whose tokens are not read back yet, oldest first (submitDecode). */
+  #inFlight: InFlightDecode[] = [];
+  /** The last forward submitted, when it was a decode: the rows (slots) and steps a chained
+   * decode continues from. */
+  #chainFrom: { slots: string; steps: number } | null = null;
 
   private constructor(
     readonly gpu: Gpu,
@@ -252,6 +268,7 @@ export class ModelRunner {
       counts: t([this.countsSlots, c.vocabSize], "sampler token counts", "u32"),
       bias: t([B, MAX_LOGIT_BIAS, 2], "logit bias", "u32"),
       top: t([S, B, MAX_TOP_LOGPROBS, 2], "top logprobs", "u32"),
+      compRows: t([Math.max(1, compRowsWords(c, this.opts))], "compensation rows"),
       unused: t([4], "unused binding"),
     };
   }
@@ -271,6 +288,8 @@ export class ModelRunner {
    * step counter restarts at 0), and the `Forward` uniform. Returns the forward's shape.
    */
   #stage(f: ForwardInputs): ForwardShape {
+    // Any forward overwrites the tokens a chained decode would continue from.
+    this.#chainFrom = null;
     let end = 0;
     for (const s of f.seqs) {
       this.kv.sync(s.seq, s.pos + f.reach);
@@ -527,60 +546,149 @@ export class ModelRunner {
   }
 
   /**
-   * Runs `steps` decode steps for a batch in one submission: step s feeds each sequence the
-   * token sampled at step s-1 (the given `token` at step 0). Returns tokens[seq][step].
-   * With `readLogits` (tests; steps must be 1) also returns each row's logits.
+   * Runs `steps` decode steps for a batch in one submission and reads their tokens back: step s
+   * feeds each sequence the token sampled at step s-1 (the given `token` at step 0). Returns
+   * tokens[seq][step]. With `readLogits` (tests; steps must be 1) also returns each row's logits.
+   * No other decode may be in flight (submitDecode / collectDecode).
    */
-  decode(
+  async decode(
     batch: DecodeRow[],
     steps: number,
     opts: { readLogits?: boolean } = {},
   ): Promise<Decoded> {
-    return this.#exclusive(async () => {
+    if (this.#inFlight.length > 0) {
+      throw new Error("decode() with decodes in flight: collect them first (collectDecode)");
+    }
+    await this.submitDecode(batch, steps);
+    const out = await this.collectDecode();
+    if (opts.readLogits) {
+      const V = this.config.vocabSize;
+      const B = batch.length;
+      const all = await this.#exclusive(async () =>
+        new Float32Array(
+          (await this.#read("decode", [{ buffer: this.#act.logits.buffer, bytes: B * V * 4 }]))[0],
+        )
+      );
+      out.logits = batch.map((_, i) => all.slice(i * V, (i + 1) * V));
+    }
+    return out;
+  }
+
+  /**
+   * Submits `steps` decode steps of a batch and copies their tokens (log-probs, top log-probs)
+   * to a staging buffer of their own, without waiting for them: `collectDecode` reads them back,
+   * oldest first. So the engine can queue the next steps before it waits on a readback (Deno's
+   * mapAsync costs >= 10 ms, the GPU stays busy meanwhile).
+   * `chained`: step 0 feeds each row the token the previous decode sampled last, copied on the
+   * GPU (the host does not know it yet; `token` is ignored); that decode must be the last
+   * forward submitted and have the same rows in the same order.
+   */
+  submitDecode(
+    batch: DecodeRow[],
+    steps: number,
+    opts: { chained?: boolean } = {},
+  ): Promise<void> {
+    return this.#exclusive(() => {
       const B = batch.length;
       if (B === 0 || B > this.opts.maxBatch) throw new RangeError(`decode batch of ${B}`);
       if (steps < 1 || steps > this.opts.maxDecodeSteps) throw new RangeError(`${steps} steps`);
       for (const b of batch) this.#checkCounts(b.seq, b.sampling);
+      const from = this.#chainFrom;
+      const slots = batch.map((b) => b.seq.slot).join(",");
+      if (opts.chained && from?.slots !== slots) {
+        throw new Error("a chained decode must follow a decode of the same rows");
+      }
       const shape = this.#stageDecode(batch, steps);
       const p = this.#programs;
-      this.#submit((pass) => {
-        for (let s = 0; s < steps; s++) {
-          this.#record(pass, [p.body.decode, p.head, p.sample, p.advance], shape);
-        }
-      });
+      const a = this.#act;
       const maxB = this.opts.maxBatch;
-      const wantTop = batch.some((b) => (b.sampling.topLogprobs ?? 0) > 0);
-      const [tokBuf, lpBuf, topBuf] = await this.#read("decode", [
-        { buffer: this.#act.sampled.buffer, bytes: steps * maxB * 4 },
-        { buffer: this.#act.logprobs.buffer, bytes: steps * maxB * 4 },
-        ...(wantTop
-          ? [{ buffer: this.#act.top.buffer, bytes: steps * maxB * MAX_TOP_LOGPROBS * 8 }]
+      const enc = this.device.createCommandEncoder();
+      if (opts.chained) {
+        // After the host's placeholder tokens (writeBuffer precedes this submission).
+        enc.copyBufferToBuffer(
+          a.sampled.buffer,
+          (from!.steps - 1) * maxB * 4,
+          a.tokens.buffer,
+          0,
+          B * 4,
+        );
+      }
+      const pass = enc.beginComputePass();
+      for (let s = 0; s < steps; s++) {
+        this.#record(pass, [p.body.decode, p.head, p.sample, p.advance], shape);
+      }
+      pass.end();
+      const topK = batch.map((b) => b.sampling.topLogprobs ?? 0);
+      const parts = [
+        { buffer: a.sampled.buffer, bytes: steps * maxB * 4 },
+        { buffer: a.logprobs.buffer, bytes: steps * maxB * 4 },
+        ...(topK.some((k) => k > 0)
+          ? [{ buffer: a.top.buffer, bytes: steps * maxB * MAX_TOP_LOGPROBS * 8 }]
           : []),
-      ]);
-      const tok = new Uint32Array(tokBuf);
-      const lp = new Float32Array(lpBuf);
-      const out: Decoded = {
-        tokens: batch.map((_, i) => Array.from({ length: steps }, (_, s) => tok[s * maxB + i])),
-        logprobs: batch.map((_, i) => Array.from({ length: steps }, (_, s) => lp[s * maxB + i])),
-      };
-      if (topBuf) {
-        const top = new Uint32Array(topBuf);
-        out.top = batch.map((b, i) =>
-          Array.from(
-            { length: steps },
-            (_, s) => topOf(top, maxB, s, i, b.sampling.topLogprobs ?? 0),
-          )
-        );
+      ];
+      const staging = this.device.createBuffer({
+        label: "decode readback",
+        size: parts.reduce((n, q) => n + q.bytes, 0),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      let offset = 0;
+      for (const q of parts) {
+        enc.copyBufferToBuffer(q.buffer, 0, staging, offset, q.bytes);
+        offset += q.bytes;
       }
-      if (opts.readLogits) {
-        const V = this.config.vocabSize;
-        const all = new Float32Array(
-          (await this.#read("decode", [{ buffer: this.#act.logits.buffer, bytes: B * V * 4 }]))[0],
-        );
-        out.logits = batch.map((_, i) => all.slice(i * V, (i + 1) * V));
-      }
-      return out;
+      this.device.queue.submit([enc.finish()]);
+      this.#inFlight.push({ staging, rows: B, steps, topK });
+      this.#chainFrom = { slots, steps };
+      return Promise.resolve();
     });
+  }
+
+  /** Decodes submitted and not collected yet. */
+  get decodesInFlight(): number {
+    return this.#inFlight.length;
+  }
+
+  /**
+   * Waits for the oldest decode in flight and returns its tokens[seq][step] (and log-probs).
+   * The map is requested synchronously, within this call: in Deno 2.9 the mapAsync call itself
+   * returns once the GPU has finished all queued work, and its promise ~10 ms later, so work
+   * submitted right after this call overlaps that wait.
+   */
+  collectDecode(): Promise<Decoded> {
+    // In call order with submissions; the exclusive part ends once the map is requested.
+    const started = this.#exclusive(() => {
+      const f = this.#inFlight.shift();
+      if (!f) throw new Error("collectDecode() with no decode in flight");
+      return Promise.resolve({ f, mapped: f.staging.mapAsync(GPUMapMode.READ) });
+    });
+    return started.then(({ f, mapped }) => this.#readDecode(f, mapped));
+  }
+
+  async #readDecode(f: InFlightDecode, mapped: Promise<void>): Promise<Decoded> {
+    const { steps, topK } = f;
+    const maxB = this.opts.maxBatch;
+    try {
+      await mapped;
+      const all = f.staging.getMappedRange();
+      const n = steps * maxB;
+      const tok = new Uint32Array(all, 0, n).slice();
+      const lp = new Float32Array(all, n * 4, n).slice();
+      const out: Decoded = {
+        tokens: topK.map((_, i) => Array.from({ length: steps }, (_, s) => tok[s * maxB + i])),
+        logprobs: topK.map((_, i) => Array.from({ length: steps }, (_, s) => lp[s * maxB + i])),
+      };
+      if (topK.some((k) => k > 0)) {
+        const top = new Uint32Array(all, 2 * n * 4, n * MAX_TOP_LOGPROBS * 2).slice();
+        out.top = topK.map((k, i) =>
+          Array.from({ length: steps }, (_, s) => topOf(top, maxB, s, i, k))
+        );
+      }
+      f.staging.unmap();
+      this.gpu.validation.check("decode");
+      return out;
+    } finally {
+      f.staging.destroy();
+    }
   }
 
   /**
@@ -621,6 +729,13 @@ export class ModelRunner {
 }
 
 // ---- helpers -------------------------------------------------------------------------------
+
+/** f32 words of the rows' compensation means: [rows, KV heads, 2, head_dim] when some layer is
+ * compensated, else 0. */
+function compRowsWords(c: ModelConfig, opts: RunnerOptions): number {
+  if (!opts.layout.compensated) return 0;
+  return Math.max(opts.prefillChunk, opts.maxBatch) * c.nKvHeads * compRowWords(c.headDim);
+}
 
 /**
  * Every weight and activation buffer the runner binds whole, with its size (the KV cache's are
@@ -682,6 +797,11 @@ export function runnerBuffers(
       bound: true,
     },
     { name: "attention carry", bytes: rows * c.nHeads * CARRY_FLOATS * 4, bound: true },
+    {
+      name: `compensation rows (${rows} rows: lower the prefill chunk, --prefill-chunk or --chunk)`,
+      bytes: compRowsWords(c, opts) * 4,
+      bound: true,
+    },
     {
       name: `sampler logits (batch ${B}: lower --max-batch)`,
       bytes: B * c.vocabSize * 4,

@@ -10,6 +10,8 @@ export interface SinkRecentOptions {
   sink?: number;
   /** Recent tokens kept by streaming heads (default: the plan's, else 256). */
   recent?: number;
+  /** Streaming heads keep the compensation token (default: the plan's, else false). */
+  compensation?: boolean;
 }
 
 export type BuiltinPlanName = "full" | "streaming";
@@ -63,11 +65,16 @@ export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"):
       perLayer = plan.heads!;
       break;
   }
+  const compensation = plan.compensation ?? false;
+  const streamingKind: HeadKind = compensation ? "compensated" : "streaming";
   return {
     mode: plan.mode,
     sink: plan.sink,
     recent: plan.recent,
-    layers: perLayer.map((kinds) => layerAttention(kinds)),
+    ...(compensation ? { compensation } : {}),
+    layers: perLayer.map((kinds) =>
+      layerAttention(kinds.map((k) => k === "streaming" ? streamingKind : k))
+    ),
   };
 }
 
@@ -88,13 +95,14 @@ export function builtinPlan(
     mode: name,
     sink: opts.sink,
     recent: opts.recent,
+    compensation: opts.compensation,
     provenance: { method: "builtin", budget: name === "full" ? 1 : 0, source: "builtin" },
   }, `builtin plan "${name}"`);
 }
 
 /**
  * Resolves a `--plan` style argument: `full`, `streaming`, or a path to a plan JSON file.
- * `opts.sink` / `opts.recent`, when given, override the plan's values.
+ * `opts.sink` / `opts.recent` / `opts.compensation`, when given, override the plan's values.
  */
 export async function loadPlanArg(
   arg: string,
@@ -118,11 +126,12 @@ export async function loadPlanArg(
       throw e;
     }
     name = `plan ${arg}`;
-    if (opts.sink !== undefined || opts.recent !== undefined) {
+    if (opts.sink !== undefined || opts.recent !== undefined || opts.compensation !== undefined) {
       plan = parsePlan({
         ...plan,
         sink: opts.sink ?? plan.sink,
         recent: opts.recent ?? plan.recent,
+        compensation: opts.compensation ?? plan.compensation,
       }, arg);
     }
   }

@@ -10,6 +10,7 @@
 //   "mode": "zigzag",
 //   "layers": ["streaming", "retrieval", ...],          // num_layers entries
 //   "sink": 64, "recent": 256,
+//   "compensation": false,                               // optional: compensated streaming
 //   "provenance": { "method": "duo-import", "budget": 0.5, "source": "...", "criterion": "sum" },
 //   "scores": { "kv_heads": [[...], ...], "layers": [...] }
 // }
@@ -75,6 +76,9 @@ export const PlanSchema = z.object({
   sink: z.number().int().min(0).default(64),
   /** Recent tokens streaming heads keep (the current one included). */
   recent: z.number().int().min(1).default(256),
+  /** RazorAttention's compensation token: every streaming head also keeps the mean key and value
+   * of the tokens that have left its window (cache kind "compensated"). */
+  compensation: z.boolean().optional(),
   provenance: ProvenanceSchema,
   scores: ScoresSchema.optional(),
 }).strict().superRefine((plan, ctx) => {

@@ -6,8 +6,10 @@ export type PlanMode = "full" | "streaming" | "duo" | "zigzag";
 /** retrieval: every KV head full; streaming: every KV head sink+recent; mixed: a duo layer. */
 export type LayerKind = "retrieval" | "streaming" | "mixed";
 
-/** The cache a KV head keeps: the plan schema's head kinds (`HeadKindSchema`). */
-export type HeadKind = "retrieval" | "streaming";
+/** The cache a KV head keeps: the plan schema's head kinds (`HeadKindSchema`), and
+ * "compensated", a streaming head that also keeps RazorAttention's compensation token (a plan's
+ * `"compensation": true` makes every streaming head one). */
+export type HeadKind = "retrieval" | "streaming" | "compensated";
 
 export interface LayerAttentionPlan {
   kind: LayerKind;
@@ -15,7 +17,8 @@ export interface LayerAttentionPlan {
   kvHeadKinds: HeadKind[];
   /** KV head indices (ascending) that keep the full cache. */
   retrievalKvHeads: number[];
-  /** KV head indices (ascending) that keep only sink + recent tokens. */
+  /** KV head indices (ascending) that keep only sink + recent tokens (and, compensated ones,
+   * the compensation token). */
   streamingKvHeads: number[];
 }
 
@@ -25,6 +28,9 @@ export interface ResolvedPlan {
   sink: number;
   /** Most recent tokens kept by streaming heads, the current one included. */
   recent: number;
+  /** The streaming heads are "compensated": each keeps a compensation token too (what
+   * `kvHeadKinds` says; default false). */
+  compensation?: boolean;
   layers: LayerAttentionPlan[];
 }
 

@@ -104,6 +104,11 @@ export function metricsRoute(ctx: ServerContext): Hono {
         )
         .counter("zigzag_decode_rows_total", "Sequences carried by decode calls", m.decodeRows)
         .counter(
+          "zigzag_decode_overlapped_total",
+          "Decode calls queued behind one in flight, before its readback",
+          m.decodeOverlapped,
+        )
+        .counter(
           "zigzag_prefix_cache_queries_total",
           "Prompt tokens looked up in the prefix cache (vLLM's prefix_cache_queries)",
           m.prefixCacheQueries,

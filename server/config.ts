@@ -21,12 +21,15 @@ export interface ServerConfig {
   plan?: string;
   sink?: number;
   recent?: number;
+  /** The plan's streaming heads keep the compensation token (--compensation). */
+  compensation?: boolean;
   host: string;
   port: number;
   kvCacheMb?: number;
   maxBatch: number;
   maxQueue: number;
-  decodeSteps: number;
+  /** Tokens per readback, or "auto" (timed at warm-up). */
+  decodeSteps: number | "auto";
   prefillChunk?: number;
   maxModelLen?: number;
   apiKey?: string;
@@ -37,6 +40,9 @@ export interface ServerConfig {
   weights?: WeightChoice;
   /** Automatic prefix caching (default on; `--no-prefix-cache`, ZIGZAG_PREFIX_CACHE=0). */
   prefixCache?: boolean;
+  /** Queue the next decode steps before a readback is awaited (default on;
+   * `--no-overlap-decode`, ZIGZAG_OVERLAP_DECODE=0). */
+  overlapDecode?: boolean;
   /** A Jinja chat template file used instead of (or in the absence of) the tokenizer's. */
   chatTemplate?: string;
   /** Name the API reports for the model (default: the model directory's or repo's name). */
@@ -76,18 +82,25 @@ flags (environment variable in brackets; a flag wins):
   --tokenizer PATH      tokenizer, when it is not beside the model [ZIGZAG_TOKENIZER]
   --plan full|streaming|FILE   attention plan [ZIGZAG_PLAN] (default full)
   --sink N --recent N   override the plan's streaming window [ZIGZAG_SINK, ZIGZAG_RECENT]
+  --compensation        streaming heads also keep RazorAttention's compensation token (the mean
+                        key and value of the tokens past their window; turns the prefix cache
+                        off) [ZIGZAG_COMPENSATION=1] (default: the plan's "compensation")
   --host HOST           [ZIGZAG_HOST] (default 127.0.0.1)
   --port N              [PORT] (default 8000; 0 picks a free port)
   --kv-cache-mb N       KV-cache budget in MiB [ZIGZAG_KV_CACHE_MB] (default 256)
   --max-batch N         sequences decoded together, <= 64 [ZIGZAG_MAX_BATCH] (default 16)
   --max-queue N         requests waiting for a batch slot; more get 429 [ZIGZAG_MAX_QUEUE]
                         (default 256)
-  --decode-steps N      tokens per readback [ZIGZAG_DECODE_STEPS] (default 8)
+  --decode-steps N|auto tokens per readback [ZIGZAG_DECODE_STEPS] (default 8; auto: at most 8,
+                        the fewest whose GPU time covers a readback's wait, timed at warm-up)
   --prefill-chunk N     prompt tokens per prefill forward [ZIGZAG_PREFILL_CHUNK] (default 128)
   --max-model-len N     context served (default: the model's) [ZIGZAG_MAX_MODEL_LEN]
   --no-prefix-cache     recompute every prompt from token 0 (default: automatic prefix caching:
                         requests resume from the pages and ring snapshots of earlier ones)
                         [ZIGZAG_PREFIX_CACHE=0]
+  --no-overlap-decode   wait for each readback before queueing more decode steps (default:
+                        the next steps are queued first, so the GPU works through the wait;
+                        the same tokens either way) [ZIGZAG_OVERLAP_DECODE=0]
   --api-key KEY         require "Authorization: Bearer KEY" (or "X-Api-Key: KEY") on /v1/*,
                         /tokenize, /detokenize [ZIGZAG_API_KEY; prefer it: a flag is visible
                         to every local user in the process list]
@@ -186,7 +199,10 @@ export function parseServerConfig(
   const args = argv[0] === "--" ? argv.slice(1) : argv;
   let a;
   try {
-    a = parseArgs(args, { booleans: ["help", "no-prefix-cache"], values: VALUE_FLAGS });
+    a = parseArgs(args, {
+      booleans: ["help", "no-prefix-cache", "no-overlap-decode", "compensation"],
+      values: VALUE_FLAGS,
+    });
   } catch (e) {
     if (e instanceof CliError) throw new ConfigError("flags", undefined, e.message);
     throw e;
@@ -239,25 +255,39 @@ export function parseServerConfig(
       `must be one of ${WEIGHT_CHOICES.join(", ")}`,
     );
   }
-  let prefixCache = true;
-  if (a.boolean("no-prefix-cache")) {
-    prefixCache = false;
-    sources["prefix-cache"] = "--no-prefix-cache";
-  } else {
-    const v = env("ZIGZAG_PREFIX_CACHE");
-    if (v !== undefined && v !== "") {
-      sources["prefix-cache"] = "ZIGZAG_PREFIX_CACHE";
-      const on = ["1", "true", "on", "yes"].includes(v.toLowerCase());
-      const off = ["0", "false", "off", "no"].includes(v.toLowerCase());
-      if (!on && !off) {
-        throw new ConfigError("ZIGZAG_PREFIX_CACHE", v, "must be 1/0, true/false or on/off");
-      }
-      prefixCache = on;
+  /** A switch variable's value (1/0, true/false, on/off, yes/no), undefined when unset. */
+  const envSwitch = (name: string, variable: string): boolean | undefined => {
+    const v = env(variable);
+    if (v === undefined || v === "") return undefined;
+    sources[name] = variable;
+    const on = ["1", "true", "on", "yes"].includes(v.toLowerCase());
+    const off = ["0", "false", "off", "no"].includes(v.toLowerCase());
+    if (!on && !off) throw new ConfigError(variable, v, "must be 1/0, true/false or on/off");
+    return on;
+  };
+  /** An on-by-default switch: off by `--no-NAME` or VAR=0. */
+  const onUnless = (name: string, variable: string): boolean => {
+    if (a.boolean(`no-${name}`)) {
+      sources[name] = `--no-${name}`;
+      return false;
     }
-  }
+    return envSwitch(name, variable) ?? true;
+  };
+  /** A switch on by `--NAME` or VAR=1, else undefined (the default of what it overrides). */
+  const onIf = (name: string, variable: string): boolean | undefined => {
+    if (a.boolean(name)) {
+      sources[name] = `--${name}`;
+      return true;
+    }
+    return envSwitch(name, variable);
+  };
+  const prefixCache = onUnless("prefix-cache", "ZIGZAG_PREFIX_CACHE");
+  const overlapDecode = onUnless("overlap-decode", "ZIGZAG_OVERLAP_DECODE");
   const cfg: ServerConfig = {
     model,
     prefixCache,
+    overlapDecode,
+    compensation: onIf("compensation", "ZIGZAG_COMPENSATION"),
     tokenizer: str("tokenizer", "ZIGZAG_TOKENIZER"),
     plan: str("plan", "ZIGZAG_PLAN"),
     sink: num({ flag: "sink", env: "ZIGZAG_SINK", integer: true, min: 0 }),
@@ -268,8 +298,9 @@ export function parseServerConfig(
     maxBatch: num({ flag: "max-batch", env: "ZIGZAG_MAX_BATCH", integer: true, min: 1, max: 64 }) ??
       16,
     maxQueue: num({ flag: "max-queue", env: "ZIGZAG_MAX_QUEUE", integer: true, min: 0 }) ?? 256,
-    decodeSteps:
-      num({ flag: "decode-steps", env: "ZIGZAG_DECODE_STEPS", integer: true, min: 1, max: 64 }) ??
+    decodeSteps: str("decode-steps", "ZIGZAG_DECODE_STEPS")?.trim() === "auto"
+      ? "auto"
+      : num({ flag: "decode-steps", env: "ZIGZAG_DECODE_STEPS", integer: true, min: 1, max: 64 }) ??
         8,
     prefillChunk: num({
       flag: "prefill-chunk",

@@ -165,6 +165,7 @@ export class ServerContext {
         plan: cfg.plan,
         sink: cfg.sink,
         recent: cfg.recent,
+        compensation: cfg.compensation,
         kvCacheBytes: cfg.kvCacheMb === undefined ? undefined : cfg.kvCacheMb * (1 << 20),
         maxBatch: cfg.maxBatch,
         maxQueue: cfg.maxQueue,
@@ -172,6 +173,7 @@ export class ServerContext {
         decodeSteps: cfg.decodeSteps,
         maxModelLen: cfg.maxModelLen,
         prefixCache: cfg.prefixCache,
+        overlapDecode: cfg.overlapDecode,
         quiet: !Deno.stderr.isTerminal(),
         // The device on a thread of its own: a pending readback never holds up HTTP.
         gpuThread: true,
@@ -225,8 +227,17 @@ export class ServerContext {
         }` +
         ` on ${engine.adapterName}, KV cache ` +
         `${engine.layout.kvDtype}, ${engine.layout.numPages} pages of ${engine.layout.pageSize} tokens, max batch ` +
-        `${limits.maxBatch}, ${limits.decodeSteps} tokens per readback, prefix cache ` +
-        (engine.shape.prefixCache ? `on (${engine.layout.snapshotSlots} snapshot rings)` : "off") +
+        `${limits.maxBatch}, ${engine.stepsPerReadback} tokens per readback` +
+        (engine.stepTiming
+          ? ` (auto: ${engine.stepTiming.stepMs.toFixed(1)} ms per step, ` +
+            `${engine.stepTiming.readbackWaitMs.toFixed(1)} ms per readback)`
+          : "") +
+        `, prefix cache ` +
+        (engine.shape.prefixCache
+          ? `on (${engine.layout.snapshotSlots} snapshot rings)`
+          : engine.layout.compensated
+          ? "off (the plan's compensation tokens)"
+          : "off") +
         (this.chat ? `, chat template from ${this.chat.source}` : ""),
     );
     return engine;

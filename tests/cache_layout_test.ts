@@ -28,9 +28,10 @@ const plan: ResolvedPlan = {
 };
 
 Deno.test("cache kinds: what each keeps of a sequence", () => {
-  assert.deepEqual(KIND_NAMES, [R, S]);
+  assert.deepEqual(KIND_NAMES, [R, S, "compensated"]);
   assert.deepEqual(CACHE_KINDS.map((k) => k.make({ pageSize: 8, sink: 1, recent: 3 }).layout), [
     "paged",
+    "ring",
     "ring",
   ]);
   const pages = new RetrievalPages(8);
@@ -57,6 +58,13 @@ Deno.test("cache kinds: what each keeps of a sequence", () => {
     SLOTS_PER_SHARD: 3,
     CACHE_SHARDS: 2,
   });
+  assert.equal(ring.stateWords(128), 0);
+  // A compensated ring: the same ring, never slack, and 4 x head_dim words of sums per head.
+  const comp = CACHE_KINDS[2].make({ pageSize: 8, sink: 2, recent: 6, ringSlack: 5 });
+  assert.equal(comp.slotsPerSeq, 8);
+  assert.equal(comp.compensated, true);
+  assert.equal(comp.stateWords(128), 512);
+  assert.deepEqual(comp.constants(sizes), ring.constants(sizes));
 });
 
 Deno.test("cache geometry: parts per layer in cache order, and the byte formula", () => {
@@ -80,14 +88,16 @@ Deno.test("cache geometry: parts per layer in cache order, and the byte formula"
   assert.deepEqual(g.bytes(g.stateFor(20)), {
     retrieval: 24 * 6 * 32,
     streaming: 8 * 6 * 32,
+    compensated: 0,
     total: 32 * 6 * 32,
   });
   assert.deepEqual(g.usedBytes([20, 3]), {
     retrieval: (24 + 8) * 192,
     streaming: (8 + 3) * 192,
+    compensated: 0,
     total: 43 * 192,
   });
-  assert.deepEqual(g.usedBytes([]), { retrieval: 0, streaming: 0, total: 0 });
+  assert.deepEqual(g.usedBytes([]), { retrieval: 0, streaming: 0, compensated: 0, total: 0 });
   assert.equal(g.fullBytes(20), 20 * 12 * 32);
   // f32 doubles every byte.
   assert.equal(new CacheGeometry(config, plan, "f32", 8).bytes(g.stateFor(20)).total, 2 * 6144);
@@ -109,6 +119,7 @@ Deno.test("cache layout: a budget gives pages, rows, capacities and reserved byt
   assert.deepEqual(l.reservedBytes(), {
     retrieval: 64 * 192,
     streaming: 16 * 192,
+    compensated: 0,
     total: 80 * 192, // 15360: 1024 B of the budget is less than a page
   });
   // WebGPU's default limits by default: one shard of each kind at this size.

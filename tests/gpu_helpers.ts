@@ -151,25 +151,29 @@ export async function makeRunner(
   return new TestRunner(runner, new TestCache(layout));
 }
 
-/** A plan built directly in the resolved form: per layer either a kind or retrieval KV heads. */
+/** A plan built directly in the resolved form: per layer either a kind or retrieval KV heads;
+ * with `compensation` every streaming head is a compensated one. */
 export function plan(
   config: ModelConfig,
   mode: PlanMode,
   sink: number,
   recent: number,
   layers: ("retrieval" | "streaming" | number[])[] = [],
+  compensation = false,
 ): ResolvedPlan {
   const all = Array.from({ length: config.nKvHeads }, (_, i) => i);
+  const streaming = compensation ? "compensated" : "streaming";
   return {
     mode,
     sink,
     recent,
+    compensation,
     layers: Array.from({ length: config.nLayers }, (_, l) => {
       let spec: "retrieval" | "streaming" | number[] = layers[l] ??
         (mode === "streaming" ? "streaming" : "retrieval");
       if (mode === "full") spec = "retrieval";
       const ret: number[] = spec === "retrieval" ? all : spec === "streaming" ? [] : spec;
-      return layerAttention(all.map((h) => ret.includes(h) ? "retrieval" : "streaming"));
+      return layerAttention(all.map((h) => ret.includes(h) ? "retrieval" : streaming));
     }),
   };
 }

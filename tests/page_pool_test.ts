@@ -57,6 +57,17 @@ function filled(m: KvCacheManager, n: number): SeqCache {
 
 // ---- the page pool on its own ------------------------------------------------------------------
 
+/** The stats of a kind no layer uses. */
+const NO_HEADS = {
+  tokens: 0,
+  bytes_reserved: 0,
+  bytes_used: 0,
+  bytes_cached: 0,
+  pages_used: 0,
+  pages_free: 0,
+  pages_cached: 0,
+};
+
 Deno.test("page pool: pages are handed out low first, all or nothing", () => {
   const pool = new PagePool(5, 2);
   assert.equal(pool.freePages, 5);
@@ -326,6 +337,7 @@ Deno.test("stats: zigzag bytes by kind, reserved bytes and footprints by hand", 
       pages_free: 0,
       pages_cached: 0,
     },
+    compensated: NO_HEADS,
     total: {
       tokens: 117,
       bytes_reserved: 128 * 1024, // the whole budget: 13 pages + 3 rings of 8 KiB
@@ -343,11 +355,13 @@ Deno.test("stats: zigzag bytes by kind, reserved bytes and footprints by hand", 
   assert.deepEqual(want, {
     retrieval,
     streaming: streamingBytes,
+    compensated: 0,
     total: retrieval + streamingBytes,
   });
   assert.deepEqual(m.layout.reservedBytes(), {
     retrieval: 13 * 8192,
     streaming: 3 * 8192,
+    compensated: 0,
     total: 131072,
   });
   assert.deepEqual(m.footprint(seqs[0]), {
@@ -414,7 +428,12 @@ Deno.test("stats: duo layers mix kinds; bytes by hand", () => {
   assert.equal(st.full_attention_bytes, 45 * 8 * HEAD_TOKEN_F32);
   assert.equal(st.retrieval.tokens, 45);
   assert.equal(st.streaming.tokens, 21);
-  assert.deepEqual(g.usedBytes([40, 5]), { retrieval: 16384, streaming: 16128, total: 32512 });
+  assert.deepEqual(g.usedBytes([40, 5]), {
+    retrieval: 16384,
+    streaming: 16128,
+    compensated: 0,
+    total: 32512,
+  });
   assert.equal(m.footprint(a).bytes, 3 * 4096 + 16 * 6 * HEAD_TOKEN_F32);
   assert.equal(m.footprint(b).bytes, 4096 + 5 * 6 * HEAD_TOKEN_F32);
 });
@@ -441,7 +460,12 @@ Deno.test("stats: streaming-only plans use no pages and hold any length in rings
   assert.equal(st.streaming.tokens, 19);
   assert.equal(st.total.pages_used + st.total.pages_free, 0);
   assert.equal(st.full_attention_bytes, 1003 * 8 * HEAD_TOKEN_F32);
-  assert.deepEqual(g.usedBytes([1000, 3]), { retrieval: 0, streaming: 19456, total: 19456 });
+  assert.deepEqual(g.usedBytes([1000, 3]), {
+    retrieval: 0,
+    streaming: 19456,
+    compensated: 0,
+    total: 19456,
+  });
   assert.equal(m.footprint(a).bytes, 16384);
   assert.equal(m.footprint(b).bytes, 3 * 1024);
   m.close(a);
@@ -495,6 +519,7 @@ Deno.test("stats: SmolLM2-135M zigzag at 1000 tokens, by hand", () => {
   assert.deepEqual(layout.usedBytes([1000]), {
     retrieval: st.retrieval.bytes_used,
     streaming: st.streaming.bytes_used,
+    compensated: 0,
     total: st.total.bytes_used,
   });
 });

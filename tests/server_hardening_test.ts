@@ -85,21 +85,57 @@ Deno.test("--allowed-origins: parsed to browser Origin form, from flag or variab
   assert.match(USAGE, /X-Api-Key: KEY/);
 });
 
-Deno.test("--no-prefix-cache and ZIGZAG_PREFIX_CACHE: on by default, off by flag or variable", () => {
-  assert.equal(config([]).prefixCache, true);
-  assert.equal(config(["--no-prefix-cache"]).prefixCache, false);
-  assert.equal(config([], { ZIGZAG_PREFIX_CACHE: "0" }).prefixCache, false);
-  assert.equal(config([], { ZIGZAG_PREFIX_CACHE: "on" }).prefixCache, true);
-  assert.equal(config(["--no-prefix-cache"], { ZIGZAG_PREFIX_CACHE: "1" }).prefixCache, false);
+for (
+  const [name, variable, key] of [
+    ["prefix-cache", "ZIGZAG_PREFIX_CACHE", "prefixCache"],
+    ["overlap-decode", "ZIGZAG_OVERLAP_DECODE", "overlapDecode"],
+  ] as const
+) {
+  Deno.test(`--no-${name} and ${variable}: on by default, off by flag or variable`, () => {
+    const flag = `--no-${name}`;
+    assert.equal(config([])[key], true);
+    assert.equal(config([flag])[key], false);
+    assert.equal(config([], { [variable]: "0" })[key], false);
+    assert.equal(config([], { [variable]: "on" })[key], true);
+    assert.equal(config([flag], { [variable]: "1" })[key], false);
+    assert.throws(
+      () => config([], { [variable]: "maybe" }),
+      (e) => e instanceof ConfigError && e.line.startsWith(`zigzag: ${variable}=maybe: must be`),
+    );
+    assert.throws(
+      () => config([`${flag}=2`]),
+      (e) => e instanceof ConfigError && e.line.includes(`${flag} takes no value`),
+    );
+    assert.match(USAGE, new RegExp(`${flag} .*\\[${variable}=0\\]`, "s"));
+  });
+}
+
+Deno.test("--compensation and ZIGZAG_COMPENSATION: the plan's unless given", () => {
+  assert.equal(config([]).compensation, undefined);
+  assert.equal(config(["--compensation"]).compensation, true);
+  assert.equal(config([], { ZIGZAG_COMPENSATION: "1" }).compensation, true);
+  assert.equal(config([], { ZIGZAG_COMPENSATION: "off" }).compensation, false);
   assert.throws(
-    () => config([], { ZIGZAG_PREFIX_CACHE: "maybe" }),
-    (e) => e instanceof ConfigError && /^zigzag: ZIGZAG_PREFIX_CACHE=maybe: must be/.test(e.line),
+    () => config([], { ZIGZAG_COMPENSATION: "maybe" }),
+    (e) => e instanceof ConfigError && e.line.startsWith("zigzag: ZIGZAG_COMPENSATION=maybe"),
   );
   assert.throws(
-    () => config(["--no-prefix-cache=2"]),
-    (e) => e instanceof ConfigError && /--no-prefix-cache takes no value/.test(e.line),
+    () => config(["--compensation=yes"]),
+    (e) => e instanceof ConfigError && e.line.includes("--compensation takes no value"),
   );
-  assert.match(USAGE, /--no-prefix-cache .*\[ZIGZAG_PREFIX_CACHE=0\]/s);
+  assert.match(USAGE, /--compensation .*\[ZIGZAG_COMPENSATION=1\]/s);
+});
+
+Deno.test("--decode-steps: a count or auto", () => {
+  assert.equal(config([]).decodeSteps, 8);
+  assert.equal(config(["--decode-steps", "3"]).decodeSteps, 3);
+  assert.equal(config(["--decode-steps", "auto"]).decodeSteps, "auto");
+  assert.equal(config([], { ZIGZAG_DECODE_STEPS: "auto" }).decodeSteps, "auto");
+  assert.throws(
+    () => config(["--decode-steps", "fast"]),
+    (e) => e instanceof ConfigError && e.line.includes("--decode-steps"),
+  );
+  assert.match(USAGE, /--decode-steps N\|auto/);
 });
 
 Deno.test("--api-key on the command line: a start-up warning naming ZIGZAG_API_KEY", () => {

@@ -11,6 +11,12 @@
 // n * (SINK + RECENT), not n^2. Keys are stored after RoPE at their original positions and are
 // never re-rotated.
 //
+// Compensation (the compensation include: comp_none.wgsl, or comp_mean.wgsl for a "compensated"
+// ring): RazorAttention's compensation token, the mean key and value of the keys the window has
+// dropped, counted as many times as it stands for, is where each query's online softmax starts:
+// m = q.k_mean * SCALE + ln(count), l = 1, output = the mean value (prefill: at the slot's first
+// shard; decode: in split 0). Key tiles and the merge are unchanged.
+//
 // Shards: a part whose cache is split over CACHE_SHARDS buffer pairs is attended by one dispatch
 // per shard (`shard`), each over the keys its shard holds (`cache_shard`; the fresh keys belong
 // to the slot's last shard), skipping key tiles and blocks with none. The online-softmax state
@@ -136,7 +142,10 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let my_row = tid / 4u;
   let lane = tid % 4u;
   let out_base = (r0 + my_row) * N_HEADS * HEAD_DIM + h * HEAD_DIM;
-  // The state so far: empty at the slot's first shard, else what the previous shard left.
+  let ch = kvh - Q_HEAD_BASE / GROUP;
+  if (COMPENSATED) { workgroupBarrier(); } // the queries are in: the token's logits read them
+  // The state so far: empty at the slot's first shard (or the compensation token), else what
+  // the previous shard left.
   if (tid < BQ) {
     m_s[tid] = NEG;
     l_s[tid] = 0.0;
@@ -145,11 +154,23 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       m_s[tid] = carry[c];
       l_s[tid] = carry[c + 1u];
     }
+    if (COMPENSATED && first && tid < rq && comp_count(qa + tid) > 0u) {
+      var s = 0.0;
+      for (var d = 0u; d < HEAD_DIM; d += 4u) {
+        let q = tid * HEAD_DIM + d;
+        s += dot(vec4<f32>(q_s[q], q_s[q + 1u], q_s[q + 2u], q_s[q + 3u]), comp_k4(r0 + tid, ch, d));
+      }
+      m_s[tid] = s + log(f32(comp_count(qa + tid)));
+      l_s[tid] = 1.0;
+    }
   }
   var acc: array<f32, 32>;
   for (var m = 0u; m < 32u; m++) { acc[m] = 0.0; }
   if (!first && my_row < rq) {
     for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { acc[m] = out[out_base + m * 4u + lane]; }
+  }
+  if (COMPENSATED && first && my_row < rq && comp_count(qa + my_row) > 0u) {
+    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { acc[m] = comp_v(r0 + my_row, ch, m * 4u + lane); }
   }
 
   // Key ranges: [0, end_a) then [start_b, qb + 1), the layout's visible keys of the tile's rows
@@ -330,6 +351,28 @@ fn decode_start(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>
     for (var g = 0u; g < t.gn; g++) {
       let b = t.p0 + g * t.p_stride + 2u + col * 4u;
       (*acc)[g] = vec4<f32>(partials[b], partials[b + 1u], partials[b + 2u], partials[b + 3u]);
+    }
+  }
+  if (COMPENSATED) {
+    // Split 0 starts from the compensation token (subset 0's sums hold its value).
+    workgroupBarrier(); // the queries are in
+    let c = comp_count(t.row.pos);
+    let ch = t.kvh - Q_HEAD_BASE / GROUP;
+    if (t.first && t.v_begin == 0u && c > 0u) {
+      if (tid < t.gn) {
+        var s = 0.0;
+        for (var d = 0u; d < HEAD_DIM; d += 4u) {
+          let q = tid * HEAD_DIM + d;
+          s += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), comp_k4(t.r, ch, d));
+        }
+        stat_g[tid] = s + log(f32(c));
+        stat_g[MAX_G + tid] = 1.0;
+      }
+      if (tid / (HEAD_DIM / 4u) == 0u) {
+        let v = vec4<f32>(comp_v(t.r, ch, col * 4u), comp_v(t.r, ch, col * 4u + 1u),
+                          comp_v(t.r, ch, col * 4u + 2u), comp_v(t.r, ch, col * 4u + 3u));
+        for (var g = 0u; g < t.gn; g++) { (*acc)[g] = v; }
+      }
     }
   }
 }

@@ -43,3 +43,9 @@ fn window_start(i: u32) -> u32 {
 }
 fn holds(i: u32, j: u32) -> bool { return j < SINK || i - j < RECENT; }
 fn keeps(i: u32, j: u32) -> bool { return j < SINK || i - j < RECENT + SLACK; }
+// Keys the window has dropped for a query at position i: positions [SINK, window_start(i)), what
+// a compensated ring's compensation token stands for (compensation.wgsl, comp_mean.wgsl).
+fn dropped(i: u32) -> u32 {
+  if (i + 1u > SINK + RECENT) { return i + 1u - SINK - RECENT; }
+  return 0u;
+}

@@ -5,7 +5,7 @@
 // reached) and `merge` (combines the split-K partials; not run with a single split). A part split into shards runs `prefill` or
 // `decode` once per shard, in shard order, each binding its shard's buffers and index.
 
-import { CACHE_LAYOUTS, type CachePartKernel } from "./cache_layout.ts";
+import { CACHE_LAYOUTS, type CachePartKernel, compensationInclude } from "./cache_layout.ts";
 import { type BindingIndices, type Groups, kernel } from "./kernel.ts";
 
 export const ATTENTION_FILE = "attention.wgsl";
@@ -55,14 +55,19 @@ function attention<B extends BindingIndices>(
     entry,
     { ...c, ...part.constants },
     bindings,
-    [layout.include],
+    [layout.include, compensationInclude(part).include],
     true,
   );
 }
 
+/** The bindings the prefill and decode entries add for the part: its layout's, and the
+ * compensation means of a compensated ring. */
+function partBindings(part: CachePartKernel) {
+  return { ...CACHE_LAYOUTS[part.layout].bindings, ...compensationInclude(part).bindings };
+}
+
 export function attentionPrefill(c: AttentionConstants, part: CachePartKernel) {
-  const layout = CACHE_LAYOUTS[part.layout].bindings;
-  return attention("prefill", c, part, { ...READ, ...layout, ...OUT, ...CARRY });
+  return attention("prefill", c, part, { ...READ, ...partBindings(part), ...OUT, ...CARRY });
 }
 
 /** `decode` for splits of one block of SPLIT_KEYS keys, `decode_long` for more. */
@@ -78,8 +83,7 @@ export function attentionDecode(
   part: CachePartKernel,
   entry: DecodeEntry = "decode",
 ) {
-  const layout = CACHE_LAYOUTS[part.layout].bindings;
-  return attention(entry, c, part, { ...READ, ...layout, ...OUT, ...PARTIALS });
+  return attention(entry, c, part, { ...READ, ...partBindings(part), ...OUT, ...PARTIALS });
 }
 
 export function attentionMerge(c: AttentionConstants, part: CachePartKernel) {

@@ -27,4 +27,17 @@ export interface CachePartKernel {
   layout: CacheLayoutName;
   /** `CacheLayout.constants(kind)`: the include's `override` values by WGSL name. */
   constants: Readonly<Record<string, number | boolean>>;
+  /** The kind keeps a compensation token (`CacheKind.compensated`; ring layout only): attention
+   * compiles with comp_mean.wgsl and binds the rows' means, else with comp_none.wgsl. */
+  compensated?: boolean;
+}
+
+/** The compensation include of a part's attention kernels, and the binding it adds. */
+export function compensationInclude(part: CachePartKernel): {
+  include: string;
+  bindings: { compRows?: number };
+} {
+  if (!part.compensated) return { include: "comp_none.wgsl", bindings: {} };
+  if (part.layout !== "ring") throw new Error("a compensation token needs the ring layout");
+  return { include: "comp_mean.wgsl", bindings: { compRows: 10 } };
 }

@@ -105,6 +105,8 @@ export class CpuLlama {
 
   private readonly invFreq: Float64Array;
   private readonly streaming: boolean[][];
+  /** Per layer and KV head: does that streaming head keep the compensation token? */
+  private readonly compensated: boolean[][];
   /** keyCache[layer][pos]: [nKvHeads * headDim] after RoPE; valueCache likewise. */
   private keyCache: Float64Array[][] = [];
   private valueCache: Float64Array[][] = [];
@@ -125,6 +127,14 @@ export class CpuLlama {
     this.plan = plan;
     this.invFreq = ropeInvFreq(config);
     this.streaming = streamingMask(config, plan);
+    this.compensated = Array.from(
+      { length: config.nLayers },
+      (_, l) =>
+        Array.from(
+          { length: config.nKvHeads },
+          (_, h) => plan?.layers[l].kvHeadKinds[h] === "compensated",
+        ),
+    );
     this.reset();
   }
 
@@ -244,13 +254,31 @@ export class CpuLlama {
       this.keyStored[l].push(store(k));
       this.valueStored[l].push(store(v));
 
+      const keyOf = (j: number) => j >= freshFrom ? this.keyCache[l][j] : this.keyStored[l][j];
+      const valueOf = (j: number) =>
+        j >= freshFrom ? this.valueCache[l][j] : this.valueStored[l][j];
+      // RazorAttention's compensation token of each compensated KV head: the mean key and value
+      // of the positions its window has dropped, [sink, pos + 1 - recent), and their count.
+      const dropped = this.plan ? Math.max(0, pos + 1 - this.plan.recent - this.plan.sink) : 0;
+      const compensation = this.compensated[l].map((on, kvh) => {
+        if (!on || dropped === 0) return null;
+        const kMean = new Float64Array(headDim);
+        const vMean = new Float64Array(headDim);
+        for (let j = this.plan!.sink; j < this.plan!.sink + dropped; j++) {
+          const kj = keyOf(j);
+          const vj = valueOf(j);
+          for (let d = 0; d < headDim; d++) {
+            kMean[d] += kj[kvh * headDim + d] / dropped;
+            vMean[d] += vj[kvh * headDim + d] / dropped;
+          }
+        }
+        return { kMean, vMean, count: dropped };
+      });
+
       for (let h = 0; h < nHeads; h++) {
         const kvh = Math.floor(h / group);
         const qo = h * headDim;
         const ko = kvh * headDim;
-        const keyOf = (j: number) => j >= freshFrom ? this.keyCache[l][j] : this.keyStored[l][j];
-        const valueOf = (j: number) =>
-          j >= freshFrom ? this.valueCache[l][j] : this.valueStored[l][j];
         // scores over the visible keys only
         const visible: number[] = [];
         const scores: number[] = [];
@@ -261,6 +289,14 @@ export class CpuLlama {
           for (let d = 0; d < headDim; d++) dot += q[qo + d] * kj[ko + d];
           visible.push(j);
           scores.push(dot * scale);
+        }
+        // The compensation token counts as `count` keys equal to the mean key: one more score,
+        // raised by ln(count), carrying the mean value.
+        const comp = compensation[kvh];
+        if (comp) {
+          let dot = 0;
+          for (let d = 0; d < headDim; d++) dot += q[qo + d] * comp.kMean[d];
+          scores.push(dot * scale + Math.log(comp.count));
         }
         // softmax
         let max = -Infinity;
@@ -276,6 +312,10 @@ export class CpuLlama {
           const p = scores[t] / sum;
           const vj = valueOf(visible[t]);
           for (let d = 0; d < headDim; d++) att[qo + d] += p * vj[ko + d];
+        }
+        if (comp) {
+          const p = scores[visible.length] / sum;
+          for (let d = 0; d < headDim; d++) att[qo + d] += p * comp.vMean[d];
         }
       }
       matvec(proj, lw.wo.data, att, dim, qDim);

@@ -1,0 +1,256 @@
+// RazorAttention's compensation token (cache kind "compensated"): compensated zigzag and duo
+// plans on the GPU against the CPU reference, which computes each query's token straight from
+// its definition (the mean key and value of the positions the window dropped, entering the
+// softmax with logit q.k_mean / sqrt(d) + ln(count)); equal to plain streaming while nothing has
+// been dropped; the byte formula and the plan format.
+
+import assert from "node:assert/strict";
+import { CacheGeometry } from "../cache/layout.ts";
+import { Engine } from "../engine/engine.ts";
+import { mulberry32, randomModel, tinyConfig } from "../model/random.ts";
+import { parsePlan } from "../plans/schema.ts";
+import { builtinPlan, resolvePlan } from "../plans/resolve.ts";
+import type { ResolvedPlan } from "../plans/types.ts";
+import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import {
+  asModel,
+  gpu,
+  gpuGreedy,
+  gpuTest,
+  GREEDY,
+  makeRunner,
+  maxAbsDiff,
+  plan,
+  precisions,
+} from "./gpu_helpers.ts";
+
+const config = tinyConfig({ nLayers: 4, nHeads: 4, nKvHeads: 2, maxSeqLen: 512, vocabSize: 96 });
+const weights = randomModel(config, 3);
+const model = asModel(config, weights);
+
+/** zigzag (layers 0 and 2 streaming) and duo (mixed layers 0-1, layer 2 streaming), with or
+ * without the compensation token on their streaming heads. */
+function plans(sink: number, recent: number, compensation: boolean): Record<string, ResolvedPlan> {
+  return {
+    zigzag: plan(config, "zigzag", sink, recent, [
+      "streaming",
+      "retrieval",
+      "streaming",
+      "retrieval",
+    ], compensation),
+    duo: plan(config, "duo", sink, recent, [[1], [0], "streaming", [0, 1]], compensation),
+  };
+}
+
+const prompt = (n: number, seed: number) => {
+  const r = mulberry32(seed);
+  return Array.from({ length: n }, () => Math.floor(r() * config.vocabSize));
+};
+
+function cpuRun(pl: ResolvedPlan | undefined, p: number[], steps: number) {
+  const cpu = new CpuLlama(config, weights, pl);
+  let logits: Float32Array = new Float32Array();
+  p.forEach((tok, i) => (logits = cpu.forward(tok, i)));
+  const first = logits;
+  const tokens = [argmax(logits)];
+  /** steps[k]: the logits that chose tokens[k]. */
+  const steps_: Float32Array[] = [logits];
+  while (tokens.length < steps) {
+    logits = cpu.forward(tokens[tokens.length - 1], p.length + tokens.length - 1);
+    tokens.push(argmax(logits));
+    steps_.push(logits);
+  }
+  return { first, tokens, logits: steps_ };
+}
+
+Deno.test(
+  "compensated plans: GPU equals the CPU reference while the ring wraps many times",
+  gpuTest,
+  async (t) => {
+    // Ring of 4 + 12 = 16 slots; 70 prompt tokens then 64 decode steps: the ring wraps 8 times
+    // and the token stands for up to 118 dropped keys.
+    const sink = 4;
+    const recent = 12;
+    const p = prompt(70, 2);
+    const plain = plans(sink, recent, false);
+    for (const [name, pl] of Object.entries(plans(sink, recent, true))) {
+      const ref = cpuRun(pl, p, 64);
+      // The token really changes the output: plain streaming gives other logits.
+      const without = cpuRun(plain[name], p, 1);
+      assert.ok(maxAbsDiff(without.first, ref.first) > 1e-3, `${name}: the token has no effect`);
+      for (const precision of precisions) {
+        // One chunk; chunks shorter than the window (each adds 9 dropped keys to the sums).
+        for (const chunk of [128, 9]) {
+          await t.step(`${name} ${precision} chunk ${chunk}`, async () => {
+            const r = await makeRunner(model, precision, pl, { chunk });
+            const out = await gpuGreedy(r, p, 64, { perReadback: 8 });
+            // As the plain streaming kinds' test: f32 within 1e-3 (f32 sums of <= 118 keys
+            // add ~1e-6 relative), f16 within 5e-2 (f16 keys and weights).
+            const tol = precision === "f32" ? 1e-3 : 5e-2;
+            const d = maxAbsDiff(out.logits, ref.first);
+            assert.ok(d <= tol, `prefill max |diff| ${d}`);
+            if (precision === "f32") assert.deepEqual(out.tokens, ref.tokens);
+            else assert.equal(out.tokens[0], ref.tokens[0]);
+            r.destroy();
+          });
+        }
+      }
+    }
+  },
+);
+
+Deno.test("compensated decode batches sequences at different positions", gpuTest, async (t) => {
+  // Three sequences of 70, 20 and 3 tokens (dropped 54, 4 and none) decoded in one batch, 8
+  // steps per submission, then one step at a time with the logits read: each row's token comes
+  // from its own slot's sums, kept right across chained steps. Also with the rings in shards
+  // of 2 slots (3 shards for 5 slots): the fold runs once per shard, for that shard's slots.
+  const pl = plans(4, 12, true).zigzag;
+  const prompts = [prompt(70, 5), prompt(20, 6), prompt(3, 7)];
+  const refs = prompts.map((q) => cpuRun(pl, q, 21));
+  // One slot's ring: 16 positions x 2 KV heads x head_dim f32 values.
+  const ring = 16 * 2 * config.headDim * 4;
+  const sharded = { maxStorageBufferBindingSize: 2 * ring, maxBufferSize: 2 * ring };
+  for (const kvLimits of [undefined, sharded]) {
+    await t.step(kvLimits ? "rings in 3 shards" : "one shard", async () => {
+      await batchedRun(pl, prompts, refs, kvLimits);
+    });
+  }
+});
+
+async function batchedRun(
+  pl: ResolvedPlan,
+  prompts: number[][],
+  refs: ReturnType<typeof cpuRun>[],
+  kvLimits?: { maxStorageBufferBindingSize: number; maxBufferSize: number },
+) {
+  const r = await makeRunner(model, "f32", pl, { chunk: 16, kvLimits });
+  if (kvLimits) assert.equal(r.cache.layout.shards(r.cache.layout.kind("compensated")).count, 3);
+  const seqs = prompts.map(() => r.cache.open()!);
+  const tokens: number[][] = [];
+  for (const [i, q] of prompts.entries()) {
+    tokens.push([(await r.prefill(seqs[i], q, GREEDY)).token]);
+  }
+  for (let step = 0; step < 2; step++) {
+    const d = await r.decode(
+      seqs.map((seq, i) => ({ seq, token: tokens[i].at(-1)!, sampling: GREEDY })),
+      8,
+    );
+    d.tokens.forEach((ts, i) => tokens[i].push(...ts));
+  }
+  for (let step = 17; step < 21; step++) {
+    const d = await r.decode(
+      seqs.map((seq, i) => ({ seq, token: tokens[i].at(-1)!, sampling: GREEDY })),
+      1,
+      { readLogits: true },
+    );
+    d.tokens.forEach((ts, i) => tokens[i].push(...ts));
+    d.logits!.forEach((l, i) => {
+      // f32 throughout: the kernel-test tolerance.
+      const diff = maxAbsDiff(l, refs[i].logits[step]);
+      assert.ok(diff <= 1e-3, `sequence ${i} step ${step}: max |diff| ${diff}`);
+    });
+  }
+  assert.deepEqual(tokens, refs.map((x) => x.tokens));
+  for (const seq of seqs) r.cache.close(seq);
+  r.destroy();
+}
+
+Deno.test("with nothing dropped yet, compensated equals plain streaming", gpuTest, async (t) => {
+  // sink + recent = 108 >= 40 + 64 positions: the token stands for no key at any step.
+  const p = prompt(40, 1);
+  for (const precision of precisions) {
+    for (const name of ["zigzag", "duo"]) {
+      await t.step(`${name} ${precision}`, async () => {
+        const a = await makeRunner(model, precision, plans(8, 100, false)[name]);
+        const b = await makeRunner(model, precision, plans(8, 100, true)[name]);
+        const x = await gpuGreedy(a, p, 64);
+        const y = await gpuGreedy(b, p, 64);
+        // The same arithmetic in the same order: equal to the bit.
+        assert.equal(maxAbsDiff(x.logits, y.logits), 0);
+        assert.deepEqual(x.tokens, y.tokens);
+        a.destroy();
+        b.destroy();
+      });
+    }
+  }
+});
+
+Deno.test("compensated kind: the byte formula counts the sums, plans opt in", () => {
+  const pl = plans(4, 12, true).zigzag;
+  const plain = plans(4, 12, false).zigzag;
+  const g = new CacheGeometry(config, pl, "f16");
+  const h = new CacheGeometry(config, plain, "f16");
+  // Two streaming layers of 2 KV heads: 4 heads, each 4 x head_dim f32 words of sums.
+  const sums = 4 * 4 * config.headDim * 4;
+  assert.equal(g.headsOf("compensated"), 4);
+  assert.equal(g.headsOf("streaming"), 0);
+  assert.equal(g.ringBytes, h.ringBytes + sums);
+  for (const n of [0, 1, 15, 16, 500]) {
+    const a = g.bytes(g.stateFor(n));
+    const b = h.bytes(h.stateFor(n));
+    assert.equal(a.retrieval, b.retrieval);
+    assert.equal(a.compensated, b.streaming + (n > 0 ? sums : 0), `${n} tokens`);
+    assert.equal(a.total, b.total + (n > 0 ? sums : 0));
+  }
+  // `"compensation": true` makes every streaming head compensated; retrieval heads stay.
+  const file = parsePlan({
+    version: 1,
+    model: {
+      architecture: config.architecture,
+      num_layers: 4,
+      num_kv_heads: 2,
+      head_dim: config.headDim,
+    },
+    mode: "zigzag",
+    layers: ["streaming", "retrieval", "streaming", "retrieval"],
+    sink: 4,
+    recent: 12,
+    compensation: true,
+    provenance: { method: "test", budget: 0.5, source: "test" },
+  }, "test plan");
+  const resolved = resolvePlan(file, config);
+  assert.deepEqual(resolved.layers.map((l) => l.kvHeadKinds), pl.layers.map((l) => l.kvHeadKinds));
+  assert.equal(resolved.compensation, true);
+  const streaming = resolvePlan(builtinPlan("streaming", config, { compensation: true }), config);
+  assert.ok(streaming.layers.every((l) => l.kvHeadKinds.every((k) => k === "compensated")));
+  assert.throws(
+    () => parsePlan({ ...file, compensation: "yes" }, "bad.json"),
+    /bad\.json: invalid plan: compensation: Expected boolean/,
+  );
+});
+
+Deno.test(
+  "engine: a compensated plan serves batched requests, prefix cache off",
+  gpuTest,
+  async () => {
+    const pl = plans(4, 12, true).duo;
+    const prompts = [prompt(50, 8), prompt(30, 9), prompt(60, 10)];
+    const refs = prompts.map((q) => cpuRun(pl, q, 24));
+    const e = await Engine.create({
+      model,
+      gpu,
+      precision: "f32",
+      plan: pl,
+      quiet: true,
+      decodeSteps: 4,
+      prefillChunk: 16,
+    });
+    try {
+      // The sums of a ring are those of one position: no snapshot could restore another.
+      assert.equal(e.shape.prefixCache, false);
+      const out = await Promise.all(
+        prompts.map((promptIds) =>
+          e.generate({ promptIds, maxTokens: 24, sampling: GREEDY, ignoreEos: true })
+        ),
+      );
+      assert.deepEqual(out.map((o) => o.ids), refs.map((r) => r.tokens));
+      const report = e.cacheReport();
+      assert.equal(report.plan.compensation, true);
+      // Layers 0 and 1 one streaming head each, layer 2 both.
+      assert.equal(report.geometry.compensated_kv_heads, 4);
+      assert.equal(report.total.pages_used, 0);
+    } finally {
+      await e.close();
+    }
+  },
+);
