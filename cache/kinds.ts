@@ -146,20 +146,18 @@ export class StreamingRing implements CacheKind {
 /**
  * Streaming heads with RazorAttention's compensation token: the ring of StreamingRing, plus per
  * sequence slot and KV head the sums of the keys and of the values that have left the window
- * (positions [sink, i + 1 - recent) for a query at i), each with a Neumaier correction term:
- * 4 x head_dim f32 words. Attention treats them as one more key, the mean key with logit
- * q.k_mean + ln(count), carrying the mean value; the count follows from the position. No slack:
- * a snapshot's sums are those of its own position, so the prefix cache leaves these plans alone.
+ * (positions [sink, i + 1 - recent) for a query at i), each with a Neumaier correction term, and
+ * the position e they reach: 4 x head_dim + 4 words. The sums stop where the ring's slack starts
+ * (the keys between are still in the ring), so a snapshot serves every position of its slack as
+ * a plain ring's does. Attention treats the token as one more key, the mean key with logit
+ * q.k_mean + ln(count), carrying the mean value; the count follows from the position.
  */
 export class CompensatedRing extends StreamingRing {
   override readonly name: HeadKind = "compensated";
   override readonly compensated = true;
-  constructor(sink: number, recent: number) {
-    super(sink, recent, 0);
-  }
 
   override stateWords(headDim: number): number {
-    return 4 * headDim;
+    return 4 * headDim + 4;
   }
 }
 
@@ -170,7 +168,7 @@ export const CACHE_KINDS: readonly {
 }[] = [
   { name: "retrieval", make: (p) => new RetrievalPages(p.pageSize) },
   { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent, p.ringSlack ?? 0) },
-  { name: "compensated", make: (p) => new CompensatedRing(p.sink, p.recent) },
+  { name: "compensated", make: (p) => new CompensatedRing(p.sink, p.recent, p.ringSlack ?? 0) },
 ];
 
 export const KIND_NAMES: readonly HeadKind[] = CACHE_KINDS.map((k) => k.name);

@@ -42,7 +42,7 @@ import {
   RequestTooLargeError,
 } from "./request.ts";
 import { type EngineRunner, RunnerThread } from "./runner_thread.ts";
-import { createRunner, planCompensates, type RunnerShape, runnerShape } from "./runners.ts";
+import { createRunner, type RunnerShape, runnerShape } from "./runners.ts";
 import { type DecodeWork, EngineLimits, type RequestView, Scheduler } from "./scheduler.ts";
 
 /** Most tokens per readback `decodeSteps: "auto"` may choose (the runner is sized for them). */
@@ -339,7 +339,7 @@ export class Engine {
           ...local.opts,
           layout: local.layout,
           maxSeqLen: local.maxSeqLen,
-          prefixCache: (o.prefixCache ?? true) && !planCompensates(plan),
+          prefixCache: o.prefixCache ?? true,
         };
         runner = local;
       }

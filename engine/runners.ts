@@ -56,11 +56,6 @@ export function ringSlackFor(decodeSteps: number): number {
   return 2 * PAGE_SIZE + decodeSteps;
 }
 
-/** Whether some KV head of the plan keeps a compensation token. */
-export function planCompensates(plan: ResolvedPlan): boolean {
-  return plan.layers.some((l) => l.kvHeadKinds.includes("compensated"));
-}
-
 /** What the engine's loop needs to know of its runner's geometry. */
 export interface RunnerShape {
   layout: CacheLayout;
@@ -90,9 +85,7 @@ export function runnerShape(
   const decodeSteps = o.decodeSteps ?? 8;
   const budgetBytes = o.kvCacheBytes ?? 256 * (1 << 20);
   const kvDtype = o.kvDtype ?? o.precision;
-  // A compensated ring's sums are those of one position, where a snapshot must restore any page
-  // boundary of its slack: the prefix cache serves only plans without compensation tokens.
-  const prefixCache = (o.prefixCache ?? true) && !planCompensates(plan);
+  const prefixCache = o.prefixCache ?? true;
   const ringSlack = prefixCache ? ringSlackFor(decodeSteps) : 0;
   let snapshotSlots = 0;
   if (prefixCache) {

@@ -83,8 +83,8 @@ flags (environment variable in brackets; a flag wins):
   --plan full|streaming|FILE   attention plan [ZIGZAG_PLAN] (default full)
   --sink N --recent N   override the plan's streaming window [ZIGZAG_SINK, ZIGZAG_RECENT]
   --compensation        streaming heads also keep RazorAttention's compensation token (the mean
-                        key and value of the tokens past their window; turns the prefix cache
-                        off) [ZIGZAG_COMPENSATION=1] (default: the plan's "compensation")
+                        key and value of the tokens past their window) [ZIGZAG_COMPENSATION=1]
+                        (default: the plan's "compensation")
   --host HOST           [ZIGZAG_HOST] (default 127.0.0.1)
   --port N              [PORT] (default 8000; 0 picks a free port)
   --kv-cache-mb N       KV-cache budget in MiB [ZIGZAG_KV_CACHE_MB] (default 256)

@@ -233,11 +233,7 @@ export class ServerContext {
             `${engine.stepTiming.readbackWaitMs.toFixed(1)} ms per readback)`
           : "") +
         `, prefix cache ` +
-        (engine.shape.prefixCache
-          ? `on (${engine.layout.snapshotSlots} snapshot rings)`
-          : engine.layout.compensated
-          ? "off (the plan's compensation tokens)"
-          : "off") +
+        (engine.shape.prefixCache ? `on (${engine.layout.snapshotSlots} snapshot rings)` : "off") +
         (this.chat ? `, chat template from ${this.chat.source}` : ""),
     );
     return engine;

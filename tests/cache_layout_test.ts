@@ -59,12 +59,16 @@ Deno.test("cache kinds: what each keeps of a sequence", () => {
     CACHE_SHARDS: 2,
   });
   assert.equal(ring.stateWords(128), 0);
-  // A compensated ring: the same ring, never slack, and 4 x head_dim words of sums per head.
+  // A compensated ring: the same ring (slack included), and per head 4 x head_dim words of sums
+  // and 4 for the position they reach.
   const comp = CACHE_KINDS[2].make({ pageSize: 8, sink: 2, recent: 6, ringSlack: 5 });
-  assert.equal(comp.slotsPerSeq, 8);
+  assert.equal(comp.slotsPerSeq, 13);
   assert.equal(comp.compensated, true);
-  assert.equal(comp.stateWords(128), 512);
-  assert.deepEqual(comp.constants(sizes), ring.constants(sizes));
+  assert.equal(comp.stateWords(128), 516);
+  assert.deepEqual(
+    comp.constants(sizes),
+    new StreamingRing(2, 6, 5).constants(sizes),
+  );
 });
 
 Deno.test("cache geometry: parts per layer in cache order, and the byte formula", () => {

@@ -24,8 +24,29 @@ import {
   precisions,
 } from "./gpu_helpers.ts";
 
-const config = tinyConfig({ nLayers: 4, nHeads: 4, nKvHeads: 2, maxSeqLen: 512, vocabSize: 96 });
+const config = tinyConfig({
+  nLayers: 4,
+  nHeads: 4,
+  nKvHeads: 2,
+  maxSeqLen: 512,
+  vocabSize: 96,
+  qkvBias: true,
+});
 const weights = randomModel(config, 3);
+// Keys and values of a random model average to about zero, which would leave the token's mean
+// key and value near zero whatever it summed: large biases give every head a mean of its own,
+// so a wrong set of dropped keys shows.
+{
+  const r = mulberry32(11);
+  for (const l of weights.layers) {
+    for (const b of [l.bk!, l.bv!]) {
+      for (let i = 0; i < b.data.length; i++) b.data[i] = (r() < 0.5 ? -1 : 1) * (0.5 + r());
+    }
+  }
+  // Those make the logits very sharp (one token at p ~ 1): the final norm scaled down keeps
+  // the log-probabilities informative.
+  for (let i = 0; i < weights.finalNorm.data.length; i++) weights.finalNorm.data[i] *= 0.3;
+}
 const model = asModel(config, weights);
 
 /** zigzag (layers 0 and 2 streaming) and duo (mixed layers 0-1, layer 2 streaming), with or
@@ -180,8 +201,8 @@ Deno.test("compensated kind: the byte formula counts the sums, plans opt in", ()
   const plain = plans(4, 12, false).zigzag;
   const g = new CacheGeometry(config, pl, "f16");
   const h = new CacheGeometry(config, plain, "f16");
-  // Two streaming layers of 2 KV heads: 4 heads, each 4 x head_dim f32 words of sums.
-  const sums = 4 * 4 * config.headDim * 4;
+  // Two streaming layers of 2 KV heads: 4 heads, each 4 x head_dim words of sums and 4 more.
+  const sums = 4 * (4 * config.headDim + 4) * 4;
   assert.equal(g.headsOf("compensated"), 4);
   assert.equal(g.headsOf("streaming"), 0);
   assert.equal(g.ringBytes, h.ringBytes + sums);
@@ -220,37 +241,70 @@ Deno.test("compensated kind: the byte formula counts the sums, plans opt in", ()
 });
 
 Deno.test(
-  "engine: a compensated plan serves batched requests, prefix cache off",
+  "engine: a compensated plan serves batched requests and resumes from the prefix cache",
   gpuTest,
   async () => {
     const pl = plans(4, 12, true).duo;
-    const prompts = [prompt(50, 8), prompt(30, 9), prompt(60, 10)];
+    // Two questions of one 60-token document, then a prompt of its own. The first request's
+    // ring snapshot before its last prefill piece (position 64: pieces of 64) serves the second
+    // at 48: the sums it holds stop where the ring's slack starts (64 - 12 - 36 = 16), and the
+    // keys from there to 48's window start (37) are still in the ring.
+    const doc = prompt(60, 8);
+    const prompts = [[...doc, 1, 2, 3, 4, 5], [...doc, 9, 8, 7], prompt(70, 10)];
     const refs = prompts.map((q) => cpuRun(pl, q, 24));
-    const e = await Engine.create({
-      model,
-      gpu,
-      precision: "f32",
-      plan: pl,
-      quiet: true,
-      decodeSteps: 4,
-      prefillChunk: 16,
-    });
-    try {
-      // The sums of a ring are those of one position: no snapshot could restore another.
-      assert.equal(e.shape.prefixCache, false);
-      const out = await Promise.all(
-        prompts.map((promptIds) =>
-          e.generate({ promptIds, maxTokens: 24, sampling: GREEDY, ignoreEos: true })
-        ),
+    const run = async (prefixCache: boolean) => {
+      const e = await Engine.create({
+        model,
+        gpu,
+        precision: "f32",
+        plan: pl,
+        quiet: true,
+        decodeSteps: 4,
+        prefillChunk: 64,
+        prefixCache,
+      });
+      try {
+        assert.equal(e.shape.prefixCache, prefixCache);
+        if (prefixCache) assert.equal(e.layout.ringSlack, 36);
+        // Greedy, against the CPU; then sampled at temperature 1, whose log-probabilities are
+        // the model's own and show any error in the restored sums.
+        const gen = (promptIds: number[], i: number, greedy: boolean) =>
+          e.generate({
+            promptIds,
+            maxTokens: 24,
+            sampling: greedy ? GREEDY : { temperature: 1, seed: 5 + i },
+            ignoreEos: true,
+          });
+        const greedy = [await gen(prompts[0], 0, true)];
+        greedy.push(...await Promise.all(prompts.slice(1).map((q, i) => gen(q, i + 1, true))));
+        const sampled = [];
+        for (const [i, q] of prompts.entries()) sampled.push(await gen(q, i, false));
+        const report = e.cacheReport();
+        assert.equal(report.plan.compensation, true);
+        // Layers 0 and 1 one streaming head each, layer 2 both.
+        assert.equal(report.geometry.compensated_kv_heads, 4);
+        assert.equal(report.total.pages_used, 0);
+        return { greedy, sampled };
+      } finally {
+        await e.close();
+      }
+    };
+    const off = await run(false);
+    const on = await run(true);
+    assert.deepEqual(off.greedy.map((o) => o.cachedTokens), [0, 0, 0]);
+    assert.deepEqual(on.greedy.map((o) => o.cachedTokens), [0, 48, 0]);
+    assert.ok(on.sampled[1].cachedTokens > 0);
+    for (const r of [off, on]) {
+      assert.deepEqual(
+        r.greedy.map((o) => o.ids),
+        refs.map((x) => x.tokens),
       );
-      assert.deepEqual(out.map((o) => o.ids), refs.map((r) => r.tokens));
-      const report = e.cacheReport();
-      assert.equal(report.plan.compensation, true);
-      // Layers 0 and 1 one streaming head each, layer 2 both.
-      assert.equal(report.geometry.compensated_kv_heads, 4);
-      assert.equal(report.total.pages_used, 0);
-    } finally {
-      await e.close();
     }
+    on.sampled.forEach((o, i) => {
+      assert.deepEqual(o.ids, off.sampled[i].ids);
+      // The same kernels over the same keys, the sums added in the same order: f32 rounding.
+      const d = maxAbsDiff(o.logprobs, off.sampled[i].logprobs);
+      assert.ok(d <= 1e-4, `request ${i}: log-probs differ by ${d}`);
+    });
   },
 );

@@ -207,6 +207,22 @@ Deno.test(
         "streaming",
       ]),
       duo: plan(c, "duo", 4, 16, [[1], [0, 2], "streaming", [0, 1, 3], "retrieval"]),
+      // Compensation tokens: a snapshot's sums serve every position of its slack.
+      "zigzag compensated": plan(c, "zigzag", 4, 16, [
+        "streaming",
+        "retrieval",
+        "streaming",
+        "retrieval",
+        "streaming",
+      ], true),
+      "duo compensated": plan(
+        c,
+        "duo",
+        4,
+        16,
+        [[1], [0, 2], "streaming", [0, 1, 3], "retrieval"],
+        true,
+      ),
     };
     // 300 tokens: the 4 + 16 rings wrap 14 times over the shared document.
     const doc = [1, ...ids(299, 5).map((x) => 3 + x)];

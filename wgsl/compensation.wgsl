@@ -7,13 +7,17 @@
 // read from the cache as stored (or from this forward's fresh rows, in f32).
 //
 // `fold` runs before the layer's attention: one workgroup per sequence of the forward and cache
-// head walks the sequence's rows in order, adding each key as the window drops it, writes the
-// mean key and value that row's query sees into `comp_rows` (comp_mean.wgsl reads them), and
-// leaves in `comp_state` the sums the next forward's first query needs (it folds position
-// next - RECENT too). A key is dropped RECENT positions after it was written, so it is always
-// still in the ring or among the fresh rows: the KV store runs after the attention. A sequence
-// whose first query has dropped nothing starts from zero, so a reused slot needs no clearing.
-// One dispatch per shard of the part: each serves the slots whose rings that shard holds.
+// head walks the sequence's rows in order, adding each key as the window drops it (from the ring,
+// or from the forward's fresh rows), and writes the mean key and value that row's query sees into
+// `comp_rows` (comp_mean.wgsl reads them). The slot's state keeps the sums of the dropped keys
+// that have also left the ring's SLACK, positions [SINK, e), with e stored after them: a copy of
+// the state and ring taken at position b (a prefix-cache snapshot) then serves a resume at any
+// position in [b - SLACK, b], since every key from e on is still in that ring. Each forward adds
+// keys [e, window start) to a working copy first (at most SLACK + its rows), and moves e on to
+// where the ring will start once its rows are stored. The KV store runs after attention, so every
+// key the walk reads is still there. A sequence at position 0 starts from zero: a reused slot
+// needs no clearing. One dispatch per shard of the part: each serves the slots whose rings that
+// shard holds.
 
 override HEAD_DIM: u32;     // <= 256, a multiple of 4
 override N_HEADS: u32;      // query heads of the model (offset of the keys in a fused row)
@@ -30,8 +34,20 @@ override CACHE_HEADS: u32;  // KV heads held by this part
 // [rows][CACHE_HEADS][2][HEAD_DIM]: the mean key, then the mean value, each row's query sees
 // (zeros where it has dropped nothing).
 @group(0) @binding(10) var<storage, read_write> comp_rows: array<f32>;
-// [slots][CACHE_HEADS][4][HEAD_DIM]: key sum, its correction, value sum, its correction.
-@group(0) @binding(11) var<storage, read_write> comp_state: array<f32>;
+// [slots][CACHE_HEADS][4 HEAD_DIM + 4]: key sum, its correction, value sum, its correction
+// (HEAD_DIM words each, f32 bits), then e (3 words of padding): the sums cover [SINK, e). Words,
+// so that no value is ever converted on its way in or out.
+@group(0) @binding(11) var<storage, read_write> comp_state: array<u32>;
+
+fn load4(b: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(vec4<u32>(comp_state[b], comp_state[b + 1u], comp_state[b + 2u],
+                                      comp_state[b + 3u]));
+}
+
+fn state_base(slot: u32, ch: u32) -> u32 { return (slot * CACHE_HEADS + ch) * (4u * HEAD_DIM + 4u); }
+
+// Where the window of a query at position i starts, at least SINK: keys [SINK, it) are dropped.
+fn dropped_end(i: u32) -> u32 { return SINK + dropped(i); }
 
 // s + x, the low-order part the addition loses kept in c (Neumaier's compensated summation).
 fn add_exact(s: ptr<function, vec4<f32>>, c: ptr<function, vec4<f32>>, x: vec4<f32>) {
@@ -65,33 +81,43 @@ fn fold(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let d = tid * 4u;
   if (d >= HEAD_DIM) { return; }
   let pos0 = first.pos;
-  let st = (first.slot * CACHE_HEADS + ch) * 4u * HEAD_DIM + d;
-  var ks = vec4<f32>(0.0);
-  var kc = vec4<f32>(0.0);
-  var vs = vec4<f32>(0.0);
-  var vc = vec4<f32>(0.0);
-  if (dropped(pos0) > 0u) {
-    ks = vec4<f32>(comp_state[st], comp_state[st + 1u], comp_state[st + 2u], comp_state[st + 3u]);
-    let c1 = st + HEAD_DIM;
-    kc = vec4<f32>(comp_state[c1], comp_state[c1 + 1u], comp_state[c1 + 2u], comp_state[c1 + 3u]);
-    let v0 = st + 2u * HEAD_DIM;
-    vs = vec4<f32>(comp_state[v0], comp_state[v0 + 1u], comp_state[v0 + 2u], comp_state[v0 + 3u]);
-    let v1 = st + 3u * HEAD_DIM;
-    vc = vec4<f32>(comp_state[v1], comp_state[v1 + 1u], comp_state[v1 + 2u], comp_state[v1 + 3u]);
+  let st = state_base(first.slot, ch);
+  // words[0..3]: key sum, its correction, value sum, its correction (dims d .. d+3).
+  var w = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+  var e = SINK;
+  if (pos0 > 0u) {
+    for (var k = 0u; k < 4u; k++) {
+      w[k] = load4(st + k * HEAD_DIM + d);
+    }
+    e = comp_state[st + 4u * HEAD_DIM];
   }
+  // The state this forward leaves: the sums up to where the ring will start once its rows are
+  // stored (never back).
+  let next = pos0 + first.n_seq_rows;
+  var e_kept = e;
+  if (next > RECENT + SLACK) { e_kept = max(e, next - RECENT - SLACK); }
+  var kept = w;
+  var j = e; // the next key to add
   for (var n = 0u; n < first.n_seq_rows; n++) {
     let i = pos0 + n;
-    let c = dropped(i);
-    // The first row's dropped keys are in the state; each later row drops one more.
-    if (n > 0u && c > 0u) {
-      add_exact(&ks, &kc, kv4(first, i - RECENT, ch, d, 0u));
-      add_exact(&vs, &vc, kv4(first, i - RECENT, ch, d, 1u));
+    let end = dropped_end(i);
+    for (; j < end; j++) {
+      if (j == e_kept) { kept = w; }
+      var ks = w[0];
+      var kc = w[1];
+      var vs = w[2];
+      var vc = w[3];
+      add_exact(&ks, &kc, kv4(first, j, ch, d, 0u));
+      add_exact(&vs, &vc, kv4(first, j, ch, d, 1u));
+      w = array<vec4<f32>, 4>(ks, kc, vs, vc);
     }
+    if (j == e_kept) { kept = w; }
+    let c = dropped(i);
     var mk = vec4<f32>(0.0);
     var mv = vec4<f32>(0.0);
     if (c > 0u) {
-      mk = (ks + kc) / f32(c);
-      mv = (vs + vc) / f32(c);
+      mk = (w[0] + w[1]) / f32(c);
+      mv = (w[2] + w[3]) / f32(c);
     }
     let o = ((r0 + n) * CACHE_HEADS + ch) * 2u * HEAD_DIM + d;
     comp_rows[o] = mk.x;
@@ -103,18 +129,13 @@ fn fold(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     comp_rows[o + HEAD_DIM + 2u] = mv.z;
     comp_rows[o + HEAD_DIM + 3u] = mv.w;
   }
-  // The state the next forward's first query (position `next`) starts from.
-  let next = pos0 + first.n_seq_rows;
-  if (dropped(next) > 0u) {
-    add_exact(&ks, &kc, kv4(first, next - RECENT, ch, d, 0u));
-    add_exact(&vs, &vc, kv4(first, next - RECENT, ch, d, 1u));
+  for (var k = 0u; k < 4u; k++) {
+    let b = st + k * HEAD_DIM + d;
+    let u = bitcast<vec4<u32>>(kept[k]);
+    comp_state[b] = u.x;
+    comp_state[b + 1u] = u.y;
+    comp_state[b + 2u] = u.z;
+    comp_state[b + 3u] = u.w;
   }
-  let words = array<vec4<f32>, 4>(ks, kc, vs, vc);
-  for (var w = 0u; w < 4u; w++) {
-    let b = st + w * HEAD_DIM;
-    comp_state[b] = words[w].x;
-    comp_state[b + 1u] = words[w].y;
-    comp_state[b + 2u] = words[w].z;
-    comp_state[b + 3u] = words[w].w;
-  }
+  if (tid == 0u) { comp_state[st + 4u * HEAD_DIM] = e_kept; }
 }
