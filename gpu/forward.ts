@@ -339,16 +339,22 @@ class ForwardBuilder {
     ];
   }
 
-  /** The cache part's fresh keys and values into its cache: one dispatch per shard. */
-  #kvStore(part: KvPartBuffers): Promise<Dispatch[]> {
+  /** Where a part's KV heads sit in the fused q|k|v rows (the KV store's and the fold's
+   * constants). */
+  #partHeads(part: KvPartBuffers) {
     const c = this.#c;
-    const k = kvStore({
+    return {
       HEAD_DIM: c.headDim,
       N_HEADS: c.nHeads,
       N_KV_HEADS: c.nKvHeads,
       KV_HEAD_BASE: part.kvHeadBase,
       CACHE_HEADS: part.heads,
-    }, this.#cachePart(part));
+    };
+  }
+
+  /** The cache part's fresh keys and values into its cache: one dispatch per shard. */
+  #kvStore(part: KvPartBuffers): Promise<Dispatch[]> {
+    const k = kvStore(this.#partHeads(part), this.#cachePart(part));
     return Promise.all(
       part.shards.map((_, s) =>
         this.#dispatch(k, this.#cacheBuffers(part, s), (f) => kvStoreGroups(f.rows, part.heads))
@@ -359,14 +365,7 @@ class ForwardBuilder {
   /** The compensation token's means for each row of a compensated part, before its attention:
    * one dispatch per shard. */
   #compensationFold(part: KvPartBuffers): Promise<Dispatch[]> {
-    const c = this.#c;
-    const k = compensationFold({
-      HEAD_DIM: c.headDim,
-      N_HEADS: c.nHeads,
-      N_KV_HEADS: c.nKvHeads,
-      KV_HEAD_BASE: part.kvHeadBase,
-      CACHE_HEADS: part.heads,
-    }, this.#cachePart(part));
+    const k = compensationFold(this.#partHeads(part), this.#cachePart(part));
     return Promise.all(
       part.shards.map((_, s) =>
         this.#dispatch(

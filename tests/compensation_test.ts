@@ -11,7 +11,7 @@ import { mulberry32, randomModel, tinyConfig } from "../model/random.ts";
 import { parsePlan } from "../plans/schema.ts";
 import { builtinPlan, resolvePlan } from "../plans/resolve.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
-import { argmax, CpuLlama } from "./reference/cpu_llama.ts";
+import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
 import {
   asModel,
   gpu,
@@ -69,19 +69,7 @@ const prompt = (n: number, seed: number) => {
 };
 
 function cpuRun(pl: ResolvedPlan | undefined, p: number[], steps: number) {
-  const cpu = new CpuLlama(config, weights, pl);
-  let logits: Float32Array = new Float32Array();
-  p.forEach((tok, i) => (logits = cpu.forward(tok, i)));
-  const first = logits;
-  const tokens = [argmax(logits)];
-  /** steps[k]: the logits that chose tokens[k]. */
-  const steps_: Float32Array[] = [logits];
-  while (tokens.length < steps) {
-    logits = cpu.forward(tokens[tokens.length - 1], p.length + tokens.length - 1);
-    tokens.push(argmax(logits));
-    steps_.push(logits);
-  }
-  return { first, tokens, logits: steps_ };
+  return cpuGreedy(new CpuLlama(config, weights, pl), p, steps);
 }
 
 Deno.test(

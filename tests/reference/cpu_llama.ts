@@ -343,26 +343,30 @@ export class CpuLlama {
 }
 
 /**
- * Greedy generation from `prompt`: its last row's logits (`first`) and `steps` argmax tokens
- * (the first from `first`). With `chunk`, prompt rows read the keys of their own chunk of that
- * many positions as computed and earlier ones as the cache stores them, as the GPU's prefill
- * chunks do (a quantized `kvDtype`); generated tokens are one forward each.
+ * Greedy generation from `prompt`: its last row's logits (`first`), `steps` argmax tokens (the
+ * first from `first`) and the logits that chose each (`logits`). With `chunk`, prompt rows read
+ * the keys of their own chunk of that many positions as computed and earlier ones as the cache
+ * stores them, as the GPU's prefill chunks do (a quantized `kvDtype`); generated tokens are one
+ * forward each.
  */
 export function cpuGreedy(
   cpu: CpuLlama,
   prompt: number[],
   steps: number,
   chunk?: number,
-): { first: Float32Array; tokens: number[] } {
+): { first: Float32Array; tokens: number[]; logits: Float32Array[] } {
   let logits: Float32Array = new Float32Array();
   prompt.forEach((tok, i) => {
     logits = cpu.forward(tok, i, chunk ? Math.floor(i / chunk) * chunk : i);
   });
   const first = logits;
   const tokens = [argmax(logits)];
+  /** steps[k]: the logits that chose tokens[k]. */
+  const steps_ = [logits];
   while (tokens.length < steps) {
     logits = cpu.forward(tokens[tokens.length - 1], prompt.length + tokens.length - 1);
     tokens.push(argmax(logits));
+    steps_.push(logits);
   }
-  return { first, tokens };
+  return { first, tokens, logits: steps_ };
 }
