@@ -153,6 +153,16 @@ async function main(): Promise<number> {
       `\n![multi-key accuracy against KV bytes](${base}sweep-accuracy.svg) ` +
       `![held-out text loss against KV bytes](${base}sweep-text.svg)`;
   }
+  // The sweep with and without compensation tokens (`--compensation both`), in sweep-compensation/.
+  const compPath = `${dirOf(absolute(evalPath))}/sweep-compensation/sweep.json`;
+  if (pathExists(compPath)) {
+    const sweep = await readJson<SweepResult>(compPath, SWEEP_SCHEMA, "eval-sweep");
+    const base = baseOf(compPath);
+    evalSection += "\n\n#### Compensation tokens in the sweep " +
+      "(`deno task eval-sweep --compensation both`)\n\n" + sweepMarkdown(sweep) +
+      `\n![multi-key accuracy against KV bytes, with compensation](${base}sweep-accuracy.svg) ` +
+      `![held-out text loss against KV bytes, with compensation](${base}sweep-text.svg)`;
+  }
   text = replaceSection(text, evalSection, readmePath, EVAL_MARKERS);
   // Format the whole README as deno fmt would (its own text is unchanged when already formatted).
   const next = await denoFmt(text, "md");

@@ -454,7 +454,7 @@ export class Engine {
 
   /**
    * `--decode-steps auto`: times one sequence's decode of 1 and of `cap` steps per readback
-   * (fastest of 2 each, no overlap) on a scratch slot, solves ms = readbackWait + steps * step,
+   * (fastest of 3 each, no overlap) on a scratch slot, solves ms = readbackWait + steps * step,
    * and picks the fewest steps whose GPU time covers twice the wait when decode is overlapped
    * (the queued steps must outlast the readback), or keeps the wait under 10% of a readback's
    * time when it is not. Streamed chunks stay as small as that allows.
@@ -482,7 +482,7 @@ export class Engine {
       };
       let one = Infinity;
       let many = Infinity;
-      for (let r = 0; r < 2; r++) {
+      for (let r = 0; r < 3; r++) {
         one = Math.min(one, await time(1));
         many = Math.min(many, await time(cap));
       }

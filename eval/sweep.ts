@@ -75,7 +75,8 @@ export interface SweepResult {
   keys: number;
   sink: number;
   recent: number;
-  compensation: CompensationChoice;
+  /** Absent in sweeps written before compensation tokens: "off". */
+  compensation?: CompensationChoice;
   identification: { method: IdentifyMethod; wall_s: number; forward_tokens: number }[];
   points: SweepPoint[];
   elapsed_s: number;
@@ -415,7 +416,7 @@ export function sweepMarkdown(r: SweepResult): string {
   const L = [
     `Budget sweep on \`${r.model}\` (${r.adapter}, ${r.precision}; sink ${r.sink} + recent ` +
     `${r.recent}${
-      r.compensation === "off"
+      (r.compensation ?? "off") === "off"
         ? ""
         : r.compensation === "on"
         ? ", every streaming head compensated"
