@@ -300,12 +300,13 @@ step() {
   [ "$status" = ok ]
 }
 
-TESTS=(tests/kernels_test.ts tests/kv_quant_test.ts)
+TESTS=(tests/kernels_test.ts tests/kv_quant_test.ts tests/compensation_test.ts)
 [ "$HAVE_SHARED" = 1 ] && TESTS+=(tests/gpu_model_test.ts tests/zigzag_test.ts tests/gguf_model_test.ts)
 if [ "$SHRINK" = 1 ]; then
   # One or two tests per file: every kernel family and the runner still run on the adapter.
   step tests "$(bud 95 150)" deno test -A --no-check --cached-only --parallel \
-    --filter '/embed|rmsnorm|kv_store|batched decode|every plan equals full|Q4_K_M/' "${TESTS[@]}"
+    --filter '/embed|rmsnorm|kv_store|batched decode|every plan equals full|Q4_K_M|ring wraps/' \
+    "${TESTS[@]}"
 else
   step tests "$(bud 80 600)" deno test -A --no-check --cached-only --parallel "${TESTS[@]}"
 fi

@@ -289,9 +289,13 @@ Deno.test("tokenizers: maxBytesPerToken bounds every encoding; the thread encode
       clearInterval(timer);
       assert.equal(ids.length, tok.encode(text).length);
       assert.ok(took > 200, `the encode took ${took.toFixed(0)} ms: too short to show anything`);
-      // Timers fire late by the time the machine's other core needs elsewhere, never by the
-      // encode: well under its duration.
-      assert.ok(worst < Math.min(100, took / 2), `a timer waited ${worst.toFixed(0)} ms`);
+      // Timers fire late by the time the machine's cores are needed elsewhere (the suite runs
+      // in parallel: 148 ms seen), never by the encode: an encode on this thread would hold a
+      // timer for all of its duration.
+      assert.ok(
+        worst < took / 2,
+        `a timer waited ${worst.toFixed(0)} ms of the ${took.toFixed(0)} ms encode`,
+      );
     } finally {
       thread.close();
     }
