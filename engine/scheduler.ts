@@ -191,13 +191,19 @@ export class Scheduler {
   decode<R extends RequestView>(decoding: readonly R[]): DecodeWork<R> | null {
     const batch = decoding.filter((r) => !r.cancelled);
     if (batch.length === 0) return null;
+    return { batch, steps: Math.max(1, this.#steps(batch, 0)) };
+  }
+
+  /** Steps of a decode of `batch` queued behind `inFlight` steps of it: a readback's worth, no
+   * more than the most tokens a row still needs, nor than any row's context has room for. */
+  #steps(batch: readonly RequestView[], inFlight: number): number {
     let steps = this.stepsPerReadback;
     let most = 0;
     for (const r of batch) {
-      most = Math.max(most, r.maxTokens - r.generated);
+      most = Math.max(most, r.maxTokens - r.generated - inFlight);
       steps = Math.min(steps, this.limits.context - r.cachedTokens);
     }
-    return { batch, steps: Math.max(1, Math.min(steps, most)) };
+    return Math.min(steps, most);
   }
 
   /**
@@ -214,15 +220,8 @@ export class Scheduler {
   ): DecodeWork<R> | null {
     const live = decoding.filter((r) => !r.cancelled);
     if (live.length !== batch.length || live.some((r, i) => r !== batch[i])) return null;
-    let steps = this.stepsPerReadback;
-    let most = 0;
-    for (const r of batch) {
-      const left = r.maxTokens - r.generated - inFlight;
-      if (left <= 0) return null;
-      most = Math.max(most, left);
-      steps = Math.min(steps, this.limits.context - r.cachedTokens);
-    }
-    if (steps < 1) return null;
-    return { batch: [...batch], steps: Math.min(steps, most) };
+    if (batch.some((r) => r.maxTokens - r.generated - inFlight <= 0)) return null;
+    const steps = this.#steps(batch, inFlight);
+    return steps < 1 ? null : { batch: [...batch], steps };
   }
 }
