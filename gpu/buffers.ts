@@ -76,34 +76,55 @@ export function uploadMatrix(
   return t;
 }
 
-/** Copies several buffer prefixes to the host in one round trip (one staging buffer, one map). */
-export async function readBuffers(
+/** Buffer prefixes copied into one MAP_READ staging buffer by an encoder (`stageRead`), to be
+ * read back once that encoder is submitted (`readStaged`). */
+export interface StagedRead {
+  staging: GPUBuffer;
+  /** Bytes of each part, and where each starts in `staging` (4-byte aligned). */
+  bytes: number[];
+  offsets: number[];
+}
+
+/** Records on `enc` the copies of several buffer prefixes into one new staging buffer. */
+export function stageRead(
   device: GPUDevice,
+  enc: GPUCommandEncoder,
   parts: { buffer: GPUBuffer; bytes: number }[],
-): Promise<ArrayBuffer[]> {
+): StagedRead {
   const sizes = parts.map((p) => Math.ceil(p.bytes / 4) * 4);
+  const offsets = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
   const staging = device.createBuffer({
     size: sizes.reduce((a, b) => a + b, 0),
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
+  parts.forEach((p, i) => enc.copyBufferToBuffer(p.buffer, 0, staging, offsets[i], sizes[i]));
+  return { staging, bytes: parts.map((p) => p.bytes), offsets };
+}
+
+/**
+ * Maps a staged read, after the encoder that recorded it was submitted, and returns each part's
+ * bytes; the staging buffer is destroyed either way. The map is requested within this call (in
+ * Deno 2.9 the mapAsync call itself returns once the GPU has finished the work queued so far,
+ * and its promise ~10 ms later): work submitted right after the call overlaps that wait.
+ */
+export function readStaged(s: StagedRead): Promise<ArrayBuffer[]> {
+  return s.staging.mapAsync(GPUMapMode.READ).then(() => {
+    const all = s.staging.getMappedRange();
+    const out = s.bytes.map((n, i) => all.slice(s.offsets[i], s.offsets[i] + n));
+    s.staging.unmap();
+    return out;
+  }).finally(() => s.staging.destroy());
+}
+
+/** Copies several buffer prefixes to the host in one round trip (one staging buffer, one map). */
+export function readBuffers(
+  device: GPUDevice,
+  parts: { buffer: GPUBuffer; bytes: number }[],
+): Promise<ArrayBuffer[]> {
   const enc = device.createCommandEncoder();
-  let offset = 0;
-  parts.forEach((p, i) => {
-    enc.copyBufferToBuffer(p.buffer, 0, staging, offset, sizes[i]);
-    offset += sizes[i];
-  });
+  const staged = stageRead(device, enc, parts);
   device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const all = staging.getMappedRange();
-  offset = 0;
-  const out = parts.map((p, i) => {
-    const part = all.slice(offset, offset + p.bytes);
-    offset += sizes[i];
-    return part;
-  });
-  staging.unmap();
-  staging.destroy();
-  return out;
+  return readStaged(staged);
 }
 
 /** Copies a buffer prefix to the host (one ~11 ms round trip in Deno 2.9: call rarely). */

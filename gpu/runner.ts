@@ -14,7 +14,14 @@
 import type { CacheLayout } from "../cache/layout.ts";
 import type { SeqCache } from "../cache/manager.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
-import { createTensor, type GpuTensor, readBuffers } from "./buffers.ts";
+import {
+  createTensor,
+  type GpuTensor,
+  readBuffers,
+  readStaged,
+  type StagedRead,
+  stageRead,
+} from "./buffers.ts";
 import type { Gpu, Precision } from "./device.ts";
 import {
   type Activations,
@@ -96,13 +103,12 @@ export interface Decoded {
   logits?: Float32Array[];
 }
 
-/** A submitted decode awaiting its readback: its staging buffer holds tokens [steps][maxBatch],
- * then log-probs, then (when a row asked) top log-probs. */
+/** A submitted decode awaiting its readback: tokens [steps][maxBatch], log-probs, and (when a
+ * row asked) top log-probs, staged. */
 interface InFlightDecode {
-  staging: GPUBuffer;
-  rows: number;
+  read: StagedRead;
   steps: number;
-  /** Each row's top log-probs count. */
+  /** Each row's top log-probs count (one entry per row). */
   topK: number[];
 }
 
@@ -626,18 +632,9 @@ export class ModelRunner {
           ? [{ buffer: a.top.buffer, bytes: steps * maxB * MAX_TOP_LOGPROBS * 8 }]
           : []),
       ];
-      const staging = this.device.createBuffer({
-        label: "decode readback",
-        size: parts.reduce((n, q) => n + q.bytes, 0),
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      let offset = 0;
-      for (const q of parts) {
-        enc.copyBufferToBuffer(q.buffer, 0, staging, offset, q.bytes);
-        offset += q.bytes;
-      }
+      const read = stageRead(this.device, enc, parts);
       this.device.queue.submit([enc.finish()]);
-      this.#inFlight.push({ staging, rows: B, steps, topK });
+      this.#inFlight.push({ read, steps, topK });
       this.#chainFrom = { slots, steps };
       return Promise.resolve();
     });
@@ -650,45 +647,37 @@ export class ModelRunner {
 
   /**
    * Waits for the oldest decode in flight and returns its tokens[seq][step] (and log-probs).
-   * The map is requested synchronously, within this call: in Deno 2.9 the mapAsync call itself
-   * returns once the GPU has finished all queued work, and its promise ~10 ms later, so work
-   * submitted right after this call overlaps that wait.
+   * The map is requested within this call (`readStaged`), so work submitted right after it
+   * overlaps the ~10 ms a readback waits.
    */
   collectDecode(): Promise<Decoded> {
     // In call order with submissions; the exclusive part ends once the map is requested.
     const started = this.#exclusive(() => {
       const f = this.#inFlight.shift();
       if (!f) throw new Error("collectDecode() with no decode in flight");
-      return Promise.resolve({ f, mapped: f.staging.mapAsync(GPUMapMode.READ) });
+      return Promise.resolve({ f, read: readStaged(f.read) });
     });
-    return started.then(({ f, mapped }) => this.#readDecode(f, mapped));
+    return started.then(({ f, read }) => this.#readDecode(f, read));
   }
 
-  async #readDecode(f: InFlightDecode, mapped: Promise<void>): Promise<Decoded> {
+  async #readDecode(f: InFlightDecode, read: Promise<ArrayBuffer[]>): Promise<Decoded> {
     const { steps, topK } = f;
     const maxB = this.opts.maxBatch;
-    try {
-      await mapped;
-      const all = f.staging.getMappedRange();
-      const n = steps * maxB;
-      const tok = new Uint32Array(all, 0, n).slice();
-      const lp = new Float32Array(all, n * 4, n).slice();
-      const out: Decoded = {
-        tokens: topK.map((_, i) => Array.from({ length: steps }, (_, s) => tok[s * maxB + i])),
-        logprobs: topK.map((_, i) => Array.from({ length: steps }, (_, s) => lp[s * maxB + i])),
-      };
-      if (topK.some((k) => k > 0)) {
-        const top = new Uint32Array(all, 2 * n * 4, n * MAX_TOP_LOGPROBS * 2).slice();
-        out.top = topK.map((k, i) =>
-          Array.from({ length: steps }, (_, s) => topOf(top, maxB, s, i, k))
-        );
-      }
-      f.staging.unmap();
-      this.gpu.validation.check("decode");
-      return out;
-    } finally {
-      f.staging.destroy();
+    const [tokBuf, lpBuf, topBuf] = await read;
+    const tok = new Uint32Array(tokBuf);
+    const lp = new Float32Array(lpBuf);
+    const out: Decoded = {
+      tokens: topK.map((_, i) => Array.from({ length: steps }, (_, s) => tok[s * maxB + i])),
+      logprobs: topK.map((_, i) => Array.from({ length: steps }, (_, s) => lp[s * maxB + i])),
+    };
+    if (topBuf) {
+      const top = new Uint32Array(topBuf);
+      out.top = topK.map((k, i) =>
+        Array.from({ length: steps }, (_, s) => topOf(top, maxB, s, i, k))
+      );
     }
+    this.gpu.validation.check("decode");
+    return out;
   }
 
   /**
