@@ -50,7 +50,7 @@ export interface CacheKind {
   /** Keeps RazorAttention's compensation token: attention reads it and `wgsl/compensation.wgsl`
    * folds the keys that leave the window into it. */
   readonly compensated: boolean;
-  /** f32 words per KV head that every sequence slot keeps besides its positions (a
+  /** 32-bit words per KV head that every sequence slot keeps besides its positions (a
    * compensation token's running sums), 0 for most kinds. */
   stateWords(headDim: number): number;
   /** Token positions of one shard unit: the kind's buffers are split into shards of whole units

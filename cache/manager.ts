@@ -253,7 +253,8 @@ export class KvCacheManager {
         tokens: g.headsOf(k.name) > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0,
         bytes_reserved: reserved[k.name],
         bytes_used: slots * token + started * state,
-        bytes_cached: cachedSlots * token,
+        // A snapshot ring keeps its sums too (compensated rings).
+        bytes_cached: cachedSlots * token + (pc && !k.paged ? pc.snapshots * state : 0),
         pages_used: k.paged ? pagesUsed : 0,
         pages_free: k.paged ? pagesFree : 0,
         pages_cached: k.paged ? total.pages_cached : 0,

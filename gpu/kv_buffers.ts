@@ -113,7 +113,7 @@ export class KvBuffers {
       const a = at(from);
       const b = at(to);
       if (part.state) {
-        // The sums of the snapshot's own position (a compensated ring keeps no slack).
+        // A compensated ring's sums and the position they reach go with its positions.
         const sb = g.stateBytes(part.kind, part.heads);
         enc.copyBufferToBuffer(part.state, from * sb, this.#ringScratch!, 0, sb);
         enc.copyBufferToBuffer(this.#ringScratch!, 0, part.state, to * sb, sb);

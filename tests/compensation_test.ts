@@ -272,6 +272,18 @@ Deno.test(
         // Layers 0 and 1 one streaming head each, layer 2 both.
         assert.equal(report.geometry.compensated_kv_heads, 4);
         assert.equal(report.total.pages_used, 0);
+        if (prefixCache) {
+          // Each snapshot ring holds its positions and its sums.
+          const g = e.layout;
+          const k = g.kind("compensated");
+          const heads = g.headsOf("compensated");
+          const snapshots = report.prefix_cache!.snapshots;
+          assert.ok(snapshots > 0);
+          assert.equal(
+            report.compensated.bytes_cached,
+            snapshots * (k.slotsPerSeq * g.tokenBytes(heads) + g.stateBytes(k, heads)),
+          );
+        }
         return { greedy, sampled };
       } finally {
         await e.close();
