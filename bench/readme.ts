@@ -144,24 +144,30 @@ async function main(): Promise<number> {
   }
   let text = replaceSection(readme, benchSection, readmePath);
   let evalSection = renderEvalSection(evalResult, baseOf(evalPath));
-  // The budget sweep (`deno task eval-sweep`) sits in sweep/ beside eval.json when it was run.
-  const sweepPath = `${dirOf(absolute(evalPath))}/sweep/sweep.json`;
-  if (pathExists(sweepPath)) {
-    const sweep = await readJson<SweepResult>(sweepPath, SWEEP_SCHEMA, "eval-sweep");
-    const base = baseOf(sweepPath);
-    evalSection += "\n\n#### Budget sweep (`deno task eval-sweep`)\n\n" + sweepMarkdown(sweep) +
-      `\n![multi-key accuracy against KV bytes](${base}sweep-accuracy.svg) ` +
-      `![held-out text loss against KV bytes](${base}sweep-text.svg)`;
-  }
-  // The sweep with and without compensation tokens (`--compensation both`), in sweep-compensation/.
-  const compPath = `${dirOf(absolute(evalPath))}/sweep-compensation/sweep.json`;
-  if (pathExists(compPath)) {
-    const sweep = await readJson<SweepResult>(compPath, SWEEP_SCHEMA, "eval-sweep");
-    const base = baseOf(compPath);
-    evalSection += "\n\n#### Compensation tokens in the sweep " +
-      "(`deno task eval-sweep --compensation both`)\n\n" + sweepMarkdown(sweep) +
-      `\n![multi-key accuracy against KV bytes, with compensation](${base}sweep-accuracy.svg) ` +
-      `![held-out text loss against KV bytes, with compensation](${base}sweep-text.svg)`;
+  // The budget sweeps (`deno task eval-sweep`) sit beside eval.json when they were run: the plain
+  // one in sweep/, with and without compensation tokens in sweep-compensation/, uniform vs
+  // per-layer windows in sweep-windows/.
+  const sweeps = [
+    { dir: "sweep", title: "Budget sweep (`deno task eval-sweep`)", alt: "" },
+    {
+      dir: "sweep-compensation",
+      title: "Compensation tokens in the sweep (`deno task eval-sweep --compensation both`)",
+      alt: ", with compensation",
+    },
+    {
+      dir: "sweep-windows",
+      title: "Per-layer windows in the sweep (`deno task eval-sweep --windows both`)",
+      alt: ", uniform vs per-layer windows",
+    },
+  ];
+  for (const { dir, title, alt } of sweeps) {
+    const path = `${dirOf(absolute(evalPath))}/${dir}/sweep.json`;
+    if (!pathExists(path)) continue;
+    const sweep = await readJson<SweepResult>(path, SWEEP_SCHEMA, "eval-sweep");
+    const base = baseOf(path);
+    evalSection += `\n\n#### ${title}\n\n` + sweepMarkdown(sweep) +
+      `\n![multi-key accuracy against KV bytes${alt}](${base}sweep-accuracy.svg) ` +
+      `![held-out text loss against KV bytes${alt}](${base}sweep-text.svg)`;
   }
   text = replaceSection(text, evalSection, readmePath, EVAL_MARKERS);
   // Format the whole README as deno fmt would (its own text is unchanged when already formatted).

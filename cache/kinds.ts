@@ -11,7 +11,7 @@
 // Adding a kind: a head kind of plans (plans/types.ts HeadKind), one class here (registered in
 // CACHE_KINDS), its WGSL layout include and the attention/store entry points that use it.
 
-import type { HeadKind } from "../plans/types.ts";
+import { GROWTH_UNITS, type HeadKind, ringRecent, type Window } from "../plans/types.ts";
 
 /** What a kind needs to know of a sequence: positions written and pages held. */
 export interface SeqState {
@@ -19,11 +19,15 @@ export interface SeqState {
   readonly pages: readonly number[];
 }
 
-/** Sizes every kind may read (set once per cache). */
+/** Sizes every kind may read: the cache's, and the window of the heads the instance serves (a
+ * plan with per-layer windows has one ring instance per distinct window). */
 export interface KindParams {
   pageSize: number;
   sink: number;
   recent: number;
+  /** Elastic windows (plans/types.ts Window): growth per position and the largest recent. */
+  growth?: number;
+  maxRecent?: number;
   /** Positions a ring keeps beyond sink + recent (prefix-cache snapshots; default 0). */
   ringSlack?: number;
 }
@@ -41,6 +45,9 @@ export interface KindSizes {
 export interface CacheKind {
   /** The head kind of plans, statistics and metrics. */
   readonly name: HeadKind;
+  /** The window it keeps (rings), or null (it keeps every position): heads of one kind with
+   * different windows are different instances, each its own cache part and kernels. */
+  readonly window: Window | null;
   /** WGSL addressing include: `wgsl/cache_${layout}.wgsl`. */
   readonly layout: "paged" | "ring";
   /** Draws its memory from the shared page pool (one page table serves every such part). */
@@ -71,6 +78,7 @@ export class RetrievalPages implements CacheKind {
   readonly paged = true;
   readonly slotsPerSeq = 0;
   readonly compensated = false;
+  readonly window = null;
   constructor(readonly pageSize: number) {}
 
   stateWords(): number {
@@ -103,14 +111,51 @@ export class RetrievalPages implements CacheKind {
  * Streaming heads: the first `sink` positions and the last `recent`, in a ring per slot. With
  * `slack` > 0 the ring keeps `slack` older positions too (attention never reads them), so that a
  * copy of it taken at position b is the exact state of every position in [b - slack, b]: the
- * prefix cache's snapshots resume from any page boundary in that range.
+ * prefix cache's snapshots resume from any page boundary in that range. Elastic (`elastic`
+ * given): `recent` is the ring's size, the window's largest; a query at i sees the last
+ * min(recent, elastic.base + floor(elastic.growth (i + 1))) positions.
  */
 export class StreamingRing implements CacheKind {
   readonly name: HeadKind = "streaming";
   readonly layout = "ring" as const;
   readonly paged = false;
   readonly compensated: boolean = false;
-  constructor(readonly sink: number, readonly recent: number, readonly slack = 0) {}
+  constructor(
+    readonly sink: number,
+    readonly recent: number,
+    readonly slack = 0,
+    readonly elastic: { base: number; growth: number } | null = null,
+  ) {}
+
+  /** The ring for a window (its ring size from `ringRecent`). */
+  static sized<T extends StreamingRing>(
+    this: new (
+      sink: number,
+      recent: number,
+      slack?: number,
+      elastic?: { base: number; growth: number } | null,
+    ) => T,
+    w: Window,
+    slack: number,
+  ): T {
+    return new this(
+      w.sink,
+      ringRecent(w),
+      slack,
+      w.growth ? { base: w.recent, growth: w.growth } : null,
+    );
+  }
+
+  get window(): Window {
+    return this.elastic
+      ? {
+        sink: this.sink,
+        recent: this.elastic.base,
+        growth: this.elastic.growth,
+        maxRecent: this.recent,
+      }
+      : { sink: this.sink, recent: this.recent };
+  }
 
   stateWords(_headDim: number): number {
     return 0;
@@ -136,6 +181,9 @@ export class StreamingRing implements CacheKind {
     return {
       SINK: this.sink,
       RECENT: this.recent,
+      // The window's start: RECENT alone unless elastic.
+      RECENT_BASE: this.elastic?.base ?? this.recent,
+      GROWTH_Q16: Math.round((this.elastic?.growth ?? 0) * GROWTH_UNITS),
       SLACK: this.slack,
       SLOTS_PER_SHARD: s.unitsPerShard,
       CACHE_SHARDS: s.shards,
@@ -161,14 +209,15 @@ export class CompensatedRing extends StreamingRing {
   }
 }
 
-/** Every kind, in cache order: within a layer, heads of an earlier kind come first. */
+/** Every kind, in cache order: within a layer, heads of an earlier kind come first (and, of
+ * one kind, heads of a smaller window). */
 export const CACHE_KINDS: readonly {
   name: HeadKind;
   make: (p: KindParams) => CacheKind;
 }[] = [
   { name: "retrieval", make: (p) => new RetrievalPages(p.pageSize) },
-  { name: "streaming", make: (p) => new StreamingRing(p.sink, p.recent, p.ringSlack ?? 0) },
-  { name: "compensated", make: (p) => new CompensatedRing(p.sink, p.recent, p.ringSlack ?? 0) },
+  { name: "streaming", make: (p) => StreamingRing.sized(p, p.ringSlack ?? 0) },
+  { name: "compensated", make: (p) => CompensatedRing.sized(p, p.ringSlack ?? 0) },
 ];
 
 export const KIND_NAMES: readonly HeadKind[] = CACHE_KINDS.map((k) => k.name);

@@ -10,7 +10,7 @@
 // index within a shard stays far below 2^32.
 
 import type { ModelConfig } from "../model/types.ts";
-import type { HeadKind, ResolvedPlan } from "../plans/types.ts";
+import { type HeadKind, headWindow, type ResolvedPlan, type Window } from "../plans/types.ts";
 import { CACHE_KINDS, type CacheKind, KIND_NAMES, type SeqState } from "./kinds.ts";
 
 /** The adapter limits a cache's buffers must respect (GPUSupportedLimits has both). */
@@ -107,15 +107,23 @@ export interface LayerCacheLayout {
 /** Bytes of each kind, and their sum. */
 export type KindBytes = Record<HeadKind, number> & { total: number };
 
+function zeroKindBytes(): KindBytes {
+  const out = { total: 0 } as KindBytes;
+  for (const name of KIND_NAMES) out[name] = 0;
+  return out;
+}
+
 export class CacheGeometry {
   /** Bytes of one storage unit of the K and V buffers (kvUnitBytes). */
   readonly bytesPerElement: number;
   /** Bytes of one (position, KV head) entry of K or V, scales included (kvEntryBytes). */
   readonly entryBytes: number;
-  /** The kinds, in CACHE_KINDS order (all of them, used or not). */
+  /** The kind instances, in cache order: one of every kind at the plan's window (used or not),
+   * and one more of a ring kind per other window the plan's layers give its heads. */
   readonly kinds: readonly CacheKind[];
   readonly layers: LayerCacheLayout[];
-  readonly #heads: Map<HeadKind, number>;
+  /** KV heads each instance holds, summed over layers. */
+  readonly #heads: Map<CacheKind, number>;
 
   constructor(
     readonly config: ModelConfig,
@@ -129,34 +137,67 @@ export class CacheGeometry {
     if (problem) throw new RangeError(problem);
     this.bytesPerElement = kvUnitBytes(kvDtype);
     this.entryBytes = kvEntryBytes(kvDtype, config.headDim);
-    const params = { pageSize, sink: plan.sink, recent: plan.recent, ringSlack };
-    this.kinds = CACHE_KINDS.map((k) => k.make(params));
-    this.layers = plan.layers.map((lp) => {
+    // One instance per (kind, window): heads with the same kind and window share kernels.
+    const instances = new Map<string, CacheKind>();
+    const instanceOf = (name: HeadKind, w: Window): CacheKind => {
+      const spec = CACHE_KINDS.find((k) => k.name === name)!;
+      const probe = spec.make({ pageSize, ...w, ringSlack });
+      const pw = probe.window;
+      const key = `${name}:${pw?.sink}:${pw?.recent}:${pw?.growth ?? 0}:${pw?.maxRecent ?? 0}`;
+      if (!instances.has(key)) instances.set(key, probe);
+      return instances.get(key)!;
+    };
+    for (const k of KIND_NAMES) instanceOf(k, { sink: plan.sink, recent: plan.recent });
+    const headKinds = plan.layers.map((lp, l) =>
+      lp.kvHeadKinds.map((k, h) => instanceOf(k, headWindow(plan, l, h)))
+    );
+    const order = (k: CacheKind) => [
+      KIND_NAMES.indexOf(k.name),
+      k.window?.sink ?? 0,
+      k.window?.recent ?? 0,
+      k.window?.growth ?? 0,
+      k.window?.maxRecent ?? 0,
+    ];
+    this.kinds = [...instances.values()].sort((a, b) => {
+      const [x, y] = [order(a), order(b)];
+      return x.map((v, i) => v - y[i]).find((d) => d !== 0) ?? 0;
+    });
+    this.layers = headKinds.map((kinds) => {
       const parts: CachePartLayout[] = [];
       let base = 0;
       for (const kind of this.kinds) {
-        const kvHeads = lp.kvHeadKinds.flatMap((k, h) => k === kind.name ? [h] : []);
+        const kvHeads = kinds.flatMap((k, h) => k === kind ? [h] : []);
         if (kvHeads.length === 0) continue;
         parts.push({ kind, kvHeads, kvHeadBase: base, heads: kvHeads.length });
         base += kvHeads.length;
       }
       return { parts };
     });
-    this.#heads = new Map(KIND_NAMES.map((n) => [n, 0]));
+    this.#heads = new Map(this.kinds.map((k) => [k, 0]));
     for (const l of this.layers) {
-      for (const p of l.parts) {
-        this.#heads.set(p.kind.name, this.#heads.get(p.kind.name)! + p.heads);
-      }
+      for (const p of l.parts) this.#heads.set(p.kind, this.#heads.get(p.kind)! + p.heads);
     }
   }
 
+  /** The instance of a kind at the plan's window. */
   kind(name: HeadKind): CacheKind {
-    return this.kinds.find((k) => k.name === name)!;
+    const w = name === "retrieval" ? null : { sink: this.plan.sink, recent: this.plan.recent };
+    return this.kinds.find((k) =>
+      k.name === name && k.window?.sink === w?.sink && k.window?.recent === w?.recent &&
+      !k.window?.growth
+    )!;
   }
 
-  /** KV heads of a kind summed over layers. */
+  /** KV heads of a kind summed over layers (every window). */
   headsOf(name: HeadKind): number {
-    return this.#heads.get(name)!;
+    let n = 0;
+    for (const [k, heads] of this.#heads) if (k.name === name) n += heads;
+    return n;
+  }
+
+  /** KV heads of one kind instance summed over layers. */
+  headsIn(kind: CacheKind): number {
+    return this.#heads.get(kind) ?? 0;
   }
 
   /** KV heads in cache order for a layer: its parts' heads, one part after another. */
@@ -166,7 +207,7 @@ export class CacheGeometry {
 
   /** Whether any layer keeps paged (pool) memory. */
   get paged(): boolean {
-    return this.kinds.some((k) => k.paged && this.headsOf(k.name) > 0);
+    return this.kinds.some((k) => k.paged && this.headsIn(k) > 0);
   }
 
   /** K and V bytes of one token for `heads` KV heads, scales included. */
@@ -188,7 +229,7 @@ export class CacheGeometry {
   get ringBytes(): number {
     let b = 0;
     for (const k of this.kinds) {
-      const heads = this.headsOf(k.name);
+      const heads = this.headsIn(k);
       b += k.slotsPerSeq * this.tokenBytes(heads) + this.stateBytes(k, heads);
     }
     return b;
@@ -196,17 +237,24 @@ export class CacheGeometry {
 
   /** Whether any layer keeps compensation tokens. */
   get compensated(): boolean {
-    return this.kinds.some((k) => k.compensated && this.headsOf(k.name) > 0);
+    return this.kinds.some((k) => k.compensated && this.headsIn(k) > 0);
   }
 
-  /** Positions of one ring: sink + recent + slack. */
+  /** Positions of the longest ring the plan uses (sink + recent + slack; the plan's window when
+   * no layer keeps a ring). */
   get ringLength(): number {
-    return this.plan.sink + this.plan.recent + this.ringSlack;
+    const used = this.ringKinds.map((k) => k.slotsPerSeq);
+    return used.length > 0 ? Math.max(...used) : this.plan.sink + this.plan.recent + this.ringSlack;
+  }
+
+  /** The ring kind instances some layer uses (one per kind and window). */
+  get ringKinds(): CacheKind[] {
+    return this.kinds.filter((k) => !k.paged && this.headsIn(k) > 0);
   }
 
   /** Whether any layer keeps rings (streaming heads). */
   get ringed(): boolean {
-    return this.kinds.some((k) => !k.paged && this.headsOf(k.name) > 0);
+    return this.ringKinds.length > 0;
   }
 
   get retrievalHeads(): number {
@@ -219,7 +267,7 @@ export class CacheGeometry {
 
   #pagedTokenBytes(): number {
     let b = 0;
-    for (const k of this.kinds) if (k.paged) b += this.tokenBytes(this.headsOf(k.name));
+    for (const k of this.kinds) if (k.paged) b += this.tokenBytes(this.headsIn(k));
     return b;
   }
 
@@ -237,14 +285,20 @@ export class CacheGeometry {
   /** Bytes of each kind when it holds `slots(kind)` token positions per KV head and `states`
    * slots' per-slot state. */
   protected kindBytes(slots: (k: CacheKind) => number, states: number): KindBytes {
-    const out = { total: 0 } as KindBytes;
+    const out = zeroKindBytes();
     for (const k of this.kinds) {
-      const heads = this.headsOf(k.name);
-      const b = slots(k) * this.tokenBytes(heads) + states * this.stateBytes(k, heads);
-      out[k.name] = b;
+      const b = this.instanceBytes(k, slots(k), states);
+      out[k.name] += b;
       out.total += b;
     }
     return out;
+  }
+
+  /** Bytes of one kind instance holding `slots` token positions per KV head and `states`
+   * slots' per-slot state. */
+  instanceBytes(k: CacheKind, slots: number, states: number): number {
+    const heads = this.headsIn(k);
+    return slots * this.tokenBytes(heads) + states * this.stateBytes(k, heads);
   }
 
   /** A sequence of `tokens` positions holding exactly the pages they need. */
@@ -254,11 +308,10 @@ export class CacheGeometry {
 
   /** `bytes` of sequences of these lengths, summed. */
   usedBytes(lengths: number[]): KindBytes {
-    const out = { total: 0 } as KindBytes;
-    for (const k of this.kinds) out[k.name] = 0;
+    const out = zeroKindBytes();
     for (const n of lengths) {
       const b = this.bytes(this.stateFor(n));
-      for (const k of this.kinds) out[k.name] += b[k.name];
+      for (const name of KIND_NAMES) out[name] += b[name];
       out.total += b.total;
     }
     return out;
@@ -302,7 +355,7 @@ export class CacheLayout extends CacheGeometry {
   readonly budgetBytes: number;
   /** Bytes a shard buffer may take: the binding and buffer limits, at most MAX_SHARD_BYTES. */
   readonly maxShardBytes: number;
-  readonly #shards = new Map<HeadKind, KindShards>();
+  readonly #shards = new Map<CacheKind, KindShards>();
 
   constructor(config: ModelConfig, plan: ResolvedPlan, s: CacheSizing) {
     super(config, plan, s.kvDtype, s.pageSize ?? 16, s.ringSlack ?? 0);
@@ -336,7 +389,7 @@ export class CacheLayout extends CacheGeometry {
       limits.maxBufferSize,
       MAX_SHARD_BYTES,
     );
-    for (const kind of this.kinds) this.#shards.set(kind.name, this.#shardsOf(kind));
+    for (const kind of this.kinds) this.#shards.set(kind, this.#shardsOf(kind));
   }
 
   /** Shards of whole units, each sized for the kind's largest part. */
@@ -369,7 +422,7 @@ export class CacheLayout extends CacheGeometry {
 
   /** How the kind's buffers are split into shards. */
   shards(kind: CacheKind): KindShards {
-    return this.#shards.get(kind.name)!;
+    return this.#shards.get(kind)!;
   }
 
   /** Bytes of shard `shard` of one K (or V) buffer of a part of `heads` KV heads. */

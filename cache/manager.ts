@@ -39,6 +39,19 @@ export interface KindStats {
   pages_cached: number;
 }
 
+export interface RingStats {
+  kind: HeadKind;
+  sink: number;
+  recent: number;
+  /** Elastic windows: recent positions gained per position, up to max_recent (the ring). */
+  growth?: number;
+  max_recent?: number;
+  kv_heads: number;
+  tokens: number;
+  bytes_reserved: number;
+  bytes_used: number;
+}
+
 export type CacheStats =
   & {
     sequences: number;
@@ -46,6 +59,9 @@ export type CacheStats =
     sink: number;
     recent: number;
     total: KindStats;
+    /** Each ring kind in use at each window (a plan with per-layer windows has several): its
+     * KV heads summed over layers, tokens its rings keep and bytes. */
+    rings: RingStats[];
     /** Bytes a full-attention cache would hold for the same sequences. */
     full_attention_bytes: number;
     /** total.bytes_used / full_attention_bytes (1 when nothing is cached). */
@@ -244,24 +260,49 @@ export class KvCacheManager {
       pages_cached: pc?.pages ?? 0,
     };
     const started = seqs.filter((s) => s.tokens > 0).length;
+    out.rings = [];
     for (const k of g.kinds) {
-      const token = g.tokenBytes(g.headsOf(k.name));
-      const state = g.stateBytes(k, g.headsOf(k.name));
+      const heads = g.headsIn(k);
+      const token = g.tokenBytes(heads);
+      const state = g.stateBytes(k, heads);
       const slots = k.paged ? pagesUsed * g.pageSize : seqs.reduce((a, s) => a + k.slotsHeld(s), 0);
       const cachedSlots = !pc ? 0 : k.paged ? pc.pages * g.pageSize : pc.snapshots * k.slotsPerSeq;
-      const ks: KindStats = {
-        tokens: g.headsOf(k.name) > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0,
+      const tokens = heads > 0 ? seqs.reduce((a, s) => a + k.tokensHeld(s.tokens), 0) : 0;
+      const bytesUsed = slots * token + started * state;
+      // A snapshot ring keeps its sums too (compensated rings).
+      const bytesCached = cachedSlots * token + (pc && !k.paged ? pc.snapshots * state : 0);
+      const bytesReserved = g.instanceBytes(k, g.capacity(k), g.ringSlots);
+      // A kind's figures sum its instances (one per window); its tokens are the most any of
+      // them keeps.
+      const ks: KindStats = out[k.name] ?? {
+        tokens: 0,
         bytes_reserved: reserved[k.name],
-        bytes_used: slots * token + started * state,
-        // A snapshot ring keeps its sums too (compensated rings).
-        bytes_cached: cachedSlots * token + (pc && !k.paged ? pc.snapshots * state : 0),
+        bytes_used: 0,
+        bytes_cached: 0,
         pages_used: k.paged ? pagesUsed : 0,
         pages_free: k.paged ? pagesFree : 0,
         pages_cached: k.paged ? total.pages_cached : 0,
       };
+      ks.tokens = Math.max(ks.tokens, tokens);
+      ks.bytes_used += bytesUsed;
+      ks.bytes_cached += bytesCached;
       out[k.name] = ks;
-      total.bytes_used += ks.bytes_used;
-      total.bytes_cached += ks.bytes_cached;
+      total.bytes_used += bytesUsed;
+      total.bytes_cached += bytesCached;
+      if (!k.paged && heads > 0) {
+        out.rings.push({
+          kind: k.name,
+          sink: k.window!.sink,
+          recent: k.window!.recent,
+          ...(k.window!.growth
+            ? { growth: k.window!.growth, max_recent: k.window!.maxRecent }
+            : {}),
+          kv_heads: heads,
+          tokens,
+          bytes_reserved: bytesReserved,
+          bytes_used: bytesUsed,
+        });
+      }
     }
     out.total = total;
     const full = g.fullBytes(total.tokens);

@@ -4,14 +4,17 @@
 //     --mode zigzag [--criterion sum|demoted] --out plan.json [--architecture NAME] [--head-dim N]
 //   deno task plan identify --model PATH [--method ablate|retrieval-score|razor] --budget 0.5 \
 //     [--mode zigzag|duo] [--lengths 512,1024] [--samples N] [--seed S] [--sink N --recent N] \
-//     --out plan.json [--svg heatmap.svg]
+//     [--windows uniform|scored [--window-spread S] [--window-budget F]] --out plan.json \
+//     [--svg heatmap.svg]
+//   deno task plan windows --plan plan.json [--spread S] [--budget F] --out plan.windows.json
 
 import { getGpu, resolvePrecision } from "../gpu/device.ts";
 import { identify, METHODS } from "../identify/identify.ts";
 import { loadModel } from "../model/load.ts";
 import { type DuoConfig, importDuo, parseDuoConfig } from "../plans/duo_import.ts";
 import { heatmapSvg } from "../plans/heatmap.ts";
-import { type Plan, savePlan } from "../plans/schema.ts";
+import { loadPlanFile, type Plan, PlanError, savePlan } from "../plans/schema.ts";
+import { scoredWindows } from "../identify/windows.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { progress } from "../util/progress.ts";
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "./flags.ts";
@@ -21,6 +24,7 @@ export const USAGE = `usage: deno task plan <command> [flags]
 commands:
   import-duo   build a duo or zigzag plan from DuoAttention's full_attention_heads.tsv
   identify     find a model's retrieval layers (zigzag) or KV heads (duo) with forward passes
+  windows      give a plan's streaming layers (duo: KV heads) windows of their own from its scores
 
 import-duo flags:
   --tsv FILE           DuoAttention gate matrix, num_layers x num_kv_heads (required)
@@ -57,7 +61,19 @@ identify flags:
   --head-scores        ablate, zigzag: also ablate each KV head alone (scores.kv_heads; the
                        heatmap's cells); costs num_layers * num_kv_heads more calibration passes
   --out FILE           where to write the plan JSON (required)
-  --svg FILE           also write a heatmap of the scores (layers x KV heads)`;
+  --windows W          uniform (default): every streaming unit keeps --sink/--recent; scored:
+                       MoA-style windows of their own, widest for the highest scores, at equal
+                       KV bytes (see \`windows\`)
+  --window-spread S    scored windows: recents from (1 - S) to (1 + S) x --recent (default 0.5)
+  --window-budget F    scored windows: their recents sum to F x the uniform ones (default 1)
+  --svg FILE           also write a heatmap of the scores (layers x KV heads)
+
+windows flags:
+  --plan FILE          a zigzag, duo or streaming plan with scores (required)
+  --spread S           in [0, 1): recents from (1 - S) to (1 + S) x the plan's recent, by score
+                       rank (default 0.5)
+  --budget F           the recents sum to F x the uniform plan's: 1 (default) keeps its KV bytes
+  --out FILE           where to write the plan JSON (required)`;
 
 async function readFlagFile(flag: string, path: string): Promise<string> {
   try {
@@ -96,6 +112,16 @@ export function describePlan(plan: Plan): string[] {
     );
   } else {
     lines.push(`${plan.mode}: every KV head ${plan.mode === "full" ? "retrieval" : "streaming"}`);
+  }
+  if (plan.windows) {
+    const recents = plan.windows.flatMap((w) =>
+      w === null ? [] : Array.isArray(w) ? w.flatMap((h) => h ? [h.recent] : []) : [w.recent]
+    );
+    lines.push(
+      `windows of their own: recent ${Math.min(...recents)} to ${Math.max(...recents)} over ` +
+        `${recents.length} streaming ${plan.mode === "duo" ? "KV heads" : "layers"} ` +
+        `(sum ${recents.reduce((a, b) => a + b, 0)})`,
+    );
   }
   return lines;
 }
@@ -212,6 +238,9 @@ async function identifyCommand(argv: string[]): Promise<number> {
       PRECISION_FLAG,
       "chunk",
       "rounds",
+      "windows",
+      "window-spread",
+      "window-budget",
       "out",
       "svg",
     ],
@@ -233,6 +262,14 @@ async function identifyCommand(argv: string[]): Promise<number> {
   const precisionArg = precisionFlag(args);
   const chunk = args.optionalNumber("chunk", { integer: true, min: 1, max: 4096 });
   const rounds = args.optionalNumber("rounds", { integer: true, min: 0, max: 100 });
+  const windows = args.optionalChoice("windows", ["uniform", "scored"] as const) ?? "uniform";
+  const windowOpts = {
+    spread: args.optionalNumber("window-spread", { min: 0, max: 0.999 }),
+    budget: args.optionalNumber("window-budget", { min: 0.01, max: 100 }),
+  };
+  if (windows === "uniform" && (windowOpts.spread ?? windowOpts.budget) !== undefined) {
+    throw new CliError("--window-spread and --window-budget need --windows scored");
+  }
   const out = args.string("out");
   const svg = args.optionalString("svg");
   const haystackPath = args.optionalString("haystack");
@@ -285,8 +322,9 @@ async function identifyCommand(argv: string[]): Promise<number> {
     onProgress: (done, total, note) => bar.update(done, total, note),
   });
   bar.done();
-  await savePlan(out, result.plan);
-  for (const line of describePlan(result.plan)) console.log(line);
+  const plan = windows === "scored" ? scoredWindows(result.plan, windowOpts) : result.plan;
+  await savePlan(out, plan);
+  for (const line of describePlan(plan)) console.log(line);
   const scores = result.plan.scores?.layers ?? [];
   console.log(`layer scores: ${scores.map((v) => Number(v.toPrecision(3))).join(" ")}`);
   console.log(
@@ -301,6 +339,38 @@ async function identifyCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function windowsCommand(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    console.log(USAGE);
+    return 0;
+  }
+  const args = parseArgs(argv, { values: ["plan", "spread", "budget", "out"] });
+  if (args.positionals.length > 0) {
+    throw new CliError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+  }
+  const path = args.string("plan");
+  const spread = args.optionalNumber("spread", { min: 0, max: 0.999 });
+  const budget = args.optionalNumber("budget", { min: 0.01, max: 100 });
+  const out = args.string("out");
+  let plan: Plan;
+  try {
+    plan = await loadPlanFile(path);
+  } catch (e) {
+    if (e instanceof PlanError) throw new CliError(`--plan: ${e.message}`);
+    throw e;
+  }
+  try {
+    plan = scoredWindows(plan, { spread, budget });
+  } catch (e) {
+    if (e instanceof PlanError) throw new CliError(`--plan ${path}: ${e.message}`);
+    throw e;
+  }
+  await savePlan(out, plan);
+  for (const line of describePlan(plan)) console.log(line);
+  console.log(`wrote ${out}`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -308,6 +378,8 @@ export async function main(argv: string[]): Promise<number> {
       return await importDuoCommand(rest);
     case "identify":
       return await identifyCommand(rest);
+    case "windows":
+      return await windowsCommand(rest);
     case "help":
     case "--help":
     case "-h":

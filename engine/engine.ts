@@ -26,7 +26,7 @@ import { loadModel } from "../model/load.ts";
 import { weightBytes } from "../model/tensors.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
-import type { HeadKind, ResolvedPlan } from "../plans/types.ts";
+import { hasOwnWindows, type HeadKind, headWindow, type ResolvedPlan } from "../plans/types.ts";
 import { progress } from "../util/progress.ts";
 import { EngineMetrics } from "./metrics.ts";
 import { RequestOutput } from "./output.ts";
@@ -619,10 +619,18 @@ export class Engine {
           streaming: count("streaming"),
           mixed: count("mixed"),
         },
-        layers: plan.layers.map((l) => ({
+        per_layer_windows: hasOwnWindows(plan),
+        layers: plan.layers.map((l, i) => ({
           kind: l.kind,
           retrieval_kv_heads: l.retrievalKvHeads,
           streaming_kv_heads: l.streamingKvHeads,
+          // The window of each streaming KV head, in streaming_kv_heads order.
+          windows: l.streamingKvHeads.map((h) => {
+            const w = headWindow(plan, i, h);
+            return w.growth
+              ? { sink: w.sink, recent: w.recent, growth: w.growth, max_recent: w.maxRecent }
+              : { sink: w.sink, recent: w.recent };
+          }),
         })),
       },
     };

@@ -22,6 +22,7 @@ import { getGpu, resolvePrecision } from "../gpu/device.ts";
 import { loadModel } from "../model/load.ts";
 import type { LoadedModel } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
+import { hasOwnWindows } from "../plans/types.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { denoFmt } from "../util/fmt.ts";
 import { progress } from "../util/progress.ts";
@@ -45,6 +46,8 @@ export interface PlanEval {
   mode: string;
   sink: number;
   recent: number;
+  /** The plan's layers keep windows of their own (sink and recent are its defaults). */
+  per_layer_windows?: boolean;
   retrieval_layers: number[];
   cells: PasskeyCell[];
   /** Accuracy per length, in [0, 1]. */
@@ -131,6 +134,12 @@ export interface EvalOptions {
   quiet?: boolean;
 }
 
+/** "sink + recent" of a plan's row; "per layer" when its layers have windows of their own. */
+function windowLabel(p: PlanEval): string {
+  if (p.mode === "full") return "-";
+  return p.per_layer_windows ? `per layer (${p.sink} + ${p.recent})` : `${p.sink} + ${p.recent}`;
+}
+
 export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const gpu = await getGpu();
   const precision = resolvePrecision(gpu, o.precision ?? "f32");
@@ -145,7 +154,12 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
   const keys = o.keys ?? 4;
   const plans: PlanEval[] = [];
   for (const [name, kv] of o.plans.flatMap((n) => kvDtypes.map((k) => [n, k] as const))) {
-    const plan = await loadPlanArg(name, o.model.config, { sink: o.sink, recent: o.recent });
+    // Plans with per-layer windows keep them; the others are evaluated at the eval's window.
+    const plan = await loadPlanArg(name, o.model.config, {
+      sink: o.sink,
+      recent: o.recent,
+      keepWindows: true,
+    });
     const engine = await Engine.create({
       model: o.model,
       gpu,
@@ -221,6 +235,7 @@ export async function runEval(o: EvalOptions): Promise<EvalResult> {
       mode: plan.mode,
       sink: plan.sink,
       recent: plan.recent,
+      ...(hasOwnWindows(plan) ? { per_layer_windows: true } : {}),
       retrieval_layers: plan.layers.flatMap((l, i) => l.kind === "retrieval" ? [i] : []),
       cells: res.cells,
       by_length: Object.fromEntries(Object.entries(res.byLength).map(([k, v]) => [k, v])),
@@ -309,7 +324,7 @@ export function evalMarkdown(r: EvalResult): string {
     for (const p of r.plans) {
       const m = p.multikey;
       if (!m) continue;
-      const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+      const sr = windowLabel(p);
       lines.push(
         `| ${p.plan} | ${p.kv_dtype ?? r.precision} | ${sr} | ${
           r.lengths.map((l) => pct(m.by_length[l])).join(" | ")
@@ -329,7 +344,7 @@ export function evalMarkdown(r: EvalResult): string {
     for (const p of r.plans) {
       const x = p.text;
       if (!x) continue;
-      const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+      const sr = windowLabel(p);
       lines.push(
         `| ${p.plan} | ${p.kv_dtype ?? r.precision} | ${sr} | ${
           r.lengths.map((l) => x.cells.find((c) => c.length === l)?.nats_per_token.toFixed(4))
@@ -353,7 +368,7 @@ function passkeyMarkdown(r: EvalResult): string[] {
     `| --- | --- | --- | --- | ${r.lengths.map(() => "---").join(" | ")} | --- |`,
   ];
   for (const p of r.plans) {
-    const sr = p.mode === "full" ? "-" : `${p.sink} + ${p.recent}`;
+    const sr = windowLabel(p);
     const layers = p.mode === "full"
       ? "all"
       : p.retrieval_layers.length

@@ -3,8 +3,8 @@
 //
 //   deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor]
 //     [--budgets 0.125,0.25,0.375,0.5] [--random-seeds 3] [--lengths 512,1024] [--samples 2]
-//     [--keys 4] [--sink 16 --recent 64] [--compensation off|on|both] [--precision f16|f32]
-//     [--out DIR]
+//     [--keys 4] [--sink 16 --recent 64] [--compensation off|on|both]
+//     [--windows uniform|scored|both] [--precision f16|f32] [--out DIR]
 //
 // 1. Identification: each method runs once in duo form (identify/identify.ts), which scores every
 //    KV head and every layer; the plans of every budget are those scores re-thresholded
@@ -14,11 +14,14 @@
 //    every method's 50% plans (its retrieval and streaming units swapped), full and streaming.
 //    `--compensation both` adds every method's and the streaming plan with RazorAttention's
 //    compensation token on their streaming heads (lines "... +comp"); `on` evaluates only those.
+//    `--windows both` adds every method's plans with MoA-style windows of their own chosen from
+//    the same scores at equal KV bytes (identify/windows.ts: lines "... +win"); `scored` only those.
 // 3. Every distinct plan is evaluated (eval/eval.ts: the multi-key task and held-out text, same
 //    lengths, seeds and windows), and placed at its KV bytes: the closed form
-//    (retrieval units x L + streaming units x min(L, sink + recent)) / (all units x L) at the
-//    longest length L, the fraction of full attention's cache (a compensated streaming unit
-//    counts its sums as the positions of as many bytes).
+//    (retrieval units x L + the sum over streaming units of min(L, sink + recent)) / (all units x
+//    L) at the longest length L, the fraction of full attention's cache (a compensated streaming
+//    unit counts its sums as the positions of as many bytes; units are KV heads, each with its
+//    own window in +win plans).
 // Writes sweep.json, sweep.md, sweep-accuracy.svg, sweep-text.svg and the plans (plans/*.json).
 
 import { PRECISION_FLAG, precisionFlag, WINDOW_FLAGS, windowFlags } from "../cli/flags.ts";
@@ -30,7 +33,10 @@ import type { LoadedModel } from "../model/types.ts";
 import { kvEntryBytes } from "../cache/layout.ts";
 import { CompensatedRing } from "../cache/kinds.ts";
 import { retrievalCount, selectDuoHeads, selectZigzagLayers } from "../plans/duo_import.ts";
-import type { PlanInput } from "../plans/schema.ts";
+import { parsePlan, type PlanInput } from "../plans/schema.ts";
+import { builtinPlan, resolvePlan } from "../plans/resolve.ts";
+import { headWindow, type ResolvedPlan, ringRecent } from "../plans/types.ts";
+import { scoredWindows } from "../identify/windows.ts";
 import { lineChart, type Series } from "../util/svg.ts";
 import { CliError, parseArgs, runMain } from "../util/args.ts";
 import { denoFmt } from "../util/fmt.ts";
@@ -50,6 +56,8 @@ export interface SweepPoint {
   seed?: number;
   /** Streaming heads keep the compensation token. */
   compensation?: boolean;
+  /** Streaming units keep windows of their own, chosen from the method's scores. */
+  windows?: "scored";
   /** The plan file evaluated (under the output folder), or "full" / "streaming". */
   plan: string;
   retrieval_units: number;
@@ -77,6 +85,8 @@ export interface SweepResult {
   recent: number;
   /** Absent in sweeps written before compensation tokens: "off". */
   compensation?: CompensationChoice;
+  /** Absent in sweeps written before per-layer windows: "uniform". */
+  windows?: WindowsChoice;
   identification: { method: IdentifyMethod; wall_s: number; forward_tokens: number }[];
   points: SweepPoint[];
   elapsed_s: number;
@@ -85,6 +95,10 @@ export interface SweepResult {
 /** Which plans the sweep evaluates: plain streaming heads, compensated ones, or both. */
 export type CompensationChoice = "off" | "on" | "both";
 export const COMPENSATION_CHOICES: readonly CompensationChoice[] = ["off", "on", "both"];
+
+/** Which windows the method's plans keep: the uniform sink + recent, scored ones, or both. */
+export type WindowsChoice = "uniform" | "scored" | "both";
+export const WINDOWS_CHOICES: readonly WindowsChoice[] = ["uniform", "scored", "both"];
 
 export interface SweepOptions {
   model: LoadedModel;
@@ -99,6 +113,8 @@ export interface SweepOptions {
   recent: number;
   /** Default "off". */
   compensation?: CompensationChoice;
+  /** Default "uniform". */
+  windows?: WindowsChoice;
   seed: number;
   precision?: "f16" | "f32";
   out: string;
@@ -114,6 +130,24 @@ export function kvFraction(
 ): number {
   return (retrievalUnits * length + (units - retrievalUnits) * Math.min(length, window)) /
     (units * length);
+}
+
+/** A plan's KV bytes over full attention's at `length` tokens: every KV head holds `length`
+ * positions, or its ring's (an elastic window's largest; compensated, `compPositions` more for
+ * its sums). */
+export function planKvFraction(plan: ResolvedPlan, length: number, compPositions = 0): number {
+  let positions = 0;
+  let units = 0;
+  plan.layers.forEach((l, li) =>
+    l.kvHeadKinds.forEach((k, h) => {
+      const w = headWindow(plan, li, h);
+      units++;
+      positions += k === "retrieval"
+        ? length
+        : Math.min(length, w.sink + ringRecent(w)) + (k === "compensated" ? compPositions : 0);
+    })
+  );
+  return positions / (units * length);
 }
 
 /** `k` distinct layers of `n`, deterministic from the seed. */
@@ -140,32 +174,47 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   };
   const units = c.nLayers * c.nKvHeads;
   const L = Math.max(...o.lengths);
-  const window = o.sink + o.recent;
   const choice = o.compensation ?? "off";
   const variants = choice === "both" ? [false, true] : [choice === "on"];
   // A compensated unit's sums, in positions of K and V entries (the KV cache in the precision).
   const compPositions = new CompensatedRing(o.sink, o.recent).stateWords(c.headDim) * 4 /
     (2 * kvEntryBytes(precision, c.headDim));
-  const suffix = (comp: boolean) => comp ? " +comp" : "";
+  const winChoice = o.windows ?? "uniform";
+  const winVariants = winChoice === "both" ? [false, true] : [winChoice === "scored"];
+  const suffix = (comp: boolean, win = false) => (win ? " +win" : "") + (comp ? " +comp" : "");
   await Deno.mkdir(`${o.out}/plans`, { recursive: true });
 
-  // Plans by their content, so that equal plans are evaluated once.
+  // Plans by their content, so that equal plans are evaluated once; each evaluated plan resolved,
+  // for its KV bytes.
   const files = new Map<string, string>();
+  const resolved = new Map<string, ResolvedPlan>([
+    ["full", resolvePlan(builtinPlan("full", c), c)],
+    ["streaming", resolvePlan(builtinPlan("streaming", c, { sink: o.sink, recent: o.recent }), c)],
+  ]);
   const planFile = async (name: string, p: PlanInput): Promise<string> => {
-    const key = JSON.stringify([p.mode, p.layers, p.heads, p.compensation ?? false]);
+    const key = JSON.stringify([p.mode, p.layers, p.heads, p.compensation ?? false, p.windows]);
     const known = files.get(key);
     if (known) return known;
     const path = `${o.out}/plans/${name}.json`;
     await Deno.writeTextFile(path, await denoFmt(JSON.stringify(p, null, 2) + "\n", "json"));
     files.set(key, path);
+    resolved.set(path, resolvePlan(parsePlan(p, path), c));
     return path;
   };
+  // The same plan with windows of its own from the scores it carries.
+  const windowed = (p: PlanInput): PlanInput => scoredWindows(parsePlan(p, "sweep plan"));
   const provenance = (method: string, budget: number) => ({
     source: o.modelPath,
     method: `eval-sweep: ${method}`,
     budget,
   });
-  const zigzag = (layers: number[], method: string, budget: number, comp = false): PlanInput => ({
+  const zigzag = (
+    layers: number[],
+    method: string,
+    budget: number,
+    comp = false,
+    scores?: number[],
+  ): PlanInput => ({
     version: 1,
     model,
     mode: "zigzag",
@@ -177,8 +226,15 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       { length: c.nLayers },
       (_, l) => layers.includes(l) ? "retrieval" : "streaming",
     ),
+    ...(scores ? { scores: { layers: scores } } : {}),
   });
-  const duo = (sel: boolean[][], method: string, budget: number, comp = false): PlanInput => ({
+  const duo = (
+    sel: boolean[][],
+    method: string,
+    budget: number,
+    comp = false,
+    scores?: number[][],
+  ): PlanInput => ({
     version: 1,
     model,
     mode: "duo",
@@ -187,6 +243,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     recent: o.recent,
     ...(comp ? { compensation: true } : {}),
     heads: sel.map((row) => row.map((r) => (r ? "retrieval" : "streaming"))),
+    ...(scores ? { scores: { kv_heads: scores } } : {}),
   });
 
   type Pending = Omit<
@@ -253,29 +310,41 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     const layers = r.plan.scores?.layers;
     if (!heads || !layers) throw new Error(`identify ${method}: no head and layer scores`);
     for (const comp of variants) {
-      const tag = comp ? "-comp" : "";
-      const flag = comp ? { compensation: true } : {};
-      for (const b of o.budgets) {
-        const chosen = selectZigzagLayers(layers, b);
-        pending.push({
-          series: `${method} zigzag${suffix(comp)}`,
-          method,
-          form: "zigzag",
-          budget: b,
-          ...flag,
-          plan: await planFile(`${method}-zigzag-${b}${tag}`, zigzag(chosen, method, b, comp)),
-          retrieval_units: chosen.length * c.nKvHeads,
-        });
-        const sel = selectDuoHeads(heads, b);
-        pending.push({
-          series: `${method} duo${suffix(comp)}`,
-          method,
-          form: "duo",
-          budget: b,
-          ...flag,
-          plan: await planFile(`${method}-duo-${b}${tag}`, duo(sel, method, b, comp)),
-          retrieval_units: sel.flat().filter(Boolean).length,
-        });
+      for (const win of winVariants) {
+        const tag = (win ? "-win" : "") + (comp ? "-comp" : "");
+        const flag = {
+          ...(comp ? { compensation: true } : {}),
+          ...(win ? { windows: "scored" as const } : {}),
+        };
+        const form = (p: PlanInput) => win ? windowed(p) : p;
+        for (const b of o.budgets) {
+          const chosen = selectZigzagLayers(layers, b);
+          pending.push({
+            series: `${method} zigzag${suffix(comp, win)}`,
+            method,
+            form: "zigzag",
+            budget: b,
+            ...flag,
+            plan: await planFile(
+              `${method}-zigzag-${b}${tag}`,
+              form(zigzag(chosen, method, b, comp, layers)),
+            ),
+            retrieval_units: chosen.length * c.nKvHeads,
+          });
+          const sel = selectDuoHeads(heads, b);
+          pending.push({
+            series: `${method} duo${suffix(comp, win)}`,
+            method,
+            form: "duo",
+            budget: b,
+            ...flag,
+            plan: await planFile(
+              `${method}-duo-${b}${tag}`,
+              form(duo(sel, method, b, comp, heads)),
+            ),
+            retrieval_units: sel.flat().filter(Boolean).length,
+          });
+        }
       }
     }
     // The complement at 50%: what the method left out, at the same bytes.
@@ -338,12 +407,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     return {
       ...p,
       units,
-      kv_fraction: kvFraction(
-        p.retrieval_units,
-        units,
-        L,
-        window + (p.compensation ? compPositions : 0),
-      ),
+      kv_fraction: planKvFraction(resolved.get(p.plan)!, L, compPositions),
       multikey: e.multikey!.overall,
       multikey_by_length: e.multikey!.by_length,
       nats_per_token: e.text!.nats_per_token,
@@ -364,6 +428,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     sink: o.sink,
     recent: o.recent,
     compensation: choice,
+    windows: winChoice,
     identification,
     points,
     elapsed_s: +((performance.now() - t0) / 1000).toFixed(1),
@@ -400,14 +465,15 @@ const METHOD_COLORS: Record<string, string> = {
   complement: "#7f7f7f",
 };
 
-/** A line's color by its method; "+comp" lines a lighter shade of it. */
+/** A line's color by its method; "+comp" lines a lighter shade of it, "+win" ones a darker. */
 function seriesColor(name: string, i: number): string | undefined {
   const base = METHOD_COLORS[name.split(" ")[0]];
   if (!base) return ["#17becf", "#bcbd22", "#e377c2"][i % 3];
-  if (!name.endsWith("+comp")) return base;
-  // Half way to white.
-  const c = [1, 3, 5].map((k) => parseInt(base.slice(k, k + 2), 16));
-  return "#" + c.map((v) => Math.round((v + 255) / 2).toString(16).padStart(2, "0")).join("");
+  let c = [1, 3, 5].map((k) => parseInt(base.slice(k, k + 2), 16));
+  // Half way to white; two thirds of the way to black.
+  if (name.endsWith("+comp")) c = c.map((v) => (v + 255) / 2);
+  if (name.includes("+win")) c = c.map((v) => v / 1.6);
+  return "#" + c.map((v) => Math.round(v).toString(16).padStart(2, "0")).join("");
 }
 
 /** The Markdown table: every point, by line then bytes. */
@@ -421,6 +487,11 @@ export function sweepMarkdown(r: SweepResult): string {
         : r.compensation === "on"
         ? ", every streaming head compensated"
         : "; +comp: streaming heads with the compensation token"
+    }${
+      (r.windows ?? "uniform") === "uniform"
+        ? ""
+        : "; +win: per-layer (duo: per-head) windows chosen from the method's scores, at the " +
+          "uniform window's KV bytes"
     }; multi-key: ${r.keys} codes per document, ${r.samples} documents per length at ` +
     `${r.lengths.join(", ")} tokens; text: ${r.samples} held-out documents per length). KV ` +
     `bytes are the fraction of full attention's cache at ${Math.max(...r.lengths)} tokens.`,
@@ -474,6 +545,7 @@ async function main(): Promise<number> {
       "seed",
       "out",
       "compensation",
+      "windows",
       ...WINDOW_FLAGS,
       PRECISION_FLAG,
     ],
@@ -483,6 +555,7 @@ async function main(): Promise<number> {
       "usage: deno task eval-sweep [--model DIR] [--methods ablate,retrieval-score,razor] " +
         "[--budgets 0.125,0.25,0.375,0.5] [--random-seeds N] [--lengths 512,1024] [--samples N] " +
         "[--keys N] [--seed S] [--sink N --recent N] [--compensation off|on|both] " +
+        "[--windows uniform|scored|both] " +
         "[--precision f16|f32] [--out DIR]",
     );
     return 0;
@@ -514,6 +587,7 @@ async function main(): Promise<number> {
     sink: window.sink ?? 16,
     recent: window.recent ?? 64,
     compensation: a.optionalChoice("compensation", COMPENSATION_CHOICES) ?? "off",
+    windows: a.optionalChoice("windows", WINDOWS_CHOICES) ?? "uniform",
     precision: precisionFlag(a),
     out,
   });

@@ -841,7 +841,9 @@ function validateModel(c: ModelConfig, layout: CacheLayout): void {
     );
   }
   if (c.nHeads % c.nKvHeads !== 0) throw new Error("n_heads must be a multiple of n_kv_heads");
-  if (layout.plan.recent < 1) throw new Error("recent must be at least 1");
+  for (const k of layout.ringKinds) {
+    if (k.window!.recent < 1) throw new Error(`recent must be at least 1 (a ${k.name} ring has 0)`);
+  }
   layout.layers.forEach((_, l) => {
     const heads = layout.kvHeadOrder(l).sort((a, b) => a - b);
     if (heads.length !== c.nKvHeads || heads.some((h, i) => h !== i)) {

@@ -3,15 +3,25 @@
 
 import type { ModelConfig } from "../model/types.ts";
 import { loadPlanFile, parsePlan, type Plan, PlanError, PlanFileNotFoundError } from "./schema.ts";
-import { type HeadKind, layerAttention, type ResolvedPlan } from "./types.ts";
+import {
+  GROWTH_UNITS,
+  type HeadKind,
+  layerAttention,
+  type ResolvedPlan,
+  type Window,
+} from "./types.ts";
 
 export interface SinkRecentOptions {
-  /** Attention-sink tokens kept by streaming heads (default: the plan's, else 64). */
+  /** Attention-sink tokens kept by streaming heads (default: the plan's, else 64). Given with a
+   * plan that has per-layer windows, it replaces them: every layer gets the one window. */
   sink?: number;
-  /** Recent tokens kept by streaming heads (default: the plan's, else 256). */
+  /** Recent tokens kept by streaming heads (default: the plan's, else 256); likewise. */
   recent?: number;
   /** Streaming heads keep the compensation token (default: the plan's, else false). */
   compensation?: boolean;
+  /** A plan with per-layer windows keeps them (`sink` / `recent` set only its defaults): what an
+   * eval of several plans at one window wants (default false). */
+  keepWindows?: boolean;
 }
 
 export type BuiltinPlanName = "full" | "streaming";
@@ -67,13 +77,28 @@ export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"):
   }
   const compensation = plan.compensation ?? false;
   const streamingKind: HeadKind = compensation ? "compensated" : "streaming";
+  const uniform: Window = { sink: plan.sink, recent: plan.recent };
+  // A layer's entry of `windows` (null, one window, or one per KV head) as one window per head.
+  const windowsOf = (l: number): Window[] | undefined => {
+    const w = plan.windows?.[l];
+    if (w === undefined || w === null) return undefined;
+    return Array.from({ length: nKvHeads }, (_, h) => {
+      const hw = (Array.isArray(w) ? w[h] : w) ?? null;
+      if (hw === null) return uniform;
+      const q = Math.min(GROWTH_UNITS - 1, Math.round((hw.growth ?? 0) * GROWTH_UNITS));
+      // Growth as the kernels compute it: a whole number of 1/65536ths.
+      return q > 0
+        ? { sink: hw.sink, recent: hw.recent, growth: q / GROWTH_UNITS, maxRecent: hw.max_recent! }
+        : { sink: hw.sink, recent: hw.recent };
+    });
+  };
   return {
     mode: plan.mode,
     sink: plan.sink,
     recent: plan.recent,
     ...(compensation ? { compensation } : {}),
-    layers: perLayer.map((kinds) =>
-      layerAttention(kinds.map((k) => k === "streaming" ? streamingKind : k))
+    layers: perLayer.map((kinds, l) =>
+      layerAttention(kinds.map((k) => k === "streaming" ? streamingKind : k), windowsOf(l))
     ),
   };
 }
@@ -127,11 +152,14 @@ export async function loadPlanArg(
     }
     name = `plan ${arg}`;
     if (opts.sink !== undefined || opts.recent !== undefined || opts.compensation !== undefined) {
+      const uniform = !opts.keepWindows && (opts.sink !== undefined || opts.recent !== undefined);
       plan = parsePlan({
         ...plan,
         sink: opts.sink ?? plan.sink,
         recent: opts.recent ?? plan.recent,
         compensation: opts.compensation ?? plan.compensation,
+        // --sink / --recent set every layer's window.
+        windows: uniform ? undefined : plan.windows,
       }, arg);
     }
   }

@@ -11,6 +11,7 @@
 //   "layers": ["streaming", "retrieval", ...],          // num_layers entries
 //   "sink": 64, "recent": 256,
 //   "compensation": false,                               // optional: compensated streaming
+//   "windows": [{ "sink": 64, "recent": 512 }, null, ...], // optional: per-layer windows
 //   "provenance": { "method": "duo-import", "budget": 0.5, "source": "...", "criterion": "sum" },
 //   "scores": { "kv_heads": [[...], ...], "layers": [...] }
 // }
@@ -57,6 +58,46 @@ export const ProvenanceSchema = z.object({
 
 const finite = z.number().finite();
 
+/** A streaming window of its own (MoA-style): attention sinks and recent tokens; elastic with
+ * `growth` (MoA's beta: a query at position i sees min(max_recent, recent + floor(growth (i + 1)))
+ * recent positions, growth rounded to a multiple of 1/65536) up to `max_recent` (its ring's
+ * size). */
+export const WindowSchema = z.object({
+  sink: z.number().int().min(0),
+  recent: z.number().int().min(1),
+  growth: z.number().min(0).lt(1).optional(),
+  max_recent: z.number().int().min(1).optional(),
+}).strict().superRefine((w, ctx) => {
+  const grows = (w.growth ?? 0) > 0;
+  if (grows && w.max_recent === undefined) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: ["max_recent"],
+      message: "required with growth (the ring's size)",
+    });
+  } else if (!grows && w.max_recent !== undefined) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: ["max_recent"],
+      message: "only used with growth > 0",
+    });
+  } else if (grows && w.max_recent! < w.recent) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: ["max_recent"],
+      message: `must be at least recent (${w.recent})`,
+    });
+  }
+});
+
+/** One layer's entry of `windows`: its streaming heads' window, one per KV head (duo plans; null
+ * for retrieval heads), or null (a retrieval layer, or the plan's sink and recent). */
+export const LayerWindowSchema = z.union([
+  z.null(),
+  WindowSchema,
+  z.array(WindowSchema.nullable()),
+]);
+
 export const ScoresSchema = z.object({
   /** num_layers x num_kv_heads: the score each KV head was ranked by (DuoAttention gate values). */
   kv_heads: z.array(z.array(finite)).optional(),
@@ -64,7 +105,7 @@ export const ScoresSchema = z.object({
   layers: z.array(finite).optional(),
 }).strict();
 
-export const PlanSchema = z.object({
+const PlanBase = z.object({
   version: z.literal(PLAN_VERSION),
   model: ModelFingerprintSchema,
   mode: z.enum(["full", "streaming", "duo", "zigzag"]),
@@ -79,9 +120,15 @@ export const PlanSchema = z.object({
   /** RazorAttention's compensation token: every streaming head also keeps the mean key and value
    * of the tokens that have left its window (cache kind "compensated"). */
   compensation: z.boolean().optional(),
+  /** MoA-style per-layer windows (zigzag, duo and streaming plans): num_layers entries, each the
+   * window of the layer's streaming heads, a list of one window per KV head (duo), or null (the
+   * plan's sink and recent). Retrieval layers and heads take null. */
+  windows: z.array(LayerWindowSchema).optional(),
   provenance: ProvenanceSchema,
   scores: ScoresSchema.optional(),
-}).strict().superRefine((plan, ctx) => {
+}).strict();
+
+export const PlanSchema = PlanBase.superRefine((plan, ctx) => {
   const { num_layers: nLayers, num_kv_heads: nKvHeads } = plan.model;
   const issue = (path: (string | number)[], message: string) =>
     ctx.addIssue({ code: z.ZodIssueCode.custom, path, message });
@@ -102,6 +149,8 @@ export const PlanSchema = z.object({
     issue(["heads"], `only used with mode duo (mode is ${plan.mode})`);
   }
 
+  if (plan.windows !== undefined) checkWindows(plan, issue);
+
   if (plan.scores?.kv_heads !== undefined) {
     checkMatrix(plan.scores.kv_heads, ["scores", "kv_heads"], nLayers, nKvHeads, issue);
   }
@@ -112,6 +161,50 @@ export const PlanSchema = z.object({
     );
   }
 });
+
+/** `windows`: one entry per layer, per-head lists only in duo plans, none for retrieval units. */
+function checkWindows(
+  plan: z.infer<typeof PlanBase>,
+  issue: (path: (string | number)[], message: string) => void,
+) {
+  const windows = plan.windows!;
+  const { num_layers: nLayers, num_kv_heads: nKvHeads } = plan.model;
+  if (plan.mode === "full") {
+    issue(["windows"], "a full plan has no streaming heads to give windows to");
+    return;
+  }
+  if (windows.length !== nLayers) {
+    issue(["windows"], `has ${windows.length} entries but model.num_layers is ${nLayers}`);
+    return;
+  }
+  const kindOf = (l: number, h: number) =>
+    plan.mode === "zigzag"
+      ? plan.layers?.[l]
+      : plan.mode === "duo"
+      ? plan.heads?.[l]?.[h]
+      : "streaming";
+  windows.forEach((w, l) => {
+    if (w === null) return;
+    if (Array.isArray(w)) {
+      if (plan.mode !== "duo") {
+        issue(["windows", l], `per-KV-head windows need mode duo (mode is ${plan.mode})`);
+      } else if (w.length !== nKvHeads) {
+        issue(["windows", l], `has ${w.length} entries but model.num_kv_heads is ${nKvHeads}`);
+      } else {
+        w.forEach((hw, h) => {
+          if (hw !== null && kindOf(l, h) === "retrieval") {
+            issue(["windows", l, h], "is a retrieval head: it keeps every token, give it null");
+          }
+        });
+      }
+      return;
+    }
+    const heads = Array.from({ length: nKvHeads }, (_, h) => kindOf(l, h));
+    if (heads.every((k) => k === "retrieval")) {
+      issue(["windows", l], "is a retrieval layer: it keeps every token, give it null");
+    }
+  });
+}
 
 function checkMatrix(
   rows: unknown[][],

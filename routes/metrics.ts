@@ -47,6 +47,17 @@ export function metricsRoute(ctx: ServerContext): Hono {
           kinds.map((k) => [{ kind: k }, st[k].bytes_reserved]),
         )
         .gauge(
+          "zigzag_kv_ring_used_bytes",
+          "KV-cache bytes the streaming rings use, by kind and window (per-layer windows give " +
+            "several)",
+          st.rings.map((r) => [ringLabels(r), r.bytes_used]),
+        )
+        .gauge(
+          "zigzag_kv_ring_kv_heads",
+          "KV heads (summed over layers) keeping a ring, by kind and window",
+          st.rings.map((r) => [ringLabels(r), r.kv_heads]),
+        )
+        .gauge(
           "zigzag_kv_cache_pages_used",
           "Pages of the paged (retrieval) cache in use",
           st.total.pages_used,
@@ -148,4 +159,16 @@ export function metricsRoute(ctx: ServerContext): Hono {
     });
   });
   return app;
+}
+
+/** A ring's labels: its kind and window (an elastic window's growth and largest recent too). */
+function ringLabels(
+  r: { kind: string; sink: number; recent: number; growth?: number; max_recent?: number },
+): Record<string, string> {
+  return {
+    kind: r.kind,
+    sink: String(r.sink),
+    recent: String(r.recent),
+    ...(r.growth ? { growth: String(r.growth), max_recent: String(r.max_recent) } : {}),
+  };
 }

@@ -300,7 +300,7 @@ step() {
   [ "$status" = ok ]
 }
 
-TESTS=(tests/kernels_test.ts tests/kv_quant_test.ts tests/compensation_test.ts)
+TESTS=(tests/kernels_test.ts tests/kv_quant_test.ts tests/compensation_test.ts tests/windows_test.ts)
 [ "$HAVE_SHARED" = 1 ] && TESTS+=(tests/gpu_model_test.ts tests/zigzag_test.ts tests/gguf_model_test.ts)
 if [ "$SHRINK" = 1 ]; then
   # One or two tests per file: every kernel family and the runner still run on the adapter.

@@ -82,6 +82,7 @@ flags (environment variable in brackets; a flag wins):
   --tokenizer PATH      tokenizer, when it is not beside the model [ZIGZAG_TOKENIZER]
   --plan full|streaming|FILE   attention plan [ZIGZAG_PLAN] (default full)
   --sink N --recent N   override the plan's streaming window [ZIGZAG_SINK, ZIGZAG_RECENT]
+                        (a plan's per-layer "windows" give way: every layer gets this one)
   --compensation        streaming heads also keep RazorAttention's compensation token (the mean
                         key and value of the tokens past their window) [ZIGZAG_COMPENSATION=1]
                         (default: the plan's "compensation")

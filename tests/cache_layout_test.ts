@@ -54,6 +54,8 @@ Deno.test("cache kinds: what each keeps of a sequence", () => {
   assert.deepEqual(ring.constants(sizes), {
     SINK: 2,
     RECENT: 6,
+    RECENT_BASE: 6, // not elastic: the window is RECENT
+    GROWTH_Q16: 0,
     SLACK: 0,
     SLOTS_PER_SHARD: 3,
     CACHE_SHARDS: 2,
@@ -139,6 +141,8 @@ Deno.test("cache layout: a budget gives pages, rows, capacities and reserved byt
   assert.deepEqual(l.constants(l.kind(S)), {
     SINK: 2,
     RECENT: 6,
+    RECENT_BASE: 6,
+    GROWTH_Q16: 0,
     SLACK: 0,
     SLOTS_PER_SHARD: 2,
     CACHE_SHARDS: 1,

@@ -7,13 +7,13 @@
 import assert from "node:assert/strict";
 import { CacheGeometry } from "../cache/layout.ts";
 import { Engine } from "../engine/engine.ts";
-import { mulberry32, randomModel, tinyConfig } from "../model/random.ts";
+import { mulberry32 } from "../model/random.ts";
 import { parsePlan } from "../plans/schema.ts";
 import { builtinPlan, resolvePlan } from "../plans/resolve.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
 import {
-  asModel,
+  biasedKvModel,
   gpu,
   gpuGreedy,
   gpuTest,
@@ -24,30 +24,7 @@ import {
   precisions,
 } from "./gpu_helpers.ts";
 
-const config = tinyConfig({
-  nLayers: 4,
-  nHeads: 4,
-  nKvHeads: 2,
-  maxSeqLen: 512,
-  vocabSize: 96,
-  qkvBias: true,
-});
-const weights = randomModel(config, 3);
-// Keys and values of a random model average to about zero, which would leave the token's mean
-// key and value near zero whatever it summed: large biases give every head a mean of its own,
-// so a wrong set of dropped keys shows.
-{
-  const r = mulberry32(11);
-  for (const l of weights.layers) {
-    for (const b of [l.bk!, l.bv!]) {
-      for (let i = 0; i < b.data.length; i++) b.data[i] = (r() < 0.5 ? -1 : 1) * (0.5 + r());
-    }
-  }
-  // Those make the logits very sharp (one token at p ~ 1): the final norm scaled down keeps
-  // the log-probabilities informative.
-  for (let i = 0; i < weights.finalNorm.data.length; i++) weights.finalNorm.data[i] *= 0.3;
-}
-const model = asModel(config, weights);
+const { config, weights, model } = biasedKvModel(3, 11);
 
 /** zigzag (layers 0 and 2 streaming) and duo (mixed layers 0-1, layer 2 streaming), with or
  * without the compensation token on their streaming heads. */

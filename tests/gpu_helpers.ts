@@ -7,6 +7,7 @@ import { getGpu, type Precision } from "../gpu/device.ts";
 import { type DecodeRow, ModelRunner, type SamplingParams } from "../gpu/runner.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import { layerAttention, type PlanMode, type ResolvedPlan } from "../plans/types.ts";
+import { mulberry32, randomModel, tinyConfig } from "../model/random.ts";
 
 export const gpu = await getGpu();
 export const precisions: Precision[] = gpu.hasF16 ? ["f32", "f16"] : ["f32"];
@@ -16,6 +17,33 @@ export const gpuTest = { sanitizeResources: false, sanitizeOps: false };
 
 export function asModel(config: ModelConfig, weights: ModelWeights): LoadedModel {
   return { source: "random", config, weights, tokenizer: null };
+}
+
+/**
+ * A random 4-layer model (4 query heads, 2 KV heads, q/k/v biases) for the streaming kinds'
+ * tests. Keys and values of a random model average to about zero, so a wrong set of keys in a
+ * window or in a compensation token's mean would hardly move the output: large k/v biases give
+ * every head a mean of its own. Those make the logits very sharp (one token at p ~ 1), so the
+ * final norm is scaled down to keep the log-probabilities informative.
+ */
+export function biasedKvModel(seed: number, biasSeed: number) {
+  const config = tinyConfig({
+    nLayers: 4,
+    nHeads: 4,
+    nKvHeads: 2,
+    maxSeqLen: 512,
+    vocabSize: 96,
+    qkvBias: true,
+  });
+  const weights = randomModel(config, seed);
+  const r = mulberry32(biasSeed);
+  for (const l of weights.layers) {
+    for (const b of [l.bk!, l.bv!]) {
+      for (let i = 0; i < b.data.length; i++) b.data[i] = (r() < 0.5 ? -1 : 1) * (0.5 + r());
+    }
+  }
+  for (let i = 0; i < weights.finalNorm.data.length; i++) weights.finalNorm.data[i] *= 0.3;
+  return { config, weights, model: asModel(config, weights) };
 }
 
 /** A cache manager that knows which sequences it opened. */

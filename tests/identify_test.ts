@@ -2,6 +2,7 @@
 // planted retrieval layer (tests/planted_model.ts), determinism, and the acceptance run on
 // passkey-llama (the identified 50% zigzag plan keeps pass-key accuracy, its complement loses it).
 
+import { runScript } from "./run_cli.ts";
 import assert from "node:assert/strict";
 import { loadModel } from "../model/load.ts";
 import { randomModel, tinyConfig } from "../model/random.ts";
@@ -295,37 +296,18 @@ Deno.test(
 
 Deno.test("plan identify CLI: razor on passkey-llama writes the plan, scores and heatmap", async () => {
   const dir = await Deno.makeTempDir();
+  // Razor at 25% on 256-token documents, windows of 16 + 64.
+  const identifyCli = (...extra: string[]) =>
+    runScript(
+      "cli/plan.ts",
+      "identify",
+      ...["--model", PASSKEY, "--method", "razor", "--budget", "0.25", "--lengths", "256"],
+      ...["--samples", "1", "--sink", "16", "--recent", "64", ...extra],
+    );
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "cli/plan.ts",
-        "identify",
-        "--model",
-        PASSKEY,
-        "--method",
-        "razor",
-        "--budget",
-        "0.25",
-        "--lengths",
-        "256",
-        "--samples",
-        "1",
-        "--sink",
-        "16",
-        "--recent",
-        "64",
-        "--out",
-        `${dir}/p.json`,
-        "--svg",
-        `${dir}/p.svg`,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const out = await identifyCli("--out", `${dir}/p.json`, "--svg", `${dir}/p.svg`);
+    const stdout = out.stdout;
+    assert.equal(out.code, 0, out.stderr);
     assert.match(stdout, /2 of 8 layers retrieval/);
     assert.match(stdout, /calibration: \d+ forward tokens in [\d.]+ s/);
     const p = await loadPlanFile(`${dir}/p.json`);
@@ -334,6 +316,19 @@ Deno.test("plan identify CLI: razor on passkey-llama writes the plan, scores and
     assert.equal(p.scores!.kv_heads!.length, 8);
     assert.equal(argmax(p.scores!.layers!), 6);
     assert.match(await Deno.readTextFile(`${dir}/p.svg`), /<svg[^]*R L6[^]*<\/svg>/);
+
+    // --windows scored: the same layers, and MoA-style windows from the same scores at the
+    // uniform window's bytes (6 streaming layers x 64 recent positions).
+    const win = await identifyCli("--windows", "scored", "--out", `${dir}/w.json`);
+    assert.equal(win.code, 0, win.stderr);
+    assert.match(win.stdout, /windows of their own: recent 32 to 96 over 6/);
+    const w = await loadPlanFile(`${dir}/w.json`);
+    assert.deepEqual(w.layers, p.layers);
+    const recents = w.windows!.map((x) => x && !Array.isArray(x) ? x.recent : 0);
+    assert.equal(recents.reduce((a, b) => a + b, 0), 6 * 64);
+    const streaming = p.layers!.flatMap((k, l) => k === "streaming" ? [l] : []);
+    const top = streaming.reduce((a, l) => p.scores!.layers![l] > p.scores!.layers![a] ? l : a);
+    assert.equal(recents[top], 96);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

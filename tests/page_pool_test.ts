@@ -338,6 +338,16 @@ Deno.test("stats: zigzag bytes by kind, reserved bytes and footprints by hand", 
       pages_cached: 0,
     },
     compensated: NO_HEADS,
+    // One ring kind at one window: its figures are the streaming kind's.
+    rings: [{
+      kind: "streaming",
+      sink: 4,
+      recent: 12,
+      kv_heads: 4,
+      tokens: 33,
+      bytes_reserved: 3 * 8192,
+      bytes_used: streamingBytes,
+    }],
     total: {
       tokens: 117,
       bytes_reserved: 128 * 1024, // the whole budget: 13 pages + 3 rings of 8 KiB

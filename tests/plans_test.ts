@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { runScript } from "./run_cli.ts";
 import type { ModelConfig } from "../model/types.ts";
 import {
   importDuo,
@@ -510,15 +511,7 @@ Deno.test("budget rounding is ceil, robust to float error", () => {
 
 // ---- CLI, end to end ----
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/plan.ts", ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (...args: string[]) => runScript("cli/plan.ts", ...args);
 
 Deno.test("plan CLI: import-duo, bad flags, identify", async () => {
   const dir = await Deno.makeTempDir();

@@ -9,7 +9,7 @@
 
 import type { KvDtype } from "../../cache/layout.ts";
 import type { ModelConfig, ModelWeights } from "../../model/types.ts";
-import type { ResolvedPlan } from "../../plans/types.ts";
+import { headWindow, type ResolvedPlan, type Window } from "../../plans/types.ts";
 import { storedKv } from "../kv_quant_reference.ts";
 
 /** Index of the largest value; the first one wins on ties (as llama2.c's `sample_argmax`). */
@@ -76,6 +76,14 @@ function rmsnorm(out: Float64Array, x: Float64Array, weight: Float32Array, eps: 
   for (let i = 0; i < x.length; i++) ss += x[i] * x[i];
   const inv = 1 / Math.sqrt(ss / x.length + eps);
   for (let i = 0; i < x.length; i++) out[i] = x[i] * inv * weight[i];
+}
+
+/** The recent positions a query at position i sees: MoA's elastic span min(alpha + beta N, N)
+ * with N = i + 1, alpha = recent, beta = growth, capped at maxRecent (the ring's size); the plain
+ * window without growth. (The cap at N is the causal mask itself.) */
+function elasticRecent(w: Window, i: number): number {
+  if (!w.growth) return w.recent;
+  return Math.min(w.maxRecent!, w.recent + Math.floor(w.growth * (i + 1)));
 }
 
 /** Per layer and KV head: does that head use the streaming (sink + recent) mask? */
@@ -162,8 +170,8 @@ export class CpuLlama {
   private visible(layer: number, kvHead: number, i: number, j: number): boolean {
     if (j > i) return false;
     if (!this.streaming[layer][kvHead]) return true;
-    const { sink, recent } = this.plan!;
-    return j < sink || i - j < recent;
+    const w = headWindow(this.plan!, layer, kvHead);
+    return j < w.sink || i - j < elasticRecent(w, i);
   }
 
   /** Rotates each head of `vec` (nHeadsOf heads of headDim) for position `pos`, in place. */
@@ -259,12 +267,14 @@ export class CpuLlama {
         j >= freshFrom ? this.valueCache[l][j] : this.valueStored[l][j];
       // RazorAttention's compensation token of each compensated KV head: the mean key and value
       // of the positions its window has dropped, [sink, pos + 1 - recent), and their count.
-      const dropped = this.plan ? Math.max(0, pos + 1 - this.plan.recent - this.plan.sink) : 0;
       const compensation = this.compensated[l].map((on, kvh) => {
+        const w = this.plan ? headWindow(this.plan, l, kvh) : { sink: 0, recent: 1 };
+        const sink = w.sink;
+        const dropped = Math.max(0, pos + 1 - elasticRecent(w, pos) - sink);
         if (!on || dropped === 0) return null;
         const kMean = new Float64Array(headDim);
         const vMean = new Float64Array(headDim);
-        for (let j = this.plan!.sink; j < this.plan!.sink + dropped; j++) {
+        for (let j = sink; j < sink + dropped; j++) {
           const kj = keyOf(j);
           const vj = valueOf(j);
           for (let d = 0; d < headDim; d++) {
