@@ -613,7 +613,7 @@ export class Engine {
         source: this.planSource,
         sink: plan.sink,
         recent: plan.recent,
-        compensation: plan.compensation ?? false,
+        compensation: g.compensated,
         layers_by_kind: {
           retrieval: count("retrieval"),
           streaming: count("streaming"),

@@ -96,7 +96,6 @@ export function resolvePlan(plan: Plan, config: ModelConfig, planName = "plan"):
     mode: plan.mode,
     sink: plan.sink,
     recent: plan.recent,
-    ...(compensation ? { compensation } : {}),
     layers: perLayer.map((kinds, l) =>
       layerAttention(kinds.map((k) => k === "streaming" ? streamingKind : k), windowsOf(l))
     ),

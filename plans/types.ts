@@ -60,9 +60,8 @@ export interface ResolvedPlan {
   sink: number;
   /** Most recent tokens kept by streaming heads, the current one included (likewise). */
   recent: number;
-  /** The streaming heads are "compensated": each keeps a compensation token too (what
-   * `kvHeadKinds` says; default false). */
-  compensation?: boolean;
+  /** Per layer its KV heads' kinds (a plan's `"compensation": true` made every streaming head
+   * "compensated") and windows. */
   layers: LayerAttentionPlan[];
 }
 

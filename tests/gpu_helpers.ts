@@ -195,7 +195,6 @@ export function plan(
     mode,
     sink,
     recent,
-    compensation,
     layers: Array.from({ length: config.nLayers }, (_, l) => {
       let spec: "retrieval" | "streaming" | number[] = layers[l] ??
         (mode === "streaming" ? "streaming" : "retrieval");
