@@ -241,6 +241,17 @@ Deno.test(
           value(f, "zigzag_kv_cache_used_bytes", { kind: "streaming" }),
           3 * ring * tokenBytes(streamingHeads),
         );
+        // One ring kind at one window: the ring gauges carry it, with the kind's figures.
+        assert.deepEqual(
+          s.rings.map((r: { sink: number; recent: number }) => [r.sink, r.recent]),
+          [[SINK, RECENT]],
+        );
+        const win = { kind: "streaming", sink: String(SINK), recent: String(RECENT) };
+        assert.equal(
+          value(f, "zigzag_kv_ring_used_bytes", win),
+          3 * ring * tokenBytes(streamingHeads),
+        );
+        assert.equal(value(f, "zigzag_kv_ring_kv_heads", win), streamingHeads);
         const ratio = value(f, "zigzag_kv_cache_usage_ratio");
         assert.ok(ratio > 0 && ratio <= 1);
         assert.equal(f.get("zigzag_time_to_first_token_seconds")!.type, "histogram");
