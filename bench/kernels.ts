@@ -33,6 +33,7 @@ import {
   matmul,
   type MatmulConstants,
   type MatmulEntry,
+  matmulEntry,
   matmulGroups,
   packQuantRow,
   QUANT_BLOCK,
@@ -363,7 +364,8 @@ function dispatch(
 
 /** One matmul measurement: a weight [n, k] in `format` (default "float": values of `dtype`). */
 export interface MatmulJob {
-  kind: MatmulEntry;
+  /** gemv: the entry the runner uses for `rows` (gemv1 for one row, else gemv). */
+  kind: "gemv" | "gemm";
   label: string;
   n: number;
   k: number;
@@ -428,7 +430,8 @@ async function prepareMatmul(
       keysPerSplit: ATTENTION_GEOMETRY.SPLIT_KEYS,
     }),
   );
-  const k = matmul(o.kind, {
+  const entry: MatmulEntry = o.kind === "gemm" ? "gemm" : matmulEntry(o.rows);
+  const k = matmul(entry, {
     N: o.n,
     N_OFFSET: 0,
     Y_STRIDE: o.n,
@@ -449,7 +452,7 @@ async function prepareMatmul(
   const bg = bindGroup(dev, pipeline, k, { fwd, x, w, bias, y, normW: bias });
   const err = await dev.popErrorScope();
   if (err) throw new Error(`${o.label}: ${err.message}`);
-  const groups = matmulGroups(o.kind, o.n, o.rows);
+  const groups = matmulGroups(entry, o.n, o.rows);
   return {
     job: { ...o, format },
     kernel: k.name,

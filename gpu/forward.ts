@@ -41,7 +41,13 @@ import {
 } from "./kernels/kernel.ts";
 import { compensationFold, compensationGroups } from "./kernels/compensation.ts";
 import { kvStore, kvStoreGroups } from "./kernels/kv_store.ts";
-import { matmul, type MatmulConstants, matmulEntry, matmulGroups } from "./kernels/matmul.ts";
+import {
+  matmul,
+  MATMUL_ENTRIES,
+  type MatmulConstants,
+  matmulEntry,
+  matmulGroups,
+} from "./kernels/matmul.ts";
 import { rmsnorm, rmsnormGroups } from "./kernels/rmsnorm.ts";
 import { rope, ropeGroups } from "./kernels/rope.ts";
 import { MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, sample, sampleGroups } from "./kernels/sample.ts";
@@ -444,7 +450,7 @@ class ForwardBuilder {
         y,
         normW: o.norm ?? a.unused,
       };
-      return (["gemv", "gemm"] as const).map((entry) =>
+      return MATMUL_ENTRIES.map((entry) =>
         this.#dispatch(matmul(entry, constants, w.format), buffers, (s) => {
           const rows = rowsOf(s);
           return matmulEntry(rows) === entry ? matmulGroups(entry, part.rows, rows) : null;

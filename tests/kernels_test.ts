@@ -27,6 +27,7 @@ import {
   matmul,
   MATMUL_FILE,
   MATMUL_GEOMETRY,
+  type MatmulEntry,
   matmulGroups,
   packQuantRow,
   type QuantFormat,
@@ -298,7 +299,7 @@ Deno.test("rope.wgsl, INTERLEAVED and rotate-half", gpuTest, async (t) => {
 // ---- matmul ---------------------------------------------------------------------------------
 
 interface MatmulCase {
-  entry: "gemv" | "gemm";
+  entry: MatmulEntry;
   N: number;
   K: number;
   /** Rows computed (n_rows, or n_logit_rows with LOGIT_ROWS). */
@@ -330,6 +331,29 @@ const MATMUL_CASES: MatmulCase[] = [
   // K/4 = 301 vec4s: three activation stages of 128 vec4s, the last partial; 1 row and 7.
   { entry: "gemv", N: 19, K: 1203, T: 1, bias: true },
   { entry: "gemv", N: 19, K: 1203, T: 7, accumulate: true },
+  // gemv1 (one row, 4 outputs per lane group): N = 67 not a multiple of its 32 columns (the last
+  // group's rows past N read row N - 1 and store nothing), a 2-D grid of 2 x 2 >= 3 workgroups,
+  // K = 1203 in three stages, fused inputs, row parts of 23 and 34, quantized weights.
+  { entry: "gemv1", N: 67, K: 37, T: 1 },
+  { entry: "gemv1", N: 67, K: 37, T: 1, accumulate: true, bias: true },
+  { entry: "gemv1", N: 67, K: 37, T: 1, logitRows: true, bias: true },
+  { entry: "gemv1", N: 67, K: 37, T: 1, groups: [2, 2, 1] },
+  { entry: "gemv1", N: 130, K: 300, T: 1, accumulate: true },
+  { entry: "gemv1", N: 19, K: 1203, T: 1, bias: true },
+  { entry: "gemv1", N: 67, K: 37, T: 1, norm: true, bias: true },
+  { entry: "gemv1", N: 19, K: 1203, T: 1, norm: true },
+  { entry: "gemv1", N: 19, K: 1203, T: 1, swiglu: true, accumulate: true },
+  { entry: "gemv1", N: 67, K: 37, T: 1, parts: 3, bias: true, accumulate: true },
+  { entry: "gemv1", N: 67, K: 300, T: 1, parts: 2, norm: true },
+  ...(["q8_0", "q4_0", "q5_0", "q4_k", "q6_k"] as const).map((format): MatmulCase => ({
+    entry: "gemv1",
+    N: 67,
+    K: format.endsWith("_k") ? 768 : 1216,
+    T: 1,
+    norm: true,
+    bias: true,
+    format,
+  })),
   // gemm: rows > 8, not multiples of the 64-row tile; K = 37 not a multiple of TK = 16.
   ...[9, 65, 130].map((T): MatmulCase => ({ entry: "gemm", N: 67, K: 37, T })),
   { entry: "gemm", N: 67, K: 37, T: 3 },

@@ -7,8 +7,9 @@
 // The input `in` is x itself [rows, K], or, fused so the layer needs no extra dispatch:
 //  - NORM_INPUT: rmsnorm(x[t]) * norm_w, the row's root mean square computed here;
 //  - SWIGLU_INPUT: silu(gate) * up of the fused gate|up projection x [rows, 2K].
-// Two entry points: `gemv` for few rows (decode; memory bound, streams each weight row once for
-// all rows) and `gemm` for many rows (prefill; 64x64 register-tiled).
+// Three entry points: `gemv1` for one row (decode of one sequence), `gemv` for a few rows
+// (batched decode; memory bound, streams each weight row once for all rows) and `gemm` for many
+// rows (prefill; 64x64 register-tiled).
 
 override N: u32;            // output features of this part (rows of w)
 override N_OFFSET: u32 = 0u; // first output column this part writes (and its first bias)
@@ -144,6 +145,64 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     var s = 0.0;
     for (var l = 0u; l < LANES; l++) { s += partial[lane * 64u + g * LANES + l]; }
     store(lane, n, s);
+  }
+}
+
+// ---- GEMV1: one row, GEMV1_COLS outputs per workgroup, GEMV1_OUTS per lane group ----
+// The layout of `gemv` (8 groups of 8 lanes, activations staged as vec4s), but each group
+// computes GEMV1_OUTS consecutive outputs, so one activation vec4 read from workgroup memory
+// serves that many weight vec4s: at batch 1 the activation loads, one per weight load in `gemv`,
+// bound the kernel on llvmpipe rather than the weights (the bench's gemv figures).
+const GEMV1_OUTS = 4u;
+const GEMV1_COLS = 32u;   // 8 groups x GEMV1_OUTS
+
+@compute @workgroup_size(64)
+fn gemv1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+  // The host picks gemv1 for one row; none (no logits rows) leaves y alone, as gemv would.
+  if (row_count() == 0u) { return; }
+  let g = tid / LANES;
+  let lane = tid % LANES;
+  let n0 = (wg.y * nwg.x + wg.x) * GEMV1_COLS + g * GEMV1_OUTS;
+  let k4n = KP / 4u;
+  // Rows past N read row N - 1 (their sums are never stored).
+  let b0 = w_row(min(n0, N - 1u));
+  let b1 = w_row(min(n0 + 1u, N - 1u));
+  let b2 = w_row(min(n0 + 2u, N - 1u));
+  let b3 = w_row(min(n0 + 3u, N - 1u));
+  if (NORM_INPUT) {
+    partial[tid] = sum_squares(0u, tid, 64u);
+    workgroupBarrier();
+    if (tid == 0u) {
+      var ss = 0.0;
+      for (var i = 0u; i < 64u; i++) { ss += partial[i]; }
+      inv_rms[0] = inverseSqrt(ss / f32(K) + EPS);
+    }
+  }
+  var acc = vec4<f32>(0.0);
+  for (var kb = 0u; kb < k4n; kb += XS) {
+    let m = min(XS, k4n - kb);
+    workgroupBarrier();
+    for (var i = tid; i < m; i += 64u) { xs4[i] = x4(0u, (kb + i) * 4u, 0u); }
+    workgroupBarrier();
+    for (var i = lane; i < m; i += LANES) {
+      let xv = xs4[i];
+      acc += vec4<f32>(dot(xv, w4(b0, kb + i)), dot(xv, w4(b1, kb + i)),
+                       dot(xv, w4(b2, kb + i)), dot(xv, w4(b3, kb + i)));
+    }
+  }
+  workgroupBarrier();
+  partial[tid] = acc.x;
+  partial[64u + tid] = acc.y;
+  partial[128u + tid] = acc.z;
+  partial[192u + tid] = acc.w;
+  workgroupBarrier();
+  // Lane o of group g finishes output n0 + o.
+  let n = n0 + lane;
+  if (lane < GEMV1_OUTS && n < N) {
+    var s = 0.0;
+    for (var l = 0u; l < LANES; l++) { s += partial[lane * 64u + g * LANES + l]; }
+    store(0u, n, s);
   }
 }
 

@@ -1,6 +1,7 @@
 // wgsl/matmul.wgsl: linear layers y (+)= in · Wᵀ (+ bias), with the input optionally
 // rmsnorm(x) * norm (NORM_INPUT) or silu(gate) * up (SWIGLU_INPUT) computed inside the matmul.
-// Two entry points: `gemv` for at most GEMV_MAX_ROWS rows (decode), `gemm` for more (prefill).
+// Three entry points: `gemv1` for one row (decode of one sequence), `gemv` for at most
+// GEMV_MAX_ROWS rows (batched decode), `gemm` for more (prefill).
 // The weights' storage is the matrix's `WeightFormat`, compiled in as the weight codec include
 // (wgsl/w_<format>.wgsl): f16/f32 values, or GGUF's Q8_0 / Q4_0 blocks repacked row by row.
 
@@ -13,6 +14,8 @@ export const MATMUL_FILE = "matmul.wgsl";
 export const MATMUL_GEOMETRY = {
   /** Outputs one GEMV workgroup computes (GEMV_COLS). */
   GEMV_COLS: 8,
+  /** Outputs one single-row GEMV workgroup computes (GEMV1_COLS). */
+  GEMV1_COLS: 32,
   /** Rows a GEMV workgroup handles; more rows use GEMM (GEMV_MAX_ROWS). */
   GEMV_MAX_ROWS: 8,
   /** Output tile of one GEMM workgroup, rows and columns (TILE). */
@@ -47,7 +50,9 @@ export interface MatmulConstants {
  * and NORM_INPUT, but any buffer must be bound). */
 export const MATMUL_BINDINGS = { fwd: 0, x: 1, w: 2, bias: 3, y: 4, normW: 5 } as const;
 
-export type MatmulEntry = "gemv" | "gemm";
+export type MatmulEntry = "gemv1" | "gemv" | "gemm";
+
+export const MATMUL_ENTRIES: readonly MatmulEntry[] = ["gemv1", "gemv", "gemm"];
 
 /** How a weight matrix is stored: values in the storage precision W ("float"), or GGUF's
  * quantized blocks (q8_0 and q4_0 also quantized on load; the others come from GGUF files). */
@@ -94,12 +99,14 @@ export function matmul(entry: MatmulEntry, c: MatmulConstants, format: WeightFor
 
 /** The entry point for `rows` rows. */
 export function matmulEntry(rows: number): MatmulEntry {
+  if (rows === 1) return "gemv1";
   return rows <= MATMUL_GEOMETRY.GEMV_MAX_ROWS ? "gemv" : "gemm";
 }
 
-/** GEMV: GEMV_COLS outputs per workgroup, in a 2-D grid past 65535 workgroups. */
-export function gemvGroups(n: number): Groups {
-  return grid(Math.ceil(n / MATMUL_GEOMETRY.GEMV_COLS));
+/** GEMV: GEMV_COLS outputs per workgroup (gemv1: GEMV1_COLS), in a 2-D grid past 65535
+ * workgroups. */
+export function gemvGroups(n: number, cols: number = MATMUL_GEOMETRY.GEMV_COLS): Groups {
+  return grid(Math.ceil(n / cols));
 }
 
 /** GEMM: one TILE x TILE output tile per workgroup. */
@@ -109,6 +116,7 @@ export function gemmGroups(n: number, rows: number): Groups {
 }
 
 export function matmulGroups(entry: MatmulEntry, n: number, rows: number): Groups {
+  if (entry === "gemv1") return gemvGroups(n, MATMUL_GEOMETRY.GEMV1_COLS);
   return entry === "gemv" ? gemvGroups(n) : gemmGroups(n, rows);
 }
 
