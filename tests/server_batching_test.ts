@@ -50,13 +50,9 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
       // Two sampled requests: the GPU RNG is keyed by (seed, position), not by batch row.
       ...(i % 8 === 7 ? { temperature: 0.9, top_p: 0.95, seed: 1000 + i } : {}),
     }));
-    const t0 = performance.now();
     const together = await Promise.all(bodies.map((b) => generate(server.url, b)));
-    const tBatch = performance.now() - t0;
-    const t1 = performance.now();
     const alone: Gen[] = [];
     for (const b of bodies) alone.push(await generate(server.url, b));
-    const tAlone = performance.now() - t1;
     const chunk = server.ctx.loadedEngine!.limits.prefillBudget;
     assert.ok(together[PROMPTS.length - 1].usage.prompt_tokens > 2 * chunk);
     together.forEach((g, i) => {
@@ -65,8 +61,8 @@ Deno.test("16 concurrent requests each equal the request run alone", serverTest,
       assert.equal(g.text, alone[i].text);
       assert.equal(g.finish_reason, alone[i].finish_reason);
     });
-    // Batched decode shares one forward per step: far faster than one request after another.
-    assert.ok(tBatch < tAlone, `batched ${tBatch.toFixed(0)} ms vs alone ${tAlone.toFixed(0)} ms`);
+    // Batched decode shares one forward per step (how much faster that is lives in the bench,
+    // `deno task bench --serve`, not in a timed test).
     const m = server.ctx.loadedEngine!.metrics;
     assert.ok(m.decodeRows / m.decodeCalls > 1, "decode calls carried several sequences");
     const s = await cacheStats(server.url);
