@@ -42,8 +42,15 @@ for (const line of startupWarnings(config)) console.error(line);
 const serveMode = import.meta.main && underDenoServe();
 const server = startServer(config, { listen: import.meta.main && !serveMode });
 if (import.meta.main) {
-  server.loaded.catch((e) => {
-    fail(e instanceof ConfigError ? e.line : `zigzag: start-up failed: ${(e as Error).message}`);
+  server.loaded.catch(async (e) => {
+    console.error(
+      e instanceof ConfigError ? e.line : `zigzag: start-up failed: ${(e as Error).message}`,
+    );
+    // The GPU thread that failed is still going away: a hard exit during its device's teardown
+    // can crash the process (exit 139 instead of 1). Close the listener, let it finish, then go.
+    await server.shutdown(0).catch(() => {});
+    await new Promise((r) => setTimeout(r, 250));
+    Deno.exit(1);
   });
   const stop = (signal: string) => {
     console.error(`zigzag: ${signal}: shutting down`);

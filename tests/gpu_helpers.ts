@@ -205,6 +205,39 @@ export function plan(
   };
 }
 
+/**
+ * Greedy GPU run of `prompt` (prefill in chunks of `chunk`, then `steps` decode steps, 8 per
+ * readback) against a CPU reference run: first-step logits within f32 1e-3 / f16 5e-2 (f16
+ * weights and keys; the streaming kinds' tests share this bound), and every token in f32 (the
+ * first in f16, whose later greedy choices may flip on near ties).
+ */
+export async function expectReferenceRun(
+  model: LoadedModel,
+  precision: Precision,
+  pl: ResolvedPlan,
+  chunk: number,
+  prompt: number[],
+  steps: number,
+  ref: { first: Float32Array; tokens: number[] },
+): Promise<void> {
+  const r = await makeRunner(model, precision, pl, { chunk });
+  try {
+    const out = await gpuGreedy(r, prompt, steps, { perReadback: 8 });
+    const tol = precision === "f32" ? 1e-3 : 5e-2;
+    const d = maxAbsDiff(out.logits, ref.first);
+    if (!(d <= tol)) throw new Error(`prefill max |diff| ${d} > ${tol}`);
+    if (precision === "f32") {
+      if (out.tokens.join() !== ref.tokens.join()) {
+        throw new Error(`tokens ${out.tokens} vs the reference's ${ref.tokens}`);
+      }
+    } else if (out.tokens[0] !== ref.tokens[0]) {
+      throw new Error(`first token ${out.tokens[0]} vs the reference's ${ref.tokens[0]}`);
+    }
+  } finally {
+    r.destroy();
+  }
+}
+
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
   let m = 0;

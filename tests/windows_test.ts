@@ -16,11 +16,10 @@ import { apportion, scoredWindows } from "../identify/windows.ts";
 import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
 import {
   biasedKvModel,
+  expectReferenceRun,
   gpu,
-  gpuGreedy,
   gpuTest,
   GREEDY,
-  makeRunner,
   maxAbsDiff,
   precisions,
 } from "./gpu_helpers.ts";
@@ -286,18 +285,7 @@ Deno.test(
           // One chunk, and chunks shorter than every window.
           for (const chunk of precision === "f32" ? [128, 5] : [5]) {
             const label = `${name}${comp ? " +comp" : ""} ${precision} chunk ${chunk}`;
-            await t.step(label, async () => {
-              const r = await makeRunner(model, precision, pl, { chunk });
-              const out = await gpuGreedy(r, p, 40, { perReadback: 8 });
-              // As the uniform streaming kinds' tests: f32 within 1e-3, f16 within 5e-2 (f16
-              // weights and keys).
-              const tol = precision === "f32" ? 1e-3 : 5e-2;
-              const d = maxAbsDiff(out.logits, ref.first);
-              assert.ok(d <= tol, `prefill max |diff| ${d}`);
-              if (precision === "f32") assert.deepEqual(out.tokens, ref.tokens);
-              else assert.equal(out.tokens[0], ref.tokens[0]);
-              r.destroy();
-            });
+            await t.step(label, () => expectReferenceRun(model, precision, pl, chunk, p, 40, ref));
           }
         }
       }
