@@ -124,6 +124,8 @@ export class CacheGeometry {
   readonly layers: LayerCacheLayout[];
   /** KV heads each instance holds, summed over layers. */
   readonly #heads: Map<CacheKind, number>;
+  /** Each kind's instance at the plan's window. */
+  readonly #planWindow: Map<HeadKind, CacheKind>;
 
   constructor(
     readonly config: ModelConfig,
@@ -147,7 +149,9 @@ export class CacheGeometry {
       if (!instances.has(key)) instances.set(key, probe);
       return instances.get(key)!;
     };
-    for (const k of KIND_NAMES) instanceOf(k, { sink: plan.sink, recent: plan.recent });
+    this.#planWindow = new Map(
+      KIND_NAMES.map((k) => [k, instanceOf(k, { sink: plan.sink, recent: plan.recent })]),
+    );
     const headKinds = plan.layers.map((lp, l) =>
       lp.kvHeadKinds.map((k, h) => instanceOf(k, headWindow(plan, l, h)))
     );
@@ -181,11 +185,7 @@ export class CacheGeometry {
 
   /** The instance of a kind at the plan's window. */
   kind(name: HeadKind): CacheKind {
-    const w = name === "retrieval" ? null : { sink: this.plan.sink, recent: this.plan.recent };
-    return this.kinds.find((k) =>
-      k.name === name && k.window?.sink === w?.sink && k.window?.recent === w?.recent &&
-      !k.window?.growth
-    )!;
+    return this.#planWindow.get(name)!;
   }
 
   /** KV heads of a kind summed over layers (every window). */

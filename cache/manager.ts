@@ -4,7 +4,7 @@
 // owns the buffers and copies each sequence's page list into the page table before a forward.
 // The engine allocates here (`ensure`) before it runs a forward and commits after.
 
-import type { HeadKind } from "../plans/types.ts";
+import { type HeadKind, windowJson } from "../plans/types.ts";
 import { CacheExhaustedError, type CacheLayout } from "./layout.ts";
 import { PagePool } from "./page_pool.ts";
 import { NO_HIT, PrefixCache, type PrefixCacheStats, type PrefixHit } from "./prefix_cache.ts";
@@ -292,11 +292,7 @@ export class KvCacheManager {
       if (!k.paged && heads > 0) {
         out.rings.push({
           kind: k.name,
-          sink: k.window!.sink,
-          recent: k.window!.recent,
-          ...(k.window!.growth
-            ? { growth: k.window!.growth, max_recent: k.window!.maxRecent }
-            : {}),
+          ...windowJson(k.window!),
           kv_heads: heads,
           tokens,
           bytes_reserved: bytesReserved,

@@ -26,7 +26,13 @@ import { loadModel } from "../model/load.ts";
 import { weightBytes } from "../model/tensors.ts";
 import type { AnyTensor, LoadedModel, ModelConfig, Tokenizer } from "../model/types.ts";
 import { loadPlanArg } from "../plans/resolve.ts";
-import { hasOwnWindows, type HeadKind, headWindow, type ResolvedPlan } from "../plans/types.ts";
+import {
+  hasOwnWindows,
+  type HeadKind,
+  headWindow,
+  type ResolvedPlan,
+  windowJson,
+} from "../plans/types.ts";
 import { progress } from "../util/progress.ts";
 import { EngineMetrics } from "./metrics.ts";
 import { RequestOutput } from "./output.ts";
@@ -625,12 +631,7 @@ export class Engine {
           retrieval_kv_heads: l.retrievalKvHeads,
           streaming_kv_heads: l.streamingKvHeads,
           // The window of each streaming KV head, in streaming_kv_heads order.
-          windows: l.streamingKvHeads.map((h) => {
-            const w = headWindow(plan, i, h);
-            return w.growth
-              ? { sink: w.sink, recent: w.recent, growth: w.growth, max_recent: w.maxRecent }
-              : { sink: w.sink, recent: w.recent };
-          }),
+          windows: l.streamingKvHeads.map((h) => windowJson(headWindow(plan, i, h))),
         })),
       },
     };

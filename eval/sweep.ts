@@ -121,17 +121,6 @@ export interface SweepOptions {
   quiet?: boolean;
 }
 
-/** KV bytes of a plan over full attention's at `length` tokens (closed form; units = KV heads). */
-export function kvFraction(
-  retrievalUnits: number,
-  units: number,
-  length: number,
-  window: number,
-): number {
-  return (retrievalUnits * length + (units - retrievalUnits) * Math.min(length, window)) /
-    (units * length);
-}
-
 /** A plan's KV bytes over full attention's at `length` tokens: every KV head holds `length`
  * positions, or its ring's (an elastic window's largest; compensated, `compPositions` more for
  * its sums). */
@@ -203,10 +192,21 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   };
   // The same plan with windows of its own from the scores it carries.
   const windowed = (p: PlanInput): PlanInput => scoredWindows(parsePlan(p, "sweep plan"));
-  const provenance = (method: string, budget: number) => ({
-    source: o.modelPath,
-    method: `eval-sweep: ${method}`,
-    budget,
+  // What every plan of the sweep shares, in plan-file order: the model, its mode, where it came
+  // from, the window and whether its streaming heads are compensated.
+  const common = (
+    mode: "zigzag" | "duo" | "streaming",
+    method: string,
+    budget: number,
+    comp: boolean,
+  ) => ({
+    version: 1 as const,
+    model,
+    mode,
+    provenance: { source: o.modelPath, method: `eval-sweep: ${method}`, budget },
+    sink: o.sink,
+    recent: o.recent,
+    ...(comp ? { compensation: true } : {}),
   });
   const zigzag = (
     layers: number[],
@@ -215,13 +215,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     comp = false,
     scores?: number[],
   ): PlanInput => ({
-    version: 1,
-    model,
-    mode: "zigzag",
-    provenance: provenance(method, budget),
-    sink: o.sink,
-    recent: o.recent,
-    ...(comp ? { compensation: true } : {}),
+    ...common("zigzag", method, budget, comp),
     layers: Array.from(
       { length: c.nLayers },
       (_, l) => layers.includes(l) ? "retrieval" : "streaming",
@@ -235,13 +229,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     comp = false,
     scores?: number[][],
   ): PlanInput => ({
-    version: 1,
-    model,
-    mode: "duo",
-    provenance: provenance(method, budget),
-    sink: o.sink,
-    recent: o.recent,
-    ...(comp ? { compensation: true } : {}),
+    ...common("duo", method, budget, comp),
     heads: sel.map((row) => row.map((r) => (r ? "retrieval" : "streaming"))),
     ...(scores ? { scores: { kv_heads: scores } } : {}),
   });
@@ -272,15 +260,9 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       form: "streaming",
       budget: 0,
       ...(comp ? { compensation: true } : {}),
-      plan: !comp ? "streaming" : await planFile("streaming-comp", {
-        version: 1,
-        model,
-        mode: "streaming",
-        provenance: provenance("streaming", 0),
-        sink: o.sink,
-        recent: o.recent,
-        compensation: true,
-      }),
+      plan: !comp
+        ? "streaming"
+        : await planFile("streaming-comp", common("streaming", "streaming", 0, true)),
       retrieval_units: 0,
     });
   }

@@ -13,8 +13,8 @@ export type HeadKind = "retrieval" | "streaming" | "compensated";
 
 /** A streaming head's window: the first `sink` positions and the last `recent` (the current one
  * included). Elastic (MoA's span min(alpha + beta N, N)): a query at position i sees the last
- * recentAt(w, i) = min(maxRecent, recent + floor(growth (i + 1))) positions, growth a multiple of
- * 1 / GROWTH_UNITS (resolve rounds it so, and the kernels compute the floor exactly). */
+ * min(maxRecent, recent + floor(growth (i + 1))) positions, growth a multiple of 1 / GROWTH_UNITS
+ * (resolve rounds it so, and the kernels compute the floor exactly). */
 export interface Window {
   sink: number;
   recent: number;
@@ -27,10 +27,13 @@ export interface Window {
 /** Growth is kept in units of 1 / 65536 (the kernels' GROWTH_Q16). */
 export const GROWTH_UNITS = 65536;
 
-/** Recent positions a query at position `i` sees under `w`. */
-export function recentAt(w: Window, i: number): number {
-  if (!w.growth) return w.recent;
-  return Math.min(w.maxRecent!, w.recent + Math.floor(w.growth * (i + 1)));
+/** A window as the API and plan files spell it (snake_case; growth fields only when elastic). */
+export function windowJson(
+  w: Window,
+): { sink: number; recent: number; growth?: number; max_recent?: number } {
+  return w.growth
+    ? { sink: w.sink, recent: w.recent, growth: w.growth, max_recent: w.maxRecent }
+    : { sink: w.sink, recent: w.recent };
 }
 
 /** Recent positions a ring for `w` keeps: its largest window. */

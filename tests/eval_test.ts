@@ -5,17 +5,11 @@
 import assert from "node:assert/strict";
 import { EVAL_SCHEMA, evalMarkdown, runEval } from "../eval/eval.ts";
 import { multikeyDocuments } from "../eval/multikey.ts";
-import {
-  kvFraction,
-  planKvFraction,
-  randomLayers,
-  type SweepResult,
-  sweepSeries,
-} from "../eval/sweep.ts";
+import { planKvFraction, randomLayers, type SweepResult, sweepSeries } from "../eval/sweep.ts";
 import { scoredWindows } from "../identify/windows.ts";
 import { parsePlan } from "../plans/schema.ts";
 import { textDocuments } from "../eval/text.ts";
-import { loadPlanArg, resolvePlan } from "../plans/resolve.ts";
+import { builtinPlan, loadPlanArg, resolvePlan } from "../plans/resolve.ts";
 import { tinyConfig } from "../model/random.ts";
 import { CpuLlama } from "./reference/cpu_llama.ts";
 import { logSumExp } from "./reference/log_softmax.ts";
@@ -210,14 +204,11 @@ Deno.test("eval text: held-out loss per plan equals the CPU forward's", gpuTest,
 });
 
 Deno.test("eval sweep: KV bytes closed form, random layers, lines averaged by bytes", () => {
-  // 8 layers x 2 KV heads at 1024 tokens with an 80-token window: 4 retrieval heads hold
-  // 4 x 1024 + 12 x 80 entries of the 16 x 1024 full attention holds.
-  assert.equal(kvFraction(4, 16, 1024, 80), (4 * 1024 + 12 * 80) / (16 * 1024));
-  assert.equal(kvFraction(16, 16, 1024, 80), 1);
-  assert.equal(kvFraction(0, 16, 64, 80), 1, "a window longer than the text keeps everything");
   const cfgFull = tinyConfig({ nLayers: 8, nHeads: 4, nKvHeads: 2, headDim: 32 });
-  // Head by head from a resolved plan: the closed form for uniform windows; per-layer windows
-  // chosen at equal bytes land on the same fraction, a wider budget above it.
+  // 8 layers x 2 KV heads at 1024 tokens with an 80-token window: 4 retrieval heads hold
+  // 4 x 1024 + 12 x 80 entries of the 16 x 1024 full attention holds; per-layer windows chosen at
+  // equal bytes land on the same fraction, a wider budget above it.
+  const closedForm = (4 * 1024 + 12 * 80) / (16 * 1024);
   const zig = parsePlan({
     version: 1,
     model: { architecture: cfgFull.architecture, num_layers: 8, num_kv_heads: 2, head_dim: 32 },
@@ -238,11 +229,12 @@ Deno.test("eval sweep: KV bytes closed form, random layers, lines averaged by by
     scores: { layers: [9, 8, 1, 2, 3, 4, 5, 6] },
   }, "zig");
   const res = (p: typeof zig) => resolvePlan(p, cfgFull);
-  assert.equal(planKvFraction(res(zig), 1024), kvFraction(4, 16, 1024, 80));
-  assert.equal(planKvFraction(res(scoredWindows(zig)), 1024), kvFraction(4, 16, 1024, 80));
-  assert.ok(
-    planKvFraction(res(scoredWindows(zig, { budget: 2 })), 1024) > kvFraction(4, 16, 1024, 80),
-  );
+  assert.equal(planKvFraction(res(zig), 1024), closedForm);
+  assert.equal(planKvFraction(res(scoredWindows(zig)), 1024), closedForm);
+  assert.ok(planKvFraction(res(scoredWindows(zig, { budget: 2 })), 1024) > closedForm);
+  assert.equal(planKvFraction(res(builtinPlan("full", cfgFull)), 1024), 1);
+  const streaming = res(builtinPlan("streaming", cfgFull, { sink: 16, recent: 64 }));
+  assert.equal(planKvFraction(streaming, 64), 1, "a window longer than the text keeps everything");
   const a = randomLayers(8, 3, 11);
   assert.deepEqual(randomLayers(8, 3, 11), a, "deterministic");
   assert.equal(new Set(a).size, 3);

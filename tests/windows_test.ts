@@ -11,9 +11,9 @@ import { Engine } from "../engine/engine.ts";
 import { mulberry32 } from "../model/random.ts";
 import { loadPlanFile, parsePlan, type PlanInput } from "../plans/schema.ts";
 import { loadPlanArg, resolvePlan } from "../plans/resolve.ts";
-import { hasOwnWindows, headWindow, recentAt, type ResolvedPlan } from "../plans/types.ts";
+import { hasOwnWindows, headWindow, type ResolvedPlan } from "../plans/types.ts";
 import { apportion, scoredWindows } from "../identify/windows.ts";
-import { cpuGreedy, CpuLlama } from "./reference/cpu_llama.ts";
+import { cpuGreedy, CpuLlama, elasticRecent } from "./reference/cpu_llama.ts";
 import {
   biasedKvModel,
   expectReferenceRun,
@@ -132,16 +132,20 @@ Deno.test("plan windows: resolved per KV head; the geometry keeps one ring kind 
   assert.deepEqual(headWindow(duo, 1, 1), { sink: 4, recent: 12 });
   assert.deepEqual(headWindow(duo, 3, 0), { sink: 4, recent: 8 });
   assert.deepEqual(headWindow(duo, 3, 1), ELASTIC_RESOLVED);
-  // MoA's span: recent + floor(growth (i + 1)), at most max_recent.
-  assert.deepEqual([0, 9, 10, 50, 98, 99, 1000].map((i) => recentAt(headWindow(duo, 3, 1), i)), [
-    2,
-    3,
-    3,
-    7,
-    11,
-    12,
-    12,
-  ]);
+  // MoA's span as the CPU reference (the GPU tests' oracle) computes it: recent + floor(growth (i + 1)),
+  // at most max_recent.
+  assert.deepEqual(
+    [0, 9, 10, 50, 98, 99, 1000].map((i) => elasticRecent(headWindow(duo, 3, 1), i)),
+    [
+      2,
+      3,
+      3,
+      7,
+      11,
+      12,
+      12,
+    ],
+  );
 
   const g = new CacheGeometry(config, duo, "f32", 16);
   // Layer 1: two streaming parts (one per window), in window order.

@@ -81,7 +81,7 @@ function rmsnorm(out: Float64Array, x: Float64Array, weight: Float32Array, eps: 
 /** The recent positions a query at position i sees: MoA's elastic span min(alpha + beta N, N)
  * with N = i + 1, alpha = recent, beta = growth, capped at maxRecent (the ring's size); the plain
  * window without growth. (The cap at N is the causal mask itself.) */
-function elasticRecent(w: Window, i: number): number {
+export function elasticRecent(w: Window, i: number): number {
   if (!w.growth) return w.recent;
   return Math.min(w.maxRecent!, w.recent + Math.floor(w.growth * (i + 1)));
 }
