@@ -34,6 +34,7 @@ import { PREFIX_MODEL, PREFIX_PLAN, prefixMarkdown, runPrefixBench } from "./pre
 import { scaleMain } from "./scale.ts";
 import { progress } from "../util/progress.ts";
 import { getGpu, type Precision, resolvePrecision } from "../gpu/device.ts";
+import { GEMM_ENTRIES } from "../gpu/kernels/matmul.ts";
 import { Pipelines } from "../gpu/pipelines.ts";
 import { paramCount, PRESETS, tinyConfig } from "../model/random.ts";
 import type { ModelConfig } from "../model/types.ts";
@@ -485,7 +486,8 @@ async function main(): Promise<number> {
     // Quantized weights run in the reference's pipeline type (f16 where the adapter has it).
     const wRef = dtypes[0];
     // Per shape: the GEMV at batch 1 and 8 in every format (float per dtype, then the quantized
-    // ones where k is whole blocks of 32), interleaved in one sitting; then one GEMM per dtype.
+    // ones where k is whole blocks of 32), interleaved in one sitting; then per dtype both GEMM
+    // entries (the GPUs' `gemm` and the CPU adapters' `gemm_reg`), interleaved.
     const sets: MatmulJob[][] = shapes.flatMap((s) => [
       ...[1, 8].map((rows) => [
         ...dtypes.map((dtype) => ({ kind: "gemv" as const, ...s, rows, dtype })),
@@ -497,7 +499,9 @@ async function main(): Promise<number> {
           format,
         })),
       ]),
-      ...dtypes.map((dtype) => [{ kind: "gemm" as const, ...s, rows: gemmRows, dtype }]),
+      ...dtypes.map((dtype) =>
+        GEMM_ENTRIES.map((entry) => ({ kind: "gemm" as const, ...s, rows: gemmRows, dtype, entry }))
+      ),
     ]);
     kernelResults = [];
     bar = progress("kernels");
@@ -526,15 +530,13 @@ async function main(): Promise<number> {
           : x
       );
       kernelResults.push(
-        ...(j.kind === "gemm"
-          ? [
-            await measureMatmul(gpu, pipelines, timer, jobs[0], {
-              samples: quick ? 2 : 3,
-              lo: 1,
-              hi: 2,
-            }),
-          ]
-          : await measureMatmulSet(gpu, pipelines, timer, jobs, rep)),
+        ...await measureMatmulSet(
+          gpu,
+          pipelines,
+          timer,
+          jobs,
+          j.kind === "gemm" ? { samples: quick ? 2 : 3, lo: 1, hi: 2 } : rep,
+        ),
       );
     }
     // Decode attention at --attention-context, per KV dtype: the float caches, then int8 and

@@ -30,6 +30,7 @@ import {
   pipelineOf,
 } from "../gpu/kernels/kernel.ts";
 import {
+  gemmFor,
   matmul,
   type MatmulConstants,
   type MatmulEntry,
@@ -376,6 +377,8 @@ export interface MatmulJob {
   format?: MatmulFormat;
   /** Variant flags (default a plain y = x · Wᵀ). */
   constants?: Partial<MatmulConstants>;
+  /** The entry point (default: the runner's for `kind` and `rows`). */
+  entry?: MatmulEntry;
 }
 
 /** One matmul dispatch, ready to record; `destroy` frees its buffers. */
@@ -430,7 +433,9 @@ async function prepareMatmul(
       keysPerSplit: ATTENTION_GEOMETRY.SPLIT_KEYS,
     }),
   );
-  const entry: MatmulEntry = o.kind === "gemm" ? "gemm" : matmulEntry(o.rows);
+  // The runner's entry for the rows on this adapter (gemm: its prefill GEMM), unless o.entry.
+  const entry: MatmulEntry = o.entry ??
+    (o.kind === "gemm" ? gemmFor(gpu) : matmulEntry(o.rows, gemmFor(gpu)));
   const k = matmul(entry, {
     N: o.n,
     N_OFFSET: 0,

@@ -42,9 +42,10 @@ import {
 import { compensationFold, compensationGroups } from "./kernels/compensation.ts";
 import { kvStore, kvStoreGroups } from "./kernels/kv_store.ts";
 import {
+  type GemmEntry,
   matmul,
-  MATMUL_ENTRIES,
   type MatmulConstants,
+  matmulEntries,
   matmulEntry,
   matmulGroups,
 } from "./kernels/matmul.ts";
@@ -136,6 +137,8 @@ export interface ForwardSources {
   maxBatch: number;
   /** The runner's cap on decode splits (`maxSplitsFor`), which sized the partials. */
   maxSplits: number;
+  /** The adapter's prefill GEMM (gpu/kernels/matmul.ts gemmFor). */
+  gemm: GemmEntry;
 }
 
 export async function buildPrograms(s: ForwardSources): Promise<Programs> {
@@ -450,10 +453,11 @@ class ForwardBuilder {
         y,
         normW: o.norm ?? a.unused,
       };
-      return MATMUL_ENTRIES.map((entry) =>
+      const gemm = this.s.gemm;
+      return matmulEntries(gemm).map((entry) =>
         this.#dispatch(matmul(entry, constants, w.format), buffers, (s) => {
           const rows = rowsOf(s);
-          return matmulEntry(rows) === entry ? matmulGroups(entry, part.rows, rows) : null;
+          return matmulEntry(rows, gemm) === entry ? matmulGroups(entry, part.rows, rows) : null;
         })
       );
     }));

@@ -35,6 +35,7 @@ import { encodeForward, encodeRows, FORWARD_BYTES, type RowParams } from "./kern
 import { compRowWords } from "./kernels/compensation.ts";
 import { DECODE_STEP_MAX_ROWS } from "./kernels/decode_step.ts";
 import type { Bound, Groups } from "./kernels/kernel.ts";
+import { gemmFor } from "./kernels/matmul.ts";
 
 import {
   encodeBias,
@@ -220,6 +221,7 @@ export class ModelRunner {
         kv: r.kv,
         maxBatch: opts.maxBatch,
         maxSplits: r.maxSplits,
+        gemm: gemmFor(gpu),
       });
       return r;
     });

@@ -394,6 +394,16 @@ const MATMUL_CASES: MatmulCase[] = [
   }),
 ];
 
+// gemm_reg (the CPU adapters' prefill GEMM) on every gemm case: rows not multiples of its 32-row
+// tile, N = 67 and 130 not multiples of its 64 columns (a thread's 8 outputs cut at N), fused
+// inputs, row parts and every weight format.
+MATMUL_CASES.push(
+  ...MATMUL_CASES.filter((c) => c.entry === "gemm").map((c): MatmulCase => ({
+    ...c,
+    entry: "gemm_reg",
+  })),
+);
+
 /** silu(g) * u as f64. */
 function swiglu(g: number, u: number): number {
   return g / (1 + Math.exp(-g)) * u;

@@ -1,7 +1,7 @@
 // wgsl/matmul.wgsl: linear layers y (+)= in · Wᵀ (+ bias), with the input optionally
 // rmsnorm(x) * norm (NORM_INPUT) or silu(gate) * up (SWIGLU_INPUT) computed inside the matmul.
-// Three entry points: `gemv1` for one row (decode of one sequence), `gemv` for at most
-// GEMV_MAX_ROWS rows (batched decode), `gemm` for more (prefill).
+// Entry points: `gemv1` for one row (decode of one sequence), `gemv` for at most
+// GEMV_MAX_ROWS rows (batched decode), `gemm` or `gemm_reg` for more (prefill; per adapter).
 // The weights' storage is the matrix's `WeightFormat`, compiled in as the weight codec include
 // (wgsl/w_<format>.wgsl): f16/f32 values, or GGUF's Q8_0 / Q4_0 blocks repacked row by row.
 
@@ -20,6 +20,9 @@ export const MATMUL_GEOMETRY = {
   GEMV_MAX_ROWS: 8,
   /** Output tile of one GEMM workgroup, rows and columns (TILE). */
   TILE: 64,
+  /** Output tile of one gemm_reg workgroup: rows (REG_ROWS) and columns (REG_COLS). */
+  REG_ROWS: 32,
+  REG_COLS: 64,
 } as const;
 
 export interface MatmulConstants {
@@ -50,9 +53,23 @@ export interface MatmulConstants {
  * and NORM_INPUT, but any buffer must be bound). */
 export const MATMUL_BINDINGS = { fwd: 0, x: 1, w: 2, bias: 3, y: 4, normW: 5 } as const;
 
-export type MatmulEntry = "gemv1" | "gemv" | "gemm";
+export type MatmulEntry = "gemv1" | "gemv" | "gemm" | "gemm_reg";
 
-export const MATMUL_ENTRIES: readonly MatmulEntry[] = ["gemv1", "gemv", "gemm"];
+/** The prefill GEMM an adapter runs: `gemm` stages 64x64 tiles in workgroup memory (GPUs);
+ * `gemm_reg` reads 4x8 register tiles straight from storage, for CPU adapters, where every
+ * workgroup-memory load is a per-lane gather (bench: 1.8-2.4x `gemm` on llvmpipe). */
+export type GemmEntry = "gemm" | "gemm_reg";
+
+export const GEMM_ENTRIES: readonly GemmEntry[] = ["gemm", "gemm_reg"];
+
+export function gemmFor(gpu: { isCpu: boolean }): GemmEntry {
+  return gpu.isCpu ? "gemm_reg" : "gemm";
+}
+
+/** The entry points a matrix is built with: one per row-count range (matmulEntry). */
+export function matmulEntries(gemm: GemmEntry = "gemm"): readonly MatmulEntry[] {
+  return ["gemv1", "gemv", gemm];
+}
 
 /** How a weight matrix is stored: values in the storage precision W ("float"), or GGUF's
  * quantized blocks (q8_0 and q4_0 also quantized on load; the others come from GGUF files). */
@@ -97,10 +114,10 @@ export function matmul(entry: MatmulEntry, c: MatmulConstants, format: WeightFor
   return kernel(MATMUL_FILE, entry, c, MATMUL_BINDINGS, [`w_${format}.wgsl`, ...shared]);
 }
 
-/** The entry point for `rows` rows. */
-export function matmulEntry(rows: number): MatmulEntry {
+/** The entry point for `rows` rows, `gemm` being the adapter's prefill GEMM. */
+export function matmulEntry(rows: number, gemm: GemmEntry = "gemm"): MatmulEntry {
   if (rows === 1) return "gemv1";
-  return rows <= MATMUL_GEOMETRY.GEMV_MAX_ROWS ? "gemv" : "gemm";
+  return rows <= MATMUL_GEOMETRY.GEMV_MAX_ROWS ? "gemv" : gemm;
 }
 
 /** GEMV: GEMV_COLS outputs per workgroup (gemv1: GEMV1_COLS), in a 2-D grid past 65535
@@ -116,6 +133,10 @@ export function gemmGroups(n: number, rows: number): Groups {
 }
 
 export function matmulGroups(entry: MatmulEntry, n: number, rows: number): Groups {
+  if (entry === "gemm_reg") {
+    const g = MATMUL_GEOMETRY;
+    return [Math.ceil(rows / g.REG_ROWS), Math.ceil(n / g.REG_COLS), 1];
+  }
   if (entry === "gemv1") return gemvGroups(n, MATMUL_GEOMETRY.GEMV1_COLS);
   return entry === "gemv" ? gemvGroups(n) : gemmGroups(n, rows);
 }
