@@ -160,10 +160,20 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
   );
   assert.ok(zig.kv.bytes < full.kv.bytes);
   // Per shape: matmul.wgsl gemv at rows 1 and 8 per dtype, and q8_0 / q4_0 where k is whole
-  // blocks of 32 (48x64, not 64x40), interleaved; one GEMM per dtype.
+  // blocks of 32 (48x64, not 64x40), interleaved; both GEMM entries per dtype.
   const nd = r.adapter.shader_f16 ? 2 : 1;
   const wRef = r.adapter.shader_f16 ? "f16" : "f32";
-  assert.equal(r.kernels.length, 2 * 3 * nd + 2 * 2);
+  assert.equal(r.kernels.length, 2 * 4 * nd + 2 * 2);
+  assert.deepEqual(
+    r.kernels.filter((k: { kind: string }) => k.kind === "gemm").map((
+      k: { kernel: string; n: number; dtype: string },
+    ) => `${k.n}:${k.dtype}:${k.kernel}`).sort(),
+    [48, 64].flatMap((n) =>
+      (r.adapter.shader_f16 ? ["f16", "f32"] : ["f32"]).flatMap((d) =>
+        ["gemm", "gemm_reg"].map((e) => `${n}:${d}:matmul.wgsl:${e}`)
+      )
+    ).sort(),
+  );
   for (const k of r.kernels) checkStat(k.gbps, `kernel ${k.kind}`);
   const quantKernels = r.kernels.filter((k: { format: string }) => k.format !== "float");
   assert.deepEqual(
