@@ -394,14 +394,14 @@ const MATMUL_CASES: MatmulCase[] = [
   }),
 ];
 
-// gemm_reg (the CPU adapters' GEMM for 2+ rows) on every gemm and gemv case with the runner's
-// grid: rows not multiples of its 32-row (prefill) or 8-row (<= 8 rows) tiles, N = 67 and 130 not
-// multiples of its 64 or 256 columns (a thread's 8 outputs cut at N), fused inputs, row parts
-// and every weight format.
+// gemm_reg (the CPU adapters' prefill GEMM) on every gemm case: rows not multiples of its 32-row
+// tile, N = 67 and 130 not multiples of its 64 columns (a thread's 8 outputs cut at N), fused
+// inputs, row parts and every weight format.
 MATMUL_CASES.push(
-  ...MATMUL_CASES.filter((c) => (c.entry === "gemm" || c.entry === "gemv") && !c.groups).map((
-    c,
-  ): MatmulCase => ({ ...c, entry: "gemm_reg" })),
+  ...MATMUL_CASES.filter((c) => c.entry === "gemm").map((c): MatmulCase => ({
+    ...c,
+    entry: "gemm_reg",
+  })),
 );
 
 /** silu(g) * u as f64. */

@@ -207,38 +207,32 @@ fn gemv1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
   }
 }
 
-// ---- GEMM_REG: register tiles of 4 rows x 8 outputs per thread, read without staging ----
+// ---- GEMM_REG: 32x64 output tile per workgroup, 4 rows x 8 outputs per thread, no staging ----
 // For adapters that run invocations as CPU SIMD lanes (llvmpipe): there every load from
 // workgroup or storage memory is a per-lane gather costing about as much as a vec4 load, and
 // `gemm`'s inner loop spends 8 scalar workgroup loads on 16 FMAs. Here each thread reads its
 // 4 activation rows and 8 weight rows straight from storage as vec4s along k (the CPU caches
 // keep the tile's rows) and does 128 FMAs per 12 loads, with 32 accumulators in registers.
 // Measured in `deno task bench` (`gemm` vs `gemm_reg` on the same shapes).
+const REG_ROWS = 32u;
+const REG_COLS = 64u;
 
 @compute @workgroup_size(64)
 fn gemm_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let rows = row_count();
   if (rows == 0u) { return; }
-  // The 64 threads form row groups (4 rows each) x column groups (8 outputs each): 8 x 8, a
-  // 32x64 tile, for prefill; 2 x 32, an 8x256 tile, for a decode batch of <= GEMV_MAX_ROWS rows.
-  let row_groups = select(8u, 2u, rows <= GEMV_MAX_ROWS);
-  let col_groups = 64u / row_groups;
-  let tile_rows = 4u * row_groups;
-  let lr = (tid / col_groups) * 4u; // the thread's first row within the tile (inv_rms index)
-  let t0 = wg.x * tile_rows + lr;
-  let n0 = (wg.y * col_groups + tid % col_groups) * 8u;
+  let lr = (tid / 8u) * 4u; // the thread's first row within the tile (inv_rms index)
+  let t0 = wg.x * REG_ROWS + lr;
+  let n0 = wg.y * REG_COLS + (tid % 8u) * 8u;
   if (NORM_INPUT) {
-    // 64 / tile_rows threads per tile row; partial is scratch.
-    let per_row = 64u / tile_rows;
-    let r = tid / per_row;
+    // 2 threads per tile row; partial is scratch.
+    let r = tid / 2u;
     var ss = 0.0;
-    if (wg.x * tile_rows + r < rows) { ss = sum_squares(wg.x * tile_rows + r, tid % per_row, per_row); }
+    if (wg.x * REG_ROWS + r < rows) { ss = sum_squares(wg.x * REG_ROWS + r, tid % 2u, 2u); }
     partial[tid] = ss;
     workgroupBarrier();
-    if (tid < tile_rows) {
-      var total = 0.0;
-      for (var i = 0u; i < per_row; i++) { total += partial[tid * per_row + i]; }
-      inv_rms[tid] = inverseSqrt(total / f32(K) + EPS);
+    if (tid < REG_ROWS) {
+      inv_rms[tid] = inverseSqrt((partial[2u * tid] + partial[2u * tid + 1u]) / f32(K) + EPS);
     }
     workgroupBarrier();
   }

@@ -20,6 +20,9 @@ export const MATMUL_GEOMETRY = {
   GEMV_MAX_ROWS: 8,
   /** Output tile of one GEMM workgroup, rows and columns (TILE). */
   TILE: 64,
+  /** Output tile of one gemm_reg workgroup: rows (REG_ROWS) and columns (REG_COLS). */
+  REG_ROWS: 32,
+  REG_COLS: 64,
 } as const;
 
 export interface MatmulConstants {
@@ -52,10 +55,11 @@ export const MATMUL_BINDINGS = { fwd: 0, x: 1, w: 2, bias: 3, y: 4, normW: 5 } a
 
 export type MatmulEntry = "gemv1" | "gemv" | "gemm" | "gemm_reg";
 
-/** The GEMM an adapter runs for more than one row: `gemm` stages 64x64 tiles in workgroup
- * memory (GPUs; `gemv` below GEMV_MAX_ROWS + 1 rows); `gemm_reg` reads 4x8 register tiles per
- * thread straight from storage, for CPU adapters, where every workgroup-memory load is a
- * per-lane gather (llvmpipe: 2.3-3.2x `gemm` at 128 rows, 2-5x `gemv` at 4-8 rows). */
+/** The prefill GEMM an adapter runs: `gemm` stages 64x64 tiles in workgroup memory (GPUs);
+ * `gemm_reg` reads 4x8 register tiles straight from storage, for CPU adapters, where every
+ * workgroup-memory load is a per-lane gather (kernel bench on llvmpipe: 2.3-3.2x `gemm` at 128
+ * rows). Decode batches keep `gemv`: it sums each output in `gemv1`'s order, so a sequence's
+ * logits do not depend on how many others share its step (gemm_reg sums k in another order). */
 export type GemmEntry = "gemm" | "gemm_reg";
 
 export const GEMM_ENTRIES: readonly GemmEntry[] = ["gemm", "gemm_reg"];
@@ -66,7 +70,7 @@ export function gemmFor(gpu: { isCpu: boolean }): GemmEntry {
 
 /** The entry points a matrix is built with: one per row-count range (matmulEntry). */
 export function matmulEntries(gemm: GemmEntry = "gemm"): readonly MatmulEntry[] {
-  return gemm === "gemm_reg" ? ["gemv1", "gemm_reg"] : ["gemv1", "gemv", "gemm"];
+  return ["gemv1", "gemv", gemm];
 }
 
 /** How a weight matrix is stored: values in the storage precision W ("float"), or GGUF's
@@ -112,10 +116,9 @@ export function matmul(entry: MatmulEntry, c: MatmulConstants, format: WeightFor
   return kernel(MATMUL_FILE, entry, c, MATMUL_BINDINGS, [`w_${format}.wgsl`, ...shared]);
 }
 
-/** The entry point for `rows` rows, `gemm` being the adapter's GEMM (gemmFor). */
+/** The entry point for `rows` rows, `gemm` being the adapter's prefill GEMM. */
 export function matmulEntry(rows: number, gemm: GemmEntry = "gemm"): MatmulEntry {
   if (rows === 1) return "gemv1";
-  if (gemm === "gemm_reg") return gemm;
   return rows <= MATMUL_GEOMETRY.GEMV_MAX_ROWS ? "gemv" : gemm;
 }
 
@@ -133,8 +136,8 @@ export function gemmGroups(n: number, rows: number): Groups {
 
 export function matmulGroups(entry: MatmulEntry, n: number, rows: number): Groups {
   if (entry === "gemm_reg") {
-    const groups = rows <= MATMUL_GEOMETRY.GEMV_MAX_ROWS ? 2 : 8;
-    return [Math.ceil(rows / (4 * groups)), Math.ceil(n / (8 * (64 / groups))), 1];
+    const g = MATMUL_GEOMETRY;
+    return [Math.ceil(rows / g.REG_ROWS), Math.ceil(n / g.REG_COLS), 1];
   }
   if (entry === "gemv1") return gemvGroups(n, MATMUL_GEOMETRY.GEMV1_COLS);
   return entry === "gemv" ? gemvGroups(n) : gemmGroups(n, rows);
