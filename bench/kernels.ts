@@ -434,8 +434,8 @@ async function prepareMatmul(
     }),
   );
   // The runner's entry for the rows on this adapter (gemm: its prefill GEMM), unless o.entry.
-  const entry: MatmulEntry = o.entry ??
-    (o.kind === "gemm" ? gemmFor(gpu) : matmulEntry(o.rows, gemmFor(gpu)));
+  const gemm = gemmFor(gpu);
+  const entry: MatmulEntry = o.entry ?? (o.kind === "gemm" ? gemm : matmulEntry(o.rows, gemm));
   const k = matmul(entry, {
     N: o.n,
     N_OFFSET: 0,

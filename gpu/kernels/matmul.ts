@@ -134,13 +134,23 @@ export function gemmGroups(n: number, rows: number): Groups {
   return [Math.ceil(n / t), Math.ceil(rows / t), 1];
 }
 
+/** gemm_reg: one REG_ROWS x REG_COLS output tile per workgroup. */
+export function gemmRegGroups(n: number, rows: number): Groups {
+  const g = MATMUL_GEOMETRY;
+  return [Math.ceil(rows / g.REG_ROWS), Math.ceil(n / g.REG_COLS), 1];
+}
+
 export function matmulGroups(entry: MatmulEntry, n: number, rows: number): Groups {
-  if (entry === "gemm_reg") {
-    const g = MATMUL_GEOMETRY;
-    return [Math.ceil(rows / g.REG_ROWS), Math.ceil(n / g.REG_COLS), 1];
+  switch (entry) {
+    case "gemv1":
+      return gemvGroups(n, MATMUL_GEOMETRY.GEMV1_COLS);
+    case "gemv":
+      return gemvGroups(n);
+    case "gemm":
+      return gemmGroups(n, rows);
+    case "gemm_reg":
+      return gemmRegGroups(n, rows);
   }
-  if (entry === "gemv1") return gemvGroups(n, MATMUL_GEOMETRY.GEMV1_COLS);
-  return entry === "gemv" ? gemvGroups(n) : gemmGroups(n, rows);
 }
 
 /**
