@@ -47,12 +47,14 @@ import {
   type MatmulResult,
   matmulWeightBytes,
   measureAttentionDecodeSet,
+  measureAttentionPrefillSet,
   measureCopy,
   measureMatmul,
   measureMatmulSet,
   measurePeakFma,
   measureReadback,
   measureStreamRead,
+  type PrefillAttentionResult,
   referenceBytes,
 } from "./kernels.ts";
 import { llama3Capacity, managerStats, maxContextFit } from "./kv.ts";
@@ -474,6 +476,7 @@ async function main(): Promise<number> {
   // ---- --kernels ------------------------------------------------------------------------------
   let kernelResults: MatmulResult[] | null = null;
   let attention: AttentionResult[] | null = null;
+  let prefillAttention: PrefillAttentionResult[] | null = null;
   if (kernels) {
     const shapes = kernelShapes ?? [
       { label: "ffn up 576->1536", n: 1536, k: 576 },
@@ -578,6 +581,26 @@ async function main(): Promise<number> {
         ),
       );
     }
+    // Prefill attention: the last chunk of a prompt of --attention-context tokens (1024 with
+    // --quick), full (paged) and streaming (the bench's ring), interleaved.
+    const prefillContext = quick ? Math.min(1024, attentionContext) : attentionContext;
+    const prefillShape = {
+      heads: config.nHeads,
+      kvHeads: config.nKvHeads,
+      headDim: config.headDim,
+      rows: Math.min(chunk, prefillContext),
+      context: prefillContext,
+      dtype: refDtype,
+    };
+    bar.update(
+      sets.length + attnBatches.length,
+      sets.length + attnBatches.length + 1,
+      `prefill attention ${prefillShape.rows} rows at ${prefillContext}`,
+    );
+    prefillAttention = await measureAttentionPrefillSet(gpu, pipelines, timer, [
+      prefillShape,
+      { ...prefillShape, window: { sink, recent } },
+    ], rep);
     bar.done();
     phase("kernels");
   }
@@ -755,7 +778,12 @@ async function main(): Promise<number> {
         `as the runner splits it (merge pass excluded), for each KV dtype (${
           gpu.hasF16 ? "f16, " : ""
         }f32, int8, int4; the caches hold valid values and finite scales), the dtypes of one ` +
-        `batch interleaved round by round; GB/s counts the K and V bytes once, scales included.`,
+        `batch interleaved round by round; GB/s counts the K and V bytes once, scales included. ` +
+        `Attention prefill: the prefill entry as the runner dispatches it over the last chunk ` +
+        `(${"$"}{Math.min(chunk, quick ? 1024 : attentionContext)} rows) of a ${"$"}{
+          quick ? Math.min(1024, attentionContext) : attentionContext
+        }-token prompt, full (paged) and streaming (ring ${"$"}{sink} + ${"$"}{recent}), ` +
+        `interleaved; FLOPs = 4 x head_dim x heads x keys each row sees, against the f32 roof.`,
       kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
         "context; the longest context that fits is the closed form of CacheGeometry with the " +
         "manager's up-front ring reservation; the Llama-3-8B figure runs the manager " +
@@ -804,6 +832,7 @@ async function main(): Promise<number> {
     },
     kernels: kernelResults,
     attention,
+    prefill_attention: prefillAttention,
     cells,
     fits,
     issue3: {

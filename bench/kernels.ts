@@ -1,7 +1,7 @@
 // Kernel-level measurements: the bandwidth references (a streaming-read kernel and
 // copyBufferToBuffer), the compute roof (a peak-FMA kernel, f32 and f16), the readback floor, GEMV / GEMM throughput of wgsl/matmul.wgsl (float
-// weights, or GGUF's Q8_0 / Q4_0 blocks packed as the runner packs them), and the split-K decode
-// pass of wgsl/attention.wgsl per KV dtype.
+// weights, or GGUF's Q8_0 / Q4_0 blocks packed as the runner packs them), the split-K decode
+// pass of wgsl/attention.wgsl per KV dtype, and its prefill pass (full and streaming).
 
 import { type KvDtype, kvDtypeProblem, kvEntryBytes, kvEntryUnits } from "../cache/layout.ts";
 import { readBuffer } from "../gpu/buffers.ts";
@@ -9,11 +9,15 @@ import type { Gpu, Precision } from "../gpu/device.ts";
 import {
   ATTENTION_GEOMETRY,
   attentionDecode,
+  attentionPrefill,
+  CARRY_FLOATS,
   decodeEntry,
   decodeGroups,
   maxSplitsFor,
+  prefillGroups,
   splitsFor,
 } from "../gpu/kernels/attention.ts";
+import { RetrievalPages, StreamingRing } from "../cache/kinds.ts";
 import {
   CACHE_SHARD_BYTES,
   encodeCacheShard,
@@ -825,6 +829,216 @@ export async function measureAttentionDecodeSet(
       }
     }
     return prepared.map((p, i) => attentionResult(p, methods[i], stat(samples[i])));
+  } finally {
+    for (const p of prepared) p.destroy();
+  }
+}
+
+/** A prefill chunk of wgsl/attention.wgsl: `rows` rows of one sequence at positions
+ * [context - rows, context), over the context - rows keys already cached. */
+export interface PrefillAttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  rows: number;
+  context: number;
+  /** The pipeline's weight type, and the cache's when `kv` is not given. */
+  dtype: Precision;
+  kv?: KvDtype;
+  /** A streaming ring of sink + recent positions; absent: retrieval pages (full attention). */
+  window?: { sink: number; recent: number };
+}
+
+export interface PrefillAttentionResult {
+  kernel: "attention.wgsl:prefill";
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  rows: number;
+  context: number;
+  layout: "paged" | "ring";
+  sink?: number;
+  recent?: number;
+  dtype: Precision;
+  kv_dtype: KvDtype;
+  /** 4 x head_dim x heads x the keys each row sees, summed over rows: the scores' and the
+   * weighted values' multiply-adds (f32 arithmetic whatever the storage). */
+  flops: number;
+  method: "timestamp" | "wall-slope";
+  ms: Stat;
+  gflops: Stat;
+}
+
+/** Keys a query at position i sees: all of [0, i], or a ring's sink and recent window. */
+function visibleKeys(i: number, w?: { sink: number; recent: number }): number {
+  if (!w) return i + 1;
+  const sink = Math.min(w.sink, i + 1);
+  return sink + (i + 1 - Math.max(sink, i + 1 - Math.min(i + 1, w.recent)));
+}
+
+interface PreparedPrefill {
+  shape: PrefillAttentionShape & { kv: KvDtype };
+  record: (pass: GPUComputePassEncoder) => void;
+  flops: number;
+  destroy: () => void;
+}
+
+/**
+ * The prefill entry of wgsl/attention.wgsl as the runner dispatches it (gpu/kernels/attention.ts
+ * prefillGroups), one shard: the chunk's own keys come from the fused rows, older ones from a
+ * paged cache (pages in order) or a ring filled with valid values of `kv`.
+ */
+async function prepareAttentionPrefill(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  o: PrefillAttentionShape,
+): Promise<PreparedPrefill> {
+  const dev = gpu.device;
+  const kv = o.kv ?? o.dtype;
+  const problem = kvDtypeProblem(kv, o.headDim);
+  if (problem) throw new Error(`attention prefill: ${problem}`);
+  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM || o.headDim % 4 !== 0) {
+    throw new Error(`attention prefill: head_dim ${o.headDim} is not supported`);
+  }
+  if (o.rows < 1 || o.rows > o.context) {
+    throw new Error(`attention prefill: ${o.rows} rows do not fit a context of ${o.context}`);
+  }
+  const kind = o.window
+    ? new StreamingRing(o.window.sink, o.window.recent)
+    : new RetrievalPages(ATTENTION_PAGE);
+  const pages = Math.max(1, Math.ceil(o.context / ATTENTION_PAGE));
+  const positions = o.window ? kind.unitPositions : pages * ATTENTION_PAGE;
+  const entries = positions * o.kvHeads;
+  const cacheBytes = entries * kvEntryBytes(kv, o.headDim);
+  if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
+    throw new Error(`attention prefill: a ${cacheBytes} byte cache exceeds the binding limit`);
+  }
+  const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  fillCache(dev, k, kv, o.headDim, entries, 31);
+  fillCache(dev, v, kv, o.headDim, entries, 32);
+  const stride = (o.heads + 2 * o.kvHeads) * o.headDim;
+  const qkv = dev.createBuffer({ size: o.rows * stride * 4, usage: USAGE });
+  fillRandom(dev, qkv, o.rows * stride * 4, 33);
+  const table = Uint32Array.from({ length: pages }, (_, i) => i);
+  const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(pageTable, 0, table);
+  const pos0 = o.context - o.rows;
+  const rows = encodeRows(
+    Array.from({ length: o.rows }, (_, r) => ({
+      slot: 0,
+      pos: pos0 + r,
+      firstRow: 0,
+      nSeqRows: o.rows,
+    })),
+  );
+  const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(rowsBuf, 0, rows);
+  const out = dev.createBuffer({ size: o.rows * o.heads * o.headDim * 4, usage: USAGE });
+  const carry = dev.createBuffer({ size: o.rows * o.heads * CARRY_FLOATS * 4, usage: USAGE });
+  const fwd = dev.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  dev.queue.writeBuffer(
+    fwd,
+    0,
+    encodeForward({ rows: o.rows, logitRows: 1, keysPerSplit: 0, splits: 1 }),
+  );
+  const shard = dev.createBuffer({
+    size: CACHE_SHARD_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
+  const group = o.heads / o.kvHeads;
+  const kernel = attentionPrefill({
+    HEAD_DIM: o.headDim,
+    N_HEADS: o.heads,
+    N_KV_HEADS: o.kvHeads,
+    CACHE_HEADS: o.kvHeads,
+    GROUP: group,
+    Q_HEAD_BASE: 0,
+    SCALE: 1 / Math.sqrt(o.headDim),
+  }, {
+    layout: kind.layout,
+    constants: kind.constants({
+      maxPagesPerSeq: pages,
+      unitsPerShard: o.window ? 1 : pages,
+      shards: 1,
+    }),
+  });
+  const pipeline = await pipelineOf(pipelines, kernel, { W: o.dtype, KV: kv });
+  dev.pushErrorScope("validation");
+  const bg = bindGroup(dev, pipeline, kernel, {
+    fwd,
+    rows: rowsBuf,
+    qkv,
+    kCache: k,
+    vCache: v,
+    ...(o.window ? {} : { pageTable }),
+    out,
+    carry,
+    shard,
+  });
+  const err = await dev.popErrorScope();
+  if (err) throw new Error(`attention prefill: ${err.message}`);
+  const groups = prefillGroups(o.rows, o.kvHeads, group);
+  let keys = 0;
+  for (let r = 0; r < o.rows; r++) keys += visibleKeys(pos0 + r, o.window);
+  return {
+    shape: { ...o, kv },
+    record: (pass) => dispatch(pass, { pipeline, bindGroup: bg }, groups),
+    flops: 4 * o.headDim * o.heads * keys,
+    destroy: () => {
+      for (const b of [k, v, qkv, pageTable, rowsBuf, out, carry, fwd, shard]) b.destroy();
+    },
+  };
+}
+
+/**
+ * Prefill attention shapes (e.g. full and streaming) timed in the same sitting, interleaved
+ * round by round as measureAttentionDecodeSet does.
+ */
+export async function measureAttentionPrefillSet(
+  gpu: Gpu,
+  pipelines: Pipelines,
+  timer: PassTimer,
+  shapes: PrefillAttentionShape[],
+  rep: Repeats,
+): Promise<PrefillAttentionResult[]> {
+  const prepared: PreparedPrefill[] = [];
+  try {
+    for (const o of shapes) prepared.push(await prepareAttentionPrefill(gpu, pipelines, o));
+    const samples: number[][] = prepared.map(() => []);
+    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
+    for (let s = 0; s < rep.samples; s++) {
+      for (let i = 0; i < prepared.length; i++) {
+        const j = (s + i) % prepared.length;
+        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
+        samples[j].push(r.ms.samples[0]);
+        methods[j] = r.method;
+      }
+    }
+    return prepared.map((p, i) => {
+      const o = p.shape;
+      const ms = stat(samples[i]);
+      return {
+        kernel: "attention.wgsl:prefill" as const,
+        heads: o.heads,
+        kv_heads: o.kvHeads,
+        head_dim: o.headDim,
+        rows: o.rows,
+        context: o.context,
+        layout: o.window ? "ring" as const : "paged" as const,
+        ...(o.window ? { sink: o.window.sink, recent: o.window.recent } : {}),
+        dtype: o.dtype,
+        kv_dtype: o.kv,
+        flops: p.flops,
+        method: methods[i],
+        ms,
+        gflops: stat(ms.samples.map((m) => (m > 0 ? p.flops / (m * 1e6) : 0))),
+      };
+    });
   } finally {
     for (const p of prepared) p.destroy();
   }

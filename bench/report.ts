@@ -11,6 +11,7 @@ import type {
   CopyResult,
   FmaResult,
   MatmulResult,
+  PrefillAttentionResult,
   StreamReadResult,
 } from "./kernels.ts";
 import type { CapacityReport, Fit } from "./kv.ts";
@@ -132,6 +133,8 @@ export interface BenchResult {
   kernels: MatmulResult[] | null;
   /** `--kernels`: the decode attention pass at --attention-context, per KV dtype. */
   attention: AttentionResult[] | null;
+  /** `--kernels`: the prefill attention pass, full and streaming (absent in older results). */
+  prefill_attention?: PrefillAttentionResult[] | null;
   cells: Cell[];
   fits: (Fit & { plan: BenchPlanName })[];
   issue3: {
@@ -260,6 +263,13 @@ export function kernelId(k: MatmulResult): string {
   const fmt = k.format && k.format !== "float" ? `${k.format}.` : "";
   const base = `${k.kind}.${fmt}${k.dtype}.${k.n}x${k.k}.r${k.rows}`;
   return k.kernel === `matmul.wgsl:${k.kind}` ? base : `${base}.${k.kernel}`;
+}
+
+/** `attention.prefill.paged.f16.h9x3x64.r256@1024`: one prefill attention measurement. */
+export function prefillAttentionId(x: PrefillAttentionResult): string {
+  const layout = x.layout === "ring" ? `ring${x.sink}+${x.recent}` : x.layout;
+  return `attention.prefill.${layout}.${x.kv_dtype}.h${x.heads}x${x.kv_heads}x${x.head_dim}.` +
+    `r${x.rows}@${x.context}`;
 }
 
 /** An attention result's KV dtype (results written before kv_dtype stored the cache in `dtype`). */
@@ -470,6 +480,19 @@ export function buildRatios(r: BenchResult): Ratio[] {
     ));
   });
   // Quantized KV against the float reference of the same batch and context (same sitting).
+  // Prefill attention against the f32 compute roof (its arithmetic is f32 whatever the storage).
+  const f32Roof = (r.reference.fma ?? []).findIndex((x) => x.dtype === "f32");
+  (r.prefill_attention ?? []).forEach((x, i) => {
+    if (f32Roof < 0) return;
+    push(makeRatio(
+      r,
+      `compute.${prefillAttentionId(x)}/fma`,
+      `attention prefill ${x.layout === "ring" ? `ring ${x.sink}+${x.recent}` : "full (paged)"} ` +
+        `${x.kv_dtype} KV, ${x.rows} rows at ${x.context}: GFLOP/s / peak f32 FMA`,
+      `prefill_attention[${i}].gflops.median`,
+      `reference.fma[${f32Roof}].best.gflops.median`,
+    ));
+  });
   const attnRef = attentionReference(r);
   (r.attention ?? []).forEach((x, i) => {
     const kv = attentionKv(x);
@@ -608,13 +631,34 @@ export function buildTargets(r: BenchResult): Target[] {
     "bw.gemv.model/stream",
   );
   for (const k of r.kernels ?? []) {
-    if (k.kernel !== "matmul.wgsl:gemv" || k.rows !== 1 || kernelFormat(k) !== "float") continue;
+    if (k.kind === "gemm" && kernelFormat(k) === "float") {
+      const id = `compute.${kernelId(k)}/fma`;
+      fromRatio(
+        `kernels.${id}`,
+        `GEMM (${k.kernel}) ${k.label} ${k.dtype}, ${k.rows} rows >= 50% of the FMA roof`,
+        ">=",
+        0.5,
+        id,
+      );
+    }
+    if (k.kind !== "gemv" || k.rows !== 1 || kernelFormat(k) !== "float") continue;
     const id = `bw.${kernelId(k)}/stream`;
     fromRatio(
       `kernels.${id}`,
       `GEMV ${k.label} ${k.dtype} >= 70% of the streaming read`,
       ">=",
       0.7,
+      id,
+    );
+  }
+  for (const x of r.prefill_attention ?? []) {
+    const id = `compute.${prefillAttentionId(x)}/fma`;
+    fromRatio(
+      `kernels.${id}`,
+      `prefill attention ${x.layout === "ring" ? `(ring ${x.sink}+${x.recent})` : "(full)"} ` +
+        `${x.rows} rows at ${x.context} >= 40% of the f32 FMA roof`,
+      ">=",
+      0.4,
       id,
     );
   }
@@ -987,6 +1031,27 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       "",
       "The KV dtypes of one batch are timed in the same sitting, interleaved round by round; " +
         "KV MiB read counts the scales.",
+    );
+  }
+
+  if (r.prefill_attention?.length) {
+    L.push("", "### Prefill attention (`--kernels`)", "");
+    L.push("| kernel | cache | context | rows | KV dtype | ms | GFLOP/s | / f32 FMA |");
+    L.push("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    for (const x of r.prefill_attention) {
+      L.push(
+        `| ${x.kernel} (${x.heads}/${x.kv_heads} heads of ${x.head_dim}) | ${
+          x.layout === "ring" ? `ring ${x.sink} + ${x.recent}` : "paged (full)"
+        } | ${x.context} | ${x.rows} | ${x.kv_dtype} | ${pm(x.ms)} | ${f(x.gflops.median)} | ${
+          rv(`compute.${prefillAttentionId(x)}/fma`)
+        } |`,
+      );
+    }
+    L.push(
+      "",
+      "The last chunk of a prompt: rows at positions [context - rows, context) over the keys " +
+        "before them; FLOPs = 4 x head_dim x heads x the keys each row sees (a ring: its sink " +
+        "and window only). Both caches are timed in the same sitting, interleaved.",
     );
   }
 

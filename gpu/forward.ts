@@ -315,7 +315,7 @@ class ForwardBuilder {
         this.#dispatch(
           attentionPrefill(constants, cache),
           buffers(s),
-          (f) => prefillGroups(f.rows, nq),
+          (f) => prefillGroups(f.rows, part.heads, group),
         )
       ));
     }

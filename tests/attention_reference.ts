@@ -118,6 +118,30 @@ export const ATTENTION_CASES: AttnConfig[] = [
     decode: [{ slot: 1, pos: 300 }, { slot: 0, pos: 47 }],
   },
   {
+    // Prefill tiles 10 rows x 3 heads (30 of 32 query slots): tiles straddle pages and rows.
+    name: "head_dim 16, group 3, paged",
+    headDim: 16,
+    nHeads: 6,
+    nKvHeads: 2,
+    kvHeadBase: 0,
+    cacheHeads: 2,
+    pageSize: 4,
+    prefill: [{ slot: 0, pos0: 13, n: 27 }],
+    decode: [{ slot: 1, pos: 60 }, { slot: 0, pos: 3 }],
+  },
+  {
+    // A group larger than prefill's 32 query slots: two chunks of 17 and 16 heads, a row each.
+    name: "head_dim 8, group 33 (two prefill chunks), streaming sink 2 recent 6",
+    headDim: 8,
+    nHeads: 33,
+    nKvHeads: 1,
+    kvHeadBase: 0,
+    cacheHeads: 1,
+    streaming: { sink: 2, recent: 6 },
+    prefill: [{ slot: 0, pos0: 9, n: 5 }],
+    decode: [{ slot: 1, pos: 20 }],
+  },
+  {
     name: "head_dim 8, group 2, streaming sink 0 recent 5",
     headDim: 8,
     nHeads: 2,
@@ -471,7 +495,7 @@ export async function checkAttention(
         steps.push(call(
           attentionPrefill(constants, part),
           { fwd, ...common, ...sb, carry },
-          prefillGroups(n, nq),
+          prefillGroups(n, c.cacheHeads, group),
         ));
       }
     } else {

@@ -10,6 +10,7 @@ import { PRESETS, tinyConfig } from "../model/random.ts";
 import { llama3Capacity, managerStats, maxContextFit } from "../bench/kv.ts";
 import { gemvMatrices, weightBytes, weightBytesRow } from "../bench/model_bench.ts";
 import { benchPlans, resamplePattern } from "../bench/plans.ts";
+import { prefillAttentionId } from "../bench/report.ts";
 import { END, replaceSection, START } from "../bench/readme.ts";
 import { multiKeyDocument } from "../identify/calibration.ts";
 import { loadTokenizer } from "../model/load.ts";
@@ -207,6 +208,23 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     assert.equal(x.context, 96);
     assert.equal(x.kv_bytes, x.rows * 96 * 2 * 2 * entry[x.kv_dtype]);
     assert.equal(x.dtype, x.kv_dtype === "f32" ? "f32" : r.adapter.shader_f16 ? "f16" : "f32");
+  }
+  // Prefill attention: the last chunk of the prompt, full and streaming; FLOPs by hand from the
+  // keys each row sees (rows [96 - R, 96) with R = min(chunk, 96)).
+  assert.deepEqual(r.prefill_attention.map((x: { layout: string }) => x.layout), ["paged", "ring"]);
+  for (const x of r.prefill_attention) {
+    checkStat(x.gflops, "prefill attention", r.reference.copy.gbps.samples.length);
+    assert.equal(x.context, 96);
+    let keys = 0;
+    for (let i = 96 - x.rows; i < 96; i++) {
+      keys += x.layout === "paged" ? i + 1 : Math.min(x.sink, i + 1) +
+        Math.min(i + 1 - Math.min(x.sink, i + 1), x.recent);
+    }
+    assert.equal(x.flops, 4 * x.head_dim * x.heads * keys);
+    const id = `compute.${prefillAttentionId(x)}/fma`;
+    assert.ok(r.ratios.some((y: { id: string }) => y.id === id), `ratio ${id} present`);
+    const t = r.targets.find((y: { id: string }) => y.id === `kernels.${id}`);
+    assert.equal(t?.target, 0.4);
   }
   assert.ok(r.fits.length >= 4);
 

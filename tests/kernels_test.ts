@@ -102,9 +102,9 @@ Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL"
   for (const [name, value] of Object.entries(attention)) {
     assert.equal(wgslConst(ATTENTION_FILE, name), value, `attention ${name}`);
   }
-  // The prefill query tile holds BQ rows of at most MAX_HEAD_DIM dims.
-  const qs = wgslFile(ATTENTION_FILE).match(/var<workgroup> q_s: array<f32, (\d+)>/);
-  assert.equal(Number(qs?.[1]), ATTENTION_GEOMETRY.BQ * MAX_HEAD_DIM);
+  // The prefill query tile holds QS slots of at most MAX_HEAD_DIM dims (a padded row of vec4s).
+  const qs = wgslFile(ATTENTION_FILE).match(/var<workgroup> q_s: array<vec4<f32>, (\d+)>/);
+  assert.equal(Number(qs?.[1]), ATTENTION_GEOMETRY.QS * (MAX_HEAD_DIM / 4 + 1));
   // decode_step advances each row with one thread of its single workgroup.
   assert.match(
     wgslFile(DECODE_STEP_FILE),

@@ -25,8 +25,8 @@
 // and l in `carry` and the output in `out`; decode keeps all three in its split's `partials`
 // entry. With one shard the first is the last: nothing is carried.
 //
-// Entry points: `prefill` (tiles of 16 query rows of one sequence, online softmax over 16-key
-// tiles), `decode` (one query row and KV head per workgroup serving the head's query group,
+// Entry points: `prefill` (flash attention: tiles of 32 query slots, a sequence's rows x a KV
+// head's query heads, online softmax over 16-key tiles), `decode` (one query row and KV head per workgroup serving the head's query group,
 // split-K over keys, one block of SPLIT_KEYS keys per split, partials), `decode_long` (the same
 // with `fwd.keys_per_split` keys per split in blocks of SPLIT_KEYS, once the split cap is
 // reached) and `merge` (combines the split-K partials; with a single split the decode writes the
@@ -106,71 +106,141 @@ fn visible(i: u32, j: u32) -> bool {
   return holds(i, j);
 }
 
-// ---- prefill: 16 query rows x 16-key tiles, 64 threads ----
-const BQ = 16u;
+// ---- prefill: flash attention over a KV head's query group ----
+// One workgroup per (tile of rows, KV head, chunk of its query heads). Its QS query slots are the
+// tile's rows x the chunk's heads (slot s: row s / heads, head s % heads; prefill_heads), so each
+// key and value tile is read once for the KV head's whole group (GQA), and a tile's rows span
+// fewer positions (less of the causal diagonal is masked) the larger the group. Online softmax
+// over BK-key tiles, 64 threads.
+// On CPU adapters (llvmpipe) every load costs about as much as a vec4 load, so the inner loops
+// count loads: thread (sq, kp) scores slots 4sq..4sq+3 against keys kp and kp + 8 from vec4s
+// along the head dim (6 loads per 32 FMAs), then sums 4 slots x 4 vec4 columns of weighted
+// values (5 loads per 64 FMAs). The softmax runs in the same threads' registers: the 8 threads
+// of a slot quad share their tile maxima through red_s (all 8 then hold the same running max) and
+// each keeps the denominators of its own keys, summed once at the end. Keys and then values share
+// one staging tile (kv_s), so the
+// queries, the tile and the scores fit 32 KiB of workgroup memory. Rows of q_s and kv_s carry one
+// vec4 of padding, which puts the 8 keys a thread group reads at once in distinct banks.
+const QS = 32u;
 const BK = 16u;
-var<workgroup> q_s: array<f32, 2048>; // [BQ][HEAD_DIM]
-var<workgroup> k_s: array<f32, 2048>; // [BK][HEAD_DIM]
-var<workgroup> v_s: array<f32, 2048>; // [BK][HEAD_DIM]
-var<workgroup> p_s: array<f32, 256>;  // [BQ][BK] scores, then probabilities
-var<workgroup> m_s: array<f32, 16>;   // running max per query row
-var<workgroup> l_s: array<f32, 16>;   // running denominator per query row
-var<workgroup> a_s: array<f32, 16>;   // rescale factor of this tile per query row
-var<workgroup> kidx: array<u32, 256>; // key_index of each key of the tile (prefill) or split
+var<workgroup> q_s: array<vec4<f32>, 1056>; // [QS][HEAD_DIM / 4 + 1] scaled queries
+var<workgroup> kv_s: array<vec4<f32>, 528>; // [BK][HEAD_DIM / 4 + 1] the tile's keys, then values
+var<workgroup> p_s: array<vec4<f32>, 128>;  // [BK][QS / 4] scores, then probabilities
+var<workgroup> m_s: array<f32, 32>;         // the state a slot starts from: max
+var<workgroup> l_s: array<f32, 32>;         // and denominator
+var<workgroup> red_s: array<vec4<f32>, 64>; // [QS / 4][8] per-thread maxima of a tile, or sums
+var<workgroup> kidx: array<u32, 256>;       // key_index of each key of the tile (prefill) or split
+
+// Query heads per workgroup: the group, or (groups larger than QS) an even share of it.
+fn prefill_chunks() -> u32 { return (GROUP + QS - 1u) / QS; }
+fn prefill_heads() -> u32 { return (GROUP + prefill_chunks() - 1u) / prefill_chunks(); }
+
+// What one prefill workgroup serves.
+struct PrefillTile {
+  r0: u32,    // first row
+  rq: u32,    // rows (<= QS / heads)
+  heads: u32, // slots per row: prefill_heads()
+  h0: u32,    // first query head
+  hn: u32,    // query heads (the last chunk of a group may have fewer)
+  kvh: u32,
+}
+
+// Whether slot s holds a (row, head) of the tile.
+fn slot_live(t: PrefillTile, s: u32) -> bool {
+  return s / t.heads < t.rq && s % t.heads < t.hn;
+}
+
+// Where slot s's output starts in `out`, and its carry entry.
+fn slot_out(t: PrefillTile, s: u32) -> u32 {
+  return ((t.r0 + s / t.heads) * N_HEADS + t.h0 + s % t.heads) * HEAD_DIM;
+}
+fn slot_carry(t: PrefillTile, s: u32) -> u32 {
+  return ((t.r0 + s / t.heads) * N_HEADS + t.h0 + s % t.heads) * 2u;
+}
 
 @compute @workgroup_size(64)
 fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let n_rows = fwd.n_rows;
-  let r0 = wg.x * BQ;
-  if (r0 >= n_rows) { return; }
-  let h = Q_HEAD_BASE + wg.y;
-  let kvh = h / GROUP;
-  let rq = min(BQ, n_rows - r0);
+  var t: PrefillTile;
+  t.heads = prefill_heads();
+  t.r0 = wg.x * (QS / t.heads);
+  if (t.r0 >= n_rows) { return; }
+  t.rq = min(QS / t.heads, n_rows - t.r0);
+  let chunks = prefill_chunks();
+  t.kvh = Q_HEAD_BASE / GROUP + wg.y / chunks;
+  t.h0 = t.kvh * GROUP + (wg.y % chunks) * t.heads;
+  t.hn = min(t.heads, t.kvh * GROUP + GROUP - t.h0);
+  let kvh = t.kvh;
+  let ch = kvh - Q_HEAD_BASE / GROUP;
+  let r0 = t.r0;
   let row0 = rows[r0];
   if (!shard_serves(row0.slot)) { return; }
   let first = shard.index == first_shard(row0.slot);
   let last = shard.index == last_shard(row0.slot);
   let qa = row0.pos;
-  let qb = qa + rq - 1u;
+  let qb = qa + t.rq - 1u;
+  let hd4 = HEAD_DIM / 4u;
+  let stride = hd4 + 1u; // vec4s per q_s / kv_s row
 
-  for (var e = tid; e < BQ * HEAD_DIM; e += 64u) {
-    let i = e / HEAD_DIM;
-    var v = 0.0;
-    if (i < rq) { v = qkv[(r0 + i) * row_stride() + h * HEAD_DIM + e % HEAD_DIM] * SCALE; }
-    q_s[e] = v;
+  for (var e = tid; e < QS * hd4; e += 64u) {
+    let s = e / hd4;
+    let d = (e % hd4) * 4u;
+    var q = vec4<f32>(0.0);
+    if (slot_live(t, s)) {
+      let b = (r0 + s / t.heads) * row_stride() + (t.h0 + s % t.heads) * HEAD_DIM + d;
+      q = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * SCALE;
+    }
+    q_s[s * stride + e % hd4] = q;
   }
-  let my_row = tid / 4u;
-  let lane = tid % 4u;
-  let out_base = (r0 + my_row) * N_HEADS * HEAD_DIM + h * HEAD_DIM;
-  let ch = kvh - Q_HEAD_BASE / GROUP;
   if (COMPENSATED) { workgroupBarrier(); } // the queries are in: the token's logits read them
   // The state so far: empty at the slot's first shard (or the compensation token), else what
   // the previous shard left.
-  if (tid < BQ) {
+  if (tid < QS) {
     m_s[tid] = NEG;
     l_s[tid] = 0.0;
-    if (!first && tid < rq) {
-      let c = ((r0 + tid) * N_HEADS + h) * 2u;
-      m_s[tid] = carry[c];
-      l_s[tid] = carry[c + 1u];
+    if (slot_live(t, tid) && !first) {
+      m_s[tid] = carry[slot_carry(t, tid)];
+      l_s[tid] = carry[slot_carry(t, tid) + 1u];
     }
-    if (COMPENSATED && first && tid < rq && comp_count(qa + tid) > 0u) {
+    if (COMPENSATED && first && slot_live(t, tid) && comp_count(qa + tid / t.heads) > 0u) {
       var s = 0.0;
-      for (var d = 0u; d < HEAD_DIM; d += 4u) {
-        let q = tid * HEAD_DIM + d;
-        s += dot(vec4<f32>(q_s[q], q_s[q + 1u], q_s[q + 2u], q_s[q + 3u]), comp_k4(r0 + tid, ch, d));
+      for (var d = 0u; d < hd4; d++) {
+        s += dot(q_s[tid * stride + d], comp_k4(r0 + tid / t.heads, ch, d * 4u));
       }
-      m_s[tid] = s + log(f32(comp_count(qa + tid)));
+      m_s[tid] = s + log(f32(comp_count(qa + tid / t.heads)));
       l_s[tid] = 1.0;
     }
   }
-  var acc: array<f32, 32>;
-  for (var m = 0u; m < 32u; m++) { acc[m] = 0.0; }
-  if (!first && my_row < rq) {
-    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { acc[m] = out[out_base + m * 4u + lane]; }
+  // Thread (sq, c) scores slots 4sq + i against keys c and c + 8, and sums their vec4 columns
+  // c + 8m: o[4m + i]. m4: the slots' running max; l4: their denominators over this thread's
+  // keys (thread c == 0 starts from the state so far).
+  let sq = tid / 8u;
+  let c = tid % 8u;
+  workgroupBarrier(); // the state so far is in m_s, l_s
+  var m4 = vec4<f32>(m_s[4u * sq], m_s[4u * sq + 1u], m_s[4u * sq + 2u], m_s[4u * sq + 3u]);
+  var l4 = vec4<f32>(0.0);
+  if (c == 0u) {
+    l4 = vec4<f32>(l_s[4u * sq], l_s[4u * sq + 1u], l_s[4u * sq + 2u], l_s[4u * sq + 3u]);
   }
-  if (COMPENSATED && first && my_row < rq && comp_count(qa + my_row) > 0u) {
-    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { acc[m] = comp_v(r0 + my_row, ch, m * 4u + lane); }
+  var o: array<vec4<f32>, 16>;
+  for (var i = 0u; i < 4u; i++) {
+    let s = 4u * sq + i;
+    let live = slot_live(t, s);
+    let comp = COMPENSATED && first && live && comp_count(qa + s / t.heads) > 0u;
+    for (var m = 0u; m < 4u; m++) {
+      let col = c + 8u * m;
+      var a = vec4<f32>(0.0);
+      if (live && col < hd4 && !first) {
+        let b = slot_out(t, s) + col * 4u;
+        a = vec4<f32>(out[b], out[b + 1u], out[b + 2u], out[b + 3u]);
+      }
+      if (comp && col < hd4) {
+        let r = r0 + s / t.heads;
+        a = vec4<f32>(comp_v(r, ch, col * 4u), comp_v(r, ch, col * 4u + 1u),
+                      comp_v(r, ch, col * 4u + 2u), comp_v(r, ch, col * 4u + 3u));
+      }
+      o[4u * m + i] = a;
+    }
   }
 
   // Key ranges: [0, end_a) then [start_b, qb + 1), the layout's visible keys of the tile's rows
@@ -179,85 +249,113 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let start_b = max(end_a, window_start(qa));
   let tiles_a = (end_a + BK - 1u) / BK;
   let tiles = tiles_a + (qb + 1u - start_b + BK - 1u) / BK;
+  // Staging: thread (key jj, part) moves vec4 columns part, part + 4, ... of key jj.
+  let jj = tid / 4u;
+  let part = tid % 4u;
   for (var it = 0u; it < tiles; it++) {
     var k0 = start_b + (it - tiles_a) * BK;
     var kend = qb + 1u;
     if (it < tiles_a) { k0 = it * BK; kend = end_a; }
     if (!keys_in_shard(row0, r0, k0, kend)) { continue; }
-    workgroupBarrier();
-    if (tid < BK && k0 + tid < kend) { kidx[tid] = key_index(row0, r0, k0 + tid, kvh); }
-    workgroupBarrier();
-    for (var e = tid; e < BK * HEAD_DIM / 4u; e += 64u) {
-      let jj = (4u * e) / HEAD_DIM;
-      let d = (4u * e) % HEAD_DIM;
-      var kv = vec4<f32>(0.0);
-      var vv = vec4<f32>(0.0);
-      if (k0 + jj < kend && !skipped(kidx[jj])) {
-        kv = load4(kidx[jj], kvh, d, 0u);
-        vv = load4(kidx[jj], kvh, d, 1u);
-      }
-      let b = jj * HEAD_DIM + d;
-      k_s[b] = kv.x;
-      k_s[b + 1u] = kv.y;
-      k_s[b + 2u] = kv.z;
-      k_s[b + 3u] = kv.w;
-      v_s[b] = vv.x;
-      v_s[b + 1u] = vv.y;
-      v_s[b + 2u] = vv.z;
-      v_s[b + 3u] = vv.w;
+    workgroupBarrier(); // the previous tile's values and probabilities are read
+    // Keys: out-of-range and other shards' keys are zeros (their scores are masked, and a NaN
+    // there would still poison 0 * v).
+    var idx = SKIP;
+    let staged = k0 + jj < kend;
+    if (staged) { idx = key_index(row0, r0, k0 + jj, kvh); }
+    let used = staged && !skipped(idx);
+    if (part == 0u) { kidx[jj] = idx; }
+    for (var d = part; d < hd4; d += 4u) {
+      var k = vec4<f32>(0.0);
+      if (used) { k = load4(idx, kvh, d * 4u, 0u); }
+      kv_s[jj * stride + d] = k;
     }
     workgroupBarrier();
-    // Scores: thread (row, lane) computes keys lane*4 .. lane*4+3.
-    for (var c = 0u; c < 4u; c++) {
-      let jj = lane * 4u + c;
-      let j = k0 + jj;
-      var s = NEG;
-      if (my_row < rq && j < kend && !skipped(kidx[jj]) && visible(qa + my_row, j)) {
-        s = 0.0;
-        for (var d = 0u; d < HEAD_DIM; d++) { s += q_s[my_row * HEAD_DIM + d] * k_s[jj * HEAD_DIM + d]; }
-      }
-      p_s[my_row * BK + jj] = s;
+    // Scores of slots 4sq .. 4sq+3 (one vec4) against keys kp and kp + 8.
+    let kp = c;
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    for (var d = 0u; d < hd4; d++) {
+      let ka = kv_s[kp * stride + d];
+      let kb = kv_s[(kp + 8u) * stride + d];
+      let q0 = q_s[(4u * sq) * stride + d];
+      let q1 = q_s[(4u * sq + 1u) * stride + d];
+      let q2 = q_s[(4u * sq + 2u) * stride + d];
+      let q3 = q_s[(4u * sq + 3u) * stride + d];
+      s0 += vec4<f32>(dot(q0, ka), dot(q1, ka), dot(q2, ka), dot(q3, ka));
+      s1 += vec4<f32>(dot(q0, kb), dot(q1, kb), dot(q2, kb), dot(q3, kb));
     }
-    workgroupBarrier();
-    if (lane == 0u) {
-      let m_old = m_s[my_row];
-      var mx = m_old;
-      for (var jj = 0u; jj < BK; jj++) { mx = max(mx, p_s[my_row * BK + jj]); }
-      var sum = 0.0;
-      for (var jj = 0u; jj < BK; jj++) {
-        let s = p_s[my_row * BK + jj];
-        var p = 0.0;
-        if (s > NEG) { p = exp(s - mx); }
-        p_s[my_row * BK + jj] = p;
-        sum += p;
-      }
-      let alpha = exp(m_old - mx);
-      a_s[my_row] = alpha;
-      m_s[my_row] = mx;
-      l_s[my_row] = l_s[my_row] * alpha + sum;
+    for (var i = 0u; i < 4u; i++) {
+      let s = 4u * sq + i;
+      let pos = qa + s / t.heads;
+      let ja = k0 + kp;
+      let jb = k0 + kp + 8u;
+      if (!(slot_live(t, s) && ja < kend && !skipped(kidx[kp]) && visible(pos, ja))) { s0[i] = NEG; }
+      if (!(slot_live(t, s) && jb < kend && !skipped(kidx[kp + 8u]) && visible(pos, jb))) { s1[i] = NEG; }
     }
+    red_s[sq * 8u + c] = max(s0, s1);
+    workgroupBarrier(); // the keys are read; every thread's maxima are in
+    // Values into the staging tile; the slots' new max, this tile's probabilities and the
+    // rescale of what came before.
+    for (var d = part; d < hd4; d += 4u) {
+      var v = vec4<f32>(0.0);
+      if (used) { v = load4(idx, kvh, d * 4u, 1u); }
+      kv_s[jj * stride + d] = v;
+    }
+    var mx = m4;
+    for (var u = 0u; u < 8u; u++) { mx = max(mx, red_s[sq * 8u + u]); }
+    let masked = vec4<f32>(NEG);
+    let p0 = select(vec4<f32>(0.0), exp(s0 - mx), s0 > masked);
+    let p1 = select(vec4<f32>(0.0), exp(s1 - mx), s1 > masked);
+    let alpha = exp(m4 - mx);
+    m4 = mx;
+    l4 = l4 * alpha + p0 + p1;
+    p_s[kp * (QS / 4u) + sq] = p0;
+    p_s[(kp + 8u) * (QS / 4u) + sq] = p1;
     workgroupBarrier();
-    let alpha = a_s[my_row];
-    for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) {
-      let d = m * 4u + lane;
-      var a = acc[m] * alpha;
-      for (var jj = 0u; jj < BK; jj++) { a += p_s[my_row * BK + jj] * v_s[jj * HEAD_DIM + d]; }
-      acc[m] = a;
+    for (var m = 0u; m < 4u; m++) {
+      for (var i = 0u; i < 4u; i++) { o[4u * m + i] *= alpha[i]; }
+    }
+    for (var j = 0u; j < BK; j++) {
+      let p = p_s[j * (QS / 4u) + sq];
+      for (var m = 0u; m < 4u; m++) {
+        // Columns past the head are never stored: skip them where no thread has any.
+        if (m * 32u < HEAD_DIM) {
+          let v = kv_s[j * stride + c + 8u * m];
+          o[4u * m] += p.x * v;
+          o[4u * m + 1u] += p.y * v;
+          o[4u * m + 2u] += p.z * v;
+          o[4u * m + 3u] += p.w * v;
+        }
+      }
     }
   }
+  // The slots' denominators: the 8 threads' sums, in thread order.
+  workgroupBarrier(); // the last tile's maxima are read
+  red_s[sq * 8u + c] = l4;
   workgroupBarrier();
-  if (my_row < rq) {
-    if (last) {
-      let inv = 1.0 / l_s[my_row];
-      for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { out[out_base + m * 4u + lane] = acc[m] * inv; }
-    } else {
-      // Unnormalised, for the next shard's dispatch.
-      for (var m = 0u; m * 4u + lane < HEAD_DIM; m++) { out[out_base + m * 4u + lane] = acc[m]; }
-      if (lane == 0u) {
-        let c = ((r0 + my_row) * N_HEADS + h) * 2u;
-        carry[c] = m_s[my_row];
-        carry[c + 1u] = l_s[my_row];
+  var l = vec4<f32>(0.0);
+  for (var u = 0u; u < 8u; u++) { l += red_s[sq * 8u + u]; }
+  for (var i = 0u; i < 4u; i++) {
+    let s = 4u * sq + i;
+    if (!slot_live(t, s)) { continue; }
+    // The slot's last shard normalises; earlier ones leave the sums for the next shard.
+    var inv = 1.0;
+    if (last) { inv = 1.0 / l[i]; }
+    for (var m = 0u; m < 4u; m++) {
+      let col = c + 8u * m;
+      if (col < hd4) {
+        let b = slot_out(t, s) + col * 4u;
+        let a = o[4u * m + i] * inv;
+        out[b] = a.x;
+        out[b + 1u] = a.y;
+        out[b + 2u] = a.z;
+        out[b + 3u] = a.w;
       }
+    }
+    if (c == 0u && !last) {
+      carry[slot_carry(t, s)] = m4[i];
+      carry[slot_carry(t, s) + 1u] = l[i];
     }
   }
 }

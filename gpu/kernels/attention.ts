@@ -1,5 +1,6 @@
 // wgsl/attention.wgsl: causal GQA attention over one KV-cache part, compiled with the part's
-// layout include (cache_layout.ts). Entry points: `prefill` (16-row query tiles), `decode`
+// layout include (cache_layout.ts). Entry points: `prefill` (flash attention over tiles of a
+// sequence's rows x a KV head's query heads), `decode`
 // (split-K over keys, up to 8 query heads of a KV head per workgroup, one block of SPLIT_KEYS
 // keys per split), `decode_long` (the same over several blocks per split, once the split cap is
 // reached) and `merge` (combines the split-K partials; not run with a single split). A part split into shards runs `prefill` or
@@ -12,13 +13,15 @@ export const ATTENTION_FILE = "attention.wgsl";
 
 /** Workgroup geometry shared with attention.wgsl (its `const`s; kernels_test.ts checks them). */
 export const ATTENTION_GEOMETRY = {
-  /** Query rows of one prefill workgroup (BQ). */
-  BQ: 16,
+  /** Query slots (rows x query heads of one KV head) of one prefill workgroup (QS). */
+  QS: 32,
+  /** Keys of one prefill tile (BK). */
+  BK: 16,
   /** Keys of one split-K decode workgroup (SPLIT_KEYS). */
   SPLIT_KEYS: 256,
   /** Query heads one decode workgroup serves (MAX_G). */
   MAX_G: 8,
-  /** Largest head_dim the workgroup arrays hold (q_s: BQ x 128). */
+  /** Largest head_dim the workgroup arrays hold (q_s: QS x (128 / 4 + 1) vec4s). */
   MAX_HEAD_DIM: 128,
 } as const;
 
@@ -129,9 +132,19 @@ export function maxSplitsFor(
   return Math.max(1, Math.min(MAX_SPLITS, fit, Math.ceil(context / ATTENTION_GEOMETRY.SPLIT_KEYS)));
 }
 
-/** Prefill: one workgroup per BQ query rows and query head. */
-export function prefillGroups(rows: number, queryHeads: number): Groups {
-  return [Math.ceil(rows / ATTENTION_GEOMETRY.BQ), queryHeads, 1];
+/** How prefill tiles a KV head's query group (attention.wgsl prefill_heads): its heads in
+ * `chunks` workgroups of `heads` each (one, unless the group exceeds QS), and `rows` rows of the
+ * sequence per tile, so a tile's rows x heads fill at most QS query slots. */
+export function prefillTiling(group: number): { chunks: number; heads: number; rows: number } {
+  const chunks = Math.ceil(group / ATTENTION_GEOMETRY.QS);
+  const heads = Math.ceil(group / chunks);
+  return { chunks, heads, rows: Math.floor(ATTENTION_GEOMETRY.QS / heads) };
+}
+
+/** Prefill: one workgroup per tile of rows, KV head of the part and chunk of its query heads. */
+export function prefillGroups(rows: number, cacheHeads: number, group: number): Groups {
+  const t = prefillTiling(group);
+  return [Math.ceil(rows / t.rows), cacheHeads * t.chunks, 1];
 }
 
 /** Decode: one workgroup per row, KV head and chunk of up to MAX_G of its query heads, split. */
