@@ -102,9 +102,9 @@ Deno.test("kernel families: TypeScript geometry and layouts agree with the WGSL"
   for (const [name, value] of Object.entries(attention)) {
     assert.equal(wgslConst(ATTENTION_FILE, name), value, `attention ${name}`);
   }
-  // The prefill query tile holds QS slots of at most MAX_HEAD_DIM dims (a padded row of vec4s).
-  const qs = wgslFile(ATTENTION_FILE).match(/var<workgroup> q_s: array<vec4<f32>, (\d+)>/);
-  assert.equal(Number(qs?.[1]), ATTENTION_GEOMETRY.QS * (MAX_HEAD_DIM / 4 + 1));
+  // The prefill staging tile holds BK keys of at most MAX_HEAD_DIM dims (vec4s).
+  const kvs = wgslFile(ATTENTION_FILE).match(/var<workgroup> kv_s: array<vec4<f32>, (\d+)>/);
+  assert.equal(Number(kvs?.[1]), ATTENTION_GEOMETRY.BK * (MAX_HEAD_DIM / 4));
   // decode_step advances each row with one thread of its single workgroup.
   assert.match(
     wgslFile(DECODE_STEP_FILE),

@@ -112,24 +112,29 @@ fn visible(i: u32, j: u32) -> bool {
 // key and value tile is read once for the KV head's whole group (GQA), and a tile's rows span
 // fewer positions (less of the causal diagonal is masked) the larger the group. Online softmax
 // over BK-key tiles, 64 threads.
-// On CPU adapters (llvmpipe) every load costs about as much as a vec4 load, so the inner loops
-// count loads: thread (sq, kp) scores slots 4sq..4sq+3 against keys kp and kp + 8 from vec4s
-// along the head dim (6 loads per 32 FMAs), then sums 4 slots x 4 vec4 columns of weighted
-// values (5 loads per 64 FMAs). The softmax runs in the same threads' registers: the 8 threads
-// of a slot quad share their tile maxima through red_s (all 8 then hold the same running max) and
-// each keeps the denominators of its own keys, summed once at the end. Keys and then values share
-// one staging tile (kv_s), so the
-// queries, the tile and the scores fit 32 KiB of workgroup memory. Rows of q_s and kv_s carry one
-// vec4 of padding, which puts the 8 keys a thread group reads at once in distinct banks.
+// Loads bound this kernel (on CPU adapters every load costs about as much as a vec4 load; on
+// GPUs workgroup-memory bandwidth runs out before the FMAs do), so the inner loops count them.
+// Thread (sq, c) holds the queries of slots 4sq .. 4sq+3 in registers, their vec4 columns
+// c + 8m: against each key of the tile it reads just those columns (1 load per 16 FMAs) and
+// leaves a partial score per slot in part_s. After a barrier thread (sq, kp) adds the 8 partials
+// of keys kp and kp + 8 (in column order), and the softmax runs in registers: the 8 threads of a
+// slot quad share their tile maxima through red_s (all 8 then hold the same running max) and each
+// keeps the denominators of its own keys, summed once at the end. Thread (sq, c) then sums the
+// weighted values of its slots and columns (5 loads per 64 FMAs). Keys and then values share one
+// staging tile (kv_s); everything fits 32 KiB of workgroup memory.
 const QS = 32u;
 const BK = 16u;
-var<workgroup> q_s: array<vec4<f32>, 1056>; // [QS][HEAD_DIM / 4 + 1] scaled queries
-var<workgroup> kv_s: array<vec4<f32>, 528>; // [BK][HEAD_DIM / 4 + 1] the tile's keys, then values
-var<workgroup> p_s: array<vec4<f32>, 128>;  // [BK][QS / 4] scores, then probabilities
-var<workgroup> m_s: array<f32, 32>;         // the state a slot starts from: max
-var<workgroup> l_s: array<f32, 32>;         // and denominator
-var<workgroup> red_s: array<vec4<f32>, 64>; // [QS / 4][8] per-thread maxima of a tile, or sums
-var<workgroup> kidx: array<u32, 256>;       // key_index of each key of the tile (prefill) or split
+var<workgroup> kv_s: array<vec4<f32>, 512>;   // [BK][HEAD_DIM / 4] the tile's keys, then values
+var<workgroup> part_s: array<vec4<f32>, 1024>; // [BK][QS / 4][8] partial scores (part_at)
+var<workgroup> p_s: array<vec4<f32>, 128>;    // [BK][QS / 4] probabilities
+var<workgroup> m_s: array<f32, 32>;           // the state a slot starts from: max
+var<workgroup> l_s: array<f32, 32>;           // and denominator
+var<workgroup> red_s: array<vec4<f32>, 64>;   // [QS / 4][8] per-thread maxima of a tile, or sums
+var<workgroup> kidx: array<u32, 256>;         // key_index of each key of the tile (prefill) or split
+
+// Where column thread u's partial scores of slot quad sq against key j are: rotated by j, so
+// that the 8 keys one thread group reads at once lie in distinct banks.
+fn part_at(j: u32, sq: u32, u: u32) -> u32 { return (j * 8u + sq) * 8u + (u + j) % 8u; }
 
 // Query heads per workgroup: the group, or (groups larger than QS) an even share of it.
 fn prefill_chunks() -> u32 { return (GROUP + QS - 1u) / QS; }
@@ -143,6 +148,12 @@ struct PrefillTile {
   h0: u32,    // first query head
   hn: u32,    // query heads (the last chunk of a group may have fewer)
   kvh: u32,
+}
+
+// Dims d .. d+3 of slot s's query, scaled.
+fn slot_q4(t: PrefillTile, s: u32, d: u32) -> vec4<f32> {
+  let b = (t.r0 + s / t.heads) * row_stride() + (t.h0 + s % t.heads) * HEAD_DIM + d;
+  return vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * SCALE;
 }
 
 // Whether slot s holds a (row, head) of the tile.
@@ -180,19 +191,6 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let qa = row0.pos;
   let qb = qa + t.rq - 1u;
   let hd4 = HEAD_DIM / 4u;
-  let stride = hd4 + 1u; // vec4s per q_s / kv_s row
-
-  for (var e = tid; e < QS * hd4; e += 64u) {
-    let s = e / hd4;
-    let d = (e % hd4) * 4u;
-    var q = vec4<f32>(0.0);
-    if (slot_live(t, s)) {
-      let b = (r0 + s / t.heads) * row_stride() + (t.h0 + s % t.heads) * HEAD_DIM + d;
-      q = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * SCALE;
-    }
-    q_s[s * stride + e % hd4] = q;
-  }
-  if (COMPENSATED) { workgroupBarrier(); } // the queries are in: the token's logits read them
   // The state so far: empty at the slot's first shard (or the compensation token), else what
   // the previous shard left.
   if (tid < QS) {
@@ -204,18 +202,27 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     }
     if (COMPENSATED && first && slot_live(t, tid) && comp_count(qa + tid / t.heads) > 0u) {
       var s = 0.0;
-      for (var d = 0u; d < hd4; d++) {
-        s += dot(q_s[tid * stride + d], comp_k4(r0 + tid / t.heads, ch, d * 4u));
+      for (var d = 0u; d < HEAD_DIM; d += 4u) {
+        s += dot(slot_q4(t, tid, d), comp_k4(r0 + tid / t.heads, ch, d));
       }
       m_s[tid] = s + log(f32(comp_count(qa + tid / t.heads)));
       l_s[tid] = 1.0;
     }
   }
-  // Thread (sq, c) scores slots 4sq + i against keys c and c + 8, and sums their vec4 columns
-  // c + 8m: o[4m + i]. m4: the slots' running max; l4: their denominators over this thread's
-  // keys (thread c == 0 starts from the state so far).
+  // Thread (sq, c): the queries of slots 4sq + i, columns c + 8m, in q[4m + i]; their weighted
+  // value sums in o[4m + i]. m4: the slots' running max; l4: their denominators over the keys
+  // this thread scores (thread c == 0 starts from the state so far).
   let sq = tid / 8u;
   let c = tid % 8u;
+  var q: array<vec4<f32>, 16>;
+  for (var i = 0u; i < 4u; i++) {
+    for (var m = 0u; m < 4u; m++) {
+      let col = c + 8u * m;
+      var x = vec4<f32>(0.0);
+      if (slot_live(t, 4u * sq + i) && col < hd4) { x = slot_q4(t, 4u * sq + i, col * 4u); }
+      q[4u * m + i] = x;
+    }
+  }
   workgroupBarrier(); // the state so far is in m_s, l_s
   var m4 = vec4<f32>(m_s[4u * sq], m_s[4u * sq + 1u], m_s[4u * sq + 2u], m_s[4u * sq + 3u]);
   var l4 = vec4<f32>(0.0);
@@ -268,22 +275,35 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     for (var d = part; d < hd4; d += 4u) {
       var k = vec4<f32>(0.0);
       if (used) { k = load4(idx, kvh, d * 4u, 0u); }
-      kv_s[jj * stride + d] = k;
+      kv_s[jj * hd4 + d] = k;
     }
     workgroupBarrier();
+    // Partial scores: this thread's columns of its 4 slots against every key of the tile.
+    for (var j = 0u; j < BK; j++) {
+      var sc = vec4<f32>(0.0);
+      for (var m = 0u; m < 4u; m++) {
+        // Columns past the head hold zero queries: skip them where no thread has any.
+        if (m * 32u < HEAD_DIM) {
+          let k = kv_s[j * hd4 + c + 8u * m];
+          sc += vec4<f32>(dot(q[4u * m], k), dot(q[4u * m + 1u], k), dot(q[4u * m + 2u], k),
+                          dot(q[4u * m + 3u], k));
+        }
+      }
+      part_s[part_at(j, sq, c)] = sc;
+    }
+    workgroupBarrier(); // the keys are read; the partial scores are in
+    for (var d = part; d < hd4; d += 4u) {
+      var v = vec4<f32>(0.0);
+      if (used) { v = load4(idx, kvh, d * 4u, 1u); }
+      kv_s[jj * hd4 + d] = v;
+    }
     // Scores of slots 4sq .. 4sq+3 (one vec4) against keys kp and kp + 8.
     let kp = c;
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
-    for (var d = 0u; d < hd4; d++) {
-      let ka = kv_s[kp * stride + d];
-      let kb = kv_s[(kp + 8u) * stride + d];
-      let q0 = q_s[(4u * sq) * stride + d];
-      let q1 = q_s[(4u * sq + 1u) * stride + d];
-      let q2 = q_s[(4u * sq + 2u) * stride + d];
-      let q3 = q_s[(4u * sq + 3u) * stride + d];
-      s0 += vec4<f32>(dot(q0, ka), dot(q1, ka), dot(q2, ka), dot(q3, ka));
-      s1 += vec4<f32>(dot(q0, kb), dot(q1, kb), dot(q2, kb), dot(q3, kb));
+    for (var u = 0u; u < 8u; u++) {
+      s0 += part_s[part_at(kp, sq, u)];
+      s1 += part_s[part_at(kp + 8u, sq, u)];
     }
     for (var i = 0u; i < 4u; i++) {
       let s = 4u * sq + i;
@@ -294,14 +314,8 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       if (!(slot_live(t, s) && jb < kend && !skipped(kidx[kp + 8u]) && visible(pos, jb))) { s1[i] = NEG; }
     }
     red_s[sq * 8u + c] = max(s0, s1);
-    workgroupBarrier(); // the keys are read; every thread's maxima are in
-    // Values into the staging tile; the slots' new max, this tile's probabilities and the
-    // rescale of what came before.
-    for (var d = part; d < hd4; d += 4u) {
-      var v = vec4<f32>(0.0);
-      if (used) { v = load4(idx, kvh, d * 4u, 1u); }
-      kv_s[jj * stride + d] = v;
-    }
+    workgroupBarrier(); // every thread's maxima are in
+    // The slots' new max, this tile's probabilities and the rescale of what came before.
     var mx = m4;
     for (var u = 0u; u < 8u; u++) { mx = max(mx, red_s[sq * 8u + u]); }
     let masked = vec4<f32>(NEG);
@@ -321,7 +335,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       for (var m = 0u; m < 4u; m++) {
         // Columns past the head are never stored: skip them where no thread has any.
         if (m * 32u < HEAD_DIM) {
-          let v = kv_s[j * stride + c + 8u * m];
+          let v = kv_s[j * hd4 + c + 8u * m];
           o[4u * m] += p.x * v;
           o[4u * m + 1u] += p.y * v;
           o[4u * m + 2u] += p.z * v;

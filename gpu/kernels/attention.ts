@@ -21,7 +21,8 @@ export const ATTENTION_GEOMETRY = {
   SPLIT_KEYS: 256,
   /** Query heads one decode workgroup serves (MAX_G). */
   MAX_G: 8,
-  /** Largest head_dim the workgroup arrays hold (q_s: QS x (128 / 4 + 1) vec4s). */
+  /** Largest head_dim the workgroup arrays hold (kv_s: BK x 128 / 4 vec4s; prefill's queries
+   * are 4 x 4 vec4 registers per thread). */
   MAX_HEAD_DIM: 128,
 } as const;
 
