@@ -767,7 +767,7 @@ async function main(): Promise<number> {
         `(no memory traffic), in f32${gpu.hasF16 ? " and f16" : ""}, the fastest of ` +
         `${quick ? "1024 workgroups" : "256, 1024 and 4096 workgroups"} of 256 threads; FLOPs = ` +
         `threads x iterations x 8 chains x 4 lanes x 2. Kernel GFLOP/s are reported against the ` +
-        `roof of their arithmetic precision (/ FMA).`,
+        `f32 roof (/ FMA): matmul and attention compute in f32 whatever their storage.`,
       kernels:
         `${
           gpu.hasTimestamps ? "GPU timestamps around 3 dispatches in one pass" : "wall-clock slope"

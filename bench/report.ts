@@ -398,8 +398,10 @@ export function buildRatios(r: BenchResult): Ratio[] {
   ));
   (r.kernels ?? []).forEach((k, i) => {
     const id = kernelId(k);
-    // Against the compute roof of the kernel's arithmetic precision, when it was measured.
-    const roof = (r.reference.fma ?? []).findIndex((x) => x.dtype === k.dtype);
+    // Against the f32 compute roof: matmul.wgsl converts every weight to f32 and accumulates in
+    // f32, whatever the storage (an f16 roof would flatter f16 weights on adapters that emulate
+    // f16 arithmetic).
+    const roof = (r.reference.fma ?? []).findIndex((x) => x.dtype === "f32");
     if (roof >= 0) {
       push(makeRatio(
         r,

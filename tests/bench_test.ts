@@ -132,6 +132,11 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     ),
     "kernels against the FMA roof",
   );
+  // Matmul and attention arithmetic is f32 whatever the storage: always the f32 roof.
+  const f32Roof = `reference.fma[${r.reference.fma.indexOf(fma32)}].best.gflops.median`;
+  for (const x of r.ratios.filter((y: { id: string }) => y.id.startsWith("compute."))) {
+    assert.equal(x.den_ref, f32Roof, `${x.id} against the f32 roof`);
+  }
   assert.equal(r.cells.length, 9); // 4 plans x 2 contexts + streaming prefill at 144
   for (const [i, c] of r.cells.entries()) {
     const w = `cells[${i}]`;

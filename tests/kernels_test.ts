@@ -548,6 +548,91 @@ Deno.test("matmul.wgsl gemv and gemm", gpuTest, async (t) => {
   });
 });
 
+// Batch invariance: a sequence's logits must not depend on the batch it decodes in (the engine
+// batches and re-batches sequences freely), so `gemv` must give each row exactly what `gemv1`
+// gives it alone: same k partition per lane, same order of the lanes' sums.
+Deno.test(
+  "matmul.wgsl gemv: each row's outputs are gemv1's alone, bit for bit",
+  gpuTest,
+  async (t) => {
+    const cases: { N: number; K: number; norm?: boolean; swiglu?: boolean; format?: "q4_0" }[] = [
+      { N: 67, K: 1203, norm: true }, // three activation stages, a partial vec4, N cut in a group
+      { N: 130, K: 300, swiglu: true },
+      { N: 67, K: 1216, norm: true, format: "q4_0" },
+    ];
+    await h.perPrecision(t, async (p) => {
+      for (const c of cases) {
+        const rng = new Rng(900 + c.N + c.K);
+        const KP = Math.ceil(c.K / 4) * 4;
+        const width = c.swiglu ? 2 * c.K : c.K;
+        const x = rng.array(8 * width);
+        const w = rng.array(c.N * c.K);
+        let wt;
+        if (c.format) {
+          const words = quantRowWords(c.format, c.K);
+          const packed = new Uint32Array(c.N * words);
+          for (let n = 0; n < c.N; n++) {
+            packQuantRow(
+              c.format,
+              quantizeQ4_0(w.subarray(n * c.K, (n + 1) * c.K)),
+              c.K,
+              packed,
+              n * words,
+            );
+          }
+          wt = h.upload(packed, "u32", "wq");
+        } else {
+          wt = h.adopt(uploadMatrix(h.device, w, c.N, c.K, p, "w", 4));
+        }
+        const normW = h.upload(rng.array(c.K, 0.5, 1.5), p);
+        const run = async (entry: "gemv" | "gemv1", rows: Float32Array, T: number) => {
+          const y = h.filled(T * c.N, SENTINEL);
+          await h.dispatch(
+            p,
+            matmul(entry, {
+              N: c.N,
+              N_OFFSET: 0,
+              Y_STRIDE: c.N,
+              K: c.K,
+              KP,
+              ACCUMULATE: false,
+              HAS_BIAS: false,
+              LOGIT_ROWS: false,
+              NORM_INPUT: c.norm ?? false,
+              EPS: 1e-5,
+              SWIGLU_INPUT: c.swiglu ?? false,
+            }, c.format ?? "float"),
+            {
+              fwd: h.forward({ nRows: T }),
+              x: h.upload(rows),
+              w: wt,
+              bias: h.upload([0]),
+              y,
+              normW,
+            },
+            matmulGroups(entry, c.N, T),
+          );
+          return await h.readF32(y);
+        };
+        const alone = [];
+        for (let r = 0; r < 8; r++) {
+          alone.push(await run("gemv1", x.subarray(r * width, (r + 1) * width), 1));
+        }
+        for (const T of [2, 5, 8]) {
+          const batch = await run("gemv", x.subarray(0, T * width), T);
+          for (let r = 0; r < T; r++) {
+            assert.deepEqual(
+              batch.subarray(r * c.N, (r + 1) * c.N),
+              alone[r],
+              `${p} N=${c.N} K=${c.K}${c.format ? ` ${c.format}` : ""}: row ${r} of ${T}`,
+            );
+          }
+        }
+      }
+    });
+  },
+);
+
 // ---- attention ------------------------------------------------------------------------------
 
 Deno.test("attention.wgsl prefill, decode and merge", gpuTest, async (t) => {

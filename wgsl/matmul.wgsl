@@ -86,13 +86,16 @@ fn sum_squares(t: u32, first: u32, stride: u32) -> f32 {
 }
 
 // ---- GEMV: one workgroup computes GEMV_COLS outputs for up to GEMV_MAX_ROWS rows ----
-// 64 threads = 8 groups of 8 lanes; group g computes output n0 + g. The lanes of a group read 8
-// consecutive vec4s of the weight row per step (128 contiguous bytes: coalesced on GPUs, one
-// 8-wide SIMD load on llvmpipe). The activations are staged in workgroup memory as vec4s, XS
-// at a time, so each is loaded once per workgroup rather than once per output row. The groups
-// keep one accumulator per batch row and meet once at the end: no reduction tree.
+// 64 threads = 8 groups of 8 lanes; group g computes GEMV1_OUTS consecutive outputs from n0 for
+// every batch row. The lanes of a group read 8 consecutive vec4s of each weight row per step
+// (128 contiguous bytes: coalesced on GPUs, one 8-wide SIMD load on llvmpipe), and each weight
+// vec4 is read once for all rows: a step's 4 weight and `rows` activation loads feed 4 x rows
+// dot products. The activations are staged in workgroup memory as vec4s, XS at a time. Lane l
+// of a group sums the vec4s i = l (mod 8) of every row in order, and the lanes' sums are added in
+// lane order: the partition and order of `gemv1`, so a row's outputs do not depend on the batch
+// it is in (tests/overlap_decode_test.ts holds every sequence's logits to that).
 const LANES = 8u;
-const GEMV_COLS = 8u;     // outputs per workgroup (64 threads / LANES)
+const GEMV_COLS = 32u;    // outputs per workgroup (8 groups x GEMV1_OUTS)
 const GEMV_MAX_ROWS = 8u; // batch rows; more use gemm
 const XS = 128u;          // vec4s of each activation row staged per step
 var<workgroup> partial: array<f32, 512>;      // [GEMV_MAX_ROWS][64]
@@ -103,10 +106,14 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         @builtin(num_workgroups) nwg: vec3<u32>) {
   let g = tid / LANES;
   let lane = tid % LANES;
-  let n = (wg.y * nwg.x + wg.x) * GEMV_COLS + g;
+  let n0 = (wg.y * nwg.x + wg.x) * GEMV_COLS + g * GEMV1_OUTS;
   let rows = min(row_count(), GEMV_MAX_ROWS);
   let k4n = KP / 4u;
-  let base = w_row(min(n, N - 1u));
+  // Rows past N read row N - 1 (their sums are never stored).
+  let b0 = w_row(min(n0, N - 1u));
+  let b1 = w_row(min(n0 + 1u, N - 1u));
+  let b2 = w_row(min(n0 + 2u, N - 1u));
+  let b3 = w_row(min(n0 + 3u, N - 1u));
   if (NORM_INPUT) {
     for (var t = 0u; t < rows; t++) { partial[t * 64u + tid] = sum_squares(t, tid, 64u); }
     workgroupBarrier();
@@ -116,9 +123,10 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       inv_rms[tid] = inverseSqrt(ss / f32(K) + EPS);
     }
   }
-  var acc: array<f32, 8>;
-  for (var t = 0u; t < GEMV_MAX_ROWS; t++) { acc[t] = 0.0; }
-  var a0 = 0.0;
+  // acc[t]: row t's sums of outputs n0 .. n0+3 (a loop of constant trip count over the rows,
+  // so the accumulators stay in registers).
+  var acc: array<vec4<f32>, 8>;
+  for (var t = 0u; t < GEMV_MAX_ROWS; t++) { acc[t] = vec4<f32>(0.0); }
   for (var kb = 0u; kb < k4n; kb += XS) {
     let m = min(XS, k4n - kb);
     workgroupBarrier();
@@ -128,32 +136,38 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       if (i < m) { xs4[t * XS + i] = x4(t, (kb + i) * 4u, t); }
     }
     workgroupBarrier();
-    if (rows == 1u) {
-      // Decode of one sequence: a scalar accumulator, kept in a register.
-      for (var i = lane; i < m; i += LANES) { a0 += dot(xs4[i], w4(base, kb + i)); }
-    } else {
-      for (var i = lane; i < m; i += LANES) {
-        let wv = w4(base, kb + i);
-        for (var t = 0u; t < rows; t++) { acc[t] += dot(xs4[t * XS + i], wv); }
+    for (var i = lane; i < m; i += LANES) {
+      let w0 = w4(b0, kb + i);
+      let w1 = w4(b1, kb + i);
+      let w2 = w4(b2, kb + i);
+      let w3 = w4(b3, kb + i);
+      for (var t = 0u; t < GEMV_MAX_ROWS; t++) {
+        if (t < rows) {
+          let xv = xs4[t * XS + i];
+          acc[t] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
+        }
       }
     }
   }
-  acc[0] += a0;
-  for (var t = 0u; t < GEMV_MAX_ROWS; t++) { partial[t * 64u + tid] = acc[t]; }
-  workgroupBarrier();
-  // Thread (g, lane) finishes batch row `lane` of output g.
-  if (lane < rows && n < N) {
-    var s = 0.0;
-    for (var l = 0u; l < LANES; l++) { s += partial[lane * 64u + g * LANES + l]; }
-    store(lane, n, s);
+  // Output n0 + o of every row: the lanes' sums meet in `partial`; thread (g, lane) finishes
+  // batch row `lane`.
+  for (var o = 0u; o < GEMV1_OUTS; o++) {
+    workgroupBarrier();
+    for (var t = 0u; t < GEMV_MAX_ROWS; t++) { partial[t * 64u + tid] = acc[t][o]; }
+    workgroupBarrier();
+    if (lane < rows && n0 + o < N) {
+      var s = 0.0;
+      for (var l = 0u; l < LANES; l++) { s += partial[lane * 64u + g * LANES + l]; }
+      store(lane, n0 + o, s);
+    }
   }
 }
 
 // ---- GEMV1: one row, GEMV1_COLS outputs per workgroup, GEMV1_OUTS per lane group ----
-// The layout of `gemv` (8 groups of 8 lanes, activations staged as vec4s), but each group
-// computes GEMV1_OUTS consecutive outputs, so one activation vec4 read from workgroup memory
-// serves that many weight vec4s: at batch 1 the activation loads, one per weight load in `gemv`,
-// bound the kernel on llvmpipe rather than the weights (the bench's gemv figures).
+// The layout of `gemv` for one row: each group computes GEMV1_OUTS consecutive outputs, so one
+// activation vec4 read from workgroup memory serves that many weight vec4s (at batch 1 the
+// activation loads, one per weight load with one output per group, bound the kernel on
+// llvmpipe rather than the weights: the bench's gemv figures).
 const GEMV1_OUTS = 4u;
 const GEMV1_COLS = 32u;   // 8 groups x GEMV1_OUTS
 

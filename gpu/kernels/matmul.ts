@@ -13,7 +13,7 @@ export const MATMUL_FILE = "matmul.wgsl";
 /** Workgroup geometry shared with matmul.wgsl (its `const`s; kernels_test.ts checks them). */
 export const MATMUL_GEOMETRY = {
   /** Outputs one GEMV workgroup computes (GEMV_COLS). */
-  GEMV_COLS: 8,
+  GEMV_COLS: 32,
   /** Outputs one single-row GEMV workgroup computes (GEMV1_COLS). */
   GEMV1_COLS: 32,
   /** Rows a GEMV workgroup handles; more rows use GEMM (GEMV_MAX_ROWS). */
