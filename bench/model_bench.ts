@@ -25,7 +25,7 @@ import { mulberry32, randomModel } from "../model/random.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import type { BenchPlanName } from "./plans.ts";
-import { profileDecode } from "./profile.ts";
+import { profileDecode, profilePrefill } from "./profile.ts";
 import type { WeightBytesRow } from "./report.ts";
 import { type Stat, stat } from "./stats.ts";
 
@@ -83,6 +83,10 @@ export interface Cell {
   context: number;
   /** null when the context is above the prefill limit of the run. */
   prefill_ms: Stat | null;
+  /** GPU ms per kernel ("file:entry") of the prompt's last chunk (rows [context - chunk,
+   * context) over the keys before), from timestamps: the fastest of `profiles` profiled chunks.
+   * Absent without timestamp-query or a prefill at this context. */
+  prefill_kernels_ms?: Record<string, number>;
   decode: DecodeMeasurement[];
   kv: {
     /** The manager's statistics for one sequence of `context` tokens. */
@@ -361,6 +365,17 @@ export class ModelBench {
     return prof;
   }
 
+  /** Per-kernel GPU ns of the last prefill chunk of a `context`-token prompt (not committed):
+   * the positions before it assigned, not computed (values do not change the work). */
+  async #profilePrefill(r: PlanRunner, context: number) {
+    const n = Math.min(this.o.prefillChunk, context);
+    const [seq] = this.#openAt(r, 1, context - n);
+    r.cache.reserve(seq, context);
+    const prof = await profilePrefill(r.runner, seq, this.#tokens(n), context - n);
+    r.cache.close(seq);
+    return prof;
+  }
+
   async #timePrefill(r: PlanRunner, n: number): Promise<number> {
     const seq = r.cache.open()!;
     r.cache.reserve(seq, n);
@@ -424,6 +439,24 @@ export class ModelBench {
           const key = `${name}|${ctx}`;
           prefill.set(key, [...(prefill.get(key) ?? []), ms]);
           tick(`prefill ${name} ${ctx}`);
+        }
+      }
+    }
+    const prefillKernels = new Map<string, Record<string, number>>();
+    if (this.gpu.hasTimestamps) {
+      for (const { ctx, plans } of prefillJobs) {
+        for (const name of plans) {
+          let best: Map<string, number> | null = null;
+          let bestTotal = Infinity;
+          for (let p = 0; p < (o.profiles ?? 3); p++) {
+            const prof = await this.#profilePrefill(this.runners.get(name)!, ctx);
+            const total = [...prof.values()].reduce((a, v) => a + v, 0);
+            if (total < bestTotal) [best, bestTotal] = [prof, total];
+          }
+          prefillKernels.set(
+            `${name}|${ctx}`,
+            Object.fromEntries([...best!].map(([k, ns]) => [k, ns / 1e6])),
+          );
         }
       }
     }
@@ -527,6 +560,9 @@ export class ModelBench {
           plan: name,
           context: ctx,
           prefill_ms: p ? stat(p) : null,
+          ...(prefillKernels.has(`${name}|${ctx}`)
+            ? { prefill_kernels_ms: prefillKernels.get(`${name}|${ctx}`) }
+            : {}),
           decode: decodeOf(name, ctx),
           kv: kvOf(name, ctx),
         });

@@ -3,6 +3,7 @@
 // stages the step and lends its dispatches (`ModelRunner.withDecodeStep`); nothing is committed.
 
 import type { DecodeRow, ModelRunner, StagedDispatch } from "../gpu/runner.ts";
+import type { SeqCache } from "../cache/manager.ts";
 
 /** GPU nanoseconds of one decode step of `batch`, summed per kernel ("file:entry"). */
 export function profileDecode(
@@ -11,6 +12,17 @@ export function profileDecode(
 ): Promise<Map<string, number>> {
   if (!runner.gpu.hasTimestamps) throw new Error("the adapter has no timestamp-query");
   return runner.withDecodeStep(batch, (d) => timeDispatches(runner.device, d));
+}
+
+/** GPU nanoseconds of one prefill chunk of `seq` (`tokens` from position `pos`), per kernel. */
+export function profilePrefill(
+  runner: ModelRunner,
+  seq: SeqCache,
+  tokens: number[],
+  pos: number,
+): Promise<Map<string, number>> {
+  if (!runner.gpu.hasTimestamps) throw new Error("the adapter has no timestamp-query");
+  return runner.withPrefillChunk(seq, tokens, pos, (d) => timeDispatches(runner.device, d));
 }
 
 /** Runs each dispatch in its own pass between two timestamps; ns summed per kernel name. */

@@ -900,6 +900,26 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       }
     }
 
+    // Where a prefill's time goes: the prompt's last chunk at the longest prefill, by kernel.
+    const pk = r.cells.filter((x) => x.prefill_kernels_ms);
+    const pkCtx = pk.length ? Math.max(...pk.map((x) => x.context)) : null;
+    const pkCells = pk.filter((x) => x.context === pkCtx);
+    if (pkCells.length) {
+      const kernels = [...new Set(pkCells.flatMap((x) => Object.keys(x.prefill_kernels_ms!)))]
+        .sort();
+      const chunk = r.options.prefill_chunk ?? "-";
+      L.push(
+        "",
+        `GPU ms of a prefill's last chunk by kernel (${chunk} rows ending at ${pkCtx} tokens):`,
+        "",
+      );
+      L.push(`| kernel | ${pkCells.map((x) => x.plan).join(" | ")} |`);
+      L.push(`| --- | ${pkCells.map(() => "---:").join(" | ")} |`);
+      for (const k of kernels) {
+        L.push(`| ${k} | ${pkCells.map((x) => f(x.prefill_kernels_ms![k])).join(" | ")} |`);
+      }
+    }
+
     L.push("", "### Ratios (zigzag / other, interleaved runs)", "");
     L.push(
       "| context | vs | prefill | " + batches.map((b) => `decode b${b}`).join(" | ") +

@@ -709,6 +709,31 @@ export class ModelRunner {
     });
   }
 
+  /**
+   * Stages one prefill chunk of `seq` (`tokens` at positions from `pos`, whose cache must hold
+   * the positions before) and hands `use` its dispatches in order, as withDecodeStep does; the
+   * head and sampler are not included. Nothing is committed.
+   */
+  withPrefillChunk<T>(
+    seq: SeqCache,
+    tokens: number[],
+    pos: number,
+    use: (d: StagedDispatch[]) => Promise<T>,
+  ): Promise<T> {
+    return this.#exclusive(() => {
+      if (tokens.length === 0 || tokens.length > this.opts.prefillChunk) {
+        throw new RangeError(`a prefill chunk takes 1..${this.opts.prefillChunk} tokens`);
+      }
+      this.kv.sync(seq, pos + tokens.length);
+      const shape = this.#stage({
+        seqs: [{ seq, tokens, pos }],
+        reach: tokens.length,
+        logitRows: [],
+      });
+      return use(this.#dispatches([this.#programs.body.prefill], shape));
+    });
+  }
+
   /** Frees every GPU buffer the runner owns (weights, activations, KV cache). */
   destroy(): void {
     destroyWeights(this.#weights);

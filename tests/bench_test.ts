@@ -148,6 +148,16 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     }
     assert.ok(["full", "duo", "zigzag", "streaming"].includes(c.plan));
     checkStat(c.prefill_ms, `${w}.prefill_ms`, reps);
+    if (r.adapter.timestamp_query) {
+      // The last chunk's kernels: prefill attention and the prefill GEMM (96 rows > 8) among them.
+      const k = c.prefill_kernels_ms;
+      assert.ok(k["attention.wgsl:prefill"] > 0, `${w}: prefill attention timed`);
+      assert.ok(
+        Object.keys(k).some((n) => /^matmul\.wgsl:gemm/.test(n) && k[n] > 0),
+        `${w}: ${Object.keys(k)}`,
+      );
+      assert.ok(!Object.keys(k).some((n) => n.startsWith("sample.wgsl")), "no head or sampler");
+    }
     assert.deepEqual(c.decode.map((d: { batch: number }) => d.batch), [1, 8]);
     for (const d of c.decode) {
       checkStat(d.ms_per_token, `${w} decode b${d.batch}`, reps);
