@@ -221,15 +221,20 @@ fn gemv1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
   }
 }
 
-// ---- GEMM_REG: 32x64 output tile per workgroup, 4 rows x 8 outputs per thread, no staging ----
+// ---- GEMM_REG: 32x64 output tile per workgroup, 4 rows x 8 outputs per thread ----
 // For adapters that run invocations as CPU SIMD lanes (llvmpipe): there every load from
 // workgroup or storage memory is a per-lane gather costing about as much as a vec4 load, and
 // `gemm`'s inner loop spends 8 scalar workgroup loads on 16 FMAs. Here each thread reads its
-// 4 activation rows and 8 weight rows straight from storage as vec4s along k (the CPU caches
-// keep the tile's rows) and does 128 FMAs per 12 loads, with 32 accumulators in registers.
-// Measured in `deno task bench` (`gemm` vs `gemm_reg` on the same shapes).
+// 8 weight rows straight from storage as vec4s along k and its 4 input rows as vec4s from a
+// stage of the tile's inputs (REG_K vec4s per row), and does 128 FMAs per 12 loads, with 32
+// accumulators in registers. The stage is computed once per workgroup by all its threads: the
+// fused inputs (RMSNorm's scaling, SwiGLU's silu(gate) * up) cost a few loads and an exp per
+// element, which each of the 8 column threads of a row would otherwise redo. Measured in
+// `deno task bench` (`gemm` vs `gemm_reg` on the same shapes; a prefill chunk by kernel).
 const REG_ROWS = 32u;
 const REG_COLS = 64u;
+const REG_K = 32u; // vec4s of each input row per stage
+var<workgroup> xt: array<vec4<f32>, 1024>; // [REG_ROWS][REG_K] the tile's inputs, one stage
 
 @compute @workgroup_size(64)
 fn gemm_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -250,29 +255,37 @@ fn gemm_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     }
     workgroupBarrier();
   }
-  // Rows past the row count (or N) read the last one; their sums are never stored.
-  let ta = min(t0, rows - 1u);
-  let tb = min(t0 + 1u, rows - 1u);
-  let tc = min(t0 + 2u, rows - 1u);
-  let td = min(t0 + 3u, rows - 1u);
   var b: array<u32, 8>;
   for (var j = 0u; j < 8u; j++) { b[j] = w_row(min(n0 + j, N - 1u)); }
   // c<row>: outputs n0 .. n0+3, e<row>: n0+4 .. n0+7.
   var ca = vec4<f32>(0.0); var cb = vec4<f32>(0.0); var cc = vec4<f32>(0.0); var cd = vec4<f32>(0.0);
   var ea = vec4<f32>(0.0); var eb = vec4<f32>(0.0); var ec = vec4<f32>(0.0); var ed = vec4<f32>(0.0);
-  for (var i = 0u; i < KP / 4u; i++) {
-    let w0 = w4(b[0], i); let w1 = w4(b[1], i); let w2 = w4(b[2], i); let w3 = w4(b[3], i);
-    let w5 = w4(b[4], i); let w6 = w4(b[5], i); let w7 = w4(b[6], i); let w8 = w4(b[7], i);
-    let xa = x4(ta, i * 4u, lr); let xb = x4(tb, i * 4u, lr + 1u);
-    let xc = x4(tc, i * 4u, lr + 2u); let xd = x4(td, i * 4u, lr + 3u);
-    ca += vec4<f32>(dot(xa, w0), dot(xa, w1), dot(xa, w2), dot(xa, w3));
-    cb += vec4<f32>(dot(xb, w0), dot(xb, w1), dot(xb, w2), dot(xb, w3));
-    cc += vec4<f32>(dot(xc, w0), dot(xc, w1), dot(xc, w2), dot(xc, w3));
-    cd += vec4<f32>(dot(xd, w0), dot(xd, w1), dot(xd, w2), dot(xd, w3));
-    ea += vec4<f32>(dot(xa, w5), dot(xa, w6), dot(xa, w7), dot(xa, w8));
-    eb += vec4<f32>(dot(xb, w5), dot(xb, w6), dot(xb, w7), dot(xb, w8));
-    ec += vec4<f32>(dot(xc, w5), dot(xc, w6), dot(xc, w7), dot(xc, w8));
-    ed += vec4<f32>(dot(xd, w5), dot(xd, w6), dot(xd, w7), dot(xd, w8));
+  let k4n = KP / 4u;
+  for (var kb = 0u; kb < k4n; kb += REG_K) {
+    let m = min(REG_K, k4n - kb);
+    workgroupBarrier(); // the previous stage is read
+    // Rows past the row count read the last one; their sums are never stored.
+    for (var e = tid; e < REG_ROWS * REG_K; e += 64u) {
+      let r = e / REG_K;
+      let i = e % REG_K;
+      if (i < m) { xt[e] = x4(min(wg.x * REG_ROWS + r, rows - 1u), (kb + i) * 4u, r); }
+    }
+    workgroupBarrier();
+    for (var i = 0u; i < m; i++) {
+      let k = kb + i;
+      let w0 = w4(b[0], k); let w1 = w4(b[1], k); let w2 = w4(b[2], k); let w3 = w4(b[3], k);
+      let w5 = w4(b[4], k); let w6 = w4(b[5], k); let w7 = w4(b[6], k); let w8 = w4(b[7], k);
+      let xa = xt[lr * REG_K + i]; let xb = xt[(lr + 1u) * REG_K + i];
+      let xc = xt[(lr + 2u) * REG_K + i]; let xd = xt[(lr + 3u) * REG_K + i];
+      ca += vec4<f32>(dot(xa, w0), dot(xa, w1), dot(xa, w2), dot(xa, w3));
+      cb += vec4<f32>(dot(xb, w0), dot(xb, w1), dot(xb, w2), dot(xb, w3));
+      cc += vec4<f32>(dot(xc, w0), dot(xc, w1), dot(xc, w2), dot(xc, w3));
+      cd += vec4<f32>(dot(xd, w0), dot(xd, w1), dot(xd, w2), dot(xd, w3));
+      ea += vec4<f32>(dot(xa, w5), dot(xa, w6), dot(xa, w7), dot(xa, w8));
+      eb += vec4<f32>(dot(xb, w5), dot(xb, w6), dot(xb, w7), dot(xb, w8));
+      ec += vec4<f32>(dot(xc, w5), dot(xc, w6), dot(xc, w7), dot(xc, w8));
+      ed += vec4<f32>(dot(xd, w5), dot(xd, w6), dot(xd, w7), dot(xd, w8));
+    }
   }
   let lo = array<vec4<f32>, 4>(ca, cb, cc, cd);
   let hi = array<vec4<f32>, 4>(ea, eb, ec, ed);
