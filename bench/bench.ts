@@ -84,7 +84,7 @@ const USAGE =
        deno task bench [--quick] [--kernels | --kernels-only] [--preset ${
     [...Object.keys(PRESETS), "tiny"].join("|")
   }]
-  [--layers N] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
+  [--layers N | --full-depth] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
   [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
@@ -169,7 +169,7 @@ async function main(): Promise<number> {
   }
   const started = performance.now();
   const a = parseArgs(Deno.args, {
-    booleans: ["quick", "kernels", "kernels-only", "serve", "help"],
+    booleans: ["quick", "kernels", "kernels-only", "serve", "help", "full-depth"],
     values: [
       "model",
       "serve-only",
@@ -238,8 +238,14 @@ async function main(): Promise<number> {
   } else {
     throw new CliError(`--preset must be one of ${Object.keys(PRESETS).join(", ")}, tiny`);
   }
-  const layers = a.optionalNumber("layers", { integer: true, min: 1 }) ??
-    (quick ? Math.min(2, base.nLayers) : base.nLayers);
+  // --full-depth: the preset's own layer count even with --quick, so that per-layer dispatch
+  // differences between plans (a duo layer's two attention calls) are not hidden by 2 layers.
+  const fullDepth = a.boolean("full-depth");
+  const layersArg = a.optionalNumber("layers", { integer: true, min: 1 });
+  if (fullDepth && layersArg !== undefined) {
+    throw new CliError("--full-depth and --layers both set the layer count: give one");
+  }
+  const layers = layersArg ?? (quick && !fullDepth ? Math.min(2, base.nLayers) : base.nLayers);
   const vocabArg = a.optionalString("vocab") ?? (quick ? "auto" : String(base.vocabSize));
   let vocab: number;
   if (vocabArg === "auto") {
@@ -713,6 +719,7 @@ async function main(): Promise<number> {
     host: { os: Deno.build.os, arch: Deno.build.arch, cpus: navigator.hardwareConcurrency },
     options: {
       quick,
+      full_depth: fullDepth,
       kernels,
       kernels_only: kernelsOnly,
       preset: presetName,

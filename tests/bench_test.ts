@@ -632,3 +632,15 @@ Deno.test("multiKeyDocument (eval multikey, bench --serve prefix): questions sha
   }
   assert.deepEqual(multiKeyDocument(tok, { documentTokens: 600, keys: 4, seed: 3 }), doc);
 });
+
+Deno.test("bench: --full-depth and --layers together are a CLI error naming both", async () => {
+  const res = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "bench/bench.ts", "--quick", "--full-depth", "--layers", "3"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(res.stderr);
+  assert.equal(res.code, 2, stderr);
+  assert.match(stderr, /--full-depth and --layers/);
+});
