@@ -23,6 +23,8 @@ import {
   encodeCacheShard,
   encodeForward,
   encodeRows,
+  type ForwardParams,
+  type RowParams,
 } from "../gpu/kernels/common.ts";
 import {
   bindGroup,
@@ -519,10 +521,31 @@ export async function measureMatmul(
 }
 
 /**
- * Several matmuls (e.g. one shape in each weight format) timed in the same sitting,
- * interleaved: all are built first, then each of `rep.samples` rounds takes one sample of each
- * (after its own warm-up dispatch), round r starting at job r mod n, so that sample i of every
- * job comes from the same round (the ratios' `paired` figures).
+ * Prepared dispatches timed in the same sitting, interleaved: each of `rep.samples` rounds takes
+ * one sample of each (after its own warm-up dispatch), round r starting at dispatch r mod n, so
+ * that sample i of every dispatch comes from the same round (the ratios' `paired` figures).
+ */
+async function sampleInterleaved(
+  timer: PassTimer,
+  prepared: { record: (pass: GPUComputePassEncoder) => void }[],
+  rep: Repeats,
+): Promise<{ samples: number[][]; methods: ("timestamp" | "wall-slope")[] }> {
+  const samples: number[][] = prepared.map(() => []);
+  const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
+  for (let s = 0; s < rep.samples; s++) {
+    for (let i = 0; i < prepared.length; i++) {
+      const j = (s + i) % prepared.length;
+      const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
+      samples[j].push(r.ms.samples[0]);
+      methods[j] = r.method;
+    }
+  }
+  return { samples, methods };
+}
+
+/**
+ * Several matmuls (e.g. one shape in each weight format) timed in the same sitting, interleaved
+ * (sampleInterleaved): all are built first.
  */
 export async function measureMatmulSet(
   gpu: Gpu,
@@ -534,16 +557,7 @@ export async function measureMatmulSet(
   const prepared: PreparedMatmul[] = [];
   try {
     for (const o of jobs) prepared.push(await prepareMatmul(gpu, pipelines, o));
-    const samples: number[][] = prepared.map(() => []);
-    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
-    for (let s = 0; s < rep.samples; s++) {
-      for (let i = 0; i < prepared.length; i++) {
-        const j = (s + i) % prepared.length;
-        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
-        samples[j].push(r.ms.samples[0]);
-        methods[j] = r.method;
-      }
-    }
+    const { samples, methods } = await sampleInterleaved(timer, prepared, rep);
     return prepared.map((p, i) => matmulResult(p, methods[i], stat(samples[i])));
   } finally {
     for (const p of prepared) p.destroy();
@@ -640,6 +654,61 @@ function fillCache(
   }
 }
 
+/** Throws, naming `what`, when attention.wgsl cannot run this KV dtype and head_dim. */
+function checkAttentionShape(what: string, kv: KvDtype, headDim: number): void {
+  const problem = kvDtypeProblem(kv, headDim);
+  if (problem) throw new Error(`${what}: ${problem}`);
+  if (headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM || headDim % 4 !== 0) {
+    throw new Error(`${what}: head_dim ${headDim} is not supported`);
+  }
+}
+
+/** The `Forward` and `CacheShard` uniforms of an attention dispatch (shard 0). */
+function attentionUniforms(dev: GPUDevice, f: ForwardParams): { fwd: GPUBuffer; shard: GPUBuffer } {
+  const usage = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+  const fwd = dev.createBuffer({ size: 16, usage });
+  dev.queue.writeBuffer(fwd, 0, encodeForward(f));
+  const shard = dev.createBuffer({ size: CACHE_SHARD_BYTES, usage });
+  dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
+  return { fwd, shard };
+}
+
+/**
+ * What an attention dispatch reads besides its uniforms: K and V caches of `entries`
+ * (position, KV head) entries of valid `kv` values (`what` names the measurement when they
+ * exceed one binding), the rows' fused q|k|v (uniform in [-1, 1)), a page table mapping each
+ * of its `pages` entries to the same page, and the rows.
+ */
+function attentionInputs(
+  gpu: Gpu,
+  what: string,
+  o: { heads: number; kvHeads: number; headDim: number; kv: KvDtype },
+  entries: number,
+  pages: number,
+  rowSpecs: RowParams[],
+  seed: number,
+) {
+  const dev = gpu.device;
+  const cacheBytes = entries * kvEntryBytes(o.kv, o.headDim);
+  if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
+    throw new Error(`${what}: a ${cacheBytes} byte cache exceeds the binding limit`);
+  }
+  const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
+  fillCache(dev, k, o.kv, o.headDim, entries, seed);
+  fillCache(dev, v, o.kv, o.headDim, entries, seed + 1);
+  const qkvBytes = rowSpecs.length * (o.heads + 2 * o.kvHeads) * o.headDim * 4;
+  const qkv = dev.createBuffer({ size: qkvBytes, usage: USAGE });
+  fillRandom(dev, qkv, qkvBytes, seed + 2);
+  const table = Uint32Array.from({ length: pages }, (_, i) => i);
+  const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(pageTable, 0, table);
+  const rows = encodeRows(rowSpecs);
+  const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
+  dev.queue.writeBuffer(rowsBuf, 0, rows);
+  return { k, v, qkv, pageTable, rowsBuf };
+}
+
 /** One decode attention dispatch, ready to record; `destroy` frees its buffers. */
 interface PreparedAttention {
   shape: AttentionShape & { kv: KvDtype };
@@ -664,39 +733,24 @@ async function prepareAttentionDecode(
 ): Promise<PreparedAttention> {
   const dev = gpu.device;
   const kv = o.kv ?? o.dtype;
-  const problem = kvDtypeProblem(kv, o.headDim);
-  if (problem) throw new Error(`attention decode: ${problem}`);
-  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM || o.headDim % 4 !== 0) {
-    throw new Error(`attention decode: head_dim ${o.headDim} is not supported`);
-  }
+  checkAttentionShape("attention decode", kv, o.headDim);
   const PAGE = ATTENTION_PAGE;
   const pages = Math.ceil((o.context + 1) / PAGE);
   const entryBytes = kvEntryBytes(kv, o.headDim);
   const entries = o.rows * pages * PAGE * o.kvHeads;
-  const cacheBytes = attentionCacheBytes(o);
-  if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
-    throw new Error(`attention decode: a ${cacheBytes} byte cache exceeds the binding limit`);
-  }
-  const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
-  const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
-  fillCache(dev, k, kv, o.headDim, entries, 21);
-  fillCache(dev, v, kv, o.headDim, entries, 22);
-  const stride = (o.heads + 2 * o.kvHeads) * o.headDim;
-  const qkv = dev.createBuffer({ size: o.rows * stride * 4, usage: USAGE });
-  fillRandom(dev, qkv, o.rows * stride * 4, 23);
-  const table = new Uint32Array(o.rows * pages).map((_, i) => i);
-  const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
-  dev.queue.writeBuffer(pageTable, 0, table);
-  const rows = encodeRows(
-    Array.from({ length: o.rows }, (_, r) => ({
-      slot: r,
-      pos: o.context,
-      firstRow: r,
-      nSeqRows: 1,
-    })),
+  // Each row its own slot with its own pages, at position `context`.
+  const { k, v, qkv, pageTable, rowsBuf } = attentionInputs(
+    gpu,
+    "attention decode",
+    { ...o, kv },
+    entries,
+    o.rows * pages,
+    Array.from(
+      { length: o.rows },
+      (_, r) => ({ slot: r, pos: o.context, firstRow: r, nSeqRows: 1 }),
+    ),
+    21,
   );
-  const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
-  dev.queue.writeBuffer(rowsBuf, 0, rows);
   // Split as the runner does at this context and batch (capped splits, more keys each).
   const plan = splitsFor(
     o.context + 1,
@@ -708,17 +762,8 @@ async function prepareAttentionDecode(
     usage: USAGE,
   });
   const out = dev.createBuffer({ size: o.rows * o.heads * o.headDim * 4, usage: USAGE });
-  const fwd = dev.createBuffer({
-    size: 16,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  dev.queue.writeBuffer(fwd, 0, encodeForward({ rows: o.rows, logitRows: o.rows, ...plan }));
   // One shard: the whole cache is one binding here.
-  const shard = dev.createBuffer({
-    size: CACHE_SHARD_BYTES,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
+  const { fwd, shard } = attentionUniforms(dev, { rows: o.rows, logitRows: o.rows, ...plan });
   const group = o.heads / o.kvHeads;
   const entry = decodeEntry(plan.keysPerSplit);
   const kernel = attentionDecode({
@@ -803,10 +848,8 @@ export async function measureAttentionDecode(
 }
 
 /**
- * Several decode attention shapes (e.g. one per KV dtype) timed in the same sitting,
- * interleaved: all are built first, then each of `rep.samples` rounds takes one sample of each
- * (after its own warm-up dispatch), round r starting at shape r mod n, so that sample i of every
- * shape comes from the same round (the ratios' `paired` figures).
+ * Several decode attention shapes (e.g. one per KV dtype) timed in the same sitting, interleaved
+ * (sampleInterleaved): all are built first.
  */
 export async function measureAttentionDecodeSet(
   gpu: Gpu,
@@ -818,16 +861,7 @@ export async function measureAttentionDecodeSet(
   const prepared: PreparedAttention[] = [];
   try {
     for (const o of shapes) prepared.push(await prepareAttentionDecode(gpu, pipelines, o));
-    const samples: number[][] = prepared.map(() => []);
-    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
-    for (let s = 0; s < rep.samples; s++) {
-      for (let i = 0; i < prepared.length; i++) {
-        const j = (s + i) % prepared.length;
-        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
-        samples[j].push(r.ms.samples[0]);
-        methods[j] = r.method;
-      }
-    }
+    const { samples, methods } = await sampleInterleaved(timer, prepared, rep);
     return prepared.map((p, i) => attentionResult(p, methods[i], stat(samples[i])));
   } finally {
     for (const p of prepared) p.destroy();
@@ -895,11 +929,7 @@ async function prepareAttentionPrefill(
 ): Promise<PreparedPrefill> {
   const dev = gpu.device;
   const kv = o.kv ?? o.dtype;
-  const problem = kvDtypeProblem(kv, o.headDim);
-  if (problem) throw new Error(`attention prefill: ${problem}`);
-  if (o.headDim > ATTENTION_GEOMETRY.MAX_HEAD_DIM || o.headDim % 4 !== 0) {
-    throw new Error(`attention prefill: head_dim ${o.headDim} is not supported`);
-  }
+  checkAttentionShape("attention prefill", kv, o.headDim);
   if (o.rows < 1 || o.rows > o.context) {
     throw new Error(`attention prefill: ${o.rows} rows do not fit a context of ${o.context}`);
   }
@@ -908,48 +938,30 @@ async function prepareAttentionPrefill(
     : new RetrievalPages(ATTENTION_PAGE);
   const pages = Math.max(1, Math.ceil(o.context / ATTENTION_PAGE));
   const positions = o.window ? kind.unitPositions : pages * ATTENTION_PAGE;
-  const entries = positions * o.kvHeads;
-  const cacheBytes = entries * kvEntryBytes(kv, o.headDim);
-  if (cacheBytes > gpu.limits.maxStorageBufferBindingSize) {
-    throw new Error(`attention prefill: a ${cacheBytes} byte cache exceeds the binding limit`);
-  }
-  const k = dev.createBuffer({ size: cacheBytes, usage: USAGE });
-  const v = dev.createBuffer({ size: cacheBytes, usage: USAGE });
-  fillCache(dev, k, kv, o.headDim, entries, 31);
-  fillCache(dev, v, kv, o.headDim, entries, 32);
-  const stride = (o.heads + 2 * o.kvHeads) * o.headDim;
-  const qkv = dev.createBuffer({ size: o.rows * stride * 4, usage: USAGE });
-  fillRandom(dev, qkv, o.rows * stride * 4, 33);
-  const table = Uint32Array.from({ length: pages }, (_, i) => i);
-  const pageTable = dev.createBuffer({ size: table.byteLength, usage: USAGE });
-  dev.queue.writeBuffer(pageTable, 0, table);
   const pos0 = o.context - o.rows;
-  const rows = encodeRows(
+  // One sequence (slot 0), its rows the chunk's positions.
+  const { k, v, qkv, pageTable, rowsBuf } = attentionInputs(
+    gpu,
+    "attention prefill",
+    { ...o, kv },
+    positions * o.kvHeads,
+    pages,
     Array.from({ length: o.rows }, (_, r) => ({
       slot: 0,
       pos: pos0 + r,
       firstRow: 0,
       nSeqRows: o.rows,
     })),
+    31,
   );
-  const rowsBuf = dev.createBuffer({ size: rows.byteLength, usage: USAGE });
-  dev.queue.writeBuffer(rowsBuf, 0, rows);
   const out = dev.createBuffer({ size: o.rows * o.heads * o.headDim * 4, usage: USAGE });
   const carry = dev.createBuffer({ size: o.rows * o.heads * CARRY_FLOATS * 4, usage: USAGE });
-  const fwd = dev.createBuffer({
-    size: 16,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  const { fwd, shard } = attentionUniforms(dev, {
+    rows: o.rows,
+    logitRows: 1,
+    keysPerSplit: 0,
+    splits: 1,
   });
-  dev.queue.writeBuffer(
-    fwd,
-    0,
-    encodeForward({ rows: o.rows, logitRows: 1, keysPerSplit: 0, splits: 1 }),
-  );
-  const shard = dev.createBuffer({
-    size: CACHE_SHARD_BYTES,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  dev.queue.writeBuffer(shard, 0, encodeCacheShard(0));
   const group = o.heads / o.kvHeads;
   const kernel = attentionPrefill({
     HEAD_DIM: o.headDim,
@@ -997,7 +1009,7 @@ async function prepareAttentionPrefill(
 
 /**
  * Prefill attention shapes (e.g. full and streaming) timed in the same sitting, interleaved
- * round by round as measureAttentionDecodeSet does.
+ * (sampleInterleaved): all are built first.
  */
 export async function measureAttentionPrefillSet(
   gpu: Gpu,
@@ -1009,16 +1021,7 @@ export async function measureAttentionPrefillSet(
   const prepared: PreparedPrefill[] = [];
   try {
     for (const o of shapes) prepared.push(await prepareAttentionPrefill(gpu, pipelines, o));
-    const samples: number[][] = prepared.map(() => []);
-    const methods: ("timestamp" | "wall-slope")[] = prepared.map(() => "wall-slope");
-    for (let s = 0; s < rep.samples; s++) {
-      for (let i = 0; i < prepared.length; i++) {
-        const j = (s + i) % prepared.length;
-        const r = await timer.measure(prepared[j].record, { ...rep, samples: 1 });
-        samples[j].push(r.ms.samples[0]);
-        methods[j] = r.method;
-      }
-    }
+    const { samples, methods } = await sampleInterleaved(timer, prepared, rep);
     return prepared.map((p, i) => {
       const o = p.shape;
       const ms = stat(samples[i]);
