@@ -10,7 +10,7 @@
 //   [--precision f16|f32] [--sink 64] [--recent 256] [--budget 0.5] [--duo-pattern DIR|synthetic]
 //   [--kv-cache-mb 1024] [--batches 1,8] [--reps N] [--prefill-reps N] [--profiles N]
 //   [--steps lo,hi] [--chunk N]
-//   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
+//   [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N] [--attention-long-context N]
 //   [--weights q8_0,q4_0|none] [--weights-plan PLAN] [--seed N] [--out DIR]
 //
 // Full attention vs DuoAttention vs ZigzagAttention on random-weight models of real shapes, on
@@ -87,7 +87,7 @@ const USAGE =
   [--layers N | --full-depth] [--vocab N|auto] [--max-context N] [--contexts a,b,..] [--prefill-contexts a,b,..]
   [--linearity-contexts a,b,..] [--prefill-max N] [--plans full,duo,zigzag,streaming] [--precision f16|f32] [--sink N] [--recent N] [--budget B]
   [--duo-pattern DIR|synthetic] [--kv-cache-mb N] [--batches 1,8] [--reps N] [--prefill-reps N]
-  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N]
+  [--profiles N] [--steps lo,hi] [--chunk N] [--reference-mb N] [--kernel-shapes NxK,..] [--gemm-rows N] [--attention-context N] [--attention-long-context N]
   [--weights q8_0,q4_0|none] [--weights-plan full|duo|zigzag|streaming] [--seed N] [--out DIR]`;
 
 const DEFAULT_PATTERN = new URL(
@@ -97,6 +97,8 @@ const DEFAULT_PATTERN = new URL(
 const OUT = new URL("./results/", import.meta.url).pathname;
 /** `--kernels`: the context of the decode attention figures (the issue's 4096 tokens). */
 const ATTENTION_CONTEXT = 4096;
+/** `--kernels`: the long context decode attention is also measured at. */
+const ATTENTION_LONG_CONTEXT = 32768;
 /** Host floats the bench may hold for weights (one layer + embeddings). */
 const MAX_HOST_FLOATS = 1.5e9;
 /** The context of the quantized-weight decode figures (the issue's 4096 tokens) when the run
@@ -199,6 +201,7 @@ async function main(): Promise<number> {
       "kernel-shapes",
       "gemm-rows",
       "attention-context",
+      "attention-long-context",
       "weights",
       "weights-plan",
       "seed",
@@ -349,6 +352,18 @@ async function main(): Promise<number> {
   // The issue's decode attention figures are at 4096 tokens, whatever the model bench's contexts.
   const attentionContext = a.optionalNumber("attention-context", { integer: true, min: 1 }) ??
     ATTENTION_CONTEXT;
+  // Decode attention also at a long context, against the bandwidth roof where a 4096-token
+  // cache may still sit in the CPU's or GPU's caches (0: not measured; capped per batch and KV
+  // dtype by one storage binding).
+  const attentionLong = a.optionalNumber("attention-long-context", { integer: true, min: 0 }) ??
+    ATTENTION_LONG_CONTEXT;
+  const attentionContexts = [
+    attentionContext,
+    ...(attentionLong > attentionContext ? [attentionLong] : []),
+  ];
+  // Prefill attention: the last chunk of a prompt of --attention-context tokens (1024 with
+  // --quick).
+  const prefillAttentionContext = quick ? Math.min(1024, attentionContext) : attentionContext;
   const weightsArg = a.optionalString("weights") ?? BENCH_WEIGHT_FORMATS.join(",");
   const weightFormats: MatmulFormat[] = weightsArg === "none" ? [] : [
     ...new Set(weightsArg.split(",").map((s) => s.trim()).filter((s) => s !== "float")),
@@ -548,13 +563,15 @@ async function main(): Promise<number> {
         ),
       );
     }
-    // Decode attention at --attention-context, per KV dtype: the float caches, then int8 and
-    // int4 with the reference's weight type (f16 where the adapter has it), interleaved per batch.
+    // Decode attention at --attention-context and the long context, per KV dtype: the float
+    // caches, then int8 and int4 with the reference's weight type (f16 where the adapter has
+    // it), interleaved per batch.
     attention = [];
     const refDtype: Precision = gpu.hasF16 ? "f16" : "f32";
     const kvs: KvDtype[] = [...dtypes, "int8", "int4"];
     const attnBatches = [1, 8];
-    for (const [i, rows] of attnBatches.entries()) {
+    const attnSets = attentionContexts.flatMap((ctx) => attnBatches.map((rows) => ({ ctx, rows })));
+    for (const [i, { ctx: attentionContext, rows }] of attnSets.entries()) {
       const shapes = kvs.map((kv) => ({
         heads: config.nHeads,
         kvHeads: config.nKvHeads,
@@ -574,7 +591,7 @@ async function main(): Promise<number> {
       });
       bar.update(
         sets.length + i,
-        sets.length + attnBatches.length,
+        sets.length + attnSets.length,
         `attention b${rows} ${kvs.join("/")} at ${attentionContext}`,
       );
       attention.push(
@@ -589,7 +606,7 @@ async function main(): Promise<number> {
     }
     // Prefill attention: the last chunk of a prompt of --attention-context tokens (1024 with
     // --quick), full (paged) and streaming (the bench's ring), interleaved.
-    const prefillContext = quick ? Math.min(1024, attentionContext) : attentionContext;
+    const prefillContext = prefillAttentionContext;
     const prefillShape = {
       heads: config.nHeads,
       kvHeads: config.nKvHeads,
@@ -599,8 +616,8 @@ async function main(): Promise<number> {
       dtype: refDtype,
     };
     bar.update(
-      sets.length + attnBatches.length,
-      sets.length + attnBatches.length + 1,
+      sets.length + attnSets.length,
+      sets.length + attnSets.length + 1,
       `prefill attention ${prefillShape.rows} rows at ${prefillContext}`,
     );
     prefillAttention = await measureAttentionPrefillSet(gpu, pipelines, timer, [
@@ -743,6 +760,7 @@ async function main(): Promise<number> {
       prefill_chunk: chunk,
       reference_bytes: refBytes,
       attention_context: attentionContext,
+      attention_long_context: attentionLong,
       weights: weightFormats,
       weights_plan: weightsPlan,
       weights_context: weightsContext,
@@ -781,15 +799,16 @@ async function main(): Promise<number> {
         } per sample (wall-clock slope kept as a cross-check); GEMV/GEMM are wgsl/matmul.wgsl's ` +
         `entry points dispatched as gpu/runner.ts ` +
         `does; GB/s counts weight bytes. Attention decode: wgsl/attention.wgsl's split-K decode ` +
-        `pass over a full paged cache of ${attentionContext} keys per row (--attention-context), ` +
+        `pass over a full paged cache of ${
+          attentionContexts.join(" and ")
+        } keys per row (--attention-context, --attention-long-context), ` +
         `as the runner splits it (merge pass excluded), for each KV dtype (${
           gpu.hasF16 ? "f16, " : ""
         }f32, int8, int4; the caches hold valid values and finite scales), the dtypes of one ` +
         `batch interleaved round by round; GB/s counts the K and V bytes once, scales included. ` +
         `Attention prefill: the prefill entry as the runner dispatches it over the last chunk ` +
-        `(${"$"}{Math.min(chunk, quick ? 1024 : attentionContext)} rows) of a ${"$"}{
-          quick ? Math.min(1024, attentionContext) : attentionContext
-        }-token prompt, full (paged) and streaming (ring ${"$"}{sink} + ${"$"}{recent}), ` +
+        `(${Math.min(chunk, prefillAttentionContext)} rows) of a ${prefillAttentionContext}-` +
+        `token prompt, full (paged) and streaming (ring ${sink} + ${recent}), ` +
         `interleaved; FLOPs = 4 x head_dim x heads x keys each row sees, against the f32 roof.`,
       kv: "KV bytes are the cache manager's statistics (bytes in use) for one sequence at the " +
         "context; the longest context that fits is the closed form of CacheGeometry with the " +

@@ -666,9 +666,9 @@ export function buildTargets(r: BenchResult): Target[] {
   }
   // Decode attention with a quantized KV cache (--kernels), at --attention-context.
   const attnRef = attentionReference(r) ?? "f16";
-  const attnCtx = r.attention?.length
-    ? Math.max(...r.attention.map((x) => x.context))
-    : (r.options.attention_context as number | undefined) ?? 4096;
+  // At --attention-context (results before the long context had only that one).
+  const attnCtx = (r.options.attention_context as number | undefined) ??
+    (r.attention?.length ? Math.min(...r.attention.map((x) => x.context)) : 4096);
   const attnBatches = r.attention?.length
     ? [...new Set(r.attention.map((x) => x.rows))].sort((a, b) => a - b)
     : [1, 8];

@@ -81,6 +81,8 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     "16",
     "--attention-context",
     "96",
+    "--attention-long-context",
+    "192",
     "--reference-mb",
     "1",
     "--kv-cache-mb",
@@ -210,18 +212,22 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     assert.equal(x.den_ref, `kernels[${j}].ms.median`);
     assert.ok(x.paired, `${id}: paired samples (interleaved)`);
   }
-  // Per batch 1 and 8: the float caches, int8 and int4, interleaved (same sample counts).
+  // At 96 and the long context 192, per batch 1 and 8: the float caches, int8 and int4,
+  // interleaved (same sample counts).
   const kvs = [...(r.adapter.shader_f16 ? ["f16"] : []), "f32", "int8", "int4"];
   assert.deepEqual(
-    r.attention.map((x: { rows: number; kv_dtype: string }) => `${x.rows}:${x.kv_dtype}`),
-    [1, 8].flatMap((b) => kvs.map((kv) => `${b}:${kv}`)),
+    r.attention.map((x: { rows: number; kv_dtype: string; context: number }) =>
+      `${x.context}:${x.rows}:${x.kv_dtype}`
+    ),
+    [96, 192].flatMap((c) => [1, 8].flatMap((b) => kvs.map((kv) => `${c}:${b}:${kv}`))),
   );
   // Bytes of one (position, KV head) entry at head_dim 16, scales included, by hand.
   const entry: Record<string, number> = { f16: 32, f32: 64, int8: 16 + 4, int4: 8 + 4 };
   for (const x of r.attention) {
     checkStat(x.gbps, "attention", r.reference.copy.gbps.samples.length);
-    assert.equal(x.context, 96);
-    assert.equal(x.kv_bytes, x.rows * 96 * 2 * 2 * entry[x.kv_dtype]);
+    assert.equal(x.kv_bytes, x.rows * x.context * 2 * 2 * entry[x.kv_dtype]);
+    const bw = `bw.attention.${x.kv_dtype}.r${x.rows}@${x.context}/stream`;
+    assert.ok(r.ratios.some((y: { id: string }) => y.id === bw), `ratio ${bw} present`);
     assert.equal(x.dtype, x.kv_dtype === "f32" ? "f32" : r.adapter.shader_f16 ? "f16" : "f32");
   }
   // Prefill attention: the last chunk of the prompt, full and streaming; FLOPs by hand from the
@@ -242,6 +248,9 @@ Deno.test("bench: tiny run writes JSON, Markdown and SVG; ratios are quotients o
     assert.equal(t?.target, 0.4);
   }
   assert.ok(r.fits.length >= 4);
+  // The method texts are filled in: no template placeholder left over.
+  for (const [k, v] of Object.entries(r.method)) assert.doesNotMatch(v as string, /\$\{/, k);
+  assert.match(r.method.kernels, /over the last chunk \(96 rows\) of a 96-token prompt/);
 
   // every ratio: value = num / den, and num, den are the numbers at the paths it names
   assert.ok(r.ratios.length > 20);
