@@ -381,7 +381,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
 // number of splits (and the partials) stays capped however long the context.
 const SPLIT_KEYS = 256u;
 const MAX_G = 8u;                        // query heads per workgroup
-var<workgroup> qg_s: array<f32, 1024>;   // [MAX_G][HEAD_DIM] scaled queries
+var<workgroup> qg_s: array<vec4<f32>, 256>; // [MAX_G][HEAD_DIM / 4] scaled queries
 var<workgroup> pg_s: array<f32, 2048>;   // [MAX_G][SPLIT_KEYS] scores, then probabilities
 var<workgroup> red_g: array<f32, 512>;   // [MAX_G][64] per-thread partial max / sum
 var<workgroup> stat_g: array<f32, 16>;   // [g]: running max, [MAX_G + g]: running sum
@@ -446,8 +446,9 @@ fn value_subsets() -> u32 { return 64u / (HEAD_DIM / 4u); }
 // Queries into qg_s; the state so far into stat_g and `acc`: empty at the slot's first shard,
 // else what the previous shard left in partials (its output goes to subset 0's sums).
 fn decode_start(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>) {
-  for (var e = tid; e < t.gn * HEAD_DIM; e += 64u) {
-    qg_s[e] = qkv[t.r * row_stride() + t.h0 * HEAD_DIM + e] * SCALE;
+  for (var e = tid; e < t.gn * HEAD_DIM / 4u; e += 64u) {
+    let b = t.r * row_stride() + t.h0 * HEAD_DIM + 4u * e;
+    qg_s[e] = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * SCALE;
   }
   for (var g = 0u; g < MAX_G; g++) { (*acc)[g] = vec4<f32>(0.0); }
   if (tid < MAX_G) {
@@ -474,8 +475,7 @@ fn decode_start(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>
       if (tid < t.gn) {
         var s = 0.0;
         for (var d = 0u; d < HEAD_DIM; d += 4u) {
-          let q = tid * HEAD_DIM + d;
-          s += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), comp_k4(t.r, ch, d));
+          s += dot(qg_s[(tid * HEAD_DIM + d) / 4u], comp_k4(t.r, ch, d));
         }
         stat_g[tid] = s + log(f32(c));
         stat_g[MAX_G + tid] = 1.0;
@@ -491,7 +491,8 @@ fn decode_start(t: DecodeTask, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>
 
 // One block of n <= SPLIT_KEYS visible keys from b0: scores, then the online-softmax update of
 // the running max and sum (stat_g) and of this thread's output sums (`acc`). Called in uniform
-// control flow (it has barriers).
+// control flow (it has barriers). Loops over the group's heads run MAX_G times with a `g < gn`
+// guard (gn is uniform): a constant trip count keeps the per-head arrays in registers.
 fn decode_block(t: DecodeTask, b0: u32, n: u32, tid: u32, acc: ptr<function, array<vec4<f32>, 8>>) {
   let i = t.row.pos;
   let gn = t.gn;
@@ -509,15 +510,17 @@ fn decode_block(t: DecodeTask, b0: u32, n: u32, tid: u32, acc: ptr<function, arr
       for (var g = 0u; g < MAX_G; g++) { s[g] = 0.0; }
       for (var d = 0u; d < HEAD_DIM; d += 4u) {
         let k4 = load4(idx, t.kvh, d, 0u);
-        for (var g = 0u; g < gn; g++) {
-          let q = g * HEAD_DIM + d;
-          s[g] += dot(vec4<f32>(qg_s[q], qg_s[q + 1u], qg_s[q + 2u], qg_s[q + 3u]), k4);
+        // A loop of constant trip count (gn is uniform), so the scores stay in registers.
+        for (var g = 0u; g < MAX_G; g++) {
+          if (g < gn) { s[g] += dot(qg_s[(g * HEAD_DIM + d) / 4u], k4); }
         }
       }
     }
-    for (var g = 0u; g < gn; g++) {
-      pg_s[g * SPLIT_KEYS + v] = s[g];
-      m[g] = max(m[g], s[g]);
+    for (var g = 0u; g < MAX_G; g++) {
+      if (g < gn) {
+        pg_s[g * SPLIT_KEYS + v] = s[g];
+        m[g] = max(m[g], s[g]);
+      }
     }
   }
   for (var g = 0u; g < MAX_G; g++) { red_g[g * 64u + tid] = m[g]; }
@@ -532,12 +535,14 @@ fn decode_block(t: DecodeTask, b0: u32, n: u32, tid: u32, acc: ptr<function, arr
   var l: array<f32, 8>;
   for (var g = 0u; g < MAX_G; g++) { l[g] = 0.0; }
   for (var v = tid; v < n; v += 64u) {
-    for (var g = 0u; g < gn; g++) {
-      let s = pg_s[g * SPLIT_KEYS + v];
-      var p = 0.0;
-      if (s > NEG) { p = exp(s - stat_g[g]); }
-      pg_s[g * SPLIT_KEYS + v] = p;
-      l[g] += p;
+    for (var g = 0u; g < MAX_G; g++) {
+      if (g < gn) {
+        let s = pg_s[g * SPLIT_KEYS + v];
+        var p = 0.0;
+        if (s > NEG) { p = exp(s - stat_g[g]); }
+        pg_s[g * SPLIT_KEYS + v] = p;
+        l[g] += p;
+      }
     }
   }
   for (var g = 0u; g < MAX_G; g++) { red_g[g * 64u + tid] = l[g]; }
@@ -552,11 +557,13 @@ fn decode_block(t: DecodeTask, b0: u32, n: u32, tid: u32, acc: ptr<function, arr
   let col = tid % cols;
   let sub = tid / cols;
   if (sub < subsets) {
-    for (var g = 0u; g < gn; g++) { (*acc)[g] *= alpha_g[g]; }
+    for (var g = 0u; g < MAX_G; g++) { if (g < gn) { (*acc)[g] *= alpha_g[g]; } }
     for (var v = sub; v < n; v += subsets) {
       if (skipped(kidx[v])) { continue; }
       let v4 = load4(kidx[v], t.kvh, col * 4u, 1u);
-      for (var g = 0u; g < gn; g++) { (*acc)[g] += pg_s[g * SPLIT_KEYS + v] * v4; }
+      for (var g = 0u; g < MAX_G; g++) {
+        if (g < gn) { (*acc)[g] += pg_s[g * SPLIT_KEYS + v] * v4; }
+      }
     }
   }
 }
