@@ -900,9 +900,14 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
       }
     }
 
-    // Where a prefill's time goes: the prompt's last chunk at the longest prefill, by kernel.
+    // Where a prefill's time goes: the prompt's last chunk by kernel, at the longest prefill
+    // every plan was measured at (not a streaming-only linearity length).
     const pk = r.cells.filter((x) => x.prefill_kernels_ms);
-    const pkCtx = pk.length ? Math.max(...pk.map((x) => x.context)) : null;
+    const plansAt = (c: number) => pk.filter((x) => x.context === c).length;
+    const most = Math.max(0, ...pk.map((x) => plansAt(x.context)));
+    const pkCtx = pk.length
+      ? Math.max(...pk.filter((x) => plansAt(x.context) === most).map((x) => x.context))
+      : null;
     const pkCells = pk.filter((x) => x.context === pkCtx);
     if (pkCells.length) {
       const kernels = [...new Set(pkCells.flatMap((x) => Object.keys(x.prefill_kernels_ms!)))]
