@@ -571,12 +571,12 @@ async function main(): Promise<number> {
     const kvs: KvDtype[] = [...dtypes, "int8", "int4"];
     const attnBatches = [1, 8];
     const attnSets = attentionContexts.flatMap((ctx) => attnBatches.map((rows) => ({ ctx, rows })));
-    for (const [i, { ctx: attentionContext, rows }] of attnSets.entries()) {
+    for (const [i, { ctx, rows }] of attnSets.entries()) {
       const shapes = kvs.map((kv) => ({
         heads: config.nHeads,
         kvHeads: config.nKvHeads,
         headDim: config.headDim,
-        context: attentionContext,
+        context: ctx,
         rows,
         dtype: kv === "f16" || kv === "f32" ? kv : refDtype,
         kv,
@@ -584,7 +584,7 @@ async function main(): Promise<number> {
         const bytes = attentionCacheBytes(o);
         if (bytes <= gpu.limits.maxStorageBufferBindingSize) return true;
         notes.push(
-          `Decode attention ${o.kv} at batch ${rows}, ${attentionContext} tokens not timed: its ` +
+          `Decode attention ${o.kv} at batch ${rows}, ${ctx} tokens not timed: its ` +
             `${(bytes / 2 ** 20).toFixed(0)} MiB cache exceeds one storage binding.`,
         );
         return false;
@@ -592,7 +592,7 @@ async function main(): Promise<number> {
       bar.update(
         sets.length + i,
         sets.length + attnSets.length,
-        `attention b${rows} ${kvs.join("/")} at ${attentionContext}`,
+        `attention b${rows} ${kvs.join("/")} at ${ctx}`,
       );
       attention.push(
         ...await measureAttentionDecodeSet(
@@ -604,21 +604,19 @@ async function main(): Promise<number> {
         ),
       );
     }
-    // Prefill attention: the last chunk of a prompt of --attention-context tokens (1024 with
-    // --quick), full (paged) and streaming (the bench's ring), interleaved.
-    const prefillContext = prefillAttentionContext;
+    // Prefill attention, full (paged) and streaming (the bench's ring), interleaved.
     const prefillShape = {
       heads: config.nHeads,
       kvHeads: config.nKvHeads,
       headDim: config.headDim,
-      rows: Math.min(chunk, prefillContext),
-      context: prefillContext,
+      rows: Math.min(chunk, prefillAttentionContext),
+      context: prefillAttentionContext,
       dtype: refDtype,
     };
     bar.update(
       sets.length + attnSets.length,
       sets.length + attnSets.length + 1,
-      `prefill attention ${prefillShape.rows} rows at ${prefillContext}`,
+      `prefill attention ${prefillShape.rows} rows at ${prefillAttentionContext}`,
     );
     prefillAttention = await measureAttentionPrefillSet(gpu, pipelines, timer, [
       prefillShape,

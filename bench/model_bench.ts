@@ -25,7 +25,7 @@ import { mulberry32, randomModel } from "../model/random.ts";
 import type { LoadedModel, ModelConfig, ModelWeights } from "../model/types.ts";
 import type { ResolvedPlan } from "../plans/types.ts";
 import type { BenchPlanName } from "./plans.ts";
-import { profileDecode, profilePrefill } from "./profile.ts";
+import { fastestProfile, profileDecode, profilePrefill } from "./profile.ts";
 import type { WeightBytesRow } from "./report.ts";
 import { type Stat, stat } from "./stats.ts";
 
@@ -446,16 +446,13 @@ export class ModelBench {
     if (this.gpu.hasTimestamps) {
       for (const { ctx, plans } of prefillJobs) {
         for (const name of plans) {
-          let best: Map<string, number> | null = null;
-          let bestTotal = Infinity;
-          for (let p = 0; p < (o.profiles ?? 3); p++) {
-            const prof = await this.#profilePrefill(this.runners.get(name)!, ctx);
-            const total = [...prof.values()].reduce((a, v) => a + v, 0);
-            if (total < bestTotal) [best, bestTotal] = [prof, total];
-          }
+          const { kernels } = await fastestProfile(
+            o.profiles ?? 3,
+            () => this.#profilePrefill(this.runners.get(name)!, ctx),
+          );
           prefillKernels.set(
             `${name}|${ctx}`,
-            Object.fromEntries([...best!].map(([k, ns]) => [k, ns / 1e6])),
+            Object.fromEntries([...kernels].map(([k, ns]) => [k, ns / 1e6])),
           );
         }
       }
@@ -482,19 +479,15 @@ export class ModelBench {
             d.slope.push(Math.max(1e-6, (tHi.ms - tLo.ms) / (hi - lo)));
             d.amort.push(tHi.ms / hi);
             if (timestamps) {
-              // The fastest of `profiles` profiled steps: rejects steps slowed by other work
-              // sharing the adapter (a CPU adapter's threads being descheduled).
-              let best: Map<string, number> | null = null;
-              let bestTotal = Infinity;
-              for (let p = 0; p < (o.profiles ?? 3); p++) {
-                const prof = await this.#profileDecode(r, b, ctx);
-                const total = [...prof.values()].reduce((a, v) => a + v, 0);
-                if (total < bestTotal) [best, bestTotal] = [prof, total];
-              }
-              for (const [k, ns] of best!) {
+              // The fastest of `profiles` profiled steps.
+              const { kernels, totalNs } = await fastestProfile(
+                o.profiles ?? 3,
+                () => this.#profileDecode(r, b, ctx),
+              );
+              for (const [k, ns] of kernels) {
                 d.kernels.set(k, [...(d.kernels.get(k) ?? []), ns / 1e6]);
               }
-              d.gpu.push(bestTotal / 1e6);
+              d.gpu.push(totalNs / 1e6);
             }
             decode.set(key, d);
             tick(`decode ${name} ${ctx} b${b}`);

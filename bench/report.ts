@@ -265,6 +265,11 @@ export function kernelId(k: MatmulResult): string {
   return k.kernel === `matmul.wgsl:${k.kind}` ? base : `${base}.${k.kernel}`;
 }
 
+/** The cache a prefill attention measurement reads, for labels: "ring 64 + 256" or "full (paged)". */
+function prefillAttentionCache(x: PrefillAttentionResult): string {
+  return x.layout === "ring" ? `ring ${x.sink} + ${x.recent}` : "full (paged)";
+}
+
 /** `attention.prefill.paged.f16.h9x3x64.r256@1024`: one prefill attention measurement. */
 export function prefillAttentionId(x: PrefillAttentionResult): string {
   const layout = x.layout === "ring" ? `ring${x.sink}+${x.recent}` : x.layout;
@@ -489,7 +494,7 @@ export function buildRatios(r: BenchResult): Ratio[] {
     push(makeRatio(
       r,
       `compute.${prefillAttentionId(x)}/fma`,
-      `attention prefill ${x.layout === "ring" ? `ring ${x.sink}+${x.recent}` : "full (paged)"} ` +
+      `attention prefill ${prefillAttentionCache(x)} ` +
         `${x.kv_dtype} KV, ${x.rows} rows at ${x.context}: GFLOP/s / peak f32 FMA`,
       `prefill_attention[${i}].gflops.median`,
       `reference.fma[${f32Roof}].best.gflops.median`,
@@ -657,7 +662,7 @@ export function buildTargets(r: BenchResult): Target[] {
     const id = `compute.${prefillAttentionId(x)}/fma`;
     fromRatio(
       `kernels.${id}`,
-      `prefill attention ${x.layout === "ring" ? `(ring ${x.sink}+${x.recent})` : "(full)"} ` +
+      `prefill attention (${prefillAttentionCache(x)}) ` +
         `${x.rows} rows at ${x.context} >= 40% of the f32 FMA roof`,
       ">=",
       0.4,
@@ -1068,7 +1073,7 @@ export function renderMarkdown(r: BenchResult, imageBase = ""): string {
     for (const x of r.prefill_attention) {
       L.push(
         `| ${x.kernel} (${x.heads}/${x.kv_heads} heads of ${x.head_dim}) | ${
-          x.layout === "ring" ? `ring ${x.sink} + ${x.recent}` : "paged (full)"
+          prefillAttentionCache(x)
         } | ${x.context} | ${x.rows} | ${x.kv_dtype} | ${pm(x.ms)} | ${f(x.gflops.median)} | ${
           rv(`compute.${prefillAttentionId(x)}/fma`)
         } |`,

@@ -161,13 +161,13 @@ fn slot_live(t: PrefillTile, s: u32) -> bool {
   return s / t.heads < t.rq && s % t.heads < t.hn;
 }
 
-// Where slot s's output starts in `out`, and its carry entry.
-fn slot_out(t: PrefillTile, s: u32) -> u32 {
-  return ((t.r0 + s / t.heads) * N_HEADS + t.h0 + s % t.heads) * HEAD_DIM;
+// Slot s's (row, query head) index: where its output starts in `out` (x HEAD_DIM) and its carry
+// entry (x 2).
+fn slot_index(t: PrefillTile, s: u32) -> u32 {
+  return (t.r0 + s / t.heads) * N_HEADS + t.h0 + s % t.heads;
 }
-fn slot_carry(t: PrefillTile, s: u32) -> u32 {
-  return ((t.r0 + s / t.heads) * N_HEADS + t.h0 + s % t.heads) * 2u;
-}
+fn slot_out(t: PrefillTile, s: u32) -> u32 { return slot_index(t, s) * HEAD_DIM; }
+fn slot_carry(t: PrefillTile, s: u32) -> u32 { return slot_index(t, s) * 2u; }
 
 @compute @workgroup_size(64)
 fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
